@@ -1,0 +1,3 @@
+from bmbuild.cli import main
+
+raise SystemExit(main())

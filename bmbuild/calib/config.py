@@ -1,0 +1,158 @@
+"""Recipe models for calibration data and threshold selection.
+
+These are pydantic models because the recipe JSON schema (for editors) is generated from them:
+every field has a description and unknown keys are rejected so that typos fail loudly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Size = int | tuple[int, int]
+
+
+def _check_size(value: Size | None, name: str) -> Size | None:
+    if value is None:
+        return None
+    sizes = (value,) if isinstance(value, int) else value
+    if any(s <= 0 for s in sizes):
+        raise ValueError(f"{name} sizes must be positive, got {value!r}")
+    return value
+
+
+class Preprocess(BaseModel):
+    """How an image file becomes one network input sample.
+
+    Follows the vendor's `--cali_image_preprocess` (the vendor decodes with OpenCV, which yields
+    BGR, and feeds BGR unless told `bgr2rgb`): the image is decoded (EXIF orientation applied),
+    put in BGR channel order unless `bgr2rgb` is true, resized (OpenCV-style bilinear on 8-bit
+    pixels), centre-cropped, then `(pixel - mean) * scale` (or `/ std`) per channel in the
+    *output* channel order, and laid out as C,H,W (or H,W,C).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    resize: Size | None = Field(
+        None,
+        description="Resize before cropping. An integer sets the short side and keeps the aspect "
+        "ratio (long side truncated like torchvision); [height, width] resizes exactly. "
+        "Bilinear like OpenCV INTER_LINEAR (no antialiasing), rounded to 8-bit pixels.",
+    )
+    center_crop: Size | None = Field(
+        None,
+        description="Centre crop after resizing: an integer for a square, or [height, width]. "
+        "The offset is floor((size - crop) / 2).",
+    )
+    mean: list[float] = Field(
+        default_factory=lambda: [0.0, 0.0, 0.0],
+        description="Per-channel mean in the 0..255 pixel range, subtracted first. In the output "
+        "channel order: B,G,R unless bgr2rgb is true (e.g. [104, 117, 123] for Caffe models). "
+        "One value applies to every channel.",
+        min_length=1,
+    )
+    scale: float | list[float] = Field(
+        1.0,
+        description="Multiplied after the mean is subtracted, one value or one per channel "
+        "(e.g. 0.0078125, or 1/255 for 0..1 inputs).",
+    )
+    std: list[float] | None = Field(
+        None,
+        description="Alternative to scale: divide by this per-channel standard deviation (0..255 "
+        "range, output channel order). Cannot be combined with a scale other than 1.",
+        min_length=1,
+    )
+    bgr2rgb: bool = Field(
+        False,
+        description="Feed R,G,B channel order (torchvision-trained models). False feeds B,G,R "
+        "like the vendor tool does by default.",
+    )
+    layout: Literal["NCHW", "NHWC"] = Field(
+        "NCHW", description="Memory layout of the network input."
+    )
+
+    @field_validator("resize")
+    @classmethod
+    def _resize_positive(cls, v: Size | None) -> Size | None:
+        return _check_size(v, "resize")
+
+    @field_validator("center_crop")
+    @classmethod
+    def _crop_positive(cls, v: Size | None) -> Size | None:
+        return _check_size(v, "center_crop")
+
+    @field_validator("std")
+    @classmethod
+    def _std_positive(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and any(not s > 0 for s in v):
+            raise ValueError(f"std values must be positive, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _scale_or_std(self) -> Preprocess:
+        scales = self.scale if isinstance(self.scale, list) else [self.scale]
+        if not scales:
+            raise ValueError("scale must not be an empty list")
+        if self.std is not None and any(s != 1.0 for s in scales):
+            raise ValueError("give either scale or std, not both")
+        return self
+
+    def channel_values(self, channels: int) -> tuple[list[float], list[float]]:
+        """Per-channel (mean, multiplier) for `channels` channels; ValueError if lengths clash."""
+        mult = [1.0 / s for s in self.std] if self.std is not None else (
+            self.scale if isinstance(self.scale, list) else [self.scale])
+
+        def expand(values: list[float], name: str) -> list[float]:
+            if len(values) == 1:
+                return list(values) * channels
+            if len(values) != channels:
+                raise ValueError(f"preprocess.{name} has {len(values)} values but the input has "
+                                 f"{channels} channels")
+            return list(values)
+
+        return expand(self.mean, "mean"), expand(mult, "std" if self.std is not None else "scale")
+
+
+class CalibrationConfig(BaseModel):
+    """Where the calibration samples come from and how activation thresholds are chosen.
+
+    `data` is either a folder (images .jpg/.jpeg/.png, or .npy/.npz files holding one
+    preprocessed sample each; searched recursively, hidden files skipped, never mixed) or one
+    .npz (or .npy) file holding many preprocessed samples stacked on axis 0.
+    `preprocess` is required for images and must be absent for arrays, which are fed as they are.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: Path = Field(
+        description="A folder of images (.jpg/.jpeg/.png) or of .npy/.npz files holding one "
+        "preprocessed sample each, or a single .npz/.npy file with samples stacked on axis 0. "
+        "Relative paths are relative to the recipe file."
+    )
+    key: str | None = Field(
+        None,
+        description="Name of the array inside .npz files. Default: the only array in the file.",
+    )
+    samples: int = Field(
+        100, ge=1, description="Number of calibration samples, picked deterministically (seeded)."
+    )
+    seed: int = Field(0, ge=0, description="Seed of the deterministic sample selection.")
+    preprocess: Preprocess | None = Field(
+        None,
+        description="Image preprocessing (required for image data, not allowed for arrays, which "
+        "must already be preprocessed).",
+    )
+    method: Literal["minmax", "percentile", "kl", "mse"] = Field(
+        "kl",
+        description="Threshold selection: minmax (max |x|), percentile of |x|, kl (TensorRT-style "
+        "entropy calibration) or mse (minimum expected squared quantization error).",
+    )
+    percentile: float = Field(
+        99.99, gt=0.0, le=100.0, description="Percentile of |x| used by method: percentile."
+    )
+    bins: int = Field(
+        2048, ge=128, le=1 << 20,
+        description="Histogram bins of |x| per tensor (kl compares 128 int8 levels against them).",
+    )

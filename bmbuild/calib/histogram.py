@@ -1,0 +1,172 @@
+"""Streaming per-tensor statistics: min, max, count and a fixed-size histogram of |x|.
+
+Calibration sees every activation of every sample; keeping them (as onnxruntime's entropy
+calibrator does) costs gigabytes. Here each tensor owns `bins` counters whatever the number of
+updates.
+
+Range growth: the histogram covers [0, hi] where hi is the first nonzero batch's |x| max. When a
+later batch exceeds hi, the range is widened by the smallest *integer* factor m that covers it
+(hi *= m) and every m adjacent old bins merge into one new bin. Old bin edges are then new bin
+edges, so no count is ever split or guessed (counts stay exact integers); the price is that the
+final range can exceed the true |x| max by up to 2x, i.e. the histogram may use only half its
+bins. Data seen while hi == 0 is all exactly zero and sits in bin 0, which stays exact.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from bmbuild.errors import DataError
+
+_CHUNK = 1 << 20
+
+
+class TensorStats:
+    """Running statistics of one tensor; memory is O(bins), independent of the updates."""
+
+    def __init__(self, bins: int = 2048):
+        if bins < 1:
+            raise ValueError(f"bins must be >= 1, got {bins}")
+        self.bins = int(bins)
+        self.hist = np.zeros(self.bins, dtype=np.int64)
+        self.hi = 0.0
+        self.count = 0
+        self.min = math.inf
+        self.max = -math.inf
+
+    @property
+    def absmax(self) -> float:
+        """Largest |x| seen (0.0 before any data)."""
+        return max(abs(self.min), abs(self.max)) if self.count else 0.0
+
+    @property
+    def bin_width(self) -> float:
+        """Width of one histogram bin (0.0 while everything seen is zero)."""
+        return self.hi / self.bins
+
+    def _grow(self, amax: float) -> None:
+        if self.hi == 0.0:
+            self.hi = amax  # all previous data is exactly 0, already in bin 0
+            return
+        m = math.ceil(amax / self.hi)
+        while self.hi * m < amax:  # guard against rounding in the division
+            m += 1
+        padded = np.zeros(-(-self.bins // m) * m, dtype=np.int64)
+        padded[: self.bins] = self.hist
+        merged = padded.reshape(-1, m).sum(axis=1)
+        self.hist = np.zeros(self.bins, dtype=np.int64)
+        self.hist[: merged.size] = merged
+        self.hi *= m
+
+    def update(self, array: Any) -> None:
+        """Add every element of `array`. ValueError on NaN or inf."""
+        x = np.asarray(array)
+        if x.size == 0:
+            return
+        if x.dtype.kind != "f":
+            x = x.astype(np.float64)
+        x = x.reshape(-1)
+        lo, hi = float(x.min()), float(x.max())
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError(f"{int((~np.isfinite(x)).sum())} non-finite values (NaN/inf)")
+        self.min, self.max = min(self.min, lo), max(self.max, hi)
+        self.count += x.size
+        amax = max(-lo, hi)
+        if amax > self.hi:
+            self._grow(amax)
+        if self.hi == 0.0:
+            self.hist[0] += x.size
+            return
+        per_unit = self.bins / self.hi
+        for start in range(0, x.size, _CHUNK):  # bounded temporaries for huge activations
+            a = np.abs(x[start:start + _CHUNK])
+            a *= per_unit
+            idx = a.astype(np.intp)
+            np.minimum(idx, self.bins - 1, out=idx)
+            self.hist += np.bincount(idx, minlength=self.bins)
+
+    def to_dict(self, histogram: bool = False) -> dict[str, Any]:
+        """JSON-ready summary; with `histogram`, enough to rebuild the object (`from_dict`)."""
+        d: dict[str, Any] = {
+            "count": self.count,
+            "min": self.min if self.count else None,
+            "max": self.max if self.count else None,
+            "absmax": self.absmax,
+            "bins": self.bins,
+            "hist_range": self.hi,
+        }
+        if histogram:
+            d["hist"] = self.hist.tolist()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TensorStats:
+        """Inverse of `to_dict(histogram=True)`."""
+        stats = cls(int(d["bins"]))
+        hist = np.asarray(d["hist"], dtype=np.int64)
+        if hist.shape != (stats.bins,):
+            raise ValueError(f"histogram has {hist.size} bins, expected {stats.bins}")
+        stats.hist = hist
+        stats.hi = float(d["hist_range"])
+        stats.count = int(d["count"])
+        if stats.count:
+            stats.min, stats.max = float(d["min"]), float(d["max"])
+        return stats
+
+
+class StatsCollector:
+    """TensorStats per tensor name, in first-seen order (the order the table is written in)."""
+
+    def __init__(self, bins: int = 2048):
+        self.bins = int(bins)
+        self._stats: dict[str, TensorStats] = {}
+
+    def update(self, name: str, array: Any) -> None:
+        """Add a batch of values of tensor `name`; DataError naming it on NaN/inf."""
+        stats = self._stats.get(name)
+        if stats is None:
+            stats = self._stats[name] = TensorStats(self.bins)
+        try:
+            stats.update(array)
+        except ValueError as exc:
+            raise DataError(f"tensor {name!r} has {exc} during calibration") from exc
+
+    def __getitem__(self, name: str) -> TensorStats:
+        return self._stats[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._stats
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._stats)
+
+    def __len__(self) -> int:
+        return len(self._stats)
+
+    def items(self) -> Iterator[tuple[str, TensorStats]]:
+        """(name, stats) pairs in first-seen order."""
+        return iter(self._stats.items())
+
+    def to_dict(self, histogram: bool = False) -> dict[str, dict[str, Any]]:
+        """{name: TensorStats.to_dict()} in first-seen order."""
+        return {n: s.to_dict(histogram) for n, s in self._stats.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, dict[str, Any]]) -> StatsCollector:
+        """Inverse of `to_dict(histogram=True)`."""
+        first = next(iter(d.values()), {"bins": 2048})
+        coll = cls(int(first["bins"]))
+        coll._stats = {n: TensorStats.from_dict(s) for n, s in d.items()}
+        return coll
+
+    def thresholds(self, method: str = "kl",
+                   percentile: float = 99.99) -> dict[str, tuple[float, float, float]]:
+        """{name: (threshold, min, max)}, ready for `write_table`."""
+        from bmbuild.calib.methods import compute_threshold
+
+        return {n: (compute_threshold(s, method, percentile), s.min, s.max)
+                for n, s in self._stats.items()}

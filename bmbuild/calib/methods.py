@@ -1,0 +1,159 @@
+"""Threshold selection for symmetric int8 (scale = T / 127) from a tensor's |x| histogram.
+
+Every method returns a finite T > 0 and never more than the largest |x| seen: a threshold above
+the data only wastes int8 levels. A tensor that is all zeros gets `TINY`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from bmbuild.calib.histogram import TensorStats
+
+TINY = 1e-8
+QUANT_LEVELS = 128  # positive half of int8, as in TensorRT's entropy calibration
+METHODS = ("minmax", "percentile", "kl", "mse")
+
+
+def _finish(t: float, stats: TensorStats) -> float:
+    t = min(float(t), stats.absmax)
+    return t if math.isfinite(t) and t > TINY else TINY
+
+
+def minmax(stats: TensorStats) -> float:
+    """max(|min|, |max|): no clipping at all."""
+    return _finish(stats.absmax, stats)
+
+
+def percentile(stats: TensorStats, p: float = 99.99) -> float:
+    """The |x| below which p% of the values lie, interpolated linearly inside its bin."""
+    if not 0.0 < p <= 100.0:
+        raise ValueError(f"percentile must be in (0, 100], got {p}")
+    if stats.hi == 0.0:
+        return TINY
+    hist = stats.hist
+    cum = np.cumsum(hist)
+    target = p / 100.0 * cum[-1]
+    k = int(np.searchsorted(cum, target, side="left"))
+    k = min(k, stats.bins - 1)
+    before = float(cum[k - 1]) if k else 0.0
+    frac = (target - before) / hist[k] if hist[k] else 1.0
+    return _finish((k + min(max(frac, 0.0), 1.0)) * stats.bin_width, stats)
+
+
+_percentile = percentile  # compute_threshold's `percentile` argument shadows the function
+
+
+def _smooth(d: np.ndarray, eps: float = 1e-4) -> np.ndarray:
+    """Give zero bins eps, taken evenly from the nonzero ones (total unchanged), as TensorRT and
+    MXNet do; eps shrinks when the nonzero bins are too small to give it."""
+    nz = d > 0
+    n_nz = int(nz.sum())
+    n_zero = d.size - n_nz
+    if n_zero == 0 or n_nz == 0:
+        return d
+    eps = min(eps, 0.5 * float(d[nz].min()) * n_nz / n_zero)
+    return np.where(nz, d - eps * n_zero / n_nz, eps)
+
+
+def kl(stats: TensorStats) -> float:
+    """TensorRT-style entropy calibration (as in TensorRT's description and MXNet's code).
+
+    For each candidate i in [128, bins]: the reference P = hist[:i] with the outliers
+    sum(hist[i:]) added to its last bin; the candidate Q = hist[:i] (without the outliers, which
+    is what penalises clipping) merged into 128 levels (the last level absorbs the remainder)
+    and spread back evenly over the bins where P is nonzero (zero bins stay zero). Both are
+    eps-smoothed so that Q has no zero where P has mass, normalised, and KL(P||Q) computed.
+    Returns (i* + 0.5) * bin_width for the minimising i*, capped at the |x| max. Candidates stop
+    at the last nonzero bin: wider ones only quantize the same P more coarsely.
+    """
+    if stats.bins < QUANT_LEVELS:
+        raise ValueError(f"kl needs at least {QUANT_LEVELS} bins, the histogram has {stats.bins}")
+    if stats.hi == 0.0:
+        return TINY
+    hist = stats.hist.astype(np.float64)
+    tail = np.concatenate([np.cumsum(hist[::-1])[::-1], [0.0]])  # tail[i] = sum(hist[i:])
+    last = int(np.flatnonzero(hist)[-1]) + 1
+    stop = min(stats.bins, max(last, QUANT_LEVELS))
+    positions = np.arange(stats.bins)
+    ids_by_merge: dict[int, np.ndarray] = {}
+    best_i, best_kl = stop, math.inf
+    for i in range(QUANT_LEVELS, stop + 1):
+        sliced = hist[:i]
+        p = sliced.copy()
+        p[-1] += tail[i]
+        merge = i // QUANT_LEVELS
+        ids = ids_by_merge.get(merge)
+        if ids is None:
+            ids = ids_by_merge[merge] = np.minimum(positions // merge, QUANT_LEVELS - 1)
+        ids = ids[:i]
+        nz = p > 0
+        level_sum = np.bincount(ids, weights=sliced, minlength=QUANT_LEVELS)
+        level_nz = np.bincount(ids, weights=nz, minlength=QUANT_LEVELS)
+        q = np.zeros(i)
+        q[nz] = level_sum[ids[nz]] / level_nz[ids[nz]]
+        if not q.any():
+            continue
+        ps, qs = _smooth(p), _smooth(q)
+        ps /= ps.sum()
+        qs /= qs.sum()
+        mask = ps > 0
+        div = float(np.sum(ps[mask] * np.log(ps[mask] / qs[mask])))
+        if div < best_kl:
+            best_i, best_kl = i, div
+    return _finish((best_i + 0.5) * stats.bin_width, stats)
+
+
+def _rounding_integral(u: np.ndarray) -> np.ndarray:
+    """G(u) = integral from -1/2 to u of (t - round(t))^2 dt (one period integrates to 1/12)."""
+    n = np.floor(u + 0.5)
+    r = u - n
+    return n / 12.0 + (r**3 + 0.125) / 3.0
+
+
+def mse(stats: TensorStats, candidates: int = 2048) -> float:
+    """The threshold minimising the expected squared error of symmetric int8 quantization.
+
+    Values are taken as uniform inside each histogram bin; for a threshold T (step s = T/127)
+    values below T cost their exact mean rounding error, values above T the clipping error
+    (x - T)^2. Candidates: up to `candidates` evenly spaced thresholds in (0, |x| max].
+    """
+    if stats.hi == 0.0:
+        return TINY
+    nzb = np.flatnonzero(stats.hist)
+    w = stats.bin_width
+    a = nzb * w
+    b = a + w
+    c = stats.hist[nzb].astype(np.float64) / (w * stats.count)  # density per unit of |x|
+    absmax = stats.absmax
+    k = max(1, min(candidates, int(math.ceil(absmax / w))))
+    grid = absmax * np.arange(1, k + 1) / k
+    errors = np.empty(k)
+    for start in range(0, k, 256):  # chunks bound the (candidates x bins) temporaries
+        t = grid[start:start + 256, None]
+        s = t / 127.0
+        upper = np.minimum(b, t)
+        inside = np.where(a < t, s**3 * (_rounding_integral(upper / s)
+                                         - _rounding_integral(a / s)), 0.0)
+        lower = np.maximum(a, t)
+        clipped = np.where(b > t, ((b - t) ** 3 - (lower - t) ** 3) / 3.0, 0.0)
+        errors[start:start + 256] = ((inside + clipped) * c).sum(axis=1)
+    return _finish(grid[int(np.argmin(errors))], stats)
+
+
+def compute_threshold(stats: TensorStats, method: str = "kl", percentile: float = 99.99) -> float:
+    """Dispatch to a method by name; T > 0 always (TINY for an all-zero tensor)."""
+    if stats.count == 0:
+        raise ValueError("no values were recorded for this tensor")
+    if method == "minmax":
+        return minmax(stats)
+    if method == "percentile":
+        return _percentile(stats, percentile)
+    if method == "kl":
+        return kl(stats)
+    if method == "mse":
+        return mse(stats)
+    raise ValueError(f"unknown calibration method {method!r} (one of {', '.join(METHODS)})")
+

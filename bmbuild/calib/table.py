@@ -1,0 +1,109 @@
+"""The tpu-mlir calibration table text format, written reproducibly.
+
+    # bmbuild calibration table
+    # method: kl
+    # op_name    threshold    min    max
+    input 2.6368656 -2.1148427 2.6355782
+
+Floats are written as `repr(float(x))`: the shortest text that reads back to the same float64,
+so read -> write is lossless and the bytes depend only on the values. No timestamp is written
+and rows keep the caller's order, so identical inputs give identical bytes (content caching).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+from bmbuild.errors import DataError
+
+TITLE = "# bmbuild calibration table"
+COLUMNS = "# op_name    threshold    min    max"
+Row = tuple[float, float, float]
+_LATER_SECTIONS = ("#int4_th", "#weight_scale")
+
+
+def _fmt(x: float) -> str:
+    return repr(float(x))
+
+
+def format_table(rows: Mapping[str, Row], header: Mapping[str, str] | None = None) -> str:
+    """The table text; ValueError on names with whitespace or non-finite numbers."""
+    lines = [TITLE]
+    for key, value in (header or {}).items():
+        text = f"{key}: {value}"
+        if "\n" in text or "\r" in text:
+            raise ValueError(f"header entry {key!r} must be on one line")
+        lines.append(f"# {text}")
+    lines.append(COLUMNS)
+    for name, row in rows.items():
+        if not name or name.startswith("#") or any(ch.isspace() for ch in name):
+            raise ValueError(f"tensor name {name!r} cannot be written in a calibration table "
+                             "(empty, starting with '#', or containing whitespace)")
+        if len(row) != 3 or not all(math.isfinite(float(v)) for v in row):
+            raise ValueError(f"tensor {name!r}: expected finite (threshold, min, max), got {row}")
+        lines.append(" ".join([name, *map(_fmt, row)]))
+    return "\n".join(lines) + "\n"
+
+
+def write_table(path: str | Path, rows: Mapping[str, Row],
+                header: Mapping[str, str] | None = None) -> None:
+    """Write atomically (temp file in the same folder, then os.replace)."""
+    path = Path(path)
+    data = format_table(rows, header).encode("utf-8")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def read_table(path: str | Path) -> dict[str, Row]:
+    """{name: (threshold, min, max)} in file order; `#` and blank lines are skipped.
+
+    Accepts tables written by tpu-mlir too: extra `#` headers are skipped and reading stops at its
+    later `#int4_th` / `#weight_scale` sections. DataError with file:line on a malformed line or
+    a repeated name.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read calibration table: {exc}", file=path) from exc
+    rows: dict[str, Row] = {}
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if stripped.startswith(_LATER_SECTIONS):
+            break
+        if not stripped or stripped.startswith("#"):
+            continue
+        fields = stripped.split()
+        where = f"line {lineno}: "
+        if len(fields) != 4:
+            raise DataError(f"{where}expected 'name threshold min max', found {len(fields)} "
+                            f"fields: {stripped!r}", file=path)
+        name = fields[0]
+        try:
+            values = tuple(float(v) for v in fields[1:])
+        except ValueError:
+            raise DataError(f"{where}threshold, min and max must be numbers: {stripped!r}",
+                            file=path) from None
+        if not all(math.isfinite(v) for v in values):
+            raise DataError(f"{where}non-finite number: {stripped!r}", file=path)
+        if values[0] <= 0:
+            raise DataError(f"{where}threshold must be positive: {stripped!r}", file=path)
+        if name in rows:
+            raise DataError(f"{where}tensor {name!r} appears twice", file=path)
+        rows[name] = values  # type: ignore[assignment]
+    return rows

@@ -1,0 +1,197 @@
+"""Command line: parse arguments, call one library function, render its result.
+
+Exit codes: 0 success, 1 a stage failed, 2 a user error (bad recipe, bad data, missing toolchain),
+3 an internal error (a bug: printed with its traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+from bmbuild import __version__
+from bmbuild.errors import BmbuildError
+
+DEFAULT_SCHEMA = Path("schemas/recipe.schema.json")
+
+
+def _workspace(args: argparse.Namespace) -> Any:
+    from bmbuild.workspace import Workspace
+
+    return Workspace.at(cache_dir=Path(args.cache_dir) if getattr(args, "cache_dir", None) else None,
+                        build_dir=Path(args.build_dir) if getattr(args, "build_dir", None) else None)
+
+
+def _prepare(args: argparse.Namespace, check_toolchains: bool = True) -> Any:
+    from bmbuild.project import prepare
+
+    return prepare(args.paths, _workspace(args), getattr(args, "toolchain", None),
+                   getattr(args, "stage", None), check_toolchains=check_toolchains)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bmbuild.console import BuildConsole
+    from bmbuild.engine import run_nodes
+    from bmbuild.executor import Outcome
+    from bmbuild.project import model_summary, write_reports
+
+    build = _prepare(args)
+    console = BuildConsole(force_plain=args.plain)
+    toolchains = sorted(set(build.toolchains.values()))
+    console.print(f"bmbuild {__version__}: {len(build.recipes)} recipe(s), {len(build.nodes)} stage(s), "
+                  f"toolchain {', '.join(toolchains)}, cache {build.workspace.cache_dir}")
+    result = run_nodes(build.nodes, build.workspace, console, jobs=args.jobs, force=args.force,
+                       keep_going=args.keep_going)
+    write_reports(build, result.records)
+    executed, restored = result.count(Outcome.EXECUTED), result.count(Outcome.RESTORED)
+    uptodate = result.count(Outcome.UP_TO_DATE)
+    for loaded in build.recipes:
+        mine = [r for r in result.records if r.recipe == loaded.name]
+        summary = model_summary(mine)
+        if summary and all(r.outcome.value not in ("failed", "blocked") for r in mine):
+            console.print(f"{loaded.name}: {summary}")
+    for error in result.errors:
+        console.print(error, style="red")
+    if executed == 0 and restored == 0 and result.ok:
+        console.print(f"nothing to do: {uptodate} stage(s) up to date ({result.seconds:.2f}s)")
+    else:
+        failed = result.count(Outcome.FAILED) + result.count(Outcome.BLOCKED)
+        console.print(f"{executed} executed, {restored} restored from cache, {uptodate} up to date, "
+                      f"{failed} failed or blocked ({result.seconds:.2f}s)")
+    return 0 if result.ok else 1
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from bmbuild.project import plan
+
+    rows = plan(_prepare(args), force=args.force)
+    for row in rows:
+        print(f"  {row.status.value:<14} {row.node.id:<36} {row.reason}")
+    pending = sum(1 for r in rows if r.status.value != "up-to-date")
+    print(f"{pending} of {len(rows)} stage(s) would run or be restored")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from bmbuild.executor import read_manifest
+    from bmbuild.project import plan
+
+    build = _prepare(args)
+    for row in plan(build):
+        folder = build.workspace.stage_dir(row.node.recipe_name, row.node.stage.name)
+        manifest = read_manifest(folder) or {}
+        state = "up-to-date" if row.status.value == "up-to-date" else (
+            "missing" if not manifest else f"stale ({row.reason})")
+        print(f"  {row.node.id:<36} {state:<12} {manifest.get('summary', '')}".rstrip())
+    return 0
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    from bmbuild.project import clean
+
+    names = None
+    if args.paths:
+        names = [loaded.name for loaded in _prepare(args, check_toolchains=False).recipes]
+    removed = clean(_workspace(args), names)
+    print(f"removed {len(removed)} path(s)" + "".join(f"\n  {p}" for p in removed))
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from bmbuild.recipe import load_recipes
+
+    recipes = load_recipes(args.paths)
+    for loaded in recipes:
+        print(f"  ok  {loaded.file}  ({loaded.name})")
+    print(f"{len(recipes)} recipe(s) valid")
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from bmbuild.project import schema_text
+
+    text = schema_text()
+    target = Path(args.output)
+    if args.check:
+        if not target.is_file() or target.read_text() != text:
+            raise BmbuildError(f"{target} is stale: run `bmbuild schema`")
+        print(f"{target} is current")
+        return 0
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text)
+    print(f"wrote {target}")
+    return 0
+
+
+def _add_common(parser: argparse.ArgumentParser, paths: str = "+") -> None:
+    parser.add_argument("paths", nargs=paths, help="recipe files or folders of recipes")
+    parser.add_argument("--cache-dir", help="action cache and object store (default: $BMBUILD_CACHE_DIR or the user cache dir)")
+    parser.add_argument("--build-dir", help="build outputs (default: build/ in the workspace)")
+
+
+def _add_selection(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--stage", action="append", help="build only this stage and what it needs (repeatable)")
+    parser.add_argument("--toolchain", choices=["auto", "reference", "nntc"],
+                        help="override the recipes' toolchain")
+    parser.add_argument("--force", action="store_true", help="run every selected stage, ignoring the cache")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bmbuild", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"bmbuild {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="build recipes incrementally")
+    _add_common(run)
+    _add_selection(run)
+    run.add_argument("-j", "--jobs", type=int, default=1, help="stages run in parallel")
+    run.add_argument("-k", "--keep-going", action="store_true", help="continue other models after a failure")
+    run.add_argument("--plain", action="store_true", help="plain lines even on a terminal")
+    run.set_defaults(func=cmd_run)
+
+    plan_parser = sub.add_parser("plan", help="what run would do, and why")
+    _add_common(plan_parser)
+    _add_selection(plan_parser)
+    plan_parser.set_defaults(func=cmd_plan)
+
+    status = sub.add_parser("status", help="state of each stage's outputs")
+    _add_common(status)
+    status.add_argument("--toolchain", choices=["auto", "reference", "nntc"])
+    status.set_defaults(func=cmd_status, stage=None)
+
+    clean_parser = sub.add_parser("clean", help="remove build outputs (not the cache)")
+    _add_common(clean_parser, paths="*")
+    clean_parser.set_defaults(func=cmd_clean)
+
+    validate = sub.add_parser("validate", help="check recipes")
+    validate.add_argument("paths", nargs="+")
+    validate.set_defaults(func=cmd_validate)
+
+    schema = sub.add_parser("schema", help="write the recipe JSON schema")
+    schema.add_argument("-o", "--output", default=str(DEFAULT_SCHEMA))
+    schema.add_argument("--check", action="store_true", help="fail if the file is stale")
+    schema.set_defaults(func=cmd_schema)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except BmbuildError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception:  # a bug in bmbuild, not a user mistake: show everything
+        traceback.print_exc()
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

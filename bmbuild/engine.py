@@ -1,0 +1,177 @@
+"""doit, embedded as a library: one task per stage node, our executor as the action.
+
+doit schedules (dependencies, `-j` threads, `--keep-going`), keeps its sqlite3 state DB and
+calls our reporter; the executor decides with content keys whether anything must run.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+from doit.action import BaseAction
+from doit.cmd_base import TaskLoader2
+from doit.doit_cmd import DoitMain
+from doit.exceptions import TaskError, TaskFailed
+from doit.task import Task
+
+from bmbuild.errors import BmbuildError
+from bmbuild.executor import Executor, NodeRecord, Outcome
+from bmbuild.graph import Node
+from bmbuild.workspace import Workspace
+
+
+class StageAction(BaseAction):
+    """A doit action that runs one node through the executor.
+
+    It does not swap sys.stdout like doit's PythonAction (which crashed under `-P thread`);
+    a stage's output goes to its own log file.
+    """
+
+    def __init__(self, executor: Executor, node: Node):
+        self.executor = executor
+        self.node = node
+        self.task = None
+        self.out = self.err = None
+        self.result: Any = None
+        self.values: dict[str, Any] = {}
+
+    def execute(self, out: Any = None, err: Any = None) -> Any:
+        try:
+            record = self.executor.execute(self.node)
+        except BmbuildError as exc:
+            return TaskFailed(str(exc))
+        except Exception as exc:  # a bug in bmbuild: keep the traceback
+            return TaskError(f"internal error in {self.node.id}: {exc}\n{traceback.format_exc()}")
+        self.result = record.outcome.value
+        self.values = {"outcome": record.outcome.value}
+        return None
+
+    def __str__(self) -> str:
+        return f"bmbuild stage {self.node.id}"
+
+
+class NodeLoader(TaskLoader2):
+    """Hands doit one task per node."""
+
+    def __init__(self, nodes: list[Node], executor: Executor, config: dict[str, Any]):
+        super().__init__()
+        self.nodes = nodes
+        self.executor = executor
+        self.doit_config = config
+
+    def load_doit_config(self) -> dict[str, Any]:
+        return self.doit_config
+
+    def load_tasks(self, cmd: Any, pos_args: list[str]) -> list[Task]:
+        tasks = []
+        for node in self.nodes:
+            tasks.append(Task(
+                node.id,
+                actions=[StageAction(self.executor, node)],
+                task_dep=[dep.id for dep in node.deps],
+                uptodate=[(self.executor.is_up_to_date, (node,), {})],
+                verbosity=2,
+                doc=f"{node.stage.name} of {node.loaded.file}",
+            ))
+        return tasks
+
+
+class Reporter:
+    """doit reporter that forwards events to a bmbuild console (thread-safe through it)."""
+
+    def __init__(self, console: Any, executor: Executor):
+        self.console = console
+        self.executor = executor
+        self.errors: list[str] = []
+
+    def initialize(self, tasks: Any, selected_tasks: Any) -> None:
+        pass
+
+    def get_status(self, task: Task) -> None:
+        pass
+
+    def execute_task(self, task: Task) -> None:
+        pass
+
+    def add_failure(self, task: Task, fail: Any) -> None:
+        node_id = task.name
+        record = self.executor.records.get(node_id)
+        if record is None or record.outcome is not Outcome.FAILED:
+            recipe, _, stage = node_id.partition(":")
+            message = fail.get_msg().strip()
+            blocked = type(fail).__name__ == "UnmetDependency"
+            outcome = Outcome.BLOCKED if blocked else Outcome.FAILED
+            text = f"upstream failed: {message}" if blocked else message
+            record = NodeRecord(node_id, recipe, stage, outcome, error=text)
+            self.executor.records[node_id] = record
+        self.console.node_done(record)
+        if record.outcome is Outcome.FAILED:
+            self.errors.append(fail.get_msg().strip())
+
+    def add_success(self, task: Task) -> None:
+        pass
+
+    def skip_uptodate(self, task: Task) -> None:
+        pass
+
+    def skip_ignore(self, task: Task) -> None:
+        pass
+
+    def cleanup_error(self, exception: Any) -> None:
+        self.errors.append(str(exception))
+
+    def runtime_error(self, msg: str) -> None:
+        self.errors.append(msg)
+
+    def teardown_task(self, task: Task) -> None:
+        pass
+
+    def complete_run(self) -> None:
+        pass
+
+
+@dataclass
+class RunResult:
+    records: list[NodeRecord]
+    seconds: float
+    doit_code: int
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.doit_code == 0 and not any(r.outcome in (Outcome.FAILED, Outcome.BLOCKED)
+                                               for r in self.records)
+
+    def count(self, outcome: Outcome) -> int:
+        return sum(1 for r in self.records if r.outcome is outcome)
+
+
+def run_nodes(nodes: list[Node], workspace: Workspace, console: Any, jobs: int = 1,
+              force: bool = False, keep_going: bool = False) -> RunResult:
+    """Build `nodes` (already including their dependencies) under the workspace lock."""
+    started = time.monotonic()
+    with workspace.locked():
+        workspace.clear_temp()
+        executor = Executor(workspace, force=force, on_event=console.node_event)
+        reporter = Reporter(console, executor)
+        config = {
+            "dep_file": str(workspace.state_dir / "doit.sqlite3"),
+            "backend": "sqlite3",
+            "reporter": reporter,
+            "verbosity": 2,
+            "continue": keep_going,
+            "num_process": jobs if jobs > 1 else 0,
+            "par_type": "thread",
+        }
+        console.start(len(nodes))
+        try:
+            code = DoitMain(NodeLoader(nodes, executor, config), config_filenames=()).run(
+                ["run"] + [node.id for node in nodes])
+        finally:
+            console.stop()
+            executor.stat.close()
+    records = [executor.records[n.id] for n in nodes if n.id in executor.records]
+    return RunResult(records, time.monotonic() - started, code, reporter.errors)

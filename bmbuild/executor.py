@@ -1,0 +1,342 @@
+"""Runs one stage node with the action cache: up-to-date check, restore, or run and publish.
+
+This is where "nothing half-done is ever trusted" lives: a stage runs in a private temp folder,
+its outputs are hashed and stored, a manifest is written last, and the folder is renamed into
+`build/<recipe>/<stage>` in one step. A folder without a valid manifest is never up to date.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Callable
+
+from bmbuild.cache import ActionEntry, LocalStore, StatCache, action_key, atomic_write_bytes, json_bytes, tree_digest
+from bmbuild.errors import BmbuildError, StageFailed
+from bmbuild.graph import Node, input_name
+from bmbuild.stagelog import StageLog, bind_log, tail_of
+from bmbuild.stages.base import StageContext
+from bmbuild.toolchains.base import Toolchain, load_toolchain, package_version
+from bmbuild.workspace import Workspace
+
+MANIFEST = ".bmbuild-manifest.json"
+# Environment variables that may change what a stage produces; part of every key.
+KEY_ENV = ("BMBUILD_KEY_SALT",)
+
+
+class Status(Enum):
+    """What a node needs, decided before it runs."""
+
+    UP_TO_DATE = "up-to-date"
+    RESTORE = "cache hit"
+    RUN = "run"
+    AFTER_UPSTREAM = "after upstream"   # planning only: the key is known once upstream has run
+
+
+class Outcome(Enum):
+    """What happened to a node in a run."""
+
+    UP_TO_DATE = "up-to-date"
+    RESTORED = "restored"
+    EXECUTED = "executed"
+    FAILED = "failed"
+    BLOCKED = "blocked"
+
+
+@dataclass
+class Decision:
+    status: Status
+    reason: str
+    key: str | None = None
+    components: dict[str, Any] | None = None
+    entry: ActionEntry | None = None
+
+
+@dataclass
+class NodeRecord:
+    """The result of one node in one run (goes to the console, report.json and JUnit)."""
+
+    node_id: str
+    recipe: str
+    stage: str
+    outcome: Outcome
+    reason: str = ""
+    seconds: float = 0.0
+    saved_seconds: float = 0.0
+    summary: str = ""
+    error: str = ""
+    log: str = ""
+    key: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        data = dict(self.__dict__)
+        data["outcome"] = self.outcome.value
+        return data
+
+
+def read_manifest(folder: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads((folder / MANIFEST).read_bytes())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and "key" in data and "outputs" in data else None
+
+
+def explain_change(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """Which key component changed, in words ('params.opt: 1 -> 2', 'input model.py changed')."""
+    changes: list[str] = []
+    for section in ("stage_version", "toolchain", "env"):
+        if old.get(section) != new.get(section):
+            changes.append(f"{section} changed: {old.get(section)} -> {new.get(section)}")
+    for section, label in (("params", "parameter"), ("inputs", "input"), ("upstream", "upstream")):
+        before, after = old.get(section, {}) or {}, new.get(section, {}) or {}
+        for name in sorted(set(before) | set(after)):
+            if before.get(name) != after.get(name):
+                if section == "params":
+                    changes.append(f"{label} {name}: {before.get(name)!r} -> {after.get(name)!r}")
+                elif name not in before:
+                    changes.append(f"new {label} {name}")
+                elif name not in after:
+                    changes.append(f"{label} {name} removed")
+                else:
+                    changes.append(f"{label} {name} changed")
+    return "; ".join(changes) or "key changed"
+
+
+class Executor:
+    """Decides and runs nodes. Thread-safe: doit may call `execute` from worker threads."""
+
+    def __init__(self, workspace: Workspace, force: bool = False, dry_run: bool = False,
+                 on_event: Callable[[str, Node, NodeRecord | None], None] | None = None):
+        self.ws = workspace
+        self.force = force
+        self.dry_run = dry_run
+        self.store: LocalStore = workspace.store()
+        self.stat: StatCache = workspace.stat_cache()
+        self.records: dict[str, NodeRecord] = {}
+        self._decisions: dict[str, Decision] = {}
+        self._toolchains: dict[str, Toolchain] = {}
+        self._lock = threading.Lock()
+        self.on_event = on_event or (lambda event, node, record: None)
+
+    # --- keys -----------------------------------------------------------------------------
+    def toolchain(self, name: str) -> Toolchain:
+        with self._lock:
+            if name not in self._toolchains:
+                self._toolchains[name] = load_toolchain(name)
+            return self._toolchains[name]
+
+    def components(self, node: Node, upstream_outputs: dict[str, dict[str, str]]) -> dict[str, Any]:
+        """Everything a stage's result depends on; hashed by `action_key`."""
+        stage, loaded = node.stage, node.loaded
+        if stage.uses_toolchain:
+            toolchain = self.toolchain(node.toolchain)
+            tc: dict[str, Any] = {"name": toolchain.name, "versions": toolchain.versions()}
+        else:
+            tc = {"name": "torch", "versions": {"torch": package_version("torch")}}
+        return {
+            "stage": stage.name,
+            "stage_version": stage.version,
+            "toolchain": tc,
+            "params": stage.params(loaded.recipe),
+            "inputs": {input_name(p, loaded): self.stat.digest(p) for p in stage.external_inputs(loaded)},
+            "upstream": {name: tree_digest(outputs) for name, outputs in sorted(upstream_outputs.items())},
+            "env": {name: os.environ.get(name) for name in KEY_ENV},
+        }
+
+    def published_outputs(self, node: Node) -> dict[str, str]:
+        manifest = read_manifest(self.ws.stage_dir(node.recipe_name, node.stage.name))
+        if manifest is None:
+            raise StageFailed(f"{node.id}: upstream output is missing")
+        return manifest["outputs"]
+
+    # --- decisions ------------------------------------------------------------------------
+    def decide(self, node: Node, upstream_outputs: dict[str, dict[str, str]] | None = None) -> Decision:
+        """Up to date, restorable from the cache, or to be run — and why."""
+        if upstream_outputs is None:
+            upstream_outputs = {dep.stage.name: self.published_outputs(dep) for dep in node.deps}
+        components = self.components(node, upstream_outputs)
+        key = action_key(components)
+        folder = self.ws.stage_dir(node.recipe_name, node.stage.name)
+        manifest = read_manifest(folder)
+        if self.force:
+            return Decision(Status.RUN, "forced (--force)", key, components)
+        if manifest is None:
+            reason = "no output yet" if not folder.exists() else "output incomplete (no manifest)"
+        elif manifest["key"] != key:
+            reason = explain_change(manifest.get("components", {}), components)
+        else:
+            changed = self._changed_outputs(folder, manifest["outputs"])
+            failures = node.stage.gate(node.loaded.recipe, manifest.get("metrics", {}))
+            if not changed and not failures:
+                return Decision(Status.UP_TO_DATE, "nothing changed", key, components)
+            reason = f"output {changed[0]} was modified or removed" if changed else "tolerance gate fails"
+        entry = self.store.get_action(key)
+        if entry is not None and self.store.has_all(entry):
+            return Decision(Status.RESTORE, reason, key, components, entry)
+        return Decision(Status.RUN, reason, key, components)
+
+    def _changed_outputs(self, folder: Path, outputs: dict[str, str]) -> list[str]:
+        changed = []
+        for rel, digest in outputs.items():
+            path = folder / rel
+            try:
+                if self.stat.digest(path) != digest:
+                    changed.append(rel)
+            except OSError:
+                changed.append(rel)
+        return changed
+
+    def is_up_to_date(self, node: Node) -> bool:
+        """doit's `uptodate` hook: decides once, remembers the decision for `execute`."""
+        try:
+            decision = self.decide(node)
+        except Exception:  # reported by execute, which decides again and raises properly
+            return False
+        with self._lock:
+            self._decisions[node.id] = decision
+        if decision.status is Status.UP_TO_DATE:
+            manifest = read_manifest(self.ws.stage_dir(node.recipe_name, node.stage.name)) or {}
+            self._record(node, NodeRecord(node.id, node.recipe_name, node.stage.name, Outcome.UP_TO_DATE,
+                                          decision.reason, summary=manifest.get("summary", ""),
+                                          log=str(self.ws.log_path(node.recipe_name, node.stage.name)),
+                                          key=decision.key or "", metrics=manifest.get("metrics", {})))
+            return True
+        return False
+
+    # --- execution ------------------------------------------------------------------------
+    def execute(self, node: Node) -> NodeRecord:
+        """Restore or run one node, check its gate, publish it. Raises StageFailed on failure."""
+        with self._lock:
+            decision = self._decisions.pop(node.id, None)
+        log_path = self.ws.log_path(node.recipe_name, node.stage.name)
+        try:
+            if decision is None:
+                decision = self.decide(node)
+        except BmbuildError as exc:
+            raise self._fail(node, str(exc), log_path) from None
+        if decision.status is Status.UP_TO_DATE:
+            return self.records[node.id] if node.id in self.records else self._record(
+                node, NodeRecord(node.id, node.recipe_name, node.stage.name, Outcome.UP_TO_DATE, decision.reason))
+        tmp = self.ws.new_temp_dir(node.recipe_name, node.stage.name)
+        try:
+            started = time.monotonic()
+            entry = None
+            if decision.status is Status.RESTORE and decision.entry is not None:
+                self.on_event("restore", node, None)
+                if self._restore(decision.entry, tmp, log_path):
+                    entry = decision.entry
+                else:  # a corrupt or missing object: run instead
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    tmp = self.ws.new_temp_dir(node.recipe_name, node.stage.name)
+            outcome = Outcome.RESTORED if entry is not None else Outcome.EXECUTED
+            if entry is None:
+                self.on_event("run", node, None)
+                entry = self._run(node, decision, tmp, log_path)
+            failures = node.stage.gate(node.loaded.recipe, entry.metrics)
+            if failures:
+                raise self._fail(node, "tolerance not met:\n" + "\n".join(f"  {f}" for f in failures), log_path,
+                                 show_tail=False)
+            self._publish(node, tmp, entry)
+            record = NodeRecord(node.id, node.recipe_name, node.stage.name, outcome, decision.reason,
+                                seconds=time.monotonic() - started,
+                                saved_seconds=entry.seconds if outcome is Outcome.RESTORED else 0.0,
+                                summary=entry.summary, log=str(log_path), key=entry.key, metrics=entry.metrics)
+            return self._record(node, record)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _run(self, node: Node, decision: Decision, out_dir: Path, log_path: Path) -> ActionEntry:
+        stage = node.stage
+        work_dir = out_dir.parent / f"{out_dir.name}.work"
+        work_dir.mkdir(parents=True, exist_ok=True)
+        log = StageLog(log_path)
+        log.info(f"# {node.id} ({decision.reason})")
+        started = time.monotonic()
+        try:
+            toolchain = self.toolchain(node.toolchain) if stage.uses_toolchain else None
+            ctx = StageContext(node.loaded, dict(decision.components["params"]),
+                               {dep.stage.name: self.ws.stage_dir(node.recipe_name, dep.stage.name)
+                                for dep in node.deps},
+                               out_dir, work_dir, log, toolchain)  # type: ignore[arg-type]
+            with bind_log(log):
+                stage.run(ctx)
+            outputs = {str(p.relative_to(out_dir)): self.stat.digest(p)
+                       for p in sorted(out_dir.rglob("*")) if p.is_file()}
+            if not outputs:
+                raise StageFailed(f"stage {stage.name} produced no output")
+        except BmbuildError as exc:
+            log.info(f"FAILED: {exc}")
+            log.close()
+            raise self._fail(node, str(exc), log_path) from None
+        except Exception as exc:  # user model code or a library raised: keep the traceback in the log
+            log.write_raw(traceback.format_exc())
+            log.close()
+            raise self._fail(node, f"{type(exc).__name__}: {exc}", log_path) from None
+        finally:
+            shutil.rmtree(work_dir, ignore_errors=True)
+        seconds = time.monotonic() - started
+        log.info(f"# done in {seconds:.2f}s")
+        log.close()
+        for rel, digest in outputs.items():
+            self.store.put_file(out_dir / rel, digest)
+        log_digest = self.stat.digest(log_path)
+        self.store.put_file(log_path, log_digest)
+        entry = ActionEntry(key=decision.key or "", outputs=outputs, log_digest=log_digest,
+                            summary=stage.summary(ctx.metrics), metrics=ctx.metrics,
+                            components=decision.components or {}, seconds=seconds)
+        self.store.put_action(entry)
+        return entry
+
+    def _restore(self, entry: ActionEntry, out_dir: Path, log_path: Path) -> bool:
+        for rel, digest in entry.outputs.items():
+            if not self.store.get_file(digest, out_dir / rel):
+                return False
+        if entry.log_digest:
+            tmp_log = log_path.with_name(f".{log_path.name}.{uuid.uuid4().hex}")
+            if self.store.get_file(entry.log_digest, tmp_log):
+                os.replace(tmp_log, log_path)
+        return True
+
+    def _publish(self, node: Node, tmp: Path, entry: ActionEntry) -> None:
+        """Swap the finished folder into place; the manifest inside marks it complete."""
+        manifest = {"key": entry.key, "outputs": entry.outputs, "summary": entry.summary,
+                    "metrics": entry.metrics, "components": entry.components}
+        atomic_write_bytes(tmp / MANIFEST, json_bytes(manifest))
+        final = self.ws.stage_dir(node.recipe_name, node.stage.name)
+        trash = None
+        if final.exists():
+            trash = self.ws.new_temp_dir(node.recipe_name, f"{node.stage.name}.old", create=False)
+            os.replace(final, trash)
+        os.replace(tmp, final)
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
+        # hashing the published files now keeps the next up-to-date check free of reads
+        for rel in entry.outputs:
+            self.stat.digest(final / rel)
+
+    def _fail(self, node: Node, message: str, log_path: Path, show_tail: bool = True) -> StageFailed:
+        tail = tail_of(log_path, 15) if show_tail else ""
+        text = f"{node.id} failed: {message}"
+        if tail:
+            text += "\n  log tail:\n" + "\n".join("    " + line for line in tail.splitlines())
+        text += f"\n  full log: {log_path}"
+        error = StageFailed(text)
+        self._record(node, NodeRecord(node.id, node.recipe_name, node.stage.name, Outcome.FAILED,
+                                      error=message, log=str(log_path)))
+        return error
+
+    def _record(self, node: Node, record: NodeRecord) -> NodeRecord:
+        with self._lock:
+            self.records[node.id] = record
+        self.on_event("done", node, record)
+        return record

@@ -1,0 +1,159 @@
+"""The library behind the commands: load recipes, pick toolchains, plan, run, report, clean.
+
+Each function takes plain values and returns data; `cli.py` only parses and renders.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bmbuild.cache import atomic_write_bytes, json_bytes
+from bmbuild.errors import BmbuildError
+from bmbuild.executor import Decision, Executor, NodeRecord, Status, read_manifest
+from bmbuild.graph import Node, build_graph
+from bmbuild.recipe import LoadedRecipe, load_recipes
+from bmbuild.toolchains.base import load_toolchain, require_usable
+from bmbuild.workspace import Workspace
+
+
+@dataclass
+class Build:
+    """The recipes selected by a command, their toolchains and their nodes."""
+
+    workspace: Workspace
+    recipes: list[LoadedRecipe]
+    toolchains: dict[str, str]
+    nodes: list[Node]
+
+
+def prepare(paths: list[str], workspace: Workspace, toolchain: str | None = None,
+            stages: list[str] | None = None, check_toolchains: bool = True) -> Build:
+    """Load recipes below `paths` and turn them into nodes. Never imports torch."""
+    recipes = load_recipes([Path(p) for p in paths])
+    chosen: dict[str, str] = {}
+    resolved_cache: dict[str, str] = {}
+    for loaded in recipes:
+        wanted = toolchain or loaded.recipe.toolchain
+        if wanted not in resolved_cache:
+            instance = load_toolchain(wanted)
+            if check_toolchains:
+                require_usable(instance)
+            resolved_cache[wanted] = instance.name
+        chosen[loaded.name] = resolved_cache[wanted]
+    return Build(workspace, recipes, chosen, build_graph(recipes, chosen, stages))
+
+
+@dataclass
+class PlanRow:
+    node: Node
+    status: Status
+    reason: str
+
+
+def plan(build: Build, force: bool = False) -> list[PlanRow]:
+    """What `run` would do for each node, and why; reads the build dir and the cache only."""
+    executor = Executor(build.workspace, force=force)
+    expected: dict[str, dict[str, str] | None] = {}
+    rows: list[PlanRow] = []
+    try:
+        for node in build.nodes:
+            pending = [dep for dep in node.deps if expected.get(dep.id) is None]
+            if pending:
+                rows.append(PlanRow(node, Status.AFTER_UPSTREAM, f"{pending[0].stage.name} will run first"))
+                expected[node.id] = None
+                continue
+            decision: Decision = executor.decide(node, {dep.stage.name: expected[dep.id] for dep in node.deps})
+            rows.append(PlanRow(node, decision.status, decision.reason))
+            if decision.status is Status.UP_TO_DATE:
+                manifest = read_manifest(build.workspace.stage_dir(node.recipe_name, node.stage.name))
+                expected[node.id] = manifest["outputs"] if manifest else None
+            elif decision.status is Status.RESTORE and decision.entry is not None:
+                expected[node.id] = decision.entry.outputs
+            else:
+                expected[node.id] = None
+    finally:
+        executor.stat.close()
+    return rows
+
+
+def write_reports(build: Build, records: list[NodeRecord]) -> list[Path]:
+    """`build/<recipe>/report.json` for every recipe touched by a run."""
+    by_recipe: dict[str, list[NodeRecord]] = {}
+    for record in records:
+        by_recipe.setdefault(record.recipe, []).append(record)
+    written = []
+    for loaded in build.recipes:
+        mine = by_recipe.get(loaded.name)
+        if not mine:
+            continue
+        report = recipe_report(build, loaded, mine)
+        path = build.workspace.report_path(loaded.name)
+        atomic_write_bytes(path, json_bytes(report))
+        written.append(path)
+    return written
+
+
+def recipe_report(build: Build, loaded: LoadedRecipe, records: list[NodeRecord]) -> dict[str, Any]:
+    recipe = loaded.recipe
+    ok = all(r.outcome.value in ("executed", "restored", "up-to-date") for r in records)
+    return {
+        "name": recipe.name,
+        "recipe": str(loaded.file),
+        "toolchain": build.toolchains[recipe.name],
+        "target": recipe.target,
+        "prec": recipe.prec,
+        "batch_sizes": recipe.resolved_batch_sizes,
+        "ok": ok,
+        "stages": {r.stage: {k: v for k, v in r.to_json().items() if k not in ("recipe", "stage")}
+                   for r in records},
+    }
+
+
+def model_summary(records: list[NodeRecord]) -> str:
+    """One line per model: fp32 cmp, int8 cmp, accuracy when evaluated."""
+    parts = []
+    for record in records:
+        if record.summary and record.stage != "trace":
+            parts.append(record.summary)
+    return "; ".join(parts)
+
+
+def clean(workspace: Workspace, recipe_names: list[str] | None = None) -> list[Path]:
+    """Remove build outputs (all, or of the named recipes). The cache is left alone."""
+    removed = []
+    with workspace.locked():
+        if recipe_names:
+            targets = [workspace.build_dir / name for name in recipe_names]
+        else:
+            targets = [workspace.build_dir, workspace.state_dir / "doit.sqlite3"]
+        for target in targets:
+            if target.is_dir():
+                shutil.rmtree(target)
+                removed.append(target)
+            elif target.exists():
+                target.unlink()
+                removed.append(target)
+    return removed
+
+
+def recipe_schema() -> dict[str, Any]:
+    from bmbuild.recipe import Recipe
+
+    schema = Recipe.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "bmbuild recipe"
+    return schema
+
+
+def schema_text() -> str:
+    import json
+
+    return json.dumps(recipe_schema(), indent=2, sort_keys=True) + "\n"
+
+
+def ensure(condition: bool, message: str) -> None:
+    if not condition:
+        raise BmbuildError(message)

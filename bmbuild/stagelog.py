@@ -1,0 +1,91 @@
+"""A stage's log file: every line a stage or its tools print goes here, not to the console."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TextIO
+
+
+class StageLog:
+    """Line-oriented log of one stage run; thread-independent (each stage has its own file)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle: TextIO = open(path, "w", encoding="utf-8")
+
+    def info(self, message: str) -> None:
+        self._handle.write(message.rstrip("\n") + "\n")
+        self._handle.flush()
+
+    def write_raw(self, text: str) -> None:
+        self._handle.write(text)
+        self._handle.flush()
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def tail(self, lines: int = 20) -> str:
+        return tail_of(self.path, lines)
+
+
+def tail_of(path: Path, lines: int = 20) -> str:
+    """The last lines of a text file ('' when it does not exist)."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+# --- routing `logging` and `warnings` of the running stage into its log file -------------
+import logging  # noqa: E402
+import threading  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
+from typing import Iterator  # noqa: E402
+
+_current = threading.local()
+
+
+class _ThreadLogHandler(logging.Handler):
+    """Sends a record to the log of the stage running on this thread, if any."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        log = getattr(_current, "log", None)
+        if log is not None:
+            try:
+                log.info(self.format(record))
+            except ValueError:  # the log was closed
+                pass
+
+
+_handler_installed = False
+_install_lock = threading.Lock()
+
+
+def _install() -> None:
+    global _handler_installed
+    with _install_lock:
+        if _handler_installed:
+            return
+        logging.captureWarnings(True)
+        handler = _ThreadLogHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        for name in ("py.warnings", "bmbuild"):
+            logger = logging.getLogger(name)
+            logger.addHandler(handler)
+            logger.propagate = False
+            logger.setLevel(logging.INFO)
+        _handler_installed = True
+
+
+@contextmanager
+def bind_log(log: StageLog) -> Iterator[None]:
+    """While the block runs, this thread's logging and warnings go to `log`."""
+    _install()
+    previous = getattr(_current, "log", None)
+    _current.log = log
+    try:
+        yield
+    finally:
+        _current.log = previous

@@ -1,0 +1,55 @@
+"""What every stage is: a name, a version, what it consumes, what it is keyed on, how it runs.
+
+A stage is toolchain-independent; the toolchain does the work of a stage where the vendor
+tools differ (compile, calibrate, quantize). Gates (tolerances) are kept out of the key, so
+changing a tolerance re-checks the cached metrics instead of recompiling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from bmbuild.recipe import LoadedRecipe, Recipe
+
+if TYPE_CHECKING:
+    from bmbuild.stagelog import StageLog
+    from bmbuild.toolchains.base import Toolchain
+
+
+@dataclass
+class StageContext:
+    """Everything one run of one stage may use. Outputs go to `out_dir` only."""
+
+    loaded: LoadedRecipe
+    params: dict[str, Any]
+    inputs: dict[str, Path]          # upstream stage name -> its published output folder
+    out_dir: Path                    # private temp folder, published atomically on success
+    work_dir: Path                   # scratch space, deleted after the stage
+    log: "StageLog"
+    toolchain: "Toolchain"
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def recipe(self) -> Recipe:
+        return self.loaded.recipe
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the pipeline."""
+
+    name: str
+    version: str
+    upstream: tuple[str, ...]
+    applies: Callable[[Recipe], bool]
+    params: Callable[[Recipe], dict[str, Any]]
+    external_inputs: Callable[[LoadedRecipe], list[Path]]
+    run: Callable[[StageContext], None]
+    gate: Callable[[Recipe, dict[str, Any]], list[str]] = lambda recipe, metrics: []
+    summary: Callable[[dict[str, Any]], str] = lambda metrics: ""
+    uses_toolchain: bool = True
+
+    def upstream_for(self, recipe: Recipe, present: set[str]) -> tuple[str, ...]:
+        return tuple(name for name in self.upstream if name in present)

@@ -1,0 +1,77 @@
+"""compile_fp32: the fp32 deployable model (bmnetp on NNTC, ONNX + onnxruntime on reference),
+compared against the source when `fp32.cmp` is on. The tolerance is checked on the recorded
+metrics, outside the action key, so changing it never recompiles."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bmbuild.compare import check_all
+from bmbuild.recipe import LoadedRecipe, Recipe
+from bmbuild.stages.base import Stage, StageContext
+
+
+def _params(recipe: Recipe) -> dict[str, Any]:
+    fp32 = recipe.fp32
+    return {
+        "net_name": recipe.name,
+        "target": recipe.target,
+        "shapes": recipe.shapes,
+        "inputs": [spec.model_dump() for spec in recipe.input_specs],
+        "batch_sizes": recipe.resolved_batch_sizes,
+        "opt": fp32.opt,
+        "dyn": fp32.dyn,
+        "cmp": fp32.cmp,
+        "enable_profile": fp32.enable_profile,
+        "opset": fp32.opset,
+        "cmp_samples": fp32.cmp_samples,
+        "seed": fp32.seed,
+    }
+
+
+def _inputs(loaded: LoadedRecipe) -> list[Path]:
+    recipe = loaded.recipe
+    if recipe.source.framework == "pytorch":
+        return []  # the traced model comes from the trace stage
+    return [(loaded.file.parent / recipe.source.model_file).resolve()]
+
+
+def source_model(ctx: StageContext) -> Path:
+    """The model this stage compiles: the trace stage's output, or the recipe's own file."""
+    recipe = ctx.recipe
+    if "trace" in ctx.inputs:
+        return ctx.inputs["trace"] / f"{recipe.name}.pt"
+    return (ctx.loaded.file.parent / recipe.source.model_file).resolve()
+
+
+def _gate(recipe: Recipe, metrics: dict[str, Any]) -> list[str]:
+    if not recipe.fp32.cmp or "cmp" not in metrics:
+        return []
+    return check_all(metrics["cmp"], recipe.fp32.tolerance).failures
+
+
+def _summary(metrics: dict[str, Any]) -> str:
+    cmp = metrics.get("cmp")
+    if not cmp:
+        return "compiled (cmp off)"
+    cos = min(v["cos"] for v in cmp.values())
+    sqnr = min(v["sqnr"] for v in cmp.values())
+    return f"fp32 cmp cos={cos:.6f} sqnr={sqnr:.1f}dB"
+
+
+def _run(ctx: StageContext) -> None:
+    ctx.toolchain.compile_fp32(ctx)
+
+
+STAGE = Stage(
+    name="compile_fp32",
+    version="1",
+    upstream=("trace",),
+    applies=lambda recipe: True,
+    params=_params,
+    external_inputs=_inputs,
+    run=_run,
+    gate=_gate,
+    summary=_summary,
+)

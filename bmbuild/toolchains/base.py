@@ -1,0 +1,84 @@
+"""The toolchain protocol and registry: one implementation per vendor toolchain.
+
+Implementations are imported lazily by name, so listing toolchains or planning a build never
+imports torch, onnxruntime or a vendor SDK. A toolchain that cannot load here is listed with the
+reason and fails only when a stage needs it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from importlib import metadata
+from typing import TYPE_CHECKING, Protocol
+
+from bmbuild.errors import ToolchainError
+
+if TYPE_CHECKING:
+    from bmbuild.stages.base import StageContext
+
+
+@dataclass(frozen=True)
+class Availability:
+    usable: bool
+    version: str
+    reason: str = ""
+
+
+class Toolchain(Protocol):
+    """What a toolchain does for the stages that differ between vendors."""
+
+    name: str
+
+    def availability(self) -> Availability: ...
+
+    def versions(self) -> dict[str, str]:
+        """Versions that go into every action key (cheap: no heavy imports)."""
+        ...
+
+    def compile_fp32(self, ctx: "StageContext") -> None: ...
+
+    def calibrate(self, ctx: "StageContext") -> None: ...
+
+    def quantize(self, ctx: "StageContext") -> None: ...
+
+    def compile_int8(self, ctx: "StageContext") -> None: ...
+
+
+REGISTRY: dict[str, str] = {
+    "reference": "bmbuild.toolchains.reference:ReferenceToolchain",
+    "nntc": "bmbuild.toolchains.nntc:NntcToolchain",
+}
+
+
+def package_version(name: str) -> str:
+    """An installed distribution's version without importing it ('absent' when missing)."""
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "absent"
+
+
+def load_toolchain(name: str) -> Toolchain:
+    """The toolchain called `name` ('auto' picks NNTC when it is usable, else reference)."""
+    if name == "auto":
+        try:
+            nntc: Toolchain | None = load_toolchain("nntc")
+        except ToolchainError:
+            nntc = None
+        return nntc if nntc is not None and nntc.availability().usable else load_toolchain("reference")
+    if name not in REGISTRY:
+        raise ToolchainError(f"unknown toolchain {name!r}; known: {', '.join(REGISTRY)}")
+    module_name, _, class_name = REGISTRY[name].partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ToolchainError(f"toolchain {name!r} cannot be loaded: {exc}") from None
+    return getattr(module, class_name)()
+
+
+def require_usable(toolchain: Toolchain) -> None:
+    """Fail before any stage runs when the chosen toolchain cannot work here."""
+    status = toolchain.availability()
+    if not status.usable:
+        raise ToolchainError(f"toolchain {toolchain.name!r} is not usable here: {status.reason}")

@@ -1,0 +1,148 @@
+"""The reference toolchain: the vendor's stages done for real with ONNX and onnxruntime on CPU.
+
+compile_fp32 exports the traced model with the TorchScript ONNX exporter (the only one that
+takes a traced ScriptModule), checks it, writes an onnxruntime-optimised deployable model at the
+recipe's `opt` level and compares it with torch on seeded inputs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+from typing import Any
+
+from bmbuild.compare import Similarity, similarity, worst
+from bmbuild.errors import StageFailed
+from bmbuild.stages.base import StageContext
+from bmbuild.toolchains.base import Availability, package_version
+
+PACKAGES = ("torch", "onnx", "onnxruntime")
+# bmnetp --opt 0/1/2 mapped onto onnxruntime graph optimisation levels.
+ORT_LEVELS = {0: "ORT_DISABLE_ALL", 1: "ORT_ENABLE_BASIC", 2: "ORT_ENABLE_EXTENDED"}
+
+
+def ort_session(path: Path, opt: int = 0, save_to: Path | None = None) -> Any:
+    """An onnxruntime CPU session at a bmnetp-style optimisation level."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, ORT_LEVELS[opt])
+    options.log_severity_level = 3
+    if save_to is not None:
+        options.optimized_model_filepath = str(save_to)
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def run_session(session: Any, arrays: list[Any]) -> list[Any]:
+    feeds = {inp.name: arr for inp, arr in zip(session.get_inputs(), arrays)}
+    return session.run(None, feeds)
+
+
+def onnx_names(recipe: Any) -> list[str]:
+    return [spec.name for spec in recipe.input_specs]
+
+
+class ReferenceToolchain:
+    """ONNX + onnxruntime: runs everywhere, and is how the pipeline is tested."""
+
+    name = "reference"
+
+    def availability(self) -> Availability:
+        missing = [p for p in PACKAGES if importlib.util.find_spec(p) is None]
+        version = f"onnxruntime {package_version('onnxruntime')}"
+        if missing:
+            return Availability(False, version, f"python packages missing: {', '.join(missing)}")
+        return Availability(True, version)
+
+    def versions(self) -> dict[str, str]:
+        return {name: package_version(name) for name in PACKAGES}
+
+    # --- compile_fp32 -------------------------------------------------------------------
+    def compile_fp32(self, ctx: StageContext) -> None:
+        import onnx
+
+        from bmbuild.stages.compile_fp32 import source_model
+
+        recipe, params = ctx.recipe, ctx.params
+        exported = ctx.out_dir / f"{recipe.name}.onnx"
+        deployable = ctx.out_dir / f"{recipe.name}.fp32.onnx"
+        source = source_model(ctx)
+        if recipe.source.framework == "onnx":
+            shutil.copyfile(source, exported)
+        else:
+            self._export(ctx, source, exported)
+        try:
+            onnx.checker.check_model(str(exported), full_check=True)
+        except Exception as exc:  # onnx raises ValidationError and shape-inference errors
+            raise StageFailed(f"onnx.checker rejected {exported.name}: {exc}") from None
+        ort_session(exported, params["opt"], save_to=deployable)
+        ctx.log.info(f"wrote {deployable.name} (onnxruntime {ORT_LEVELS[params['opt']]})")
+        if params["cmp"]:
+            ctx.metrics["cmp"] = self._compare_fp32(ctx, source, exported, deployable)
+            for label, values in ctx.metrics["cmp"].items():
+                ctx.log.info(f"cmp {label}: {Similarity(**values)}")
+
+    def _export(self, ctx: StageContext, traced_file: Path, target: Path) -> None:
+        import torch
+
+        from bmbuild.stages.trace import example_inputs, run_torch
+
+        recipe, params = ctx.recipe, ctx.params
+        module = torch.jit.load(str(traced_file), map_location="cpu")
+        arrays = example_inputs(recipe, recipe.resolved_batch_sizes[0], seed=0)
+        n_outputs = len(run_torch(module, arrays))
+        inputs = onnx_names(recipe)
+        outputs = ["output"] if n_outputs == 1 else [f"output{i}" for i in range(n_outputs)]
+        dynamic = params["dyn"] or len(params["batch_sizes"]) > 1
+        axes = {name: {0: "batch"} for name in inputs + outputs} if dynamic else None
+        ctx.log.info(f"exporting to ONNX opset {params['opset']} ({'dynamic' if dynamic else 'static'} batch)")
+        try:
+            torch.onnx.export(module, tuple(torch.from_numpy(a) for a in arrays), str(target),
+                              dynamo=False, opset_version=params["opset"], input_names=inputs,
+                              output_names=outputs, dynamic_axes=axes, do_constant_folding=True)
+        except Exception as exc:  # exporter errors are about the user's model
+            raise StageFailed(f"ONNX export failed: {type(exc).__name__}: {exc}") from None
+
+    def _compare_fp32(self, ctx: StageContext, source: Path, exported: Path,
+                      deployable: Path) -> dict[str, Any]:
+        from bmbuild.stages.trace import example_inputs, run_torch
+
+        recipe, params = ctx.recipe, ctx.params
+        if recipe.source.framework == "onnx":
+            reference_session = ort_session(exported, 0)
+            reference = lambda arrays: run_session(reference_session, arrays)  # noqa: E731
+        else:
+            import torch
+
+            module = torch.jit.load(str(source), map_location="cpu")
+            reference = lambda arrays: run_torch(module, arrays)  # noqa: E731
+        session = ort_session(deployable, 0)
+        names = [o.name for o in session.get_outputs()]
+        results: dict[str, Any] = {}
+        for batch in params["batch_sizes"]:
+            per_output: dict[str, list[Similarity]] = {name: [] for name in names}
+            for sample in range(params["cmp_samples"]):
+                arrays = example_inputs(recipe, batch, seed=params["seed"] * 1000 + sample + 1)
+                expected, actual = reference(arrays), run_session(session, arrays)
+                for name, ref, test in zip(names, expected, actual):
+                    per_output[name].append(similarity(ref, test))
+            for name, sims in per_output.items():
+                results[f"b{batch}/{name}"] = worst(sims).to_json()
+        return results
+
+    # --- int8 stages: see bmbuild/toolchains/reference_int8.py ---------------------------
+    def calibrate(self, ctx: StageContext) -> None:
+        from bmbuild.toolchains import reference_int8
+
+        reference_int8.calibrate(ctx)
+
+    def quantize(self, ctx: StageContext) -> None:
+        from bmbuild.toolchains import reference_int8
+
+        reference_int8.quantize(ctx)
+
+    def compile_int8(self, ctx: StageContext) -> None:
+        from bmbuild.toolchains import reference_int8
+
+        reference_int8.compile_int8(ctx)

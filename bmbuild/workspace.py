@@ -1,0 +1,104 @@
+"""Where a build lives: the workspace root, build/ and .bmbuild/ folders, the cache, the lock."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from filelock import FileLock, Timeout
+
+from bmbuild.cache import LocalStore, StatCache
+from bmbuild.errors import WorkspaceBusy
+
+WORKSPACE_FILES = ("bmbuild.yaml", "bmbuild.yml")
+
+
+def default_cache_dir() -> Path:
+    """$BMBUILD_CACHE_DIR, else the user cache dir (~/.cache/bmbuild on Linux)."""
+    env = os.environ.get("BMBUILD_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("bmbuild"))
+
+
+def find_root(start: Path) -> Path:
+    """The nearest folder at or above `start` holding bmbuild.yaml; else `start` itself."""
+    start = start.resolve()
+    for folder in (start, *start.parents):
+        if any((folder / name).is_file() for name in WORKSPACE_FILES):
+            return folder
+    return start
+
+
+@dataclass
+class Workspace:
+    root: Path
+    build_dir: Path
+    cache_dir: Path
+
+    @classmethod
+    def at(cls, root: Path | None = None, build_dir: Path | None = None,
+           cache_dir: Path | None = None) -> "Workspace":
+        root = find_root(root or Path.cwd())
+        return cls(root=root, build_dir=(build_dir or root / "build").resolve(),
+                   cache_dir=(cache_dir or default_cache_dir()).expanduser().resolve())
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / ".bmbuild"
+
+    def stage_dir(self, recipe: str, stage: str) -> Path:
+        return self.build_dir / recipe / stage
+
+    def log_path(self, recipe: str, stage: str) -> Path:
+        return self.build_dir / recipe / "logs" / f"{stage}.log"
+
+    def report_path(self, recipe: str) -> Path:
+        return self.build_dir / recipe / "report.json"
+
+    def temp_root(self, recipe: str) -> Path:
+        return self.build_dir / recipe / ".tmp"
+
+    def new_temp_dir(self, recipe: str, stage: str, create: bool = True) -> Path:
+        path = self.temp_root(recipe) / f"{stage}-{uuid.uuid4().hex[:12]}"
+        if create:
+            path.mkdir(parents=True)
+        return path
+
+    def clear_temp(self) -> None:
+        """Remove what killed runs left behind (only called while holding the lock)."""
+        if self.build_dir.is_dir():
+            for folder in self.build_dir.glob("*/.tmp"):
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def store(self) -> LocalStore:
+        return LocalStore(self.cache_dir)
+
+    def stat_cache(self) -> StatCache:
+        return StatCache(self.state_dir / "stat.sqlite3")
+
+    @contextmanager
+    def locked(self, wait: bool = True) -> Iterator[None]:
+        """Hold the workspace lock: one bmbuild run (or clean) per workspace at a time."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(self.state_dir / "lock"))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            if not wait:
+                raise WorkspaceBusy(f"another bmbuild process is using {self.root} "
+                                    f"(lock {self.state_dir / 'lock'})") from None
+            print(f"waiting for another bmbuild process on {self.root} ...", file=sys.stderr)
+            lock.acquire()
+        try:
+            yield
+        finally:
+            lock.release()

@@ -1,0 +1,141 @@
+"""Streaming histograms and threshold methods against known answers."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from bmbuild.calib import StatsCollector, TensorStats, compute_threshold
+from bmbuild.calib.methods import TINY
+from bmbuild.errors import DataError
+
+
+def stats_of(*arrays: np.ndarray, bins: int = 2048) -> TensorStats:
+    s = TensorStats(bins)
+    for a in arrays:
+        s.update(a)
+    return s
+
+
+@pytest.fixture(scope="module")
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
+
+
+def test_minmax_known_array() -> None:
+    s = stats_of(np.array([[-3.5, 0.25], [2.0, 1.0]], dtype=np.float32))
+    assert (s.min, s.max, s.count) == (-3.5, 2.0, 4)
+    assert compute_threshold(s, "minmax") == 3.5
+
+
+def test_percentile_uniform(rng: np.random.Generator) -> None:
+    s = stats_of(rng.random(1_000_000))
+    for p in (50.0, 90.0, 99.0):
+        assert compute_threshold(s, "percentile", p) == pytest.approx(p / 100, abs=1e-3)
+    assert compute_threshold(s, "percentile", 100.0) <= s.absmax
+
+
+def test_percentile_uses_absolute_values() -> None:
+    s = stats_of(np.linspace(-1.0, 1.0, 200_001))
+    assert compute_threshold(s, "percentile", 50.0) == pytest.approx(0.5, abs=1e-3)
+
+
+def test_kl_clips_outliers_of_gaussian(rng: np.random.Generator) -> None:
+    x = rng.standard_normal(1_000_000)
+    x[:5] = [50.0, -60.0, 80.0, -90.0, 100.0]
+    s = stats_of(x)
+    t0 = time.perf_counter()
+    t = compute_threshold(s, "kl")
+    assert time.perf_counter() - t0 < 1.0
+    assert 2.0 < t < 30.0
+
+
+def test_kl_keeps_range_of_uniform(rng: np.random.Generator) -> None:
+    assert compute_threshold(stats_of(rng.random(200_000)), "kl") > 0.9
+
+
+def test_mse_uniform_is_near_max(rng: np.random.Generator) -> None:
+    s = stats_of(rng.random(1_000_000))
+    # analytic optimum: (1 - T)^2 = T / (6 * 127^2)  ->  T ~ 0.9968
+    assert compute_threshold(s, "mse") == pytest.approx(0.9968, abs=2e-3)
+
+
+def test_mse_clips_outliers(rng: np.random.Generator) -> None:
+    x = rng.standard_normal(1_000_000)
+    x[:3] = [40.0, -45.0, 50.0]
+    t = compute_threshold(stats_of(x), "mse")
+    assert 3.0 < t < 25.0
+
+
+def test_all_zero_tensor_gets_tiny_threshold() -> None:
+    s = stats_of(np.zeros((4, 8)), np.zeros(3))
+    for method in ("minmax", "percentile", "kl", "mse"):
+        t = compute_threshold(s, method)
+        assert t == TINY and np.isfinite(t)
+
+
+def test_zeros_then_data_keeps_zero_counts_exact() -> None:
+    s = stats_of(np.zeros(1000), np.full(10, 2.0))
+    assert s.hi == 2.0 and s.hist[0] == 1000 and s.hist[-1] == 10 and s.hist.sum() == 1010
+
+
+def test_empty_stats_and_unknown_method_raise() -> None:
+    with pytest.raises(ValueError):
+        compute_threshold(TensorStats(), "kl")
+    with pytest.raises(ValueError, match="unknown"):
+        compute_threshold(stats_of(np.ones(3)), "entropy")
+
+
+def test_streaming_matches_single_pass(rng: np.random.Generator) -> None:
+    g = rng.standard_normal(1_000_000) * np.repeat(np.linspace(0.1, 3.0, 10), 100_000)
+    streamed = stats_of(*np.split(g, 10))
+    whole = stats_of(g)
+    assert streamed.hist.sum() == whole.hist.sum() == g.size == streamed.count
+    assert (streamed.min, streamed.max) == (whole.min, whole.max)
+    assert whole.absmax <= streamed.hi <= 2 * whole.absmax
+    width = max(streamed.bin_width, whole.bin_width)
+    for p in (50.0, 99.0, 99.99):
+        a = compute_threshold(streamed, "percentile", p)
+        b = compute_threshold(whole, "percentile", p)
+        assert abs(a - b) <= 2 * width
+        assert abs(a - np.percentile(np.abs(g), p)) <= 2 * width
+
+
+def test_growth_merges_bins_exactly() -> None:
+    s = TensorStats(8)
+    s.update(np.array([0.1, 0.6, 0.9, 1.0]))  # range [0, 1], width 1/8
+    s.update(np.array([2.5]))  # grows by 3 -> range [0, 3], width 3/8
+    assert s.hi == 3.0
+    assert s.hist.tolist() == [1, 1, 2, 0, 0, 0, 1, 0]  # old [1,0,0,0,1,0,0,2] in threes
+
+
+def test_memory_is_fixed(rng: np.random.Generator) -> None:
+    s = TensorStats(256)
+    for k in range(200):
+        s.update(rng.standard_normal(1000) * (1 + k))
+    assert s.hist.shape == (256,) and s.hist.dtype == np.int64
+    assert s.count == 200_000 and s.hist.sum() == 200_000
+    assert {k for k, v in vars(s).items() if isinstance(v, np.ndarray)} == {"hist"}
+
+
+def test_nan_is_reported_with_tensor_name() -> None:
+    c = StatsCollector()
+    with pytest.raises(DataError, match="conv1/out"):
+        c.update("conv1/out", np.array([1.0, np.nan]))
+
+
+def test_collector_order_json_and_round_trip(rng: np.random.Generator) -> None:
+    c = StatsCollector(bins=512)
+    for _ in range(3):
+        c.update("input", rng.standard_normal((2, 3)))
+        c.update("relu:0", np.maximum(rng.standard_normal(50), 0))
+    assert list(c) == ["input", "relu:0"] and len(c) == 2 and "input" in c
+    summary = json.loads(json.dumps(c.to_dict()))
+    assert summary["input"]["count"] == 18 and "hist" not in summary["input"]
+    back = StatsCollector.from_dict(json.loads(json.dumps(c.to_dict(histogram=True))))
+    assert back.thresholds("kl") == c.thresholds("kl")
+    t, lo, hi = c.thresholds("minmax")["relu:0"]
+    assert lo == 0.0 and t == hi
