@@ -100,6 +100,7 @@ class Reporter:
         node_id = task.name
         record = self.executor.records.get(node_id)
         if record is None or record.outcome is not Outcome.FAILED:
+            # not reported by the executor: blocked by an upstream failure, or a bmbuild bug
             recipe, _, stage = node_id.partition(":")
             message = fail.get_msg().strip()
             blocked = type(fail).__name__ == "UnmetDependency"
@@ -107,7 +108,7 @@ class Reporter:
             text = f"upstream failed: {message}" if blocked else message
             record = NodeRecord(node_id, recipe, stage, outcome, error=text)
             self.executor.records[node_id] = record
-        self.console.node_done(record)
+            self.console.node_done(record)
         if record.outcome is Outcome.FAILED:
             self.errors.append(fail.get_msg().strip())
 

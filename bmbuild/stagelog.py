@@ -76,6 +76,12 @@ def _install() -> None:
             logger.addHandler(handler)
             logger.propagate = False
             logger.setLevel(logging.INFO)
+        # libraries that log on the root logger (onnxruntime.quantization does) reach the
+        # stage's log instead of the console
+        root = logging.getLogger()
+        for existing in list(root.handlers):
+            root.removeHandler(existing)
+        root.addHandler(handler)
         _handler_installed = True
 
 

@@ -169,7 +169,8 @@ class SampleLoader:
             if tuple(sample.shape) != self.shape:
                 raise DataError(f"expected one sample of shape {self.shape} (or "
                                 f"{(1, *self.shape)}), found shape {sample.shape}", file=ref.path)
-        out = np.array(sample, dtype=np.float32, copy=True, order="C")
+        with np.errstate(over="ignore"):  # values beyond float32 become inf, reported below
+            out = np.array(sample, dtype=np.float32, copy=True, order="C")
         return self._finite(out, ref, where)
 
     @staticmethod

@@ -29,12 +29,12 @@ def check_cli(argv):
     if a.get("list_ops"):
         return {"list_ops": True}
 
-    def err(key, msg):
-        return f"{PROG}: error: argument --{key}: {msg}"
+    def err(key, msg=None):
+        return f"{PROG}: error: argument --{key}" + (f": {msg}" if msg else "")
 
     bools = {}
     for key, default in (("dyn", False), ("cmp", True), ("enable_profile", False)):
-        bools[key] = parse_bool(a[key], ("True", "False"), err(key, "bool"), 2) if key in a else default
+        bools[key] = parse_bool(a[key], ("True", "False"), err(key), 2) if key in a else default
     if a["target"] not in TARGETS:
         raise DoubleError(err("target", f"invalid choice: {a['target']!r} (choose from {', '.join(TARGETS)})"), 2)
     mode = a.get("mode", "compile")
@@ -46,8 +46,8 @@ def check_cli(argv):
         raise DoubleError(err("mode", f"invalid choice: {mode!r} (choose from compile, GenUmodel)"), 2)
     return _semantic_checks({
         "model": a["model"], "outdir": a["outdir"], "target": a["target"], "net_name": a["net_name"],
-        "shapes": parse_shapes_nested(a["shapes"], err("shapes", "invalid value")),
-        "opt": parse_choice_int(a.get("opt", "1"), (0, 1, 2), err("opt", "invalid choice"), 2),
+        "shapes": parse_shapes_nested(a["shapes"], err("shapes")),
+        "opt": parse_choice_int(a.get("opt", "1"), (0, 1, 2), err("opt"), 2),
         **bools,
     })
 

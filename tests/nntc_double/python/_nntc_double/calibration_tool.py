@@ -85,9 +85,14 @@ def check(argv):
         raise _err(f"-iterations={iters} needs {iters * batch} samples, LMDB {lmdb!r} holds {count}")
 
     max_diff = os.environ.get("NNTC_DOUBLE_CALI_MAX_DIFF")
-    if max_diff is not None and (diff is None or diff < float(max_diff)):
+    if max_diff is not None:
+        try:
+            max_diff = float(max_diff)
+        except ValueError:
+            raise DoubleError(f"nntc-double: NNTC_DOUBLE_CALI_MAX_DIFF={max_diff!r} is not a number", 1)
+    if max_diff is not None and (diff is None or diff < max_diff):
         # The typical real failure (sophgo-toolchains.md): fp32 comparison abort, fixed by raising -fp32_diff.
-        raise DoubleError(f"{PROG}: max diff = {float(max_diff):g} Fail", 1)
+        raise DoubleError(f"{PROG}: max diff = {max_diff:g} Fail", 1)
     return {"model": a["model"], "weights": a["weights"], "umodel": um, "iterations": iters,
             "bitwidth": a["bitwidth"], "th_method": th, "fpfwd_outputs": fpfwd, "fp32_diff": diff,
             "lmdb": lmdb, "samples": count, **flags}

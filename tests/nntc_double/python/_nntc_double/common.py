@@ -171,7 +171,7 @@ def parse_bool(text, spellings, what, code):
 
 def parse_choice_int(text, choices, what, code):
     if text not in [str(c) for c in choices]:
-        raise DoubleError(f"{what}: invalid choice {text!r} (choose from {', '.join(map(str, choices))})", code)
+        raise DoubleError(f"{what}: invalid choice: {text!r} (choose from {', '.join(map(str, choices))})", code)
     return int(text)
 
 

@@ -1,0 +1,41 @@
+"""calibrate: activation statistics over the calibration set -> thresholds (calibration table).
+
+The vendor equivalent is the fp32 umodel + LMDB + `calibration_use_pb`; tpu-mlir's is
+`run_calibration.py`, whose table format the reference toolchain writes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bmbuild.recipe import Recipe
+from bmbuild.stages.base import Stage, StageContext
+from bmbuild.stages.int8_common import dataset_files, dataset_params, is_int8
+
+
+def _params(recipe: Recipe) -> dict[str, Any]:
+    cfg = recipe.calibration
+    assert cfg is not None
+    return {**dataset_params(recipe), "method": cfg.method, "percentile": cfg.percentile,
+            "bins": cfg.bins, "fp32_layers": recipe.int8.fp32_layers}
+
+
+def table_name(recipe: Recipe) -> str:
+    return f"{recipe.name}_cali_table"
+
+
+def _run(ctx: StageContext) -> None:
+    ctx.toolchain.calibrate(ctx)
+
+
+STAGE = Stage(
+    name="calibrate",
+    version="2",
+    upstream=("compile_fp32",),
+    applies=is_int8,
+    params=_params,
+    external_inputs=dataset_files,
+    run=_run,
+    summary=lambda m: f"{m.get('method', '?')} calibration on {m.get('samples', '?')} samples, "
+                      f"{m.get('tensors', '?')} tensors",
+)

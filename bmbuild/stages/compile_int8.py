@@ -1,0 +1,95 @@
+"""compile_int8: one int8 deployable model per batch size (bmnetu on NNTC), compared against
+fp32 on held-out samples and, with an `eval` section, scored on a labelled set.
+
+Tolerances and `eval.max_drop` are gates on the recorded metrics, not part of the key: changing
+them re-checks without recompiling. A failed comparison names the layers that diverge most.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bmbuild.compare import check_all
+from bmbuild.recipe import LoadedRecipe, Recipe
+from bmbuild.stages.base import Stage, StageContext
+from bmbuild.stages.int8_common import dataset_files, dataset_params, is_int8
+
+
+def _params(recipe: Recipe) -> dict[str, Any]:
+    int8 = recipe.int8
+    params: dict[str, Any] = {
+        **dataset_params(recipe),
+        "net_name": recipe.name,
+        "target": recipe.target,
+        "batch_sizes": recipe.resolved_batch_sizes,
+        "opt": int8.opt,
+        "dyn": int8.dyn,
+        "cmp": int8.cmp,
+        "cmp_samples": int8.cmp_samples,
+    }
+    if recipe.eval:
+        params["eval"] = recipe.eval.model_dump(exclude={"data", "max_drop"})
+    return params
+
+
+def _inputs(loaded: LoadedRecipe) -> list[Path]:
+    recipe = loaded.recipe
+    files = dataset_files(loaded) if recipe.int8.cmp else []
+    if recipe.eval:
+        files.append(recipe.eval.data)
+    return files
+
+
+def gate(recipe: Recipe, metrics: dict[str, Any]) -> list[str]:
+    failures: list[str] = []
+    if recipe.int8.cmp and "cmp" in metrics:
+        failures += check_all(metrics["cmp"], recipe.int8.tolerance).failures
+        if failures and metrics.get("layers"):
+            worst = sorted(metrics["layers"], key=lambda layer: layer["cos"])[:5]
+            failures.append("layers diverging most from fp32 (candidates for int8.fp32_layers):")
+            failures += [f"  {layer['name']} (op {layer.get('op', '?')}, node {layer.get('node', '?')}): "
+                         f"cos={layer['cos']:.4f} sqnr={layer['sqnr']:.1f}dB" for layer in worst]
+    evaluation = metrics.get("eval")
+    if recipe.eval and evaluation:
+        drop = evaluation["drop_points"]
+        if drop > recipe.eval.max_drop:
+            failures.append(f"{evaluation['metric']} accuracy drops {drop:.2f} points "
+                            f"(fp32 {100 * evaluation['fp32']:.2f}% -> int8 {100 * evaluation['int8']:.2f}%), "
+                            f"more than eval.max_drop {recipe.eval.max_drop}")
+    return failures
+
+
+def summary(metrics: dict[str, Any]) -> str:
+    parts = []
+    cmp = metrics.get("cmp")
+    if cmp:
+        cos = min(v["cos"] for v in cmp.values())
+        sqnr = min(v["sqnr"] for v in cmp.values())
+        text = f"int8 cmp cos={cos:.4f} sqnr={sqnr:.1f}dB"
+        top1 = [v["top1"] for v in cmp.values() if "top1" in v]
+        if top1:
+            text += f" top1-agree={min(top1):.3f}"
+        parts.append(text)
+    evaluation = metrics.get("eval")
+    if evaluation:
+        parts.append(f"{evaluation['metric']} fp32 {100 * evaluation['fp32']:.2f}% "
+                     f"int8 {100 * evaluation['int8']:.2f}%")
+    return "; ".join(parts) or "compiled"
+
+
+def _run(ctx: StageContext) -> None:
+    ctx.toolchain.compile_int8(ctx)
+
+
+STAGE = Stage(
+    name="compile_int8",
+    version="1",
+    upstream=("compile_fp32", "quantize"),
+    applies=is_int8,
+    params=_params,
+    external_inputs=_inputs,
+    run=_run,
+    gate=gate,
+    summary=summary,
+)

@@ -1,0 +1,32 @@
+"""quantize: the int8 umodel from the calibration table (symmetric int8, per-channel weights),
+with `int8.fp32_layers` kept in float like the vendor's `-fpfwd_outputs`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bmbuild.recipe import Recipe
+from bmbuild.stages.base import Stage, StageContext
+from bmbuild.stages.int8_common import is_int8
+
+
+def _params(recipe: Recipe) -> dict[str, Any]:
+    return {"per_channel": recipe.int8.per_channel, "fp32_layers": recipe.int8.fp32_layers,
+            "target": recipe.target}
+
+
+def _run(ctx: StageContext) -> None:
+    ctx.toolchain.quantize(ctx)
+
+
+STAGE = Stage(
+    name="quantize",
+    version="1",
+    upstream=("compile_fp32", "calibrate"),
+    applies=is_int8,
+    params=_params,
+    external_inputs=lambda loaded: [],
+    run=_run,
+    summary=lambda m: f"int8 umodel: {m.get('quantized_nodes', '?')} nodes int8, "
+                      f"{len(m.get('fp32_layers', []))} kept in fp32",
+)

@@ -1,0 +1,311 @@
+"""The reference toolchain's int8 path: calibrate, quantize (QDQ ONNX), compile_int8.
+
+- calibrate streams the calibration set through the fp32 ONNX model with every float tensor
+  exposed as an output, folding each batch into fixed-size histograms (memory does not grow
+  with the number of samples), and writes a tpu-mlir calibration table.
+- quantize hands the table's thresholds to `onnxruntime.quantization.quantize_static` through
+  its calibration cache (symmetric int8 activations, scale = threshold/127 as on BM1684;
+  per-channel symmetric int8 weights) and keeps `fp32_layers` in float.
+- compile_int8 writes one optimised int8 model per batch size and compares int8 with fp32 on
+  held-out samples, per output and per layer (each fp32 tensor against its dequantized twin).
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from bmbuild.compare import pooled_top1, similarity, worst
+from bmbuild.errors import StageFailed
+from bmbuild.stages.base import StageContext
+from bmbuild.stages.calibrate import table_name
+from bmbuild.stages.int8_common import sample_shape, split
+from bmbuild.toolchains.reference import ORT_LEVELS, ort_session, run_session
+
+CALIBRATION_BATCH = 8
+DEQUANT_SUFFIX = "_DequantizeLinear_Output"
+
+
+def fp32_model(ctx: StageContext) -> Path:
+    return ctx.inputs["compile_fp32"] / f"{ctx.recipe.name}.onnx"
+
+
+def int8_umodel_name(ctx: StageContext) -> str:
+    return f"{ctx.recipe.name}.int8.onnx"
+
+
+def _single_input(ctx: StageContext) -> None:
+    if len(ctx.recipe.shapes) != 1:
+        raise StageFailed("int8 calibration supports single-input models only "
+                          f"(this recipe has {len(ctx.recipe.shapes)} inputs)")
+
+
+def float_tensors(model: Any) -> list[str]:
+    """Names of every float tensor computed by the graph, plus float graph inputs."""
+    import onnx
+    from onnx import shape_inference
+
+    inferred = shape_inference.infer_shapes(model)
+    types = {vi.name: vi.type.tensor_type.elem_type
+             for vi in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input)}
+    initializers = {init.name for init in model.graph.initializer}
+    names = [i.name for i in model.graph.input if i.name not in initializers
+             and types.get(i.name) == onnx.TensorProto.FLOAT]
+    for node in model.graph.node:
+        names += [o for o in node.output if o and types.get(o) == onnx.TensorProto.FLOAT]
+    return list(dict.fromkeys(names))
+
+
+def expose_tensors(model_path: Path, names: list[str], target: Path) -> list[str]:
+    """A copy of the model whose graph outputs include `names` (for reading intermediates)."""
+    import onnx
+
+    model = onnx.load(str(model_path))
+    existing = {o.name for o in model.graph.output}
+    for name in names:
+        if name not in existing:
+            model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    onnx.save(model, str(target))
+    return [o.name for o in model.graph.output]
+
+
+def batches(ctx: StageContext, refs: list[Any], batch_size: int) -> Iterator[np.ndarray]:
+    from bmbuild.calib.dataset import iter_batches
+
+    cfg = ctx.recipe.calibration
+    assert cfg is not None
+    yield from iter_batches(refs, cfg, sample_shape(ctx.recipe), batch_size)
+
+
+# --- calibrate ----------------------------------------------------------------------------
+def calibrate(ctx: StageContext) -> None:
+    import json
+
+    import onnx
+
+    from bmbuild.calib.histogram import StatsCollector
+    from bmbuild.calib.table import write_table
+
+    _single_input(ctx)
+    params = ctx.params
+    calib_refs, _ = split(ctx.recipe)
+    model = onnx.load(str(fp32_model(ctx)))
+    tensors = float_tensors(model)
+    augmented = ctx.work_dir / "augmented.onnx"
+    outputs = expose_tensors(fp32_model(ctx), tensors, augmented)
+    session = ort_session(augmented, 0)
+    collector = StatsCollector(bins=params["bins"])
+    seen = 0
+    input_name = session.get_inputs()[0].name
+    for batch in batches(ctx, calib_refs, CALIBRATION_BATCH):
+        values = session.run(None, {input_name: batch})
+        collector.update(input_name, batch)
+        for name, value in zip(outputs, values):
+            if name in tensors:
+                collector.update(name, value)
+        seen += len(batch)
+    ctx.log.info(f"collected statistics of {len(collector)} tensors over {seen} samples")
+    rows = collector.thresholds(params["method"], params["percentile"])
+    rows = {name: rows[name] for name in [input_name] + tensors if name in rows}
+    header = {"method": params["method"], "samples": str(seen), "net_name": ctx.recipe.name}
+    if params["method"] == "percentile":
+        header["percentile"] = str(params["percentile"])
+    write_table(ctx.out_dir / table_name(ctx.recipe), rows, header)
+    stats = collector.to_dict()
+    (ctx.out_dir / f"{ctx.recipe.name}_cali_stats.json").write_text(
+        json.dumps({name: stats[name] for name in rows}, indent=1, sort_keys=True) + "\n")
+    ctx.metrics.update({"method": params["method"], "samples": seen, "tensors": len(rows)})
+
+
+# --- quantize -----------------------------------------------------------------------------
+def resolve_fp32_layers(model: Any, wanted: list[str]) -> list[str]:
+    """Map user names (node names or their output tensor names) to node names; unknown -> error."""
+    by_node = {node.name: node.name for node in model.graph.node}
+    by_output = {out: node.name for node in model.graph.node for out in node.output}
+    nodes = []
+    for name in wanted:
+        node = by_node.get(name) or by_output.get(name)
+        if node is None:
+            close = difflib.get_close_matches(name, list(by_node) + list(by_output), n=3)
+            raise StageFailed(f"int8.fp32_layers: no layer named {name!r} in the model"
+                              + (f" (did you mean {', '.join(close)}?)" if close else ""))
+        nodes.append(node)
+    return nodes
+
+
+def quantize(ctx: StageContext) -> None:
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
+
+    from bmbuild.calib.table import read_table
+
+    table = read_table(ctx.inputs["calibrate"] / table_name(ctx.recipe))
+    ranges = {name: (np.float32(-threshold), np.float32(threshold))
+              for name, (threshold, _low, _high) in table.items()}
+    cache = ctx.work_dir / "ranges.json"
+    save_tensors_data(TensorsData(CalibrationMethod.MinMax, ranges), cache)
+    model = onnx.load(str(fp32_model(ctx)))
+    excluded = resolve_fp32_layers(model, ctx.params["fp32_layers"])
+    target = ctx.out_dir / int8_umodel_name(ctx)
+    quantize_static(
+        str(fp32_model(ctx)), str(target),
+        calibration_data_reader=None,
+        calibration_cache_path=str(cache),
+        calibrate_method=CalibrationMethod.MinMax,
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=ctx.params["per_channel"],
+        nodes_to_exclude=excluded,
+        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+    )
+    quantized = onnx.load(str(target))
+    q_nodes = sum(1 for n in quantized.graph.node if n.op_type == "QuantizeLinear")
+    if q_nodes == 0:
+        raise StageFailed("quantization produced no QuantizeLinear node: nothing was quantized")
+    ctx.log.info(f"wrote {target.name}: {q_nodes} QuantizeLinear nodes, kept in fp32: {excluded or 'none'}")
+    ctx.metrics.update({"quantized_nodes": q_nodes, "fp32_layers": excluded})
+
+
+# --- compile_int8 -------------------------------------------------------------------------
+def static_batch(model_path: Path, batch: int, target: Path) -> None:
+    """A copy of the model with the batch dimension of inputs and outputs fixed to `batch`."""
+    import onnx
+
+    model = onnx.load(str(model_path))
+    for value in list(model.graph.input) + list(model.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        if dims:
+            dims[0].Clear()
+            dims[0].dim_value = batch
+    onnx.save(model, str(target))
+
+
+def compile_int8(ctx: StageContext) -> None:
+    recipe, params = ctx.recipe, ctx.params
+    umodel = ctx.inputs["quantize"] / int8_umodel_name(ctx)
+    deployables = {}
+    for batch in params["batch_sizes"]:
+        folder = ctx.out_dir / f"{batch}b.compilation"
+        folder.mkdir()
+        source = umodel
+        if not params["dyn"]:
+            source = ctx.work_dir / f"{batch}b.onnx"
+            static_batch(umodel, batch, source)
+        target = folder / f"{recipe.name}.int8.onnx"
+        ort_session(source, params["opt"], save_to=target)
+        deployables[batch] = target
+        ctx.log.info(f"wrote {target.relative_to(ctx.out_dir)} (onnxruntime {ORT_LEVELS[params['opt']]})")
+    if params["cmp"]:
+        _compare_int8(ctx, deployables, umodel)
+    if recipe.eval:
+        _evaluate(ctx, umodel)
+
+
+def _compare_int8(ctx: StageContext, deployables: dict[int, Path], umodel: Path) -> None:
+    """int8 vs fp32 on held-out samples: per output for each batch size, then per layer."""
+    fp32 = ort_session(ctx.inputs["compile_fp32"] / f"{ctx.recipe.name}.fp32.onnx", 0)
+    _, holdout = split(ctx.recipe)
+    if not holdout:
+        raise StageFailed("int8.cmp needs held-out samples: raise int8.cmp_samples")
+    results: dict[str, Any] = {}
+    for batch, path in deployables.items():
+        session = ort_session(path, 0)
+        names = [o.name for o in session.get_outputs()]
+        sims: dict[str, list[Any]] = {n: [] for n in names}
+        pairs: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {n: [] for n in names}
+        for chunk in batches(ctx, holdout, batch):
+            if len(chunk) < batch and not ctx.params["dyn"]:
+                continue  # a static model takes full batches only
+            expected, actual = run_session(fp32, [chunk]), run_session(session, [chunk])
+            for name, ref, test in zip(names, expected, actual):
+                sims[name].append(similarity(ref, test))
+                pairs[name].append((ref, test))
+        for name in names:
+            if not sims[name]:
+                raise StageFailed(f"int8.cmp_samples ({len(holdout)}) is smaller than batch size {batch}")
+            summary = worst(sims[name]).to_json()
+            if _is_classifier(pairs[name][0][0]):
+                summary["top1"] = pooled_top1(pairs[name])
+            results[f"b{batch}/{name}"] = summary
+            ctx.log.info(f"cmp int8 vs fp32 b{batch}/{name}: " + " ".join(
+                f"{k}={v:.5g}" for k, v in summary.items()))
+    ctx.metrics["cmp"] = results
+    ctx.metrics["layers"] = layer_similarity(ctx, umodel, holdout)
+
+
+def _is_classifier(array: np.ndarray) -> bool:
+    return array.ndim == 2 and array.shape[1] > 1
+
+
+def layer_similarity(ctx: StageContext, umodel: Path, holdout: list[Any]) -> list[dict[str, Any]]:
+    """Each fp32 tensor against its dequantized counterpart in the QDQ model.
+
+    QDQ graphs rename tensors: the value int8 hardware holds for fp32 tensor T is
+    `T_DequantizeLinear_Output`, and the QDQ model may remove T itself (a Relu folded into its
+    quantization). Comparing by plain name would compare different things.
+    """
+    import onnx
+
+    fp32_path = fp32_model(ctx)
+    qdq = onnx.load(str(umodel))
+    produced = {out for node in qdq.graph.node for out in node.output}
+    fp32_onnx = onnx.load(str(fp32_path))
+    producers = {out: node for node in fp32_onnx.graph.node for out in node.output}
+    pairs = [(name, name + DEQUANT_SUFFIX) for name in float_tensors(fp32_onnx)
+             if name + DEQUANT_SUFFIX in produced and name in producers]
+    if not pairs:
+        return []
+    fp32_outputs = expose_tensors(fp32_path, [a for a, _ in pairs], ctx.work_dir / "fp32_layers.onnx")
+    int8_outputs = expose_tensors(umodel, [b for _, b in pairs], ctx.work_dir / "int8_layers.onnx")
+    fp32_session = ort_session(ctx.work_dir / "fp32_layers.onnx", 0)
+    int8_session = ort_session(ctx.work_dir / "int8_layers.onnx", 0)
+    chunk = next(batches(ctx, holdout[:CALIBRATION_BATCH], CALIBRATION_BATCH))
+    fp32_values = dict(zip(fp32_outputs, run_session(fp32_session, [chunk])))
+    int8_values = dict(zip(int8_outputs, run_session(int8_session, [chunk])))
+    layers = []
+    for fp32_name, int8_name in pairs:
+        sim = similarity(fp32_values[fp32_name], int8_values[int8_name])
+        node = producers[fp32_name]
+        layers.append({"name": fp32_name, "node": node.name, "op": node.op_type,
+                       "cos": sim.cos, "sqnr": sim.sqnr, "max_abs": sim.max_abs})
+    return layers
+
+
+def _evaluate(ctx: StageContext, umodel: Path) -> None:
+    """fp32 and int8 accuracy on the recipe's labelled set."""
+    evaluation = ctx.recipe.eval
+    assert evaluation is not None
+    from bmbuild.calib.arrays import open_array
+    from bmbuild.errors import DataError
+
+    x = open_array(evaluation.data, evaluation.x_key)
+    y = open_array(evaluation.data, evaluation.y_key)
+    if evaluation.limit:
+        x, y = x[: evaluation.limit], y[: evaluation.limit]
+    if len(x) != len(y):
+        raise DataError(f"{evaluation.x_key} has {len(x)} samples but {evaluation.y_key} has {len(y)}",
+                        evaluation.data)
+    expected = tuple(ctx.recipe.shapes[0][1:])
+    if tuple(x.shape[1:]) != expected:
+        raise DataError(f"{evaluation.x_key} samples have shape {tuple(x.shape[1:])}, the model takes {expected}",
+                        evaluation.data)
+    k = 1 if evaluation.metric == "top1" else 5
+    fp32 = ort_session(ctx.inputs["compile_fp32"] / f"{ctx.recipe.name}.fp32.onnx", 0)
+    int8 = ort_session(umodel, ctx.params["opt"])
+    scores = {}
+    for label, session in (("fp32", fp32), ("int8", int8)):
+        correct = 0
+        for start in range(0, len(x), 64):
+            logits = run_session(session, [np.ascontiguousarray(x[start:start + 64], dtype=np.float32)])[0]
+            top = np.argsort(-logits, axis=1)[:, :k]
+            correct += int(np.sum(np.any(top == y[start:start + 64, None], axis=1)))
+        scores[label] = correct / len(x)
+    ctx.metrics["eval"] = {"metric": evaluation.metric, "samples": int(len(x)), **scores,
+                           "drop_points": 100 * (scores["fp32"] - scores["int8"])}
+    ctx.log.info(f"{evaluation.metric}: fp32 {100 * scores['fp32']:.2f}% int8 {100 * scores['int8']:.2f}% "
+                 f"on {len(x)} samples")
