@@ -8,9 +8,10 @@ error and top-1 agreement. Results are plain data: they serialise to JSON for re
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
-import numpy as np
+if TYPE_CHECKING:  # numpy is imported where tensors are compared, not where gates are checked
+    import numpy as np
 
 EPS = 1e-12
 SQNR_CEILING = 200.0
@@ -34,8 +35,10 @@ class Similarity:
         return text + (f" top1={self.top1:.4f}" if self.top1 is not None else "")
 
 
-def similarity(ref: np.ndarray, test: np.ndarray, classifier: bool = False) -> Similarity:
+def similarity(ref: "np.ndarray", test: "np.ndarray", classifier: bool = False) -> Similarity:
     """Compare two tensors of one shape. `classifier`: rows of logits, also report top-1 agreement."""
+    import numpy as np
+
     ref = np.asarray(ref, dtype=np.float64)
     test = np.asarray(test, dtype=np.float64)
     if ref.shape != test.shape:
@@ -75,8 +78,10 @@ def worst(results: Iterable[Similarity]) -> Similarity:
     )
 
 
-def pooled_top1(results: Iterable[tuple[np.ndarray, np.ndarray]]) -> float:
+def pooled_top1(results: Iterable[tuple["np.ndarray", "np.ndarray"]]) -> float:
     """Top-1 agreement over all rows of several (ref, test) logit batches."""
+    import numpy as np
+
     agree = total = 0
     for ref, test in results:
         r = ref.reshape(ref.shape[0], -1).argmax(1)

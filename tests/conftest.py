@@ -167,6 +167,8 @@ def run_subprocess(*args: Any, cwd: Path | None = None, timeout: float = 120) ->
 def pytest_configure(config: pytest.Config) -> None:
     # the TorchScript ONNX exporter warns on every export of a traced module; it is expected here
     config.addinivalue_line("filterwarnings", "ignore:no signature found for <torch.ScriptMethod:UserWarning")
+    # the branchy fixture model is meant to break tracing
+    config.addinivalue_line("filterwarnings", "ignore:Converting a tensor to a Python boolean")
 
 
 def plan_rows(stdout: str) -> dict[str, tuple[str, str]]:

@@ -1,21 +1,38 @@
 """Calibration for int8: datasets, streaming activation statistics, thresholds and the table.
 
-Numpy and pydantic only at import time; Pillow is imported when the first image is decoded.
+Names are imported lazily; Pillow only when the first image is decoded.
 """
 
-from bmbuild.calib.config import CalibrationConfig, Preprocess
-from bmbuild.calib.dataset import (
-    SampleLoader,
-    SampleRef,
-    content_files,
-    iter_batches,
-    list_samples,
-    load_sample,
-    split_samples,
-)
-from bmbuild.calib.histogram import StatsCollector, TensorStats
-from bmbuild.calib.methods import METHODS, compute_threshold
-from bmbuild.calib.table import format_table, read_table, write_table
+import importlib
+from typing import Any
+
+# name -> submodule; resolved on first use so that importing the recipe models (config) does
+# not import numpy.
+_EXPORTS = {
+    "CalibrationConfig": "config",
+    "Preprocess": "config",
+    "SampleLoader": "dataset",
+    "SampleRef": "dataset",
+    "content_files": "dataset",
+    "iter_batches": "dataset",
+    "list_samples": "dataset",
+    "load_sample": "dataset",
+    "split_samples": "dataset",
+    "StatsCollector": "histogram",
+    "TensorStats": "histogram",
+    "METHODS": "methods",
+    "compute_threshold": "methods",
+    "format_table": "table",
+    "read_table": "table",
+    "write_table": "table",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'bmbuild.calib' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"bmbuild.calib.{_EXPORTS[name]}"), name)
+
 
 __all__ = [
     "CalibrationConfig",
