@@ -29,7 +29,19 @@ def _prepare(args: argparse.Namespace, check_toolchains: bool = True) -> Any:
     from bmbuild.project import prepare
 
     return prepare(args.paths, _workspace(args), getattr(args, "toolchain", None),
-                   getattr(args, "stage", None), check_toolchains=check_toolchains)
+                   getattr(args, "stage", None), check_toolchains=check_toolchains,
+                   shard=getattr(args, "shard", None))
+
+
+def _shard(text: str) -> tuple[int, int]:
+    """'i/N' with 1 <= i <= N."""
+    try:
+        index, total = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected i/N, e.g. 1/4, got {text!r}") from None
+    if not 1 <= index <= total:
+        raise argparse.ArgumentTypeError(f"shard {text}: need 1 <= i <= N")
+    return index, total
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -43,7 +55,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     toolchains = sorted(set(build.toolchains.values()))
     console.print(f"bmbuild {__version__}: {len(build.recipes)} recipe(s), {len(build.nodes)} stage(s), "
                   f"toolchain {', '.join(toolchains)}, cache {build.workspace.cache_dir}")
-    result = run_nodes(build.nodes, build.workspace, console, jobs=args.jobs, force=args.force,
+    jobs = args.jobs or build.workspace.config.jobs
+    result = run_nodes(build.nodes, build.workspace, console, jobs=jobs, force=args.force,
                        keep_going=args.keep_going)
     write_reports(build, result.records)
     executed, restored = result.count(Outcome.EXECUTED), result.count(Outcome.RESTORED)
@@ -89,6 +102,20 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_show(args: argparse.Namespace) -> int:
+    import yaml
+
+    from bmbuild.recipe import load_recipes
+
+    workspace = _workspace(args)
+    for loaded in load_recipes(args.paths, workspace.root, workspace.config.vars):
+        data = loaded.recipe.model_dump(mode="json", exclude={"variants"})
+        print(f"# {loaded.file} -> {loaded.name}")
+        print(yaml.safe_dump(data, sort_keys=False, default_flow_style=None).rstrip())
+        print("---")
+    return 0
+
+
 def cmd_clean(args: argparse.Namespace) -> int:
     from bmbuild.project import clean
 
@@ -103,7 +130,8 @@ def cmd_clean(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from bmbuild.recipe import load_recipes
 
-    recipes = load_recipes(args.paths)
+    workspace = _workspace(args)
+    recipes = load_recipes(args.paths, workspace.root, workspace.config.vars)
     for loaded in recipes:
         print(f"  ok  {loaded.file}  ({loaded.name})")
     print(f"{len(recipes)} recipe(s) valid")
@@ -137,6 +165,8 @@ def _add_selection(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--toolchain", choices=["auto", "reference", "nntc"],
                         help="override the recipes' toolchain")
     parser.add_argument("--force", action="store_true", help="run every selected stage, ignoring the cache")
+    parser.add_argument("--shard", type=_shard, metavar="i/N",
+                        help="only the recipes of shard i of N (stable: by a hash of the recipe name)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,10 +177,14 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="build recipes incrementally")
     _add_common(run)
     _add_selection(run)
-    run.add_argument("-j", "--jobs", type=int, default=1, help="stages run in parallel")
+    run.add_argument("-j", "--jobs", type=int, default=None, help="stages run in parallel (default: bmbuild.yaml jobs, else 1)")
     run.add_argument("-k", "--keep-going", action="store_true", help="continue other models after a failure")
     run.add_argument("--plain", action="store_true", help="plain lines even on a terminal")
     run.set_defaults(func=cmd_run)
+
+    show = sub.add_parser("show", help="print the fully resolved recipes (defaults, variables, variants)")
+    show.add_argument("paths", nargs="+")
+    show.set_defaults(func=cmd_show)
 
     plan_parser = sub.add_parser("plan", help="what run would do, and why")
     _add_common(plan_parser)
@@ -185,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     except BmbuildError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:  # output piped into `head` and closed early
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

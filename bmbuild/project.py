@@ -5,7 +5,9 @@ Each function takes plain values and returns data; `cli.py` only parses and rend
 
 from __future__ import annotations
 
+import hashlib
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,10 +31,20 @@ class Build:
     nodes: list[Node]
 
 
+def in_shard(name: str, shard: tuple[int, int] | None) -> bool:
+    """Whether recipe `name` belongs to shard i of N: stable under adding or removing others."""
+    if shard is None:
+        return True
+    index, total = shard
+    return int(hashlib.sha256(name.encode()).hexdigest(), 16) % total == index - 1
+
+
 def prepare(paths: list[str], workspace: Workspace, toolchain: str | None = None,
-            stages: list[str] | None = None, check_toolchains: bool = True) -> Build:
+            stages: list[str] | None = None, check_toolchains: bool = True,
+            shard: tuple[int, int] | None = None) -> Build:
     """Load recipes below `paths` and turn them into nodes. Never imports torch."""
-    recipes = load_recipes([Path(p) for p in paths])
+    recipes = load_recipes([Path(p) for p in paths], workspace.root, workspace.config.vars)
+    recipes = [loaded for loaded in recipes if in_shard(loaded.name, shard)]
     chosen: dict[str, str] = {}
     resolved_cache: dict[str, str] = {}
     for loaded in recipes:
@@ -107,9 +119,26 @@ def recipe_report(build: Build, loaded: LoadedRecipe, records: list[NodeRecord])
         "prec": recipe.prec,
         "batch_sizes": recipe.resolved_batch_sizes,
         "ok": ok,
-        "stages": {r.stage: {k: v for k, v in r.to_json().items() if k not in ("recipe", "stage")}
+        "generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "stages": {r.stage: {**{k: v for k, v in r.to_json().items() if k not in ("recipe", "stage")},
+                             "outputs": output_sizes(build.workspace, r)}
                    for r in records},
     }
+
+
+def output_sizes(workspace: Workspace, record: NodeRecord) -> dict[str, int]:
+    """Published output -> size in bytes, from the stage's manifest ({} when it has none)."""
+    if record.outcome.value not in ("executed", "restored", "up-to-date"):
+        return {}
+    folder = workspace.stage_dir(record.recipe, record.stage)
+    manifest = read_manifest(folder) or {"outputs": {}}
+    sizes = {}
+    for rel in manifest["outputs"]:
+        try:
+            sizes[rel] = (folder / rel).stat().st_size
+        except OSError:
+            continue
+    return sizes
 
 
 def model_summary(records: list[NodeRecord]) -> str:

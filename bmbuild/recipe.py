@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from bmbuild.calib.config import CalibrationConfig
 from bmbuild.errors import RecipeError
-from bmbuild.yamlsource import KeyPath, SourceMap, load_yaml
+from bmbuild.yamlsource import KeyPath, SourceMap
 
 RECIPE_SUFFIXES = (".yaml", ".yml")
 
@@ -135,6 +135,9 @@ class Recipe(_Strict):
     calibration: CalibrationConfig | None = None
     int8: Int8 = Field(default_factory=Int8)
     eval: Eval | None = None
+    variants: dict[str, list[Any]] | list[dict[str, Any]] | None = Field(
+        None, description="Expand into several builds: {dotted.key: [values]} is a matrix "
+                          "(name_<value>...); a list of {dotted.key: value, suffix: s} gives explicit variants.")
 
     @field_validator("shapes")
     @classmethod
@@ -192,8 +195,9 @@ class LoadedRecipe(BaseModel):
         return self.recipe.name
 
     def error(self, message: str, key: KeyPath, hint: str | None = None) -> RecipeError:
-        """A RecipeError pointing at `key` in this recipe's file."""
-        return RecipeError(message, self.file, self.source_map.line_of(key), _dotted(key), hint)
+        """A RecipeError pointing at `key` where it was written (recipe or defaults file)."""
+        return RecipeError(message, self.source_map.file_of(key), self.source_map.line_of(key),
+                           _dotted(key), hint)
 
 
 def _dotted(path: KeyPath) -> str:
@@ -293,9 +297,10 @@ def _check_files(loaded: LoadedRecipe) -> None:
 def _top_level_names(file: Path) -> set[str]:
     """Names a Python file defines at the top level, found without importing it (no torch)."""
     try:
-        tree = ast.parse(file.read_text(encoding="utf-8"), str(file))
-    except SyntaxError as exc:
-        raise RecipeError(f"syntax error in model file: {exc.msg}", file, exc.lineno) from None
+        tree = ast.parse(file.read_bytes(), str(file))  # bytes: honours PEP 263 coding cookies
+    except (SyntaxError, ValueError) as exc:
+        raise RecipeError(f"syntax error in model file: {getattr(exc, 'msg', exc)}", file,
+                          getattr(exc, "lineno", None)) from None
     names: set[str] = set()
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
@@ -317,7 +322,7 @@ def parse_recipe(data: Any, file: Path, source_map: SourceMap) -> LoadedRecipe:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
         errors = [
-            RecipeError(message, file, source_map.line_of(path), _dotted(path) or None, hint)
+            RecipeError(message, source_map.file_of(path), source_map.line_of(path), _dotted(path) or None, hint)
             for path, message, hint in (_describe(e, data) for e in exc.errors())
         ]
         raise RecipeErrors(errors) from None
@@ -327,11 +332,22 @@ def parse_recipe(data: Any, file: Path, source_map: SourceMap) -> LoadedRecipe:
     return loaded
 
 
-def load_recipe(file: str | Path) -> LoadedRecipe:
-    """Load and validate one recipe file."""
+def load_recipe_file(file: str | Path, root: Path | None = None,
+                     variables: dict[str, str] | None = None) -> list[LoadedRecipe]:
+    """Every build one recipe file stands for (defaults merged, variables and variants expanded)."""
+    from bmbuild.compose import compose
+
     file = Path(file)
-    data, source_map = load_yaml(file)
-    return parse_recipe(data, file, source_map)
+    return [parse_recipe(data, file, smap)
+            for data, smap in compose(file, root or file.parent, variables or {})]
+
+
+def load_recipe(file: str | Path) -> LoadedRecipe:
+    """Load and validate a recipe file that stands for exactly one build."""
+    loaded = load_recipe_file(file)
+    if len(loaded) != 1:
+        raise RecipeError(f"expands into {len(loaded)} variants; name one of them", file)
+    return loaded[0]
 
 
 def find_recipe_files(paths: list[str | Path]) -> list[Path]:
@@ -356,13 +372,14 @@ def _is_support_file(path: Path) -> bool:
     return path.name in ("defaults.yaml", "defaults.yml", "bmbuild.yaml", "bmbuild.yml")
 
 
-def load_recipes(paths: list[str | Path]) -> list[LoadedRecipe]:
+def load_recipes(paths: list[str | Path], root: Path | None = None,
+                 variables: dict[str, str] | None = None) -> list[LoadedRecipe]:
     """Load every recipe below `paths`; reports all bad recipes at once; names must be unique."""
     loaded: list[LoadedRecipe] = []
     errors: list[RecipeError] = []
     for file in find_recipe_files(paths):
         try:
-            loaded.append(load_recipe(file))
+            loaded.extend(load_recipe_file(file, root, variables))
         except RecipeErrors as exc:
             errors.extend(exc.errors)
         except RecipeError as exc:

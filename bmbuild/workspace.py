@@ -7,14 +7,15 @@ import shutil
 import sys
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 from filelock import FileLock, Timeout
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bmbuild.cache import LocalStore, StatCache
-from bmbuild.errors import WorkspaceBusy
+from bmbuild.errors import RecipeError, WorkspaceBusy
 
 WORKSPACE_FILES = ("bmbuild.yaml", "bmbuild.yml")
 
@@ -38,18 +39,54 @@ def find_root(start: Path) -> Path:
     return start
 
 
+class WorkspaceConfig(BaseModel):
+    """bmbuild.yaml at the workspace root: where builds and caches go, and shared variables."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    build_dir: Path = Field(Path("build"), description="Build outputs, relative to the workspace root.")
+    cache_dir: Path | None = Field(None, description="Local cache (default: $BMBUILD_CACHE_DIR or the user cache dir).")
+    remote_cache: str | None = Field(None, description="Shared cache: a folder or an fsspec URL (s3://, gs://, ...).")
+    jobs: int = Field(1, ge=1, description="Default for `run -j`.")
+    vars: dict[str, str] = Field(default_factory=dict, description="${name} variables for recipes, e.g. dataset roots.")
+
+
+def load_config(root: Path) -> WorkspaceConfig:
+    """The workspace's bmbuild.yaml (defaults when there is none); errors name file and line."""
+    for name in WORKSPACE_FILES:
+        file = root / name
+        if file.is_file():
+            from bmbuild.yamlsource import load_yaml
+
+            data, smap = load_yaml(file)
+            try:
+                return WorkspaceConfig.model_validate(data or {})
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                key = tuple(first["loc"])
+                raise RecipeError(first["msg"], file, smap.line_of(key), ".".join(map(str, key))) from None
+    return WorkspaceConfig()
+
+
 @dataclass
 class Workspace:
     root: Path
     build_dir: Path
     cache_dir: Path
+    config: WorkspaceConfig = field(default_factory=WorkspaceConfig)
+    remote_cache: str | None = None
 
     @classmethod
     def at(cls, root: Path | None = None, build_dir: Path | None = None,
-           cache_dir: Path | None = None) -> "Workspace":
+           cache_dir: Path | None = None, remote_cache: str | None = None) -> "Workspace":
+        """Command line beats environment beats bmbuild.yaml beats defaults."""
         root = find_root(root or Path.cwd())
-        return cls(root=root, build_dir=(build_dir or root / "build").resolve(),
-                   cache_dir=(cache_dir or default_cache_dir()).expanduser().resolve())
+        config = load_config(root)
+        if cache_dir is None and not os.environ.get("BMBUILD_CACHE_DIR") and config.cache_dir is not None:
+            cache_dir = root / config.cache_dir.expanduser()
+        return cls(root=root, build_dir=(build_dir or root / config.build_dir).resolve(),
+                   cache_dir=(cache_dir or default_cache_dir()).expanduser().resolve(),
+                   config=config, remote_cache=remote_cache or config.remote_cache)
 
     @property
     def state_dir(self) -> Path:

@@ -6,7 +6,6 @@ so a trace that baked in control flow or a batch size fails here, with the numbe
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 from typing import Any
@@ -44,15 +43,19 @@ def traced_path(out_dir: Path, recipe: Recipe) -> Path:
 
 
 def load_callable(file: Path, name: str) -> Any:
-    """Import a model file by path (recipes are not packages) and return one of its names."""
-    module_name = f"bmbuild_model_{abs(hash(str(file)))}"
-    spec = importlib.util.spec_from_file_location(module_name, file)
-    if spec is None or spec.loader is None:
-        raise StageFailed(f"cannot import model file {file}")
-    module = importlib.util.module_from_spec(spec)
+    """Run a model file by path (recipes are not packages) and return one of its names.
+
+    The source is compiled from the bytes just hashed into the key, never from __pycache__,
+    whose staleness check (mtime in seconds, size) misses a same-size edit within a second.
+    """
+    import types
+
+    module = types.ModuleType(f"bmbuild_model_{file.stem}")
+    module.__file__ = str(file)
+    code = compile(file.read_bytes(), str(file), "exec", dont_inherit=True)
     sys.path.insert(0, str(file.parent))
     try:
-        spec.loader.exec_module(module)
+        exec(code, module.__dict__)  # noqa: S102 - running the user's model definition is the point
     finally:
         sys.path.remove(str(file.parent))
     if not hasattr(module, name):

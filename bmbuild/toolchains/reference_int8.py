@@ -80,6 +80,30 @@ def batches(ctx: StageContext, refs: list[Any], batch_size: int) -> Iterator[np.
     yield from iter_batches(refs, cfg, sample_shape(ctx.recipe), batch_size)
 
 
+def fixed_batch(session: Any) -> int | None:
+    """The batch size a session's (first) input is fixed to, or None when it is dynamic.
+
+    A recipe with one batch size exports a static-batch model: it takes exactly that many
+    samples per run, whatever batch size calibration or evaluation would like to use.
+    """
+    dim = session.get_inputs()[0].shape[0] if session.get_inputs()[0].shape else None
+    return dim if isinstance(dim, int) and dim > 0 else None
+
+
+def run_rows(session: Any, chunk: np.ndarray) -> list[np.ndarray]:
+    """Run `chunk` (at most the fixed batch size of rows); a short chunk is padded with copies
+    of its first row and outputs whose leading dimension is the padded batch are cut back."""
+    size = fixed_batch(session)
+    rows = len(chunk)
+    if size is None or rows == size:
+        return run_session(session, [chunk])
+    if rows > size:
+        raise ValueError(f"{rows} samples do not fit a model with batch size {size}")
+    padded = np.concatenate([chunk, np.repeat(chunk[:1], size - rows, axis=0)])
+    return [v[:rows] if getattr(v, "ndim", 0) and v.shape[0] == size else v
+            for v in run_session(session, [padded])]
+
+
 # --- calibrate ----------------------------------------------------------------------------
 def calibrate(ctx: StageContext) -> None:
     import json
@@ -100,8 +124,8 @@ def calibrate(ctx: StageContext) -> None:
     collector = StatsCollector(bins=params["bins"])
     seen = 0
     input_name = session.get_inputs()[0].name
-    for batch in batches(ctx, calib_refs, CALIBRATION_BATCH):
-        values = session.run(None, {input_name: batch})
+    for batch in batches(ctx, calib_refs, fixed_batch(session) or CALIBRATION_BATCH):
+        values = run_rows(session, batch)
         collector.update(input_name, batch)
         for name, value in zip(outputs, values):
             if name in tensors:
@@ -264,9 +288,10 @@ def layer_similarity(ctx: StageContext, umodel: Path, holdout: list[Any]) -> lis
     int8_outputs = expose_tensors(umodel, [b for _, b in pairs], ctx.work_dir / "int8_layers.onnx")
     fp32_session = ort_session(ctx.work_dir / "fp32_layers.onnx", 0)
     int8_session = ort_session(ctx.work_dir / "int8_layers.onnx", 0)
-    chunk = next(batches(ctx, holdout[:CALIBRATION_BATCH], CALIBRATION_BATCH))
-    fp32_values = dict(zip(fp32_outputs, run_session(fp32_session, [chunk])))
-    int8_values = dict(zip(int8_outputs, run_session(int8_session, [chunk])))
+    size = fixed_batch(fp32_session) or CALIBRATION_BATCH
+    chunk = next(batches(ctx, holdout[:size], size))
+    fp32_values = dict(zip(fp32_outputs, run_rows(fp32_session, chunk)))
+    int8_values = dict(zip(int8_outputs, run_rows(int8_session, chunk)))
     layers = []
     for fp32_name, int8_name in pairs:
         sim = similarity(fp32_values[fp32_name], int8_values[int8_name])
@@ -300,10 +325,11 @@ def _evaluate(ctx: StageContext, umodel: Path) -> None:
     scores = {}
     for label, session in (("fp32", fp32), ("int8", int8)):
         correct = 0
-        for start in range(0, len(x), 64):
-            logits = run_session(session, [np.ascontiguousarray(x[start:start + 64], dtype=np.float32)])[0]
+        step = fixed_batch(session) or 64
+        for start in range(0, len(x), step):
+            logits = run_rows(session, np.ascontiguousarray(x[start:start + step], dtype=np.float32))[0]
             top = np.argsort(-logits, axis=1)[:, :k]
-            correct += int(np.sum(np.any(top == y[start:start + 64, None], axis=1)))
+            correct += int(np.sum(np.any(top == y[start:start + step, None], axis=1)))
         scores[label] = correct / len(x)
     ctx.metrics["eval"] = {"metric": evaluation.metric, "samples": int(len(x)), **scores,
                            "drop_points": 100 * (scores["fp32"] - scores["int8"])}

@@ -1,0 +1,211 @@
+"""From a recipe file to the recipes it stands for: inherited defaults, variables, variants.
+
+- `defaults.yaml` files in the recipe's folder and its ancestors (up to the workspace root) are
+  merged under the recipe, nearest winning. Mappings merge key by key; lists are replaced,
+  unless the key is written with a trailing `+` (`fp32_layers+: [...]`), which appends.
+- `${name}` in any string is replaced by a workspace variable (bmbuild.yaml `vars:`) or a
+  built-in: `${root}` (workspace root), `${recipe_dir}` (the recipe's folder).
+- `variants:` expands one recipe into several named builds: a mapping of dotted keys to value
+  lists is a matrix (`{prec: [FP32, INT8]}` -> name_fp32, name_int8); a list of mappings gives
+  explicit variants, each with an optional `suffix`.
+
+Every value keeps the file and line it was written at, so errors point at the right file.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import re
+from pathlib import Path
+from typing import Any
+
+from bmbuild.errors import RecipeError
+from bmbuild.yamlsource import KeyPath, SourceMap, load_yaml
+
+DEFAULTS_FILES = ("defaults.yaml", "defaults.yml")
+APPEND = "+"
+VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# keys whose relative paths are relative to the file that wrote them
+PATH_KEYS: tuple[KeyPath, ...] = (("source", "model"), ("source", "weights"), ("source", "weights", "path"),
+                                  ("calibration", "data"), ("eval", "data"))
+
+
+def defaults_chain(recipe_file: Path, root: Path) -> list[Path]:
+    """defaults.yaml files from the workspace root down to the recipe's folder."""
+    folder = recipe_file.resolve().parent
+    root = root.resolve()
+    chain = []
+    for current in (folder, *folder.parents):
+        for name in DEFAULTS_FILES:
+            if (current / name).is_file():
+                chain.append(current / name)
+        if current == root:
+            break
+    return list(reversed(chain))
+
+
+def _rebase_paths(data: dict[str, Any], file: Path, recipe_dir: Path) -> None:
+    """Make the relative paths a defaults file writes relative to the recipe instead."""
+    import os
+
+    for key in PATH_KEYS:
+        parent: Any = data
+        for part in key[:-1]:
+            parent = parent.get(part) if isinstance(parent, dict) else None
+        if not isinstance(parent, dict) or not isinstance(parent.get(key[-1]), str):
+            continue
+        value: str = parent[key[-1]]
+        if "${" in value:
+            continue
+        path, sep, rest = value.partition(":") if key == ("source", "model") else (value, "", "")
+        if not Path(path).is_absolute():
+            path = os.path.relpath((file.parent / path).resolve(), recipe_dir.resolve())
+        parent[key[-1]] = path + sep + rest
+
+
+def merge(base: Any, over: Any, smap: SourceMap, over_map: SourceMap, path: KeyPath = ()) -> Any:
+    """`over` on top of `base`; `smap` (base's map) is updated to say where values came from."""
+    if not (isinstance(base, dict) and isinstance(over, dict)):
+        smap.replace_subtree(path, over_map.subtree(path))
+        return copy.deepcopy(over)
+    result = dict(base)
+    for raw_key, value in over.items():
+        key = raw_key[:-1] if isinstance(raw_key, str) and raw_key.endswith(APPEND) else raw_key
+        sub_over = over_map.subtree(path + (raw_key,))
+        renamed = {(path + (key,) + p[len(path) + 1:]): v for p, v in sub_over.items()}
+        if key != raw_key:
+            if not isinstance(value, list):
+                line, file = sub_over.get(path + (raw_key,), (None, over_map.file))
+                raise RecipeError(f"'{raw_key}' appends to a list, but its value is not a list", file, line,
+                                  ".".join(map(str, path + (raw_key,))))
+            inherited = result.get(key, [])
+            if not isinstance(inherited, list):
+                inherited = []
+            offset = len(inherited)
+            shifted = {}
+            for p, v in renamed.items():
+                if len(p) > len(path) + 1 and isinstance(p[len(path) + 1], int):
+                    p = p[:len(path) + 1] + (p[len(path) + 1] + offset,) + p[len(path) + 2:]
+                shifted[p] = v
+            existing = smap.subtree(path + (key,))
+            smap.replace_subtree(path + (key,), {**existing, **shifted})
+            result[key] = list(inherited) + copy.deepcopy(value)
+        elif isinstance(result.get(key), dict) and isinstance(value, dict):
+            head = renamed.pop(path + (key,), None)
+            temp = SourceMap(over_map.file, {p: line for p, (line, _) in renamed.items()},
+                             {p: f for p, (_, f) in renamed.items()})
+            result[key] = merge(result[key], value, smap, temp, path + (key,))
+            if head:
+                smap.lines[path + (key,)], smap.files[path + (key,)] = head[0], head[1]
+        else:
+            smap.replace_subtree(path + (key,), renamed)
+            result[key] = copy.deepcopy(value)
+    return result
+
+
+def expand_variables(data: Any, variables: dict[str, str], smap: SourceMap, path: KeyPath = ()) -> Any:
+    """Replace `${name}` in every string; an unknown name is a RecipeError at its line."""
+    if isinstance(data, dict):
+        return {k: expand_variables(v, variables, smap, path + (k,)) for k, v in data.items()}
+    if isinstance(data, list):
+        return [expand_variables(v, variables, smap, path + (i,)) for i, v in enumerate(data)]
+    if isinstance(data, str) and "${" in data:
+        def replace(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in variables:
+                raise RecipeError(f"unknown variable ${{{name}}}", smap.file_of(path), smap.line_of(path),
+                                  ".".join(map(str, path)),
+                                  f"known: {', '.join(sorted(variables))}; define it under vars: in bmbuild.yaml")
+            return str(variables[name])
+        return VARIABLE.sub(replace, data)
+    return data
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> KeyPath:
+    parts = dotted.split(".")
+    current = data
+    for part in parts[:-1]:
+        current = current.setdefault(part, {})
+        if not isinstance(current, dict):
+            raise ValueError(f"{dotted}: {part} is not a mapping")
+    current[parts[-1]] = copy.deepcopy(value)
+    return tuple(parts)
+
+
+def _suffix(value: Any, index: int) -> str:
+    if isinstance(value, (str, int, float, bool)):
+        text = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(value).lower()).strip("-")
+        return text or f"v{index}"
+    return f"v{index}"
+
+
+def expand_variants(data: dict[str, Any], smap: SourceMap) -> list[tuple[dict[str, Any], SourceMap]]:
+    """One (data, source map) per variant; the data itself when it declares none."""
+    spec = data.get("variants")
+    if spec is None:
+        return [(data, smap)]
+    base = {k: v for k, v in data.items() if k != "variants"}
+    here = ("variants",)
+
+    def fail(message: str, key: KeyPath = here) -> RecipeError:
+        return RecipeError(message, smap.file_of(key), smap.line_of(key), ".".join(map(str, key)))
+
+    combos: list[tuple[str, dict[str, Any], KeyPath]] = []
+    if isinstance(spec, dict):
+        axes = []
+        for dotted, values in spec.items():
+            if not isinstance(values, list) or not values:
+                raise fail("each variant key needs a non-empty list of values", here + (dotted,))
+            axes.append([(dotted, value, _suffix(value, i), here + (dotted, i)) for i, value in enumerate(values)])
+        for product in itertools.product(*axes):
+            suffix = "_".join(item[2] for item in product)
+            combos.append((suffix, {item[0]: item[1] for item in product}, product[0][3]))
+    elif isinstance(spec, list):
+        for i, item in enumerate(spec):
+            if not isinstance(item, dict):
+                raise fail("a variant is a mapping of dotted keys to values", here + (i,))
+            overrides = {k: v for k, v in item.items() if k != "suffix"}
+            combos.append((str(item.get("suffix", f"v{i}")), overrides, here + (i,)))
+    else:
+        raise fail("variants is a mapping of keys to value lists, or a list of mappings")
+    names = [suffix for suffix, _, _ in combos]
+    if len(set(names)) != len(names):
+        raise fail(f"variants produce duplicate names: {names}")
+    result = []
+    for suffix, overrides, origin in combos:
+        variant = copy.deepcopy(base)
+        vmap = SourceMap(smap.file, dict(smap.lines), dict(smap.files))
+        for dotted, value in overrides.items():
+            try:
+                key = _set_dotted(variant, dotted, value)
+            except ValueError as exc:
+                raise fail(str(exc), origin) from None
+            vmap.replace_subtree(key, {key: (smap.line_of(origin) or 0, smap.file_of(origin))})
+        variant["name"] = f"{base.get('name', 'recipe')}_{suffix}"
+        result.append((variant, vmap))
+    return result
+
+
+def compose(recipe_file: Path, root: Path, variables: dict[str, str]) -> list[tuple[dict[str, Any], SourceMap]]:
+    """The merged, expanded data of every build a recipe file stands for."""
+    data, smap = load_yaml(recipe_file)
+    if not isinstance(data, dict):
+        raise RecipeError("a recipe must be a mapping of keys to values", recipe_file, 1)
+    merged: Any = {}
+    merged_map = SourceMap(recipe_file)
+    for defaults_file in defaults_chain(recipe_file, root):
+        layer, layer_map = load_yaml(defaults_file)
+        if layer is None:
+            continue
+        if not isinstance(layer, dict):
+            raise RecipeError("a defaults file must be a mapping", defaults_file, 1)
+        _rebase_paths(layer, defaults_file, recipe_file.parent)
+        layer_map.files = {p: defaults_file for p in layer_map.lines}
+        merged = merge(merged, layer, merged_map, layer_map)
+    merged = merge(merged, data, merged_map, smap) if merged else data
+    if merged is data:
+        merged_map = smap
+    builtins = {"root": str(root.resolve()), "recipe_dir": str(recipe_file.resolve().parent)}
+    merged = expand_variables(merged, {**builtins, **variables}, merged_map)
+    return expand_variants(merged, merged_map)

@@ -1,0 +1,105 @@
+"""Running a vendor command the way a user would: one line in `<stage>.cmd`, its output in the log.
+
+A `Command` is plain data (argv, working folder, extra environment, what it must produce), so the
+same object is rendered by `--dry-run` and run by a stage. `run_command` streams the tool's output
+into the stage log line by line and turns every way a vendor tool fails into a `ToolchainError`
+naming the command, its exit code and the tail of its output:
+
+- a non-zero exit status;
+- no `# Store bmodel of BMCompiler.` banner from bmnetp/bmnetu (their documented success line);
+- exit status 0 but a promised output file missing.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import shlex
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from bmbuild.errors import ToolchainError
+
+if TYPE_CHECKING:
+    from bmbuild.stagelog import StageLog
+
+# bmnetp.md / bmnetu.md: a successful compile ends its log with this line (between '#' rules).
+BMCOMPILER_BANNER = "# Store bmodel of BMCompiler."
+TAIL_LINES = 12
+
+
+@dataclass(frozen=True)
+class Command:
+    """One command line of a stage: what runs, where, and what it must leave behind."""
+
+    tool: str                                   # short name for messages: bmnetp, bmnetu, ...
+    argv: tuple[str, ...]
+    cwd: Path
+    env: dict[str, str] = field(default_factory=dict)   # set on top of the current environment
+    outputs: tuple[Path, ...] = ()              # files that must exist after a successful run
+    banner: bool = False                        # expect the BMCompiler success banner
+
+    def shell(self) -> str:
+        """The command as one shell line a user can paste: `cd <cwd> && [VAR=value ...] argv...`."""
+        assignments = [f"{name}={shlex.quote(value)}" for name, value in self.env.items()]
+        return " ".join([f"cd {shlex.quote(str(self.cwd))} &&", *assignments, shlex.join(self.argv)])
+
+
+def command_file(log: "StageLog") -> Path:
+    """`build/<recipe>/logs/<stage>.cmd`, beside the stage's log (as tpu-perf writes `<title>.cmd`)."""
+    return log.path.with_suffix(".cmd")
+
+
+def start_command_file(log: "StageLog", header: str) -> None:
+    """A fresh `.cmd` for this run of the stage (commands are appended as they start)."""
+    command_file(log).write_text(f"# {header}\n", encoding="utf-8")
+
+
+def run_command(command: Command, log: "StageLog", capture: bool = False) -> str:
+    """Run `command`, output streamed into `log`; returns the output when `capture` is set.
+
+    Raises ToolchainError when the tool cannot start, exits non-zero, omits its success banner or
+    does not write a promised output.
+    """
+    line = command.shell()
+    with open(command_file(log), "a", encoding="utf-8") as handle:
+        handle.write(line + "\n")
+    log.info(f"$ {line}")
+    command.cwd.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **command.env}
+    tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+    captured: list[str] = []
+    banner_seen = False
+    try:
+        process = subprocess.Popen(list(command.argv), cwd=command.cwd, env=env, stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                   errors="replace", bufsize=1)
+    except OSError as exc:
+        raise ToolchainError(f"{command.tool} could not be started: {exc.strerror or exc}", line) from None
+    try:
+        assert process.stdout is not None
+        for output_line in process.stdout:
+            log.write_raw(output_line if output_line.endswith("\n") else output_line + "\n")
+            tail.append(output_line.rstrip("\n"))
+            if capture:
+                captured.append(output_line)
+            if output_line.strip() == BMCOMPILER_BANNER:
+                banner_seen = True
+        returncode = process.wait()
+    except BaseException:  # interrupted: do not leave the tool running on its own
+        process.kill()
+        process.wait()
+        raise
+    output_tail = "\n".join(tail)
+    if returncode != 0:
+        raise ToolchainError(f"{command.tool} failed", line, returncode, output_tail)
+    if command.banner and not banner_seen:
+        raise ToolchainError(f"{command.tool} exited 0 without its success banner "
+                             f"'{BMCOMPILER_BANNER}': the bmodel is not trusted", line, returncode, output_tail)
+    missing = [str(path) for path in command.outputs if not path.is_file()]
+    if missing:
+        raise ToolchainError(f"{command.tool} exited 0 but did not write {', '.join(missing)}",
+                             line, returncode, output_tail)
+    return "".join(captured)
