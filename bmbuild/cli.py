@@ -74,7 +74,28 @@ def cmd_run(args: argparse.Namespace) -> int:
         failed = result.count(Outcome.FAILED) + result.count(Outcome.BLOCKED)
         console.print(f"{executed} executed, {restored} restored from cache, {uptodate} up to date, "
                       f"{failed} failed or blocked ({result.seconds:.2f}s)")
+    if args.report_dir:
+        from bmbuild.report import write_report
+
+        names = [loaded.name for loaded in build.recipes]
+        ran = {record.recipe for record in result.records}
+        written = write_report(build.workspace.build_dir, Path(args.report_dir), names,
+                               not_run=[name for name in names if name not in ran])
+        console.print(f"report: {written.paths['html']} (+ summary.json, junit.xml, summary.md)")
     return 0 if result.ok else 1
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from bmbuild.report import write_report
+
+    workspace = _workspace(args)
+    names = [loaded.name for loaded in _prepare(args, check_toolchains=False).recipes] if args.paths else None
+    out = Path(args.out) if args.out else workspace.build_dir / "reports"
+    written = write_report(workspace.build_dir, out, names)
+    totals = written.summary["totals"]
+    print(f"{totals['passed']} of {totals['models']} model(s) passed; wrote"
+          + "".join(f"\n  {path}" for path in written.paths.values()))
+    return 0
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -180,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-j", "--jobs", type=int, default=None, help="stages run in parallel (default: bmbuild.yaml jobs, else 1)")
     run.add_argument("-k", "--keep-going", action="store_true", help="continue other models after a failure")
     run.add_argument("--plain", action="store_true", help="plain lines even on a terminal")
+    run.add_argument("--report-dir", metavar="DIR",
+                     help="also write summary.json, junit.xml, summary.md and report.html of this run to DIR")
     run.set_defaults(func=cmd_run)
 
     show = sub.add_parser("show", help="print the fully resolved recipes (defaults, variables, variants)")
@@ -208,6 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
     schema.add_argument("-o", "--output", default=str(DEFAULT_SCHEMA))
     schema.add_argument("--check", action="store_true", help="fail if the file is stale")
     schema.set_defaults(func=cmd_schema)
+
+    report = sub.add_parser("report", help="summary.json, junit.xml, summary.md and report.html of built models")
+    _add_common(report, paths="*")
+    report.add_argument("--out", metavar="DIR", help="where to write them (default: build/reports)")
+    report.set_defaults(func=cmd_report)
     return parser
 
 

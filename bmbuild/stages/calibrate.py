@@ -16,7 +16,7 @@ from bmbuild.stages.int8_common import dataset_files, dataset_params, is_int8
 def _params(recipe: Recipe) -> dict[str, Any]:
     cfg = recipe.calibration
     assert cfg is not None
-    return {**dataset_params(recipe), "method": cfg.method, "percentile": cfg.percentile,
+    return {**dataset_params(recipe), "net_name": recipe.name, "method": cfg.method, "percentile": cfg.percentile,
             "bins": cfg.bins, "fp32_layers": recipe.int8.fp32_layers}
 
 

@@ -11,7 +11,7 @@ from bmbuild.stages.int8_common import is_int8
 
 
 def _params(recipe: Recipe) -> dict[str, Any]:
-    return {"per_channel": recipe.int8.per_channel, "fp32_layers": recipe.int8.fp32_layers,
+    return {"net_name": recipe.name, "per_channel": recipe.int8.per_channel, "fp32_layers": recipe.int8.fp32_layers,
             "target": recipe.target}
 
 

@@ -20,6 +20,7 @@ TRACE_RTOL = 1e-4
 def _params(recipe: Recipe) -> dict[str, Any]:
     source = recipe.source
     return {
+        "net_name": recipe.name,  # outputs are named after it
         "callable": source.callable_name,
         "kwargs": source.kwargs,
         "weights_key": source.weights.key if source.weights else None,

@@ -57,11 +57,11 @@ def start_command_file(log: "StageLog", header: str) -> None:
     command_file(log).write_text(f"# {header}\n", encoding="utf-8")
 
 
-def run_command(command: Command, log: "StageLog", capture: bool = False) -> str:
+def run_command(command: Command, log: "StageLog", capture: bool = False, hint: str = "") -> str:
     """Run `command`, output streamed into `log`; returns the output when `capture` is set.
 
     Raises ToolchainError when the tool cannot start, exits non-zero, omits its success banner or
-    does not write a promised output.
+    does not write a promised output; `hint` is added to the message of a non-zero exit.
     """
     line = command.shell()
     with open(command_file(log), "a", encoding="utf-8") as handle:
@@ -94,7 +94,7 @@ def run_command(command: Command, log: "StageLog", capture: bool = False) -> str
         raise
     output_tail = "\n".join(tail)
     if returncode != 0:
-        raise ToolchainError(f"{command.tool} failed", line, returncode, output_tail)
+        raise ToolchainError(f"{command.tool} failed{hint}", line, returncode, output_tail)
     if command.banner and not banner_seen:
         raise ToolchainError(f"{command.tool} exited 0 without its success banner "
                              f"'{BMCOMPILER_BANNER}': the bmodel is not trusted", line, returncode, output_tail)

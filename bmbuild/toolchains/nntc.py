@@ -1,0 +1,465 @@
+"""The NNTC toolchain (SophonSDK 3.x, BM1684): the vendor's own tools, driven from the same recipes.
+
+    compile_fp32  python3 -m bmnetp ...                       -> <N>b.fp32.compilation/compilation.bmodel
+    calibrate     LMDB (ufwio) + python3 -m ufw.tools.pt_to_umodel + calibration_use_pb quantize
+    quantize      <name>_bmnetp.int8umodel + <name>_bmnetp_deploy_int8_unique_top.prototxt
+    compile_int8  bmnetu -prec=INT8 ...                        -> <N>b.compilation/compilation.bmodel
+                  (+ tpu_model --combine of the batch sizes  -> combined.bmodel)
+
+Every flag and file name follows shared/reference/sophgo-toolchains.md, bmnetp.md and bmnetu.md.
+Python tools run as `sys.executable -m <module>` rather than a bare `python3`: the SDK's envsetup
+pip-installs bmnetp/ufw into the active Python, and `sys.executable` is that Python — the one whose
+modules `availability()` found — while `python3` on PATH may be another interpreter.
+
+Each command runs in the stage's private work folder (the vendor tools write beside their inputs),
+is appended to `build/<recipe>/logs/<stage>.cmd` and streams its output into the stage's log
+(bmbuild.toolchains.commands). `tpu_model --info` of every bmodel goes into the stage's metrics
+(`bmodels`), hence into report.json.
+
+Nothing here imports the SDK: detection uses `importlib.util.find_spec` and `shutil.which`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import bmbuild
+from bmbuild.errors import ToolchainError
+from bmbuild.stages.base import StageContext
+from bmbuild.toolchains.base import Availability, package_version
+from bmbuild.toolchains.bmodel_info import BmodelInfoError, describe, parse_info
+from bmbuild.toolchains.commands import Command, run_command, start_command_file
+
+# Bump when this adapter changes the commands it runs or the files it keeps: part of every key.
+IMPLEMENTATION_VERSION = "1"
+PY_MODULES = ("bmnetp", "bmnetu", "ufw", "ufwio")
+EXECUTABLES = ("bmnetu", "calibration_use_pb", "tpu_model")
+TARGETS = ("BM1684",)               # NNTC 3.x; BM1684X is tpu-mlir's
+# recipe calibration.method -> calibration_use_pb -th_method (its documented choices:
+# KL|SYMKL|JSD|ADMM|ACIQ|MAX|PERCENTILE9999|MSE)
+TH_METHODS = {"minmax": "MAX", "percentile": "PERCENTILE9999", "kl": "KL", "mse": "MSE"}
+NNTC_PERCENTILE = 99.99
+# sophon-demo FAQ (sophgo-toolchains.md): the vendor recommends tracing under torch 1.8 for NNTC.
+RECOMMENDED_TORCH = "1.8"
+SDK_HINT = ("install the SophonSDK 3.x and `source` its environment script (envsetup_cmodel.sh or "
+            "envsetup_pcie.sh) in this shell, with the Python that runs bmbuild")
+
+
+# --- file names (sophgo-toolchains.md) ---------------------------------------------------------
+def umodel_stem(name: str) -> str:
+    """pt_to_umodel -n <name> writes <name>_bmnetp.fp32umodel; calibration keeps the stem."""
+    return f"{name}_bmnetp"
+
+
+def calibration_outputs(name: str) -> tuple[str, str, str]:
+    """What calibration_use_pb writes next to -weights: int8 umodel, int8 and fp32 deploy prototxts."""
+    stem = umodel_stem(name)
+    return (f"{stem}.int8umodel", f"{stem}_deploy_int8_unique_top.prototxt",
+            f"{stem}_deploy_fp32_unique_top.prototxt")
+
+
+def fp32_folder(batch: int) -> str:
+    return f"{batch}b.fp32.compilation"
+
+
+def int8_folder(batch: int) -> str:
+    return f"{batch}b.compilation"
+
+
+COMBINED = "combined.bmodel"
+
+
+# --- value spellings the tools accept -----------------------------------------------------------
+def shapes_nested(shapes: list[list[int]]) -> str:
+    """bmnetp --shapes: [[1,3,224,224],[1,10]] (no spaces)."""
+    return "[" + shapes_flat(shapes) + "]"
+
+
+def shapes_flat(shapes: list[list[int]]) -> str:
+    """bmnetu -shapes: [1,3,224,224],[1,10] (no outer brackets, no spaces)."""
+    return ",".join("[" + ",".join(map(str, shape)) + "]" for shape in shapes)
+
+
+def shape_tuple(shape: list[int]) -> str:
+    """pt_to_umodel -s: (1,3,224,224)."""
+    return "(" + ",".join(map(str, shape)) + ")"
+
+
+def py_bool(value: bool) -> str:
+    """bmnetp/bmnetu booleans: True / False."""
+    return "True" if value else "False"
+
+
+def gflags_bool(value: bool) -> str:
+    """calibration_use_pb booleans: true / false."""
+    return "true" if value else "false"
+
+
+# --- versions (no SDK import in this process) ---------------------------------------------------
+_lock = threading.Lock()
+
+
+def _distribution_version(module: str) -> str | None:
+    try:
+        return metadata.version(module)
+    except metadata.PackageNotFoundError:
+        pass
+    for dist in _packages_distributions().get(module, []):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+@lru_cache(maxsize=1)
+def _packages_distributions() -> dict[str, list[str]]:
+    return dict(metadata.packages_distributions())
+
+
+def _spec_origin(module: str) -> str | None:
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    return spec.origin or ",".join(spec.submodule_search_locations or []) or module
+
+
+_probed: dict[tuple[Any, ...], dict[str, str]] = {}
+
+
+def _probe_versions(modules: list[str]) -> dict[str, str]:
+    """`__version__` of modules that are not installed distributions (e.g. on PYTHONPATH only),
+    read by a child Python so the SDK is never imported into bmbuild. Cached per location."""
+    key = (sys.executable, os.environ.get("PYTHONPATH"), tuple((m, _spec_origin(m)) for m in modules))
+    with _lock:
+        if key in _probed:
+            return _probed[key]
+    code = ("import importlib, json, sys\nout = {}\nfor name in sys.argv[1:]:\n"
+            "    try:\n        out[name] = str(getattr(importlib.import_module(name), '__version__', 'unknown'))\n"
+            "    except Exception as exc:\n        out[name] = 'unimportable'\nprint(json.dumps(out))\n")
+    try:
+        done = subprocess.run([sys.executable, "-c", code, *modules], capture_output=True, text=True, timeout=120,
+                              stdin=subprocess.DEVNULL)
+        found = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else {}
+    except (OSError, subprocess.TimeoutExpired, ValueError, IndexError):
+        found = {}
+    result = {m: found.get(m, "unknown") for m in modules}
+    with _lock:
+        _probed[key] = result
+    return result
+
+
+_digests: dict[tuple[str, int, int], str] = {}
+
+
+def executable_digest(path: str) -> str:
+    """sha256 (16 hex) of an executable's content: the same SDK on two machines gives the same
+    key, a different build of a tool does not. Cached per (path, size, mtime)."""
+    import hashlib
+
+    real = os.path.realpath(path)
+    stat = os.stat(real)
+    key = (real, stat.st_size, stat.st_mtime_ns)
+    with _lock:
+        if key in _digests:
+            return _digests[key]
+    digest = hashlib.sha256()
+    with open(real, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    value = "sha256:" + digest.hexdigest()[:16]
+    with _lock:
+        _digests[key] = value
+    return value
+
+
+def torch_note() -> str:
+    """A note when the torch that traced the model is not the one the vendor recommends ('' if it is)."""
+    version = package_version("torch").split("+")[0]
+    if version == "absent" or version == RECOMMENDED_TORCH or version.startswith(RECOMMENDED_TORCH + "."):
+        return ""
+    return (f"the model was traced with torch {version}; the vendor recommends torch {RECOMMENDED_TORCH} "
+            "for NNTC, and bmnetp may reject operators that newer versions emit")
+
+
+class NntcToolchain:
+    """bmnetp, ufw (pt_to_umodel, ufwio), calibration_use_pb, bmnetu and tpu_model from the SophonSDK."""
+
+    name = "nntc"
+
+    def __init__(self) -> None:
+        self._versions: dict[str, str] | None = None
+
+    # --- detection ----------------------------------------------------------------------------
+    def availability(self) -> Availability:
+        missing_modules = [m for m in PY_MODULES if _spec_origin(m) is None]
+        missing_commands = [c for c in EXECUTABLES if shutil.which(c) is None]
+        if missing_modules or missing_commands:
+            problems = []
+            if missing_modules:
+                problems.append(f"Python modules not importable by {sys.executable}: {', '.join(missing_modules)}")
+            if missing_commands:
+                problems.append(f"commands not on PATH: {', '.join(missing_commands)}")
+            return Availability(False, "SophonSDK not found", "; ".join(problems) + f" ({SDK_HINT})")
+        versions = self.versions()
+        return Availability(True, f"bmnetp {versions['bmnetp']}, bmnetu {versions['bmnetu']}")
+
+    def versions(self) -> dict[str, str]:
+        """Package versions of the SDK's Python modules and content digests of its commands."""
+        if self._versions is None:
+            found = {m: _distribution_version(m) for m in PY_MODULES}
+            absent = [m for m, v in found.items() if v is None and _spec_origin(m) is not None]
+            probed = _probe_versions(absent) if absent else {}
+            versions = {"implementation": IMPLEMENTATION_VERSION}
+            for module, version in found.items():
+                versions[module] = version or probed.get(module, "absent")
+            for command in EXECUTABLES:
+                path = shutil.which(command)
+                versions[f"{command} (command)"] = executable_digest(path) if path else "absent"
+            self._versions = versions
+        return dict(self._versions)
+
+    # --- checks shared by the run and --dry-run -----------------------------------------------
+    @staticmethod
+    def _check_recipe(ctx: StageContext) -> None:
+        recipe, loaded = ctx.recipe, ctx.loaded
+        if recipe.target not in TARGETS:
+            raise loaded.error(f"NNTC (SophonSDK 3.x) compiles for {', '.join(TARGETS)} only; "
+                               f"{recipe.target} needs tpu-mlir", ("target",))
+        if recipe.source.framework == "onnx":
+            raise loaded.error("the NNTC toolchain compiles PyTorch models with bmnetp; an ONNX source would "
+                               "need bmneto, which bmbuild does not drive", ("source", "framework"))
+
+    @staticmethod
+    def _single_input(ctx: StageContext) -> None:
+        if len(ctx.recipe.shapes) != 1:
+            raise ctx.loaded.error("NNTC calibration feeds one input (the Data layer of pt_to_umodel's test "
+                                   f"prototxt); this recipe has {len(ctx.recipe.shapes)}", ("shapes",))
+
+    # --- command lines ------------------------------------------------------------------------
+    def fp32_commands(self, ctx: StageContext) -> list[Command]:
+        """One bmnetp per batch size, into <N>b.fp32.compilation/."""
+        from bmbuild.stages.compile_fp32 import source_model
+
+        self._check_recipe(ctx)
+        params, model = ctx.params, source_model(ctx)
+        commands = []
+        for batch in params["batch_sizes"]:
+            outdir = ctx.out_dir / fp32_folder(batch)
+            argv = [sys.executable, "-m", "bmnetp", f"--model={model}",
+                    f"--shapes={shapes_nested(ctx.recipe.shapes_for_batch(batch))}",
+                    f"--net_name={params['net_name']}", f"--target={params['target']}", f"--opt={params['opt']}",
+                    f"--dyn={py_bool(params['dyn'])}", f"--cmp={py_bool(params['cmp'])}", f"--outdir={outdir}"]
+            if params["enable_profile"]:
+                argv.append("--enable_profile=True")
+            commands.append(Command("bmnetp", tuple(argv), ctx.work_dir, outputs=(outdir / "compilation.bmodel",),
+                                    banner=True))
+        return commands
+
+    def calibrate_commands(self, ctx: StageContext) -> list[Command]:
+        """LMDB of the calibration samples, the fp32 umodel, then calibration_use_pb, all in the work dir."""
+        self._check_recipe(ctx)
+        self._single_input(ctx)
+        recipe, params, work = ctx.recipe, ctx.params, ctx.work_dir
+        cfg = recipe.calibration
+        assert cfg is not None
+        th_method = self._th_method(ctx)
+        name = recipe.name
+        lmdb, umodel_dir = work / "lmdb", work / "umodel"
+        input_shape = [1, *recipe.shapes[0][1:]]
+        bmbuild_root = str(Path(bmbuild.__file__).resolve().parents[1])
+        pythonpath = os.pathsep.join(filter(None, [bmbuild_root, os.environ.get("PYTHONPATH")]))
+        write = Command("ufwio.LMDB_Dataset", (
+            sys.executable, "-m", "bmbuild.toolchains.nntc_lmdb", "--calibration", cfg.model_dump_json(),
+            "--holdout", str(params["holdout"]), "--input-shape", ",".join(map(str, input_shape)), str(lmdb)),
+            work, env={"PYTHONPATH": pythonpath}, outputs=(lmdb / "data.mdb",))
+        stem = umodel_dir / umodel_stem(name)
+        prototxt, fp32umodel = Path(f"{stem}_test_fp32.prototxt"), Path(f"{stem}.fp32umodel")
+        to_umodel = Command("pt_to_umodel", (
+            sys.executable, "-m", "ufw.tools.pt_to_umodel", "-m", str(self.traced_model(ctx)),
+            "-s", shape_tuple(input_shape), "-d", str(umodel_dir), "-D", str(lmdb), "-n", name),
+            work, outputs=(prototxt, fp32umodel))
+        argv = ["calibration_use_pb", "quantize", f"-model={prototxt}", f"-weights={fp32umodel}",
+                f"-iterations={params['samples']}", "-bitwidth=TO_INT8", f"-th_method={th_method}"]
+        layers = self._fp32_layers(ctx)
+        if layers:
+            argv.append(f"-fpfwd_outputs={','.join(layers)}")
+        if "per_channel" in params:  # only when the calibrate stage keys it
+            argv.append(f"-per_channel={gflags_bool(params['per_channel'])}")
+        quantize = Command("calibration_use_pb", tuple(argv), work,
+                           outputs=tuple(umodel_dir / f for f in calibration_outputs(name)))
+        return [write, to_umodel, quantize]
+
+    def int8_commands(self, ctx: StageContext) -> list[Command]:
+        """One bmnetu -prec=INT8 per batch size, then tpu_model --combine when there are several."""
+        self._check_recipe(ctx)
+        params, name = ctx.params, ctx.recipe.name
+        int8umodel, deploy, _ = calibration_outputs(name)
+        source = ctx.inputs["quantize"]
+        commands = []
+        bmodels = []
+        for batch in params["batch_sizes"]:
+            outdir = ctx.out_dir / int8_folder(batch)
+            bmodels.append(outdir / "compilation.bmodel")
+            argv = ("bmnetu", f"-model={source / deploy}", f"-weight={source / int8umodel}", "-prec=INT8",
+                    f"-shapes={shapes_flat(ctx.recipe.shapes_for_batch(batch))}", f"-net_name={params['net_name']}",
+                    f"-opt={params['opt']}", f"-dyn={py_bool(params['dyn'])}", f"-cmp={py_bool(params['cmp'])}",
+                    f"-outdir={outdir}", f"-target={params['target']}")
+            commands.append(Command("bmnetu", argv, ctx.work_dir, outputs=(bmodels[-1],), banner=True))
+        if len(bmodels) > 1:
+            combined = ctx.out_dir / COMBINED
+            commands.append(Command("tpu_model", ("tpu_model", "--combine", *map(str, bmodels), "-o", str(combined)),
+                                    ctx.work_dir, outputs=(combined,)))
+        return commands
+
+    @staticmethod
+    def info_command(ctx: StageContext, bmodel: Path) -> Command:
+        return Command("tpu_model", ("tpu_model", "--info", str(bmodel)), ctx.work_dir)
+
+    @staticmethod
+    def traced_model(ctx: StageContext) -> Path:
+        """The traced model compile_fp32 keeps for calibration (pt_to_umodel's -m)."""
+        return ctx.inputs["compile_fp32"] / f"{ctx.recipe.name}.pt"
+
+    @staticmethod
+    def _th_method(ctx: StageContext) -> str:
+        params = ctx.params
+        if params["method"] == "percentile" and params["percentile"] != NNTC_PERCENTILE:
+            raise ctx.loaded.error(
+                f"calibration_use_pb supports only percentile {NNTC_PERCENTILE} (-th_method=PERCENTILE9999), "
+                f"not {params['percentile']}", ("calibration", "percentile"),
+                hint="set percentile: 99.99, or use the reference toolchain")
+        return TH_METHODS[params["method"]]
+
+    @staticmethod
+    def _fp32_layers(ctx: StageContext) -> list[str]:
+        layers = list(ctx.params["fp32_layers"])
+        for layer in layers:
+            if not layer or "," in layer or layer != layer.strip():
+                raise ctx.loaded.error(f"layer name {layer!r} cannot be passed in -fpfwd_outputs (a comma-separated "
+                                       "list: no commas, no leading or trailing spaces)", ("int8", "fp32_layers"))
+        return layers
+
+    # --- dry run ------------------------------------------------------------------------------
+    def commands(self, stage: str, ctx: StageContext) -> list[str]:
+        """The command lines `stage` runs (paths as published; a real run writes into a temp folder)."""
+        name = ctx.recipe.name
+        info = "tpu_model --info <each bmodel>  (parsed into report.json)"
+        if stage == "compile_fp32":
+            from bmbuild.stages.compile_fp32 import source_model
+
+            lines = [c.shell() for c in self.fp32_commands(ctx)]
+            return lines + [f"[in-process] copy {source_model(ctx)} -> {ctx.out_dir / (name + '.pt')} "
+                            "(the traced model calibrate uses)", info]
+        if stage == "calibrate":
+            lines = [c.shell() for c in self.calibrate_commands(ctx)]
+            return lines + [f"[in-process] move {', '.join(calibration_outputs(name))} -> {ctx.out_dir}"]
+        if stage == "quantize":
+            keep = calibration_outputs(name)[:2]
+            return [f"[in-process] copy {', '.join(keep)} from {ctx.inputs['calibrate']} -> {ctx.out_dir}"]
+        if stage == "compile_int8":
+            return [c.shell() for c in self.int8_commands(ctx)] + [info]
+        return []
+
+    # --- stages -------------------------------------------------------------------------------
+    def compile_fp32(self, ctx: StageContext) -> None:
+        from bmbuild.stages.compile_fp32 import source_model
+
+        commands = self.fp32_commands(ctx)
+        start_command_file(ctx.log, f"{ctx.recipe.name} compile_fp32 (nntc): bmnetp once per batch size")
+        note = torch_note()
+        if note:
+            ctx.log.info(f"note: {note}")
+            ctx.metrics["torch_note"] = note
+        for command in commands:
+            run_command(command, ctx.log, hint=f" ({note})" if note else "")
+        shutil.copyfile(source_model(ctx), ctx.out_dir / f"{ctx.recipe.name}.pt")
+        ctx.metrics["bmodels"] = self._bmodel_infos(ctx, {f"{b}b": ctx.out_dir / fp32_folder(b) / "compilation.bmodel"
+                                                          for b in ctx.params["batch_sizes"]})
+
+    def calibrate(self, ctx: StageContext) -> None:
+        commands = self.calibrate_commands(ctx)
+        start_command_file(ctx.log, f"{ctx.recipe.name} calibrate (nntc): LMDB, fp32 umodel, calibration_use_pb "
+                                    f"(in the stage's private work folder {ctx.work_dir})")
+        for command in commands:
+            run_command(command, ctx.log)
+        produced = commands[-1].outputs
+        for path in produced:
+            shutil.move(str(path), str(ctx.out_dir / path.name))
+        deploy = parse_prototxt(ctx.out_dir / calibration_outputs(ctx.recipe.name)[1])
+        ctx.metrics.update({"method": ctx.params["method"], "th_method": self._th_method(ctx),
+                            "samples": ctx.params["samples"], "iterations": ctx.params["samples"],
+                            "fp32_layers": self._fp32_layers(ctx), "tensors": len(deploy["tops"])})
+        ctx.log.info(f"calibrated {ctx.params['samples']} samples with -th_method={ctx.metrics['th_method']}: "
+                     f"{', '.join(p.name for p in produced)}")
+
+    def quantize(self, ctx: StageContext) -> None:
+        start_command_file(ctx.log, f"{ctx.recipe.name} quantize (nntc): no command; keeps calibration_use_pb's "
+                                    "int8 umodel and deploy prototxt")
+        for file_name in calibration_outputs(ctx.recipe.name)[:2]:
+            source = ctx.inputs["calibrate"] / file_name
+            if not source.is_file():
+                raise ToolchainError(f"calibrate's output {source} is missing")
+            shutil.copyfile(source, ctx.out_dir / file_name)
+        deploy = parse_prototxt(ctx.out_dir / calibration_outputs(ctx.recipe.name)[1])
+        fp32_layers = list(ctx.params["fp32_layers"])
+        quantized = [layer for layer in deploy["layers"]
+                     if layer["type"] != "Input" and not set(layer["tops"]) <= set(fp32_layers)]
+        ctx.metrics.update({"quantized_nodes": len(quantized), "fp32_layers": fp32_layers,
+                            "files": list(calibration_outputs(ctx.recipe.name)[:2])})
+        ctx.log.info(f"int8 umodel: {len(quantized)} layer(s) int8, kept in float: {fp32_layers or 'none'}")
+
+    def compile_int8(self, ctx: StageContext) -> None:
+        commands = self.int8_commands(ctx)
+        start_command_file(ctx.log, f"{ctx.recipe.name} compile_int8 (nntc): bmnetu -prec=INT8 once per batch size")
+        for command in commands:
+            run_command(command, ctx.log)
+        bmodels = {f"{b}b": ctx.out_dir / int8_folder(b) / "compilation.bmodel" for b in ctx.params["batch_sizes"]}
+        if (ctx.out_dir / COMBINED).is_file():
+            bmodels["combined"] = ctx.out_dir / COMBINED
+        ctx.metrics["bmodels"] = self._bmodel_infos(ctx, bmodels)
+        if ctx.params["cmp"]:
+            ctx.log.info("int8 vs fp32: compared layer by layer by bmnetu (-cmp=True); bmbuild's similarity "
+                         "metrics need the model run on a Sophon device (bmrt_test)")
+        if ctx.recipe.eval:
+            ctx.log.info("eval skipped: an int8 bmodel runs only on a Sophon device (bmrt_test)")
+
+    def _bmodel_infos(self, ctx: StageContext, bmodels: dict[str, Path]) -> dict[str, Any]:
+        infos = {}
+        for label, path in bmodels.items():
+            command = self.info_command(ctx, path)
+            text = run_command(command, ctx.log, capture=True)
+            try:
+                infos[label] = parse_info(text)
+            except BmodelInfoError as exc:
+                raise ToolchainError(f"tpu_model --info {path.name}: {exc}", command.shell(), 0,
+                                     "\n".join(text.splitlines()[-10:])) from None
+            ctx.log.info(f"{label}: {describe(infos[label])}")
+        return infos
+
+
+def parse_prototxt(path: Path) -> dict[str, Any]:
+    """Layers (name, type, tops) of a Caffe-style text prototxt, for the stage summaries."""
+    import re
+
+    text = path.read_text(encoding="utf-8", errors="replace")
+    layers = []
+    for block in re.split(r"^\s*layer\s*\{", text, flags=re.MULTILINE)[1:]:
+        kind = re.search(r'^\s*type:\s*"([^"]*)"', block, re.MULTILINE)
+        name = re.search(r'^\s*name:\s*"([^"]*)"', block, re.MULTILINE)
+        layers.append({"name": name.group(1) if name else "", "type": kind.group(1) if kind else "",
+                       "tops": re.findall(r'^\s*top:\s*"([^"]*)"', block, re.MULTILINE)})
+    return {"layers": layers, "tops": sorted({top for layer in layers for top in layer["tops"]})}
