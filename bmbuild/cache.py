@@ -111,6 +111,22 @@ class ActionEntry:
     components: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     created: float = field(default_factory=time.time)
+    recipe: str = ""                     # for `bmbuild cache ls`; not part of the key
+    stage: str = ""
+
+    def __post_init__(self) -> None:
+        # entries written before these fields existed: recover them from the components
+        components = self.components if isinstance(self.components, dict) else {}
+        if not self.stage:
+            self.stage = str(components.get("stage") or "")
+        if not self.recipe:
+            params = components.get("params")
+            self.recipe = str(params.get("net_name") or "") if isinstance(params, dict) else ""
+
+    @property
+    def digests(self) -> list[str]:
+        """Every object the entry needs: its outputs, then its log."""
+        return list(self.outputs.values()) + ([self.log_digest] if self.log_digest else [])
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -179,13 +195,43 @@ class LocalStore:
     def get_action(self, key: str) -> ActionEntry | None:
         path = self._action_path(key)
         try:
-            return ActionEntry.from_json(json.loads(path.read_bytes()))
+            entry = ActionEntry.from_json(json.loads(path.read_bytes()))
         except (OSError, ValueError, TypeError):
             return None
+        try:  # the entry's mtime is its last use: `bmbuild cache gc` drops the least recently used
+            os.utime(path)
+        except OSError:
+            pass
+        return entry
 
     def put_action(self, entry: ActionEntry) -> None:
         atomic_write_bytes(self._action_path(entry.key), json_bytes(entry.to_json()))
 
     def has_all(self, entry: ActionEntry) -> bool:
-        digests = list(entry.outputs.values()) + ([entry.log_digest] if entry.log_digest else [])
-        return all(self.has_object(d) for d in digests)
+        return all(self.has_object(d) for d in entry.digests)
+
+    # --- used by the remote cache (bmbuild.remote) ----------------------------------------
+    def object_path(self, digest: str) -> Path:
+        return self._object_path(digest)
+
+    def new_temp(self) -> Path:
+        """A fresh, empty file in the store's tmp folder (same filesystem as the objects)."""
+        fd, tmp = tempfile.mkstemp(dir=self.root / "tmp")
+        os.close(fd)
+        return Path(tmp)
+
+    def adopt(self, tmp: Path, digest: str) -> bool:
+        """Move the downloaded file `tmp` into the store if its content hashes to `digest`.
+
+        Anything else is deleted: a partial or corrupt download never gets an object's name.
+        """
+        try:
+            if file_digest(tmp) != digest:
+                return False
+            target = self._object_path(digest)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.chmod(tmp, 0o444)
+            os.replace(tmp, target)
+            return True
+        finally:
+            Path(tmp).unlink(missing_ok=True)

@@ -22,7 +22,8 @@ def _workspace(args: argparse.Namespace) -> Any:
     from bmbuild.workspace import Workspace
 
     return Workspace.at(cache_dir=Path(args.cache_dir) if getattr(args, "cache_dir", None) else None,
-                        build_dir=Path(args.build_dir) if getattr(args, "build_dir", None) else None)
+                        build_dir=Path(args.build_dir) if getattr(args, "build_dir", None) else None,
+                        remote_cache=getattr(args, "remote_cache", None) or None)
 
 
 def _prepare(args: argparse.Namespace, check_toolchains: bool = True) -> Any:
@@ -50,6 +51,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bmbuild.executor import Outcome
     from bmbuild.project import model_summary, write_reports
 
+    if args.dry_run:
+        return _dry_run(args)
     build = _prepare(args)
     console = BuildConsole(force_plain=args.plain)
     toolchains = sorted(set(build.toolchains.values()))
@@ -83,6 +86,40 @@ def cmd_run(args: argparse.Namespace) -> int:
                                not_run=[name for name in names if name not in ran])
         console.print(f"report: {written.paths['html']} (+ summary.json, junit.xml, summary.md)")
     return 0 if result.ok else 1
+
+
+def _dry_run(args: argparse.Namespace) -> int:
+    """`run --dry-run`: the commands each stage would run; nothing runs, nothing is written."""
+    from bmbuild.project import dry_run
+    from bmbuild.toolchains.base import load_toolchain
+
+    build = _prepare(args, check_toolchains=False)
+    for name in sorted(set(build.toolchains.values())):
+        status = load_toolchain(name).availability()
+        if not status.usable:
+            print(f"note: toolchain {name!r} is not usable here ({status.reason}); a real run stops before any stage")
+    steps = dry_run(build, force=args.force)
+    for step in steps:
+        print(f"{step.node.id}: {step.status.value} ({step.reason})")
+        for line in step.commands:
+            print(f"  {line}")
+        if step.error:
+            print("  error: " + step.error.replace("\n", "\n  "))
+    would_run = sum(1 for step in steps if step.status.value in ("run", "after upstream"))
+    print(f"dry run: {would_run} of {len(steps)} stage(s) would run; nothing was run")
+    return 2 if any(step.error for step in steps) else 0
+
+
+def cmd_toolchains(args: argparse.Namespace) -> int:
+    from bmbuild.project import toolchain_statuses
+
+    statuses, auto = toolchain_statuses()
+    for status in statuses:
+        print(f"  {status.name:<10} {'usable' if status.usable else 'not usable':<11} {status.version}".rstrip())
+        if status.reason:
+            print(f"             why: {status.reason}")
+    print(f"toolchain auto picks: {auto}")
+    return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -190,6 +227,13 @@ def _add_selection(parser: argparse.ArgumentParser) -> None:
                         help="only the recipes of shard i of N (stable: by a hash of the recipe name)")
 
 
+def _add_remote(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--remote-cache", metavar="URL",
+                        help="shared cache read after the local one and pushed to after each stage: a folder or "
+                             "an fsspec URL (s3://bucket/prefix, gs://...); default: $BMBUILD_REMOTE_CACHE or "
+                             "bmbuild.yaml remote_cache (storage options: $BMBUILD_REMOTE_OPTIONS, JSON)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bmbuild", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"bmbuild {__version__}")
@@ -198,12 +242,18 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="build recipes incrementally")
     _add_common(run)
     _add_selection(run)
+    _add_remote(run)
     run.add_argument("-j", "--jobs", type=int, default=None, help="stages run in parallel (default: bmbuild.yaml jobs, else 1)")
     run.add_argument("-k", "--keep-going", action="store_true", help="continue other models after a failure")
     run.add_argument("--plain", action="store_true", help="plain lines even on a terminal")
     run.add_argument("--report-dir", metavar="DIR",
                      help="also write summary.json, junit.xml, summary.md and report.html of this run to DIR")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print the commands each stage would run, without running anything")
     run.set_defaults(func=cmd_run)
+
+    toolchains = sub.add_parser("toolchains", help="the toolchains, whether each is usable here, and why not")
+    toolchains.set_defaults(func=cmd_toolchains)
 
     show = sub.add_parser("show", help="print the fully resolved recipes (defaults, variables, variants)")
     show.add_argument("paths", nargs="+")
@@ -212,10 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
     plan_parser = sub.add_parser("plan", help="what run would do, and why")
     _add_common(plan_parser)
     _add_selection(plan_parser)
+    _add_remote(plan_parser)
     plan_parser.set_defaults(func=cmd_plan)
 
     status = sub.add_parser("status", help="state of each stage's outputs")
     _add_common(status)
+    _add_remote(status)
     status.add_argument("--toolchain", choices=["auto", "reference", "nntc"])
     status.set_defaults(func=cmd_status, stage=None)
 
@@ -236,6 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(report, paths="*")
     report.add_argument("--out", metavar="DIR", help="where to write them (default: build/reports)")
     report.set_defaults(func=cmd_report)
+
+    from bmbuild.cache_cmd import add_parser as add_cache_parser
+
+    add_cache_parser(sub)  # bmbuild cache push|pull|ls|gc|verify
     return parser
 
 

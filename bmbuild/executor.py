@@ -120,7 +120,7 @@ class Executor:
         self.ws = workspace
         self.force = force
         self.dry_run = dry_run
-        self.store: LocalStore = workspace.store()
+        self.store: LocalStore = workspace.store()  # a TieredStore when a remote cache is set
         self.stat: StatCache = workspace.stat_cache()
         self.records: dict[str, NodeRecord] = {}
         self._decisions: dict[str, Decision] = {}
@@ -293,7 +293,8 @@ class Executor:
         self.store.put_file(log_path, log_digest)
         entry = ActionEntry(key=decision.key or "", outputs=outputs, log_digest=log_digest,
                             summary=stage.summary(ctx.metrics), metrics=ctx.metrics,
-                            components=decision.components or {}, seconds=seconds)
+                            components=decision.components or {}, seconds=seconds,
+                            recipe=node.recipe_name, stage=stage.name)
         self.store.put_action(entry)
         return entry
 

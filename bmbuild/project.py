@@ -186,3 +186,89 @@ def schema_text() -> str:
 def ensure(condition: bool, message: str) -> None:
     if not condition:
         raise BmbuildError(message)
+
+
+@dataclass
+class ToolchainStatus:
+    """One row of `bmbuild toolchains`."""
+
+    name: str
+    usable: bool
+    version: str
+    reason: str = ""
+
+
+def toolchain_statuses() -> tuple[list[ToolchainStatus], str]:
+    """Every registered toolchain: usable here or why not, and its version; plus what `auto` picks."""
+    from bmbuild.errors import ToolchainError
+    from bmbuild.toolchains.base import REGISTRY
+
+    statuses = []
+    for name in REGISTRY:
+        try:
+            status = load_toolchain(name).availability()
+        except ToolchainError as exc:
+            statuses.append(ToolchainStatus(name, False, "", str(exc)))
+            continue
+        statuses.append(ToolchainStatus(name, status.usable, status.version, status.reason))
+    return statuses, load_toolchain("auto").name
+
+
+@dataclass
+class DryRunStep:
+    """What `run --dry-run` shows for one node: would it run, and the commands it would run."""
+
+    node: Node
+    status: Status
+    reason: str
+    commands: list[str]
+    error: str = ""
+
+
+def dry_run(build: Build, force: bool = False) -> list[DryRunStep]:
+    """The exact commands each stage that is not up to date would run, without running anything.
+
+    Stages that are up to date or restorable from the cache run nothing. Paths are the published
+    ones (`build/<recipe>/<stage>/...`); a real run writes into a private temp folder first.
+    Nothing is written to the build folder.
+    """
+    from bmbuild.stages.base import StageContext
+
+    steps = []
+    toolchains: dict[str, Any] = {}
+    ws = build.workspace
+    for row in plan(build, force=force):
+        node = row.node
+        if row.status in (Status.UP_TO_DATE, Status.RESTORE):
+            steps.append(DryRunStep(node, row.status, row.reason, []))
+            continue
+        recipe = node.loaded.recipe
+        ctx = StageContext(node.loaded, node.stage.params(recipe),
+                           {dep.stage.name: ws.stage_dir(node.recipe_name, dep.stage.name) for dep in node.deps},
+                           ws.stage_dir(node.recipe_name, node.stage.name),
+                           ws.temp_root(node.recipe_name) / f"{node.stage.name}.work",
+                           None, None)  # type: ignore[arg-type]  # no log, no toolchain: nothing runs
+        try:
+            if node.stage.uses_toolchain:
+                if node.toolchain not in toolchains:
+                    toolchains[node.toolchain] = load_toolchain(node.toolchain)
+                ctx.toolchain = toolchains[node.toolchain]
+                commands = ctx.toolchain.commands(node.stage.name, ctx)
+            else:
+                commands = _in_process_description(ctx, node.stage.name)
+        except BmbuildError as exc:
+            steps.append(DryRunStep(node, row.status, row.reason, [], error=str(exc)))
+            continue
+        steps.append(DryRunStep(node, row.status, row.reason, commands))
+    return steps
+
+
+def _in_process_description(ctx: Any, stage: str) -> list[str]:
+    recipe = ctx.recipe
+    if stage == "trace":
+        source = recipe.source
+        kwargs = ", ".join(f"{k}={v!r}" for k, v in source.kwargs.items())
+        weights = f", weights {source.weights.path}" if source.weights else ""
+        return [f"[in-process] torch.jit.trace({source.model}({kwargs}){weights}) on CPU in eval mode, "
+                f"traced == eager at batch sizes {recipe.resolved_batch_sizes} -> {ctx.out_dir / (recipe.name + '.pt')}"]
+    return [f"[in-process] {stage} -> {ctx.out_dir}"]

@@ -37,6 +37,7 @@ LOG_TAIL_LINES = 40
 LOG_TAIL_CHARS = 8000
 OK_OUTCOMES = ("executed", "restored", "up-to-date")
 OUTCOMES = ("executed", "restored", "up-to-date", "failed", "blocked")
+INT8_STAGES = ("calibrate", "quantize", "compile_int8")
 STAGE_LABELS = {"trace": "trace", "compile_fp32": "fp32", "calibrate": "calib", "quantize": "quant",
                 "compile_int8": "int8"}
 FILES = {"summary": "summary.json", "junit": "junit.xml", "markdown": "summary.md", "html": "report.html"}
@@ -423,10 +424,6 @@ def tag(name: str, *children: Any, **attrs: Any) -> Markup:
     return Markup(f"<{' '.join(parts)}>" + "".join(esc(c) for c in children) + f"</{name}>")
 
 
-def join(items: Iterable[Any]) -> Markup:
-    return Markup("".join(esc(item) for item in items))
-
-
 CSS = """
 :root { --fg:#1f2328; --muted:#656d76; --line:#d0d7de; --soft:#f6f8fa; --accent:#0969da;
   --ok:#1a7f37; --bad:#cf222e; --warn:#9a6700; --run:#0969da; --hit:#8250df; }
@@ -519,8 +516,9 @@ def _anchor(index: int, name: str) -> str:
 
 def stage_pills(model: dict[str, Any]) -> Markup:
     present = {s["stage"]: s for s in model["stages"]}
+    expected = [s for s in STAGE_MODULES if model.get("prec") != "FP32" or s not in INT8_STAGES]
     pills = []
-    for name in stage_order(set(STAGE_MODULES) | set(present)):
+    for name in stage_order(set(expected) | set(present)):
         stage = present.get(name)
         label = STAGE_LABELS.get(name, name)
         if stage is None:

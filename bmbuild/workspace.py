@@ -9,13 +9,16 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from filelock import FileLock, Timeout
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bmbuild.cache import LocalStore, StatCache
-from bmbuild.errors import RecipeError, WorkspaceBusy
+from bmbuild.errors import BmbuildError, RecipeError, WorkspaceBusy
+
+if TYPE_CHECKING:
+    from bmbuild.remote import RemoteStore, TieredStore
 
 WORKSPACE_FILES = ("bmbuild.yaml", "bmbuild.yml")
 
@@ -47,6 +50,10 @@ class WorkspaceConfig(BaseModel):
     build_dir: Path = Field(Path("build"), description="Build outputs, relative to the workspace root.")
     cache_dir: Path | None = Field(None, description="Local cache (default: $BMBUILD_CACHE_DIR or the user cache dir).")
     remote_cache: str | None = Field(None, description="Shared cache: a folder or an fsspec URL (s3://, gs://, ...).")
+    remote_cache_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="fsspec storage options for the remote cache, e.g. {client_kwargs: {endpoint_url: ...}} "
+                    "for an S3-compatible server; $BMBUILD_REMOTE_OPTIONS (JSON) overrides them.")
     jobs: int = Field(1, ge=1, description="Default for `run -j`.")
     vars: dict[str, str] = Field(default_factory=dict, description="${name} variables for recipes, e.g. dataset roots.")
 
@@ -82,11 +89,17 @@ class Workspace:
         """Command line beats environment beats bmbuild.yaml beats defaults."""
         root = find_root(root or Path.cwd())
         config = load_config(root)
+        if remote_cache is None:
+            remote_cache = os.environ.get("BMBUILD_REMOTE_CACHE") or None
+        if remote_cache is None and config.remote_cache:
+            remote_cache = config.remote_cache
+            if "://" not in remote_cache and not Path(remote_cache).expanduser().is_absolute():
+                remote_cache = str(root / remote_cache)  # a folder named in bmbuild.yaml: from the root
         if cache_dir is None and not os.environ.get("BMBUILD_CACHE_DIR") and config.cache_dir is not None:
             cache_dir = root / config.cache_dir.expanduser()
         return cls(root=root, build_dir=(build_dir or root / config.build_dir).resolve(),
                    cache_dir=(cache_dir or default_cache_dir()).expanduser().resolve(),
-                   config=config, remote_cache=remote_cache or config.remote_cache)
+                   config=config, remote_cache=remote_cache)
 
     @property
     def state_dir(self) -> Path:
@@ -116,8 +129,24 @@ class Workspace:
             for folder in self.build_dir.glob("*/.tmp"):
                 shutil.rmtree(folder, ignore_errors=True)
 
-    def store(self) -> LocalStore:
-        return LocalStore(self.cache_dir)
+    def store(self) -> "LocalStore | TieredStore":
+        """The local store; tiered over the remote cache when one is configured (fsspec is
+        imported only then). A remote that cannot be opened is a warning, not an error."""
+        local = LocalStore(self.cache_dir)
+        if not self.remote_cache:
+            return local
+        from bmbuild.remote import tiered
+
+        return tiered(local, self.remote_cache, self.config.remote_cache_options)
+
+    def open_remote(self) -> "RemoteStore":
+        """The remote cache for `bmbuild cache`; raises when none is configured or it cannot be opened."""
+        if not self.remote_cache:
+            raise BmbuildError("no remote cache: pass --remote-cache URL, set $BMBUILD_REMOTE_CACHE "
+                               "or `remote_cache:` in bmbuild.yaml")
+        from bmbuild.remote import open_remote, remote_options
+
+        return open_remote(self.remote_cache, remote_options(self.config.remote_cache_options))
 
     def stat_cache(self) -> StatCache:
         return StatCache(self.state_dir / "stat.sqlite3")

@@ -112,3 +112,16 @@ def test_collector_thresholds_row_per_tensor_in_order(gauss: np.ndarray) -> None
     assert list(rows) == ["b", "a"]
     for name, (t, lo, hi) in rows.items():
         assert t == max(abs(lo), abs(hi))
+
+
+def test_kl_on_few_clustered_logits_does_not_collapse() -> None:
+    # 16 samples x 10 logits of a classifier: ten tight clusters, none near zero, seen batch by
+    # batch. Every candidate just above the smallest cluster compares a one-bin spike with
+    # itself (KL ~ 0): without a guard the threshold fell to ~0.044 and clipped 90% of values.
+    centers = np.array([0.157, 0.172, -0.19, 0.139, 0.18, -0.184, -0.062, -0.211, -0.049, 0.078])
+    rng = np.random.default_rng(0)
+    s = TensorStats(2048)
+    for _ in range(16):
+        s.update(centers + rng.normal(0.0, 0.003, 10))
+    t = compute_threshold(s, "kl")
+    assert 0.15 < t <= s.absmax

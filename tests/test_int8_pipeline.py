@@ -3,6 +3,7 @@ calibration or int8 settings change, fp32_layers, the failing-gate diagnosis, ev
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -44,6 +45,14 @@ def test_minmax_table_round_trip_and_identical_bytes_with_force(ws8: Int8Workspa
         assert threshold == max(abs(low), abs(high)), name
         assert low <= high
     stats = (ws8.stage_dir("calibrate") / "tiny8_cali_stats.json").read_bytes()
+    summary = json.loads(stats)
+    assert list(summary) == list(rows)
+    # every element of every calibration sample is counted once (the input used to count twice)
+    assert summary["input"]["count"] == 16 * 3 * 16 * 16
+    assert summary["/conv1/Conv_output_0"]["count"] == 16 * 8 * 16 * 16
+    assert summary["output"]["count"] == 16 * 10
+    for name, (threshold, low, high) in rows.items():
+        assert (summary[name]["min"], summary[name]["max"]) == (low, high)
     metrics = ws8.metrics("calibrate")
     assert metrics == {"method": "minmax", "samples": 16, "tensors": len(rows)}
 
@@ -87,8 +96,7 @@ def test_changing_method_reruns_int8_stages_only_and_changing_back_restores(ws8:
     got = ws8.outcomes()
     assert got["trace"] == got["compile_fp32"] == "up-to-date"
     assert all(got[s] == "executed" for s in INT8_STAGES), got
-    assert "calibration.method" in out or "parameter method: 'minmax' -> 'kl'" in ws8.report()[
-        "stages"]["calibrate"]["reason"]
+    assert ws8.report()["stages"]["calibrate"]["reason"] == "parameter method: 'minmax' -> 'kl'"
     assert table_path(ws8).read_bytes() != first
 
     recipe = ws8.recipe(calibration={"method": "minmax"})
@@ -151,7 +159,7 @@ def test_unknown_fp32_layer_fails_with_close_names(ws8: Int8Workspace) -> None:
     assert "no layer named '/conv2/Conv_out'" in text and "did you mean" in text
     assert "/conv2/Conv_output_0" in text and "Traceback" not in text
     got = ws8.outcomes()
-    assert got["quantize"] == "failed" and got["compile_int8"] == "blocked"
+    assert got["quantize"] == "failed" and got.get("compile_int8") in (None, "blocked")
 
 
 def test_unknown_fp32_layer_given_as_module_name_gets_suggestions(ws8: Int8Workspace) -> None:

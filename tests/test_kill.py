@@ -12,7 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import bmbuild_command, build_outputs, plan_rows, run_subprocess, subprocess_env
+from conftest import bmbuild_command, build_outputs, plan_rows, subprocess_env
 
 MANIFEST = ".bmbuild-manifest.json"
 
@@ -43,7 +43,7 @@ def _kill_group(proc: subprocess.Popen) -> None:
     proc.wait(timeout=30)
 
 
-def test_sigkill_mid_stage_leaves_nothing_complete(workspace, write_recipe, outcomes):
+def test_sigkill_mid_stage_leaves_nothing_complete(workspace, write_recipe, outcomes, run_bmbuild):
     marker, release = workspace.parent / "started", workspace.parent / "release"
     recipe = write_recipe("tiny", source={"kwargs": {"marker": str(marker), "wait_for": str(release)}})
     proc, _, _ = _start(workspace, recipe, "killed")
@@ -59,30 +59,30 @@ def test_sigkill_mid_stage_leaves_nothing_complete(workspace, write_recipe, outc
     assert not (build / "compile_fp32" / MANIFEST).exists()
     assert not list(workspace.glob(f"build/**/{MANIFEST}"))
 
-    plan = run_subprocess("plan", recipe, cwd=workspace)
-    assert plan.returncode == 0, plan.stderr
-    rows = plan_rows(plan.stdout)
+    code, out, err = run_bmbuild("plan", recipe)
+    assert code == 0, err
+    rows = plan_rows(out)
     assert rows["tiny:trace"] == ("run", "no output yet")
     assert rows["tiny:compile_fp32"][0] == "after upstream"
-    assert "2 of 2 stage(s) would run" in plan.stdout
+    assert "2 of 2 stage(s) would run" in out
 
     release.write_text("go")  # the next run does not wait (same kwargs, same key)
-    done = run_subprocess("run", recipe, "--plain", cwd=workspace)
-    assert done.returncode == 0, done.stdout + done.stderr
+    code, out, err = run_bmbuild("run", recipe, "--plain")
+    assert code == 0, out + err
     assert outcomes("tiny") == {"trace": "executed", "compile_fp32": "executed"}
     files = build_outputs(workspace, "tiny")
     assert {"trace/tiny.pt", f"trace/{MANIFEST}", "compile_fp32/tiny.onnx", f"compile_fp32/{MANIFEST}"} <= set(files)
     assert not (build / ".tmp").exists() or not any((build / ".tmp").iterdir())
 
-    again = run_subprocess("run", recipe, "--plain", cwd=workspace)
-    assert again.returncode == 0 and "nothing to do" in again.stdout
+    code, out, _ = run_bmbuild("run", recipe, "--plain")
+    assert code == 0 and "nothing to do" in out
 
 
-def test_sigkill_in_downstream_stage_keeps_upstream(workspace, write_recipe, outcomes):
+def test_sigkill_in_downstream_stage_keeps_upstream(workspace, write_recipe, outcomes, run_bmbuild):
     """Killed during compile_fp32 (after trace was published): trace stays valid, compile reruns."""
     recipe = write_recipe("tiny")
-    first = run_subprocess("run", recipe, "--plain", "--stage", "trace", cwd=workspace)
-    assert first.returncode == 0, first.stdout + first.stderr
+    code, out, err = run_bmbuild("run", recipe, "--plain", "--stage", "trace")
+    assert code == 0, out + err
     trace_files = build_outputs(workspace, "tiny")
 
     # make compile_fp32 slow to start: a huge cmp_samples keeps it busy comparing
@@ -97,12 +97,12 @@ def test_sigkill_in_downstream_stage_keeps_upstream(workspace, write_recipe, out
     assert build_outputs(workspace, "tiny") == trace_files
 
     write_recipe("tiny")
-    done = run_subprocess("run", recipe, "--plain", cwd=workspace)
-    assert done.returncode == 0, done.stdout + done.stderr
+    code, out, err = run_bmbuild("run", recipe, "--plain")
+    assert code == 0, out + err
     assert outcomes("tiny") == {"trace": "up-to-date", "compile_fp32": "executed"}
 
 
-def test_second_run_waits_for_the_workspace_lock(workspace, write_recipe):
+def test_second_run_waits_for_the_workspace_lock(workspace, write_recipe, run_bmbuild):
     marker, release = workspace.parent / "started", workspace.parent / "release"
     recipe = write_recipe("tiny", source={"kwargs": {"marker": str(marker), "wait_for": str(release)}})
     first, first_out, first_err = _start(workspace, recipe, "first")
@@ -124,7 +124,7 @@ def test_second_run_waits_for_the_workspace_lock(workspace, write_recipe):
     assert "2 executed" in first_out.read_text()
     # the second run found the first one's outputs complete
     assert "nothing to do: 2 stage(s) up to date" in second_out.read_text()
-    check = run_subprocess("run", recipe, "--plain", cwd=workspace)
-    assert check.returncode == 0 and "nothing to do" in check.stdout
+    code, out, _ = run_bmbuild("run", recipe, "--plain")
+    assert code == 0 and "nothing to do" in out
     files = build_outputs(workspace, "tiny")
     assert {"trace/tiny.pt", "compile_fp32/tiny.onnx", "compile_fp32/tiny.fp32.onnx"} <= set(files)

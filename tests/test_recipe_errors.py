@@ -171,9 +171,6 @@ def test_model_file_syntax_error_names_the_model_file_and_line(workspace, write_
     assert f"{workspace / 'recipes' / 'broken.py'}:3:" in line and "syntax error" in line
 
 
-@pytest.mark.xfail(reason="BUG: yamlsource.load_yaml catches only OSError around read_text(encoding='utf-8'); "
-                          "a recipe that is not UTF-8 raises UnicodeDecodeError (a ValueError) -> traceback, exit 3",
-                   strict=True)
 def test_recipe_that_is_not_utf8(workspace, run_bmbuild):
     recipe = workspace / "recipes" / "latin1.yaml"
     recipe.write_bytes(b"# Gr\xf6\xdfe: 8x8\n" + GOOD.encode())
@@ -181,9 +178,6 @@ def test_recipe_that_is_not_utf8(workspace, run_bmbuild):
     assert f"{recipe}" in line
 
 
-@pytest.mark.xfail(reason="BUG: recipe._top_level_names reads the model file with read_text(encoding='utf-8') "
-                          "instead of passing bytes to ast.parse (which honours PEP 263 coding cookies); a valid "
-                          "latin-1 model file raises UnicodeDecodeError -> traceback, exit 3", strict=True)
 def test_model_file_with_a_coding_cookie_is_accepted(workspace, write_text_recipe, run_bmbuild):
     (workspace / "recipes" / "latin1_model.py").write_bytes(
         b"# -*- coding: latin-1 -*-\n# Gr\xf6\xdfe\nfrom tiny_models import tiny_cnn\n")
@@ -193,8 +187,6 @@ def test_model_file_with_a_coding_cookie_is_accepted(workspace, write_text_recip
     assert "1 recipe(s) valid" in out
 
 
-@pytest.mark.xfail(reason="BUG: yamlsource._construct puts every constructed key into a dict: a YAML complex key "
-                          "('? [a, b]') raises TypeError: unhashable type: 'list' -> traceback, exit 3", strict=True)
 def test_complex_yaml_key(workspace, write_text_recipe, run_bmbuild):
     recipe = write_text_recipe("bad.yaml", GOOD + "? [a, b]\n: 1\n")
     line = _one_error_line(*run_bmbuild("validate", recipe))

@@ -80,12 +80,18 @@ def kl(stats: TensorStats) -> float:
     if hist.size > 1:
         hist[0] = hist[1]
     tail = np.concatenate([np.cumsum(hist[::-1])[::-1], [0.0]])  # tail[i] = sum(hist[i:])
+    # A candidate that clips most values is not an outlier cut, and on sparse data it is
+    # degenerate: below the first nonzero bin P and Q are the same one-bin spike (KL = 0), so
+    # 160 logits far from zero were clipped to their smallest |x|. Keep at least half in range.
+    half = 0.5 * tail[0]
     last = int(np.flatnonzero(hist)[-1]) + 1
     stop = min(stats.bins, max(last, QUANT_LEVELS))
     positions = np.arange(stats.bins)
     ids_by_merge: dict[int, np.ndarray] = {}
     best_i, best_kl = stop, math.inf
     for i in range(QUANT_LEVELS, stop + 1):
+        if tail[i] > half:
+            continue
         sliced = hist[:i]
         p = sliced.copy()
         p[-1] += tail[i]

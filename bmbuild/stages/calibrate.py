@@ -30,7 +30,7 @@ def _run(ctx: StageContext) -> None:
 
 STAGE = Stage(
     name="calibrate",
-    version="2",
+    version="3",
     upstream=("compile_fp32",),
     applies=is_int8,
     params=_params,

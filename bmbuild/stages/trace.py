@@ -15,6 +15,17 @@ from bmbuild.recipe import LoadedRecipe, Recipe
 from bmbuild.stages.base import Stage, StageContext
 
 TRACE_RTOL = 1e-4
+# sophon-demo FAQ (sophgo-toolchains.md): the vendor recommends tracing under torch 1.8 for NNTC.
+# Noted, not enforced: newer versions mostly work, but bmnetp may reject operators they emit.
+NNTC_TORCH = "1.8"
+
+
+def torch_note(version: str) -> str:
+    """A note when `version` is not the torch the vendor recommends for NNTC ('' when it is)."""
+    release = version.split("+")[0]
+    if release == NNTC_TORCH or release.startswith(NNTC_TORCH + "."):
+        return ""
+    return f"torch {release}, NNTC recommends {NNTC_TORCH}"
 
 
 def _params(recipe: Recipe) -> dict[str, Any]:
@@ -176,7 +187,11 @@ def run(ctx: StageContext) -> None:
                         " — data-dependent control flow is frozen by torch.jit.trace")
     out = traced_path(ctx.out_dir, recipe)
     traced.save(str(out))
-    ctx.metrics.update({"trace_vs_eager_max_rel": worst_rel, "checks": checks})
+    ctx.metrics.update({"trace_vs_eager_max_rel": worst_rel, "checks": checks, "torch": torch.__version__})
+    note = torch_note(torch.__version__)
+    if note:
+        ctx.metrics["torch_note"] = note
+        ctx.log.info(f"note: traced with {note} (bmnetp may reject operators newer versions emit)")
     ctx.log.info(f"traced == eager at batch sizes {recipe.resolved_batch_sizes} (max relative error {worst_rel:.3g})")
 
 
@@ -188,6 +203,7 @@ STAGE = Stage(
     params=_params,
     external_inputs=_inputs,
     run=run,
-    summary=lambda m: f"traced == eager (max rel {m.get('trace_vs_eager_max_rel', 0):.2g})",
+    summary=lambda m: f"traced == eager (max rel {m.get('trace_vs_eager_max_rel', 0):.2g})"
+                      + (f"; note: {m['torch_note']}" if m.get("torch_note") else ""),
     uses_toolchain=False,
 )

@@ -44,6 +44,14 @@ class Toolchain(Protocol):
 
     def compile_int8(self, ctx: "StageContext") -> None: ...
 
+    def commands(self, stage: str, ctx: "StageContext") -> list[str]:
+        """What `stage` would do in `ctx`, one line per step, without doing it (`run --dry-run`).
+
+        Vendor commands are shell lines a user can paste; work done in Python is described as
+        `[in-process] ...`. `ctx.out_dir` is the published stage folder and `ctx.log` is None.
+        """
+        ...
+
 
 REGISTRY: dict[str, str] = {
     "reference": "bmbuild.toolchains.reference:ReferenceToolchain",

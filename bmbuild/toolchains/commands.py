@@ -42,9 +42,13 @@ class Command:
     banner: bool = False                        # expect the BMCompiler success banner
 
     def shell(self) -> str:
-        """The command as one shell line a user can paste: `cd <cwd> && [VAR=value ...] argv...`."""
+        """One shell line a user can paste anywhere: `[VAR=value ...] argv...  # cwd: <dir>`.
+
+        Every path in argv is absolute, so the working folder (the stage's private work folder,
+        removed after the stage) is only recorded, in a trailing comment.
+        """
         assignments = [f"{name}={shlex.quote(value)}" for name, value in self.env.items()]
-        return " ".join([f"cd {shlex.quote(str(self.cwd))} &&", *assignments, shlex.join(self.argv)])
+        return " ".join([*assignments, shlex.join(self.argv)]) + f"  # cwd: {self.cwd}"
 
 
 def command_file(log: "StageLog") -> Path:

@@ -49,8 +49,6 @@ TARGETS = ("BM1684",)               # NNTC 3.x; BM1684X is tpu-mlir's
 # KL|SYMKL|JSD|ADMM|ACIQ|MAX|PERCENTILE9999|MSE)
 TH_METHODS = {"minmax": "MAX", "percentile": "PERCENTILE9999", "kl": "KL", "mse": "MSE"}
 NNTC_PERCENTILE = 99.99
-# sophon-demo FAQ (sophgo-toolchains.md): the vendor recommends tracing under torch 1.8 for NNTC.
-RECOMMENDED_TORCH = "1.8"
 SDK_HINT = ("install the SophonSDK 3.x and `source` its environment script (envsetup_cmodel.sh or "
             "envsetup_pcie.sh) in this shell, with the Python that runs bmbuild")
 
@@ -76,7 +74,8 @@ def int8_folder(batch: int) -> str:
     return f"{batch}b.compilation"
 
 
-COMBINED = "combined.bmodel"
+COMBINED = "combined.bmodel"       # tpu_model --combine of every batch size (one multi-stage bmodel)
+COMBINED_LABEL = "combined"
 
 
 # --- value spellings the tools accept -----------------------------------------------------------
@@ -138,6 +137,16 @@ def _spec_origin(module: str) -> str | None:
 
 
 _probed: dict[tuple[Any, ...], dict[str, str]] = {}
+_PROBE = """
+import importlib, json, sys
+found = {}
+for name in sys.argv[1:]:
+    try:
+        found[name] = str(getattr(importlib.import_module(name), "__version__", "unknown"))
+    except Exception:
+        found[name] = "unimportable"
+print(json.dumps(found))
+"""
 
 
 def _probe_versions(modules: list[str]) -> dict[str, str]:
@@ -147,11 +156,8 @@ def _probe_versions(modules: list[str]) -> dict[str, str]:
     with _lock:
         if key in _probed:
             return _probed[key]
-    code = ("import importlib, json, sys\nout = {}\nfor name in sys.argv[1:]:\n"
-            "    try:\n        out[name] = str(getattr(importlib.import_module(name), '__version__', 'unknown'))\n"
-            "    except Exception as exc:\n        out[name] = 'unimportable'\nprint(json.dumps(out))\n")
     try:
-        done = subprocess.run([sys.executable, "-c", code, *modules], capture_output=True, text=True, timeout=120,
+        done = subprocess.run([sys.executable, "-c", _PROBE, *modules], capture_output=True, text=True, timeout=120,
                               stdin=subprocess.DEVNULL)
         found = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else {}
     except (OSError, subprocess.TimeoutExpired, ValueError, IndexError):
@@ -186,13 +192,13 @@ def executable_digest(path: str) -> str:
     return value
 
 
-def torch_note() -> str:
-    """A note when the torch that traced the model is not the one the vendor recommends ('' if it is)."""
-    version = package_version("torch").split("+")[0]
-    if version == "absent" or version == RECOMMENDED_TORCH or version.startswith(RECOMMENDED_TORCH + "."):
-        return ""
-    return (f"the model was traced with torch {version}; the vendor recommends torch {RECOMMENDED_TORCH} "
-            "for NNTC, and bmnetp may reject operators that newer versions emit")
+def torch_hint() -> str:
+    """Added to bmnetp's failures when the torch here is not the one the vendor recommends."""
+    from bmbuild.stages.trace import torch_note
+
+    version = package_version("torch")
+    note = torch_note(version) if version != "absent" else ""
+    return f"traced with {note}: bmnetp may reject operators newer versions emit" if note else ""
 
 
 class NntcToolchain:
@@ -310,18 +316,19 @@ class NntcToolchain:
         int8umodel, deploy, _ = calibration_outputs(name)
         source = ctx.inputs["quantize"]
         commands = []
-        bmodels = []
         for batch in params["batch_sizes"]:
             outdir = ctx.out_dir / int8_folder(batch)
-            bmodels.append(outdir / "compilation.bmodel")
             argv = ("bmnetu", f"-model={source / deploy}", f"-weight={source / int8umodel}", "-prec=INT8",
                     f"-shapes={shapes_flat(ctx.recipe.shapes_for_batch(batch))}", f"-net_name={params['net_name']}",
                     f"-opt={params['opt']}", f"-dyn={py_bool(params['dyn'])}", f"-cmp={py_bool(params['cmp'])}",
                     f"-outdir={outdir}", f"-target={params['target']}")
-            commands.append(Command("bmnetu", argv, ctx.work_dir, outputs=(bmodels[-1],), banner=True))
-        if len(bmodels) > 1:
-            combined = ctx.out_dir / COMBINED
-            commands.append(Command("tpu_model", ("tpu_model", "--combine", *map(str, bmodels), "-o", str(combined)),
+            commands.append(Command("bmnetu", argv, ctx.work_dir, outputs=(outdir / "compilation.bmodel",),
+                                    banner=True))
+        bmodels = self.int8_bmodels(ctx)
+        if COMBINED_LABEL in bmodels:
+            parts = [str(path) for label, path in bmodels.items() if label != COMBINED_LABEL]
+            combined = bmodels[COMBINED_LABEL]
+            commands.append(Command("tpu_model", ("tpu_model", "--combine", *parts, "-o", str(combined)),
                                     ctx.work_dir, outputs=(combined,)))
         return commands
 
@@ -353,17 +360,28 @@ class NntcToolchain:
                                        "list: no commas, no leading or trailing spaces)", ("int8", "fp32_layers"))
         return layers
 
+    @staticmethod
+    def fp32_bmodels(ctx: StageContext) -> dict[str, Path]:
+        return {f"{b}b": ctx.out_dir / fp32_folder(b) / "compilation.bmodel" for b in ctx.params["batch_sizes"]}
+
+    @staticmethod
+    def int8_bmodels(ctx: StageContext) -> dict[str, Path]:
+        bmodels = {f"{b}b": ctx.out_dir / int8_folder(b) / "compilation.bmodel" for b in ctx.params["batch_sizes"]}
+        if len(bmodels) > 1:
+            bmodels[COMBINED_LABEL] = ctx.out_dir / COMBINED
+        return bmodels
+
     # --- dry run ------------------------------------------------------------------------------
     def commands(self, stage: str, ctx: StageContext) -> list[str]:
         """The command lines `stage` runs (paths as published; a real run writes into a temp folder)."""
         name = ctx.recipe.name
-        info = "tpu_model --info <each bmodel>  (parsed into report.json)"
         if stage == "compile_fp32":
             from bmbuild.stages.compile_fp32 import source_model
 
             lines = [c.shell() for c in self.fp32_commands(ctx)]
-            return lines + [f"[in-process] copy {source_model(ctx)} -> {ctx.out_dir / (name + '.pt')} "
-                            "(the traced model calibrate uses)", info]
+            lines.append(f"[in-process] copy {source_model(ctx)} -> {ctx.out_dir / (name + '.pt')} "
+                         "(the traced model calibrate uses)")
+            return lines + [self.info_command(ctx, p).shell() for p in self.fp32_bmodels(ctx).values()]
         if stage == "calibrate":
             lines = [c.shell() for c in self.calibrate_commands(ctx)]
             return lines + [f"[in-process] move {', '.join(calibration_outputs(name))} -> {ctx.out_dir}"]
@@ -371,7 +389,8 @@ class NntcToolchain:
             keep = calibration_outputs(name)[:2]
             return [f"[in-process] copy {', '.join(keep)} from {ctx.inputs['calibrate']} -> {ctx.out_dir}"]
         if stage == "compile_int8":
-            return [c.shell() for c in self.int8_commands(ctx)] + [info]
+            lines = [c.shell() for c in self.int8_commands(ctx)]
+            return lines + [self.info_command(ctx, p).shell() for p in self.int8_bmodels(ctx).values()]
         return []
 
     # --- stages -------------------------------------------------------------------------------
@@ -380,15 +399,11 @@ class NntcToolchain:
 
         commands = self.fp32_commands(ctx)
         start_command_file(ctx.log, f"{ctx.recipe.name} compile_fp32 (nntc): bmnetp once per batch size")
-        note = torch_note()
-        if note:
-            ctx.log.info(f"note: {note}")
-            ctx.metrics["torch_note"] = note
+        hint = torch_hint()
         for command in commands:
-            run_command(command, ctx.log, hint=f" ({note})" if note else "")
+            run_command(command, ctx.log, hint=f" ({hint})" if hint else "")
         shutil.copyfile(source_model(ctx), ctx.out_dir / f"{ctx.recipe.name}.pt")
-        ctx.metrics["bmodels"] = self._bmodel_infos(ctx, {f"{b}b": ctx.out_dir / fp32_folder(b) / "compilation.bmodel"
-                                                          for b in ctx.params["batch_sizes"]})
+        ctx.metrics["bmodels"] = self._bmodel_infos(ctx, self.fp32_bmodels(ctx))
 
     def calibrate(self, ctx: StageContext) -> None:
         commands = self.calibrate_commands(ctx)
@@ -427,10 +442,7 @@ class NntcToolchain:
         start_command_file(ctx.log, f"{ctx.recipe.name} compile_int8 (nntc): bmnetu -prec=INT8 once per batch size")
         for command in commands:
             run_command(command, ctx.log)
-        bmodels = {f"{b}b": ctx.out_dir / int8_folder(b) / "compilation.bmodel" for b in ctx.params["batch_sizes"]}
-        if (ctx.out_dir / COMBINED).is_file():
-            bmodels["combined"] = ctx.out_dir / COMBINED
-        ctx.metrics["bmodels"] = self._bmodel_infos(ctx, bmodels)
+        ctx.metrics["bmodels"] = self._bmodel_infos(ctx, self.int8_bmodels(ctx))
         if ctx.params["cmp"]:
             ctx.log.info("int8 vs fp32: compared layer by layer by bmnetu (-cmp=True); bmbuild's similarity "
                          "metrics need the model run on a Sophon device (bmrt_test)")

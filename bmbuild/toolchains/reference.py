@@ -66,6 +66,50 @@ class ReferenceToolchain:
     def versions(self) -> dict[str, str]:
         return {"implementation": IMPLEMENTATION_VERSION, **{name: package_version(name) for name in PACKAGES}}
 
+    def commands(self, stage: str, ctx: StageContext) -> list[str]:
+        """What each stage does, for `run --dry-run`: all of it runs in-process (no vendor command)."""
+        from bmbuild.stages.calibrate import table_name
+        from bmbuild.stages.compile_fp32 import source_model
+
+        recipe, params, out = ctx.recipe, ctx.params, ctx.out_dir
+        name = recipe.name
+        if stage == "compile_fp32":
+            dynamic = "dynamic" if params["dyn"] or len(params["batch_sizes"]) > 1 else "static"
+            lines = [f"[in-process] copy {source_model(ctx)} -> {out / (name + '.onnx')}"
+                     if recipe.source.framework == "onnx" else
+                     f"[in-process] torch.onnx.export({source_model(ctx)}, opset {params['opset']}, {dynamic} batch)"
+                     f" -> {out / (name + '.onnx')}",
+                     f"[in-process] onnx.checker.check_model({out / (name + '.onnx')}, full_check=True)",
+                     f"[in-process] onnxruntime {ORT_LEVELS[params['opt']]} -> {out / (name + '.fp32.onnx')}"]
+            if params["cmp"]:
+                lines.append(f"[in-process] cmp source vs onnxruntime on {params['cmp_samples']} seeded input(s) "
+                             f"per batch size {params['batch_sizes']}")
+            return lines
+        fp32 = ctx.inputs.get("compile_fp32", out) / f"{name}.onnx"
+        if stage == "calibrate":
+            cfg = recipe.calibration
+            data = cfg.data if cfg is not None else "?"
+            return [f"[in-process] histograms ({params['bins']} bins) of every float tensor of {fp32} over "
+                    f"{params['samples']} samples of {data} -> {params['method']} thresholds -> "
+                    f"{out / table_name(recipe)}"]
+        if stage == "quantize":
+            table = ctx.inputs.get("calibrate", out) / table_name(recipe)
+            kept = ", ".join(params["fp32_layers"]) or "none"
+            return [f"[in-process] onnxruntime.quantization.quantize_static({fp32}, thresholds {table}, QDQ, "
+                    f"symmetric int8, per_channel={params['per_channel']}, kept in fp32: {kept}) "
+                    f"-> {out / (name + '.int8.onnx')}"]
+        if stage == "compile_int8":
+            lines = [f"[in-process] onnxruntime {ORT_LEVELS[params['opt']]} "
+                     f"{'dynamic' if params['dyn'] else 'static'} batch {batch} -> "
+                     f"{out / f'{batch}b.compilation' / (name + '.int8.onnx')}" for batch in params["batch_sizes"]]
+            if params["cmp"]:
+                lines.append(f"[in-process] cmp int8 vs fp32 on {params['cmp_samples']} held-out samples, "
+                             "per output and per layer")
+            if recipe.eval:
+                lines.append(f"[in-process] {recipe.eval.metric} accuracy fp32 vs int8 on {recipe.eval.data}")
+            return lines
+        return []
+
     # --- compile_fp32 -------------------------------------------------------------------
     def compile_fp32(self, ctx: StageContext) -> None:
         import onnx

@@ -119,7 +119,10 @@ def calibrate(ctx: StageContext) -> None:
     model = onnx.load(str(fp32_model(ctx)))
     tensors = float_tensors(model)
     augmented = ctx.work_dir / "augmented.onnx"
-    outputs = expose_tensors(fp32_model(ctx), tensors, augmented)
+    # graph inputs are recorded from the batch itself: exposed as outputs too, they were
+    # counted twice (a doubled count in the stats file)
+    graph_inputs = {i.name for i in model.graph.input}
+    outputs = expose_tensors(fp32_model(ctx), [t for t in tensors if t not in graph_inputs], augmented)
     session = ort_session(augmented, 0)
     collector = StatsCollector(bins=params["bins"])
     seen = 0
@@ -128,7 +131,7 @@ def calibrate(ctx: StageContext) -> None:
         values = run_rows(session, batch)
         collector.update(input_name, batch)
         for name, value in zip(outputs, values):
-            if name in tensors:
+            if name in tensors and name not in graph_inputs:
                 collector.update(name, value)
         seen += len(batch)
     ctx.log.info(f"collected statistics of {len(collector)} tensors over {seen} samples")
@@ -153,11 +156,22 @@ def resolve_fp32_layers(model: Any, wanted: list[str]) -> list[str]:
     for name in wanted:
         node = by_node.get(name) or by_output.get(name)
         if node is None:
-            close = difflib.get_close_matches(name, list(by_node) + list(by_output), n=3)
             raise StageFailed(f"int8.fp32_layers: no layer named {name!r} in the model"
-                              + (f" (did you mean {', '.join(close)}?)" if close else ""))
+                              + _suggest(name, list(by_node), list(by_output)))
         nodes.append(node)
     return nodes
+
+
+def _suggest(name: str, nodes: list[str], outputs: list[str]) -> str:
+    """' (did you mean ...?)' from names containing `name` (a PyTorch module name such as
+    'conv2' is part of the exported '/conv2/Conv') or close to it; else a few node names."""
+    needle = name.strip("/").lower()
+    close = [c for c in nodes + outputs if needle and needle in c.lower()]
+    close += difflib.get_close_matches(name, nodes + outputs, n=3)
+    close = list(dict.fromkeys(close))[:3]
+    if close:
+        return f" (did you mean {', '.join(close)}?)"
+    return f" (its layers are named like {', '.join(nodes[:5])}{', ...' if len(nodes) > 5 else ''})"
 
 
 def quantize(ctx: StageContext) -> None:

@@ -1,0 +1,456 @@
+"""Shared caches: the layout of `LocalStore` on any fsspec filesystem, and the local+remote tier.
+
+    RemoteStore(fs, root)        objects/ab/<sha256>, actions/ab/<key>.json and tmp/ below `root`
+                                 on a shared folder, file://, s3://, gs://, ... (`bmbuild cache`
+                                 also uses it on the local cache folder, so one code path
+                                 lists, verifies and collects both)
+    TieredStore(local, remote)   what the executor gets when a remote cache is configured: reads
+                                 fall through local -> remote, finished stages are pushed
+
+Atomic writes. Object stores (s3, gs, az, ...) publish a PUT, multipart included, only once it
+is complete, so objects and entries are written straight to their final names. Every other
+filesystem (a folder, file://, sftp, ...) gets a temp file under `tmp/` that is then renamed
+into place. An action entry is written only after all of its objects, so a reader never sees an
+entry whose objects were never uploaded.
+
+Integrity. An object is named by its sha256 and re-hashed after each download, before it enters
+the local store; an object that does not match (truncated, bit-flipped) is never used, is
+deleted remotely where allowed, and is uploaded again by the next push.
+
+Reachability. During a build a remote that cannot be reached (or written) is reported once and
+the build carries on with the local cache; `bmbuild cache push|pull` fail instead (exit 2).
+
+fsspec (and s3fs, gcsfs, ...) are imported only when a remote is configured.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+from bmbuild.cache import CHUNK, ActionEntry, LocalStore, json_bytes
+from bmbuild.errors import BmbuildError
+
+logger = logging.getLogger("bmbuild.remote")
+
+# Filesystems where one PUT is atomic: the object appears complete or not at all.
+ATOMIC_PUT_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "memory"})
+OPTIONS_ENV = "BMBUILD_REMOTE_OPTIONS"
+HEX = frozenset("0123456789abcdef")
+
+
+class RemoteUnreachable(BmbuildError):
+    """The remote cache cannot be opened, read or written."""
+
+
+def describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def remote_options(configured: dict[str, Any] | None = None) -> dict[str, Any]:
+    """fsspec storage options: bmbuild.yaml's `remote_cache_options`, updated by $BMBUILD_REMOTE_OPTIONS."""
+    options = dict(configured or {})
+    text = os.environ.get(OPTIONS_ENV)
+    if text:
+        try:
+            extra = json.loads(text)
+        except ValueError as exc:
+            raise BmbuildError(f"${OPTIONS_ENV} is not valid JSON: {exc}") from None
+        if not isinstance(extra, dict):
+            raise BmbuildError(f"${OPTIONS_ENV} must be a JSON object of fsspec storage options")
+        options.update(extra)
+    return options
+
+
+def open_remote(url: str, options: dict[str, Any] | None = None) -> "RemoteStore":
+    """The store at an fsspec URL or folder path. Raises RemoteUnreachable when it cannot be opened."""
+    try:
+        from fsspec.core import url_to_fs
+    except ImportError as exc:  # pragma: no cover - fsspec is a dependency
+        raise RemoteUnreachable(f"remote cache {url}: {exc}") from None
+    try:
+        # a private instance: fsspec's shared instances keep listings that other writers outdate
+        fs, root = url_to_fs(url, skip_instance_cache=True, **(options or {}))
+    except ImportError as exc:
+        raise RemoteUnreachable(f"remote cache {url}: {exc} (for s3:// install bmbuild[s3])") from None
+    except Exception as exc:
+        raise RemoteUnreachable(f"remote cache {url} cannot be opened: {describe(exc)}") from None
+    return RemoteStore(fs, root, url)
+
+
+def local_view(cache_dir: Path) -> "RemoteStore":
+    """The local cache folder seen through the same interface (for `bmbuild cache`)."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    return RemoteStore(LocalFileSystem(), str(Path(cache_dir).resolve()), str(cache_dir))
+
+
+def _timestamp(info: dict[str, Any]) -> float:
+    """Modification time from an fsspec info dict (each backend names it differently)."""
+    for name in ("mtime", "LastModified", "last_modified", "updated", "modified", "created", "mtime_ns"):
+        value = info.get(name)
+        if value is None:
+            continue
+        if isinstance(value, datetime):
+            return value.timestamp()
+        if isinstance(value, (int, float)):
+            return float(value) / (1e9 if name == "mtime_ns" else 1)
+        if isinstance(value, str):
+            try:
+                return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+            except ValueError:
+                continue
+    return time.time()  # unknown: treat as new, so age-based gc never removes it by mistake
+
+
+def _is_digest(name: str) -> bool:
+    return len(name) == 64 and set(name) <= HEX
+
+
+@dataclass
+class ObjectInfo:
+    digest: str
+    size: int
+    mtime: float
+
+
+@dataclass
+class ActionInfo:
+    key: str
+    entry: ActionEntry | None   # None: the entry file could not be read or parsed
+    size: int
+    mtime: float                # last write (remote) or last use (local cache)
+
+
+class RemoteStore:
+    """The store layout on an fsspec filesystem. Methods raise on I/O errors other than "missing"."""
+
+    def __init__(self, fs: Any, root: str, url: str | None = None):
+        self.fs = fs
+        self.root = root.rstrip("/")
+        self.url = url or root
+        protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+        self.atomic_put = bool(set(protocols) & ATOMIC_PUT_PROTOCOLS)
+
+    def __repr__(self) -> str:
+        return f"RemoteStore({self.url!r})"
+
+    def _path(self, *parts: str) -> str:
+        return "/".join((self.root, *parts))
+
+    def object_path(self, digest: str) -> str:
+        return self._path("objects", digest[:2], digest)
+
+    def action_path(self, key: str) -> str:
+        return self._path("actions", key[:2], f"{key}.json")
+
+    # --- reachability ---------------------------------------------------------------------
+    def probe(self, write: bool = False) -> None:
+        """Raise RemoteUnreachable unless the root can be listed (and, with `write`, written)."""
+        try:
+            try:
+                self.fs.ls(self.root, detail=False)
+            except FileNotFoundError:
+                pass  # nothing stored yet
+            if write:
+                path = self._path("tmp", f"probe-{uuid.uuid4().hex}")
+                self._put(lambda target: self.fs.pipe_file(target, b""), path)
+                self._remove(path)
+        except Exception as exc:
+            raise RemoteUnreachable(f"remote cache {self.url} cannot be "
+                                    f"{'written' if write else 'read'}: {describe(exc)}") from None
+
+    # --- writing --------------------------------------------------------------------------
+    def _put(self, write: Callable[[str], None], final: str) -> None:
+        """`write(path)` writes a whole file; it appears under `final` complete or not at all."""
+        if self.atomic_put:
+            write(final)
+            return
+        tmp = self._path("tmp", f"{final.rsplit('/', 1)[-1]}.{uuid.uuid4().hex}.tmp")
+        self.fs.makedirs(self._path("tmp"), exist_ok=True)
+        self.fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
+        try:
+            write(tmp)
+            self.fs.mv(tmp, final)
+        except BaseException:
+            self._remove(tmp, quiet=True)
+            raise
+
+    def put_object(self, src: Path, digest: str) -> None:
+        self._put(lambda target: self.fs.put_file(str(src), target), self.object_path(digest))
+
+    def put_action(self, entry: ActionEntry) -> None:
+        """Write an entry; call only once all of its objects are stored."""
+        data = json_bytes(entry.to_json())
+        self._put(lambda target: self.fs.pipe_file(target, data), self.action_path(entry.key))
+
+    def _remove(self, path: str, quiet: bool = False) -> None:
+        try:
+            self.fs.rm_file(path)
+        except FileNotFoundError:
+            pass
+        except Exception:
+            if not quiet:
+                raise
+
+    def delete_object(self, digest: str) -> None:
+        self._remove(self.object_path(digest))
+
+    def delete_action(self, key: str) -> None:
+        self._remove(self.action_path(key))
+
+    # --- reading --------------------------------------------------------------------------
+    def get_action(self, key: str) -> ActionEntry | None:
+        try:
+            data = self.fs.cat_file(self.action_path(key))
+        except FileNotFoundError:
+            return None
+        return _parse_entry(data, key)
+
+    def object_size(self, digest: str) -> int | None:
+        """Size of a stored object; None when there is none."""
+        try:
+            return int(self.fs.info(self.object_path(digest))["size"])
+        except FileNotFoundError:
+            return None
+
+    def fetch_object(self, digest: str, dest: Path) -> bool:
+        """Download an object to `dest` (False when there is none). Not verified here:
+        `LocalStore.adopt` hashes it before it can enter the local store."""
+        try:
+            self.fs.get_file(self.object_path(digest), str(dest))
+        except FileNotFoundError:
+            return False
+        return True
+
+    def hash_object(self, digest: str) -> str:
+        """sha256 of the stored object's content, streamed."""
+        hasher = hashlib.sha256()
+        with self.fs.open(self.object_path(digest), "rb") as handle:
+            while chunk := handle.read(CHUNK):
+                hasher.update(chunk)
+        return hasher.hexdigest()
+
+    def _find(self, folder: str) -> dict[str, dict[str, Any]]:
+        try:
+            found = self.fs.find(self._path(folder), detail=True)
+        except FileNotFoundError:
+            return {}
+        return {path: info for path, info in found.items() if info.get("type", "file") == "file"}
+
+    def list_objects(self) -> dict[str, ObjectInfo]:
+        objects = {}
+        for path, info in self._find("objects").items():
+            name = path.rsplit("/", 1)[-1]
+            if _is_digest(name):
+                objects[name] = ObjectInfo(name, int(info.get("size") or 0), _timestamp(info))
+        return objects
+
+    def list_actions(self, read: bool = True) -> list[ActionInfo]:
+        """Every action entry; with `read`, parsed (fetched concurrently where the backend can)."""
+        found = {}
+        for path, info in self._find("actions").items():
+            name = path.rsplit("/", 1)[-1]
+            if name.endswith(".json") and _is_digest(name[:-5]):
+                found[path] = (name[:-5], info)
+        contents: dict[str, Any] = {}
+        if read and found:
+            contents = self.fs.cat(list(found), on_error="return")
+            # fsspec keys the answer by the stripped path; match by name to be safe
+            contents = {str(path).rsplit("/", 1)[-1]: data for path, data in contents.items()}
+        infos = []
+        for path, (key, info) in found.items():
+            data = contents.get(f"{key}.json")
+            entry = _parse_entry(data, key) if isinstance(data, bytes) else None
+            infos.append(ActionInfo(key, entry, int(info.get("size") or 0), _timestamp(info)))
+        return infos
+
+    def list_temps(self) -> dict[str, float]:
+        """Leftover temp files (path -> mtime) from interrupted uploads."""
+        return {path: _timestamp(info) for path, info in self._find("tmp").items()}
+
+    def remove_path(self, path: str) -> None:
+        self._remove(path, quiet=True)
+
+
+def _parse_entry(data: Any, key: str) -> ActionEntry | None:
+    try:
+        entry = ActionEntry.from_json(json.loads(data))
+    except (ValueError, TypeError, AttributeError):
+        return None
+    return entry if entry.key == key and isinstance(entry.outputs, dict) else None
+
+
+def warn_stderr(message: str) -> None:
+    logger.warning(message)
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+class TieredStore:
+    """The executor's store when a remote cache is configured: local first, then the remote.
+
+    - get_action: a complete local entry, else the remote's entry, else the local one.
+    - get_file: the local object, else the remote one, downloaded, verified, kept locally;
+      once all objects of a remote entry are local, the entry is written locally too.
+    - put_action: local, then pushed: the missing objects first, the entry last.
+    A remote error warns once and turns the remote off for the rest of the run (a failed write
+    only turns pushing off); the build always continues with the local cache.
+    """
+
+    def __init__(self, local: LocalStore, remote: RemoteStore,
+                 warn: Callable[[str], None] | None = None):
+        self.local = local
+        self.remote: RemoteStore | None = remote
+        self.can_push = True
+        self.warn = warn or warn_stderr
+        self._lock = threading.Lock()
+        self._pending: dict[str, ActionEntry] = {}  # found remotely, not yet complete locally
+        self._bad: set[str] = set()                 # digests found corrupt remotely
+        self.pulled = 0                             # objects downloaded (tests, summaries)
+        self.pushed = 0                             # entries uploaded
+
+    @property
+    def root(self) -> Path:
+        return self.local.root
+
+    def _remote_failed(self, exc: BaseException, writing: bool = False) -> None:
+        with self._lock:
+            remote = self.remote
+            if remote is None or (writing and not self.can_push):
+                return
+            if writing:
+                self.can_push = False
+                message = (f"remote cache {remote.url} cannot be written ({describe(exc)}); "
+                           "finished stages stay in the local cache only for this run")
+            else:
+                self.remote = None
+                message = (f"remote cache {remote.url} is unreachable ({describe(exc)}); "
+                           "continuing with the local cache only")
+        self.warn(message)
+
+    def _read(self, call: Callable[[RemoteStore], Any], default: Any = None) -> Any:
+        remote = self.remote
+        if remote is None:
+            return default
+        try:
+            return call(remote)
+        except Exception as exc:
+            self._remote_failed(exc)
+            return default
+
+    # --- the interface the executor uses --------------------------------------------------
+    def has_object(self, digest: str) -> bool:
+        return self.local.has_object(digest) or bool(
+            self._read(lambda remote: remote.object_size(digest) is not None, False))
+
+    def has_all(self, entry: ActionEntry) -> bool:
+        return all(self.has_object(d) for d in entry.digests)
+
+    def get_action(self, key: str) -> ActionEntry | None:
+        entry = self.local.get_action(key)
+        if entry is not None and self.local.has_all(entry):
+            return entry
+        remote_entry = self._read(lambda remote: remote.get_action(key))
+        if remote_entry is not None:
+            with self._lock:
+                self._pending[key] = remote_entry
+            return remote_entry
+        return entry
+
+    def get_file(self, digest: str, dest: Path) -> bool:
+        if self.local.get_file(digest, dest):
+            return True
+        if not self.pull(digest) or not self.local.get_file(digest, dest):
+            return False
+        self._settle()
+        return True
+
+    def put_file(self, src: Path, digest: str) -> None:
+        self.local.put_file(src, digest)
+
+    def put_action(self, entry: ActionEntry) -> None:
+        self.local.put_action(entry)
+        self.push(entry)
+
+    # --- transfers ------------------------------------------------------------------------
+    def pull(self, digest: str) -> bool:
+        """Download one object into the local store, verified. False when missing or corrupt."""
+        remote = self.remote
+        if remote is None:
+            return False
+        tmp = self.local.new_temp()
+        try:
+            if not remote.fetch_object(digest, tmp):
+                return False
+            if self.local.adopt(tmp, digest):  # hashes it; a mismatch is deleted, never stored
+                with self._lock:
+                    self.pulled += 1
+                return True
+        except Exception as exc:
+            self._remote_failed(exc)
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
+        with self._lock:
+            self._bad.add(digest)
+        self.warn(f"remote cache {remote.url}: object {digest[:12]} does not match its digest "
+                  "(corrupt or partial); ignored, the stage runs instead and uploads it again")
+        try:
+            remote.delete_object(digest)
+        except Exception:  # read-only credentials: the next push overwrites it
+            pass
+        return False
+
+    def _settle(self) -> None:
+        """Write remote entries locally once all their objects have been pulled."""
+        with self._lock:
+            done = [entry for entry in self._pending.values() if self.local.has_all(entry)]
+            for entry in done:
+                del self._pending[entry.key]
+        for entry in done:
+            self.local.put_action(entry)
+
+    def push(self, entry: ActionEntry) -> bool:
+        """Upload an entry's missing objects, then the entry. False when the remote is not writable."""
+        remote = self.remote
+        if remote is None or not self.can_push:
+            return False
+        try:
+            for digest in entry.digests:
+                source = self.local.object_path(digest)
+                with self._lock:
+                    bad = digest in self._bad
+                if bad or remote.object_size(digest) != source.stat().st_size:
+                    remote.put_object(source, digest)
+                    with self._lock:
+                        self._bad.discard(digest)
+            remote.put_action(entry)
+        except Exception as exc:
+            self._remote_failed(exc, writing=True)
+            return False
+        with self._lock:
+            self.pushed += 1
+        return True
+
+
+def tiered(local: LocalStore, url: str, options: dict[str, Any] | None = None,
+           warn: Callable[[str], None] | None = None) -> LocalStore | TieredStore:
+    """The store for a build: local + remote, or local alone (with a warning) if the remote cannot be opened."""
+    options = remote_options(options)  # a malformed $BMBUILD_REMOTE_OPTIONS is a user error
+    try:
+        remote = open_remote(url, options)
+    except RemoteUnreachable as exc:
+        (warn or warn_stderr)(f"{exc}; continuing with the local cache only")
+        return local
+    return TieredStore(local, remote, warn)
