@@ -161,8 +161,8 @@ class LocalStore:
     def put_file(self, src: Path, digest: str) -> None:
         """Copy `src` (whose content hashes to `digest`) into the store, atomically."""
         target = self._object_path(digest)
-        if target.is_file() and target.stat().st_size == src.stat().st_size:
-            return
+        if target.is_file() and target.stat().st_size == src.stat().st_size and file_digest(target) == digest:
+            return  # already stored intact (a corrupt object of the same size is replaced)
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.root / "tmp")
         os.close(fd)

@@ -245,7 +245,7 @@ class Executor:
             failures = node.stage.gate(node.loaded.recipe, entry.metrics)
             if failures:
                 raise self._fail(node, "tolerance not met:\n" + "\n".join(f"  {f}" for f in failures), log_path,
-                                 show_tail=False)
+                                 show_tail=False, seconds=time.monotonic() - started)
             self._publish(node, tmp, entry)
             record = NodeRecord(node.id, node.recipe_name, node.stage.name, outcome, decision.reason,
                                 seconds=time.monotonic() - started,
@@ -277,11 +277,12 @@ class Executor:
         except BmbuildError as exc:
             log.info(f"FAILED: {exc}")
             log.close()
-            raise self._fail(node, str(exc), log_path) from None
+            raise self._fail(node, str(exc), log_path, seconds=time.monotonic() - started) from None
         except Exception as exc:  # user model code or a library raised: keep the traceback in the log
             log.write_raw(traceback.format_exc())
             log.close()
-            raise self._fail(node, f"{type(exc).__name__}: {exc}", log_path) from None
+            raise self._fail(node, f"{type(exc).__name__}: {exc}", log_path,
+                             seconds=time.monotonic() - started) from None
         finally:
             shutil.rmtree(work_dir, ignore_errors=True)
         seconds = time.monotonic() - started
@@ -325,7 +326,8 @@ class Executor:
         for rel in entry.outputs:
             self.stat.digest(final / rel)
 
-    def _fail(self, node: Node, message: str, log_path: Path, show_tail: bool = True) -> StageFailed:
+    def _fail(self, node: Node, message: str, log_path: Path, show_tail: bool = True,
+              seconds: float = 0.0) -> StageFailed:
         tail = tail_of(log_path, 15) if show_tail else ""
         text = f"{node.id} failed: {message}"
         if tail:
@@ -333,7 +335,7 @@ class Executor:
         text += f"\n  full log: {log_path}"
         error = StageFailed(text)
         self._record(node, NodeRecord(node.id, node.recipe_name, node.stage.name, Outcome.FAILED,
-                                      error=message, log=str(log_path)))
+                                      seconds=seconds, error=message, log=str(log_path)))
         return error
 
     def _record(self, node: Node, record: NodeRecord) -> NodeRecord:

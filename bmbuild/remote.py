@@ -293,7 +293,9 @@ def _parse_entry(data: Any, key: str) -> ActionEntry | None:
 
 
 def warn_stderr(message: str) -> None:
-    logger.warning(message)
+    """The user sees it on stderr; logging gets it too (a stage's log, when raised inside one).
+    INFO, so that Python's last-resort handler does not print it a second time."""
+    logger.info("warning: %s", message)
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
 

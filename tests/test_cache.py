@@ -146,9 +146,6 @@ def test_store_drops_a_corrupted_object(tmp_path):
     assert not store.has_object(digest)
 
 
-@pytest.mark.xfail(reason="BUG: LocalStore.put_file returns early when an object of the same size already exists "
-                          "('if target.is_file() and target.stat().st_size == src.stat().st_size: return'), so a "
-                          "corrupt object (bit flip) is never replaced when the stage re-runs and publishes it again", strict=True)
 def test_store_put_repairs_a_corrupted_object_of_the_same_size(tmp_path):
     store, digest = _stored(tmp_path, b"model bytes")
     obj = store.root / "objects" / digest[:2] / digest
@@ -223,10 +220,6 @@ def test_run_with_a_corrupted_cache_reexecutes(workspace, cache_dir, write_recip
             assert outputs[f"{stage}/{rel}"] == digest
 
 
-@pytest.mark.xfail(reason="BUG: LocalStore.put_file returns early when an object of the same size already exists "
-                          "('if target.is_file() and target.stat().st_size == src.stat().st_size: return'), so a "
-                          "corrupt object (bit flip) is never replaced when the stage re-runs and publishes it again; Executor._restore stops at the first bad object, "
-                          "so the other corrupt objects stay and the next restore fails again", strict=True)
 def test_corrupted_cache_heals_after_reexecution(workspace, cache_dir, write_recipe, run_bmbuild, outcomes):
     recipe = write_recipe("tiny")
     assert run_bmbuild("run", recipe, "--plain")[0] == 0

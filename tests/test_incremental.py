@@ -77,8 +77,8 @@ def test_changing_a_parameter_back_restores_from_cache(workspace, write_recipe, 
     write_recipe("tiny", fp32={"opt": 2})
     assert run_bmbuild("run", recipe, "--plain")[0] == 0
     assert outcomes("tiny")["compile_fp32"] == "executed"
-    assert build_outputs(workspace, "tiny")["compile_fp32/tiny.fp32.onnx"] != original["compile_fp32/tiny.fp32.onnx"] \
-        or build_outputs(workspace, "tiny")["compile_fp32/.bmbuild-manifest.json"] != original["compile_fp32/.bmbuild-manifest.json"]
+    assert build_outputs(workspace, "tiny")["compile_fp32/.bmbuild-manifest.json"] \
+        != original["compile_fp32/.bmbuild-manifest.json"]  # the opt-2 build replaced it
 
     write_recipe("tiny")  # back to opt 1
     code, out, _ = run_bmbuild("plan", recipe)
@@ -205,9 +205,6 @@ def test_changing_kwargs_reruns_trace_and_compile(workspace, write_recipe, run_b
     assert build_outputs(workspace, "tiny") == before
 
 
-@pytest.mark.xfail(reason="BUG: -j runs stages in threads of one process, and torch.onnx.export (TorchScript "
-                          "exporter) keeps global state (GLOBALS.in_onnx_export): two concurrent compile_fp32 "
-                          "exports fail with 'AssertionError: GLOBALS.in_onnx_export must be True'", strict=True)
 def test_parallel_jobs_build_two_recipes(workspace, write_recipe, run_bmbuild, outcomes):
     kwargs = {"a": {"depth": 30}, "b": {"depth": 30, "channels": 5}}
     for name in ("a", "b"):
@@ -317,9 +314,6 @@ def _out_channels(traced: Path) -> int:
     return int(torch.jit.load(str(traced))(torch.zeros(1, 3, 8, 8)).shape[1])
 
 
-@pytest.mark.xfail(reason="BUG: the trace key hashes only the model file named in the recipe (stages/trace.py "
-                          "_inputs); a local module it imports (models/blocks.py next to models/resnet.py) is not an "
-                          "input, so editing it leaves trace 'up-to-date' and the build silently stale", strict=True)
 def test_editing_a_module_the_model_file_imports_reruns_trace(workspace, write_recipe, run_bmbuild, outcomes):
     recipes = workspace / "recipes"
     (recipes / "tiny_helpers.py").write_text("CHANNELS = 4\n")
@@ -341,9 +335,6 @@ def test_editing_a_module_the_model_file_imports_reruns_trace(workspace, write_r
         sys.modules.pop("tiny_helpers", None)
 
 
-@pytest.mark.xfail(reason="BUG: stages/trace.py load_callable puts the model's folder on sys.path and execs the file, "
-                          "but a sibling module it imports stays in sys.modules: the next recipe whose model imports "
-                          "a module of the same name (layers.py, common.py) silently gets the first one's", strict=True)
 def test_two_recipe_folders_with_same_named_helper_modules(workspace, write_recipe, run_bmbuild, outcomes):
     """A model zoo: every model folder has its own `layers.py`; one bmbuild process builds them all."""
     for folder, channels in (("zoo/a", 4), ("zoo/b", 6)):

@@ -81,14 +81,19 @@ def test_missing_callable(workspace, write_text_recipe, run_bmbuild):
     assert "'nope'" in line and "tiny_models.py" in line
 
 
-def test_invalid_yaml(workspace, write_text_recipe, run_bmbuild):
+def test_invalid_yaml_unclosed_bracket(workspace, write_text_recipe, run_bmbuild):
     recipe = write_text_recipe("bad.yaml", GOOD.replace("shapes: [[1, 3, 8, 8]]", "shapes: [[1, 3, 8, 8]"))
-    code, out, err = run_bmbuild("validate", recipe)
-    line = _one_error_line(code, out, err)
-    assert "invalid YAML" in line
-    assert f"{recipe}:" in line
+    line = _one_error_line(*run_bmbuild("validate", recipe))
     # the parser notices the unclosed bracket where the next key starts
-    assert int(line.split(f"{recipe}:")[1].split(":")[0]) in (6, 7)
+    assert f"{recipe}:7:" in line
+    assert "invalid YAML" in line
+
+
+def test_invalid_yaml_bad_indentation(workspace, write_text_recipe, run_bmbuild):
+    recipe = write_text_recipe("bad.yaml", GOOD.replace("  model: tiny", "   model: tiny"))
+    line = _one_error_line(*run_bmbuild("validate", recipe))
+    assert f"{recipe}:5:" in line
+    assert "invalid YAML" in line
 
 
 def test_duplicate_key(workspace, write_text_recipe, run_bmbuild):

@@ -6,11 +6,11 @@ so a trace that baked in control flow or a batch size fails here, with the numbe
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 from bmbuild.errors import StageFailed
+from bmbuild.modelsource import TORCH_LOCK, load_callable, local_imports
 from bmbuild.recipe import LoadedRecipe, Recipe
 from bmbuild.stages.base import Stage, StageContext
 
@@ -44,7 +44,8 @@ def _params(recipe: Recipe) -> dict[str, Any]:
 
 def _inputs(loaded: LoadedRecipe) -> list[Path]:
     recipe = loaded.recipe
-    files = [(loaded.file.parent / recipe.source.model_file).resolve()]
+    model_file = (loaded.file.parent / recipe.source.model_file).resolve()
+    files = [model_file, *local_imports(model_file)]
     if recipe.source.weights:
         files.append(recipe.source.weights.path)
     return files
@@ -52,27 +53,6 @@ def _inputs(loaded: LoadedRecipe) -> list[Path]:
 
 def traced_path(out_dir: Path, recipe: Recipe) -> Path:
     return out_dir / f"{recipe.name}.pt"
-
-
-def load_callable(file: Path, name: str) -> Any:
-    """Run a model file by path (recipes are not packages) and return one of its names.
-
-    The source is compiled from the bytes just hashed into the key, never from __pycache__,
-    whose staleness check (mtime in seconds, size) misses a same-size edit within a second.
-    """
-    import types
-
-    module = types.ModuleType(f"bmbuild_model_{file.stem}")
-    module.__file__ = str(file)
-    code = compile(file.read_bytes(), str(file), "exec", dont_inherit=True)
-    sys.path.insert(0, str(file.parent))
-    try:
-        exec(code, module.__dict__)  # noqa: S102 - running the user's model definition is the point
-    finally:
-        sys.path.remove(str(file.parent))
-    if not hasattr(module, name):
-        raise StageFailed(f"{file} defines no {name!r}")
-    return getattr(module, name)
 
 
 def load_state_dict(path: Path, key: str | None, strip_prefix: str | None) -> dict[str, Any]:
@@ -151,6 +131,11 @@ def run_torch(module: Any, arrays: list[Any]) -> list[Any]:
 
 
 def run(ctx: StageContext) -> None:
+    with TORCH_LOCK:
+        _trace(ctx)
+
+
+def _trace(ctx: StageContext) -> None:
     import torch
 
     from bmbuild.compare import similarity

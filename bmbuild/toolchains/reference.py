@@ -14,6 +14,7 @@ from typing import Any
 
 from bmbuild.compare import Similarity, similarity, worst
 from bmbuild.errors import StageFailed
+from bmbuild.modelsource import TORCH_LOCK
 from bmbuild.stages.base import StageContext
 from bmbuild.toolchains.base import Availability, package_version
 
@@ -150,9 +151,10 @@ class ReferenceToolchain:
         axes = {name: {0: "batch"} for name in inputs + outputs} if dynamic else None
         ctx.log.info(f"exporting to ONNX opset {params['opset']} ({'dynamic' if dynamic else 'static'} batch)")
         try:
-            torch.onnx.export(module, tuple(torch.from_numpy(a) for a in arrays), str(target),
-                              dynamo=False, opset_version=params["opset"], input_names=inputs,
-                              output_names=outputs, dynamic_axes=axes, do_constant_folding=True)
+            with TORCH_LOCK:
+                torch.onnx.export(module, tuple(torch.from_numpy(a) for a in arrays), str(target),
+                                  dynamo=False, opset_version=params["opset"], input_names=inputs,
+                                  output_names=outputs, dynamic_axes=axes, do_constant_folding=True)
         except Exception as exc:  # exporter errors are about the user's model
             raise StageFailed(f"ONNX export failed: {type(exc).__name__}: {exc}") from None
 
