@@ -70,6 +70,11 @@ def max_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 # --- the parent: workspace, fp32 model, configurations, table ------------------------------------
 
 def prepare_workspace(ws: Path) -> dict[str, str]:
@@ -126,21 +131,22 @@ def run_config(name: str, ws: Path, env: dict[str, str]) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    print(f"  {name}: {result['wall_s']:.1f}s, work {result['work_mib']:.0f} MiB, "
+    print(f"  {name}: {result['wall_s']:.1f}s ({result['cpu_s']:.1f}s CPU), work {result['work_mib']:.0f} MiB, "
           f"cos {result['cos']:.4f}", flush=True)
     return result
 
 
 def table(results: list[dict]) -> str:
     base = next(r for r in results if r["config"] == BASELINE)
-    lines = ["| config | samples | wall s | time ratio vs ort minmax | peak RSS MiB (work) | "
-             "process peak MiB | cos | SQNR dB | top-1 agree |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| config | samples | wall s | CPU s | time ratio (wall / CPU) | peak RSS MiB (work) | "
+             "RSS ratio | process peak MiB | cos | SQNR dB | top-1 agree |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         lines.append(
-            f"| {r['config']} | {r['samples']} | {r['wall_s']:.1f} | {r['wall_s'] / base['wall_s']:.2f}x | "
-            f"{r['work_mib']:.0f} | {r['peak_mib']:.0f} | {r['cos']:.4f} | {r['sqnr']:.2f} | "
-            f"{r['top1']:.3f} ({r['agree']}/{r['held_out']}) |")
+            f"| {r['config']} | {r['samples']} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | "
+            f"{r['wall_s'] / base['wall_s']:.2f}x / {r['cpu_s'] / base['cpu_s']:.2f}x | "
+            f"{r['work_mib']:.0f} | {r['work_mib'] / base['work_mib']:.2f}x | {r['peak_mib']:.0f} | "
+            f"{r['cos']:.4f} | {r['sqnr']:.2f} | {r['top1']:.3f} ({r['agree']}/{r['held_out']}) |")
     return "\n".join(lines)
 
 
@@ -166,9 +172,10 @@ def main_parent(args: argparse.Namespace) -> None:
         "",
         table(results),
         "",
-        "- wall s / peak RSS: calibration + quantization only, each configuration in a fresh "
-        "subprocess of one benchmark invocation; work MiB = ru_maxrss at the end minus ru_maxrss "
-        "after imports and loading the fp32 model.",
+        "- wall s / CPU s / peak RSS: calibration + quantization only, each configuration in a "
+        "fresh subprocess of one benchmark invocation; CPU s = user + system time of that work "
+        "(steadier than wall time on a busy machine); work MiB = ru_maxrss at the end minus "
+        "ru_maxrss after imports and loading the fp32 model. Ratios are against ort minmax.",
         "- cos / SQNR: all 16x1000 held-out logits pooled; top-1 agree: argmax int8 == argmax fp32 "
         "(onnxruntime, `session.disable_quant_qdq=1`, as bmbuild compares).",
         "- every configuration: QDQ, S8 activations and S8 per-channel weights, symmetric, "
@@ -301,6 +308,7 @@ def main_one(name: str, ws: Path) -> None:
     baseline = max_rss_mib()
 
     tmp = Path(tempfile.mkdtemp(prefix="one-", dir=ws))
+    cpu = cpu_seconds()
     started = time.perf_counter()
     if kind == "bmbuild":
         int8 = bmbuild_quantize(loaded, fp32_dir, tmp)
@@ -309,11 +317,12 @@ def main_one(name: str, ws: Path) -> None:
         reader = Reader(calib, loaded.recipe.calibration, sample_shape(loaded.recipe), "input")
         ort_quantize(method, fp32, int8, reader, tmp)
     wall = time.perf_counter() - started
+    cpu = cpu_seconds() - cpu
     peak = max_rss_mib()
 
     quality = compare(fp32_dir / "resnet18.fp32.onnx", int8, holdout, reference.calibration,
                       sample_shape(reference))
-    print(json.dumps({"config": name, "samples": len(calib), "wall_s": wall, "peak_mib": peak,
+    print(json.dumps({"config": name, "samples": len(calib), "wall_s": wall, "cpu_s": cpu, "peak_mib": peak,
                       "baseline_mib": baseline, "work_mib": peak - baseline, **quality}))
 
 

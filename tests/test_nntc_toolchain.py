@@ -24,7 +24,7 @@ import pytest
 from bmbuild.toolchains import nntc
 from bmbuild.toolchains.bmodel_info import BmodelInfoError, parse_info
 from bmbuild.toolchains.commands import Command
-from conftest import ROOT, plan_rows, read_report
+from conftest import ROOT, deep_merge, plan_rows, read_report
 
 DOUBLE = Path(__file__).resolve().parent / "nntc_double"
 STAGES = ["trace", "compile_fp32", "calibrate", "quantize", "compile_int8"]
@@ -64,8 +64,6 @@ def nntc_recipe(workspace: Path, write_recipe: Any) -> Any:
         base = {"toolchain": "nntc", "prec": "INT8", "batch_sizes": [1, 2],
                 "calibration": {"data": "calib.npz", "key": "x", "samples": 8, "method": "kl"},
                 "int8": {"cmp_samples": 4, "fp32_layers": ["conv2"]}}
-        from conftest import deep_merge
-
         return write_recipe(name, **deep_merge(base, overrides))
 
     return write
@@ -203,9 +201,9 @@ def test_second_run_is_a_no_op(workspace, nntc_recipe, double_log, run_bmbuild, 
 
 def test_lmdb_holds_the_reference_calibration_samples(workspace, nntc_recipe, double_log, tmp_path):
     """The LMDB writer selects and loads samples with the reference toolchain's code (calib.dataset)."""
+    from bmbuild.calib.dataset import SampleLoader
     from bmbuild.recipe import load_recipe
     from bmbuild.stages.int8_common import split
-    from bmbuild.calib.dataset import SampleLoader
 
     loaded = load_recipe(nntc_recipe())
     cfg = loaded.recipe.calibration
