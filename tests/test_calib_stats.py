@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -47,9 +46,7 @@ def test_kl_clips_outliers_of_gaussian(rng: np.random.Generator) -> None:
     x = rng.standard_normal(1_000_000)
     x[:5] = [50.0, -60.0, 80.0, -90.0, 100.0]
     s = stats_of(x)
-    t0 = time.perf_counter()
     t = compute_threshold(s, "kl")
-    assert time.perf_counter() - t0 < 1.0
     assert 2.0 < t < 30.0
 
 
