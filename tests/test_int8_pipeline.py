@@ -46,7 +46,7 @@ def test_minmax_table_round_trip_and_identical_bytes_with_force(ws8: Int8Workspa
         assert low <= high
     stats = (ws8.stage_dir("calibrate") / "tiny8_cali_stats.json").read_bytes()
     summary = json.loads(stats)
-    assert list(summary) == list(rows)
+    assert set(summary) == set(rows)
     # every element of every calibration sample is counted once (the input used to count twice)
     assert summary["input"]["count"] == 16 * 3 * 16 * 16
     assert summary["/conv1/Conv_output_0"]["count"] == 16 * 8 * 16 * 16
