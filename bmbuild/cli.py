@@ -58,6 +58,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     toolchains = sorted(set(build.toolchains.values()))
     console.print(f"bmbuild {__version__}: {len(build.recipes)} recipe(s), {len(build.nodes)} stage(s), "
                   f"toolchain {', '.join(toolchains)}, cache {build.workspace.cache_dir}")
+    if "nntc" in toolchains:
+        from bmbuild.stages.trace import torch_note
+        from bmbuild.toolchains.base import package_version
+
+        note = torch_note(package_version("torch"))
+        if note:
+            console.print(f"note: {note} for tracing; bmnetp may reject operators that newer torch emits")
     jobs = args.jobs or build.workspace.config.jobs
     result = run_nodes(build.nodes, build.workspace, console, jobs=jobs, force=args.force,
                        keep_going=args.keep_going)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bmbuild.cache import ActionEntry, LocalStore, StatCache, action_key, atomic_write_bytes, json_bytes, tree_digest
-from bmbuild.errors import BmbuildError, StageFailed
+from bmbuild.errors import BmbuildError, StageFailed, ToolchainError
 from bmbuild.graph import Node, input_name
 from bmbuild.stagelog import StageLog, bind_log, tail_of
 from bmbuild.stages.base import StageContext
@@ -277,7 +277,10 @@ class Executor:
         except BmbuildError as exc:
             log.info(f"FAILED: {exc}")
             log.close()
-            raise self._fail(node, str(exc), log_path, seconds=time.monotonic() - started) from None
+            # a tool's error already carries its output tail; the log tail would repeat it
+            has_tail = isinstance(exc, ToolchainError) and bool(exc.output_tail)
+            raise self._fail(node, str(exc), log_path, show_tail=not has_tail,
+                             seconds=time.monotonic() - started) from None
         except Exception as exc:  # user model code or a library raised: keep the traceback in the log
             log.write_raw(traceback.format_exc())
             log.close()

@@ -258,3 +258,22 @@ def test_gate_function_on_crafted_metrics() -> None:
     # a drop exactly at max_drop passes
     edge = dict(good, eval={**good["eval"], "drop_points": 1.0})
     assert gate(recipe, edge) == []
+
+
+# --- static-batch models ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_static_batch_model_calibrates_and_evaluates_any_sample_count(ws8: Int8Workspace, batch: int) -> None:
+    """One batch size exports a static-batch model (batch 1 here used to fail in calibrate:
+    it ran batches of 8); odd sample counts are padded and the padding is not counted."""
+    write_npz(ws8.recipes / "data" / "eval.npz", 5, seed=9, y=np.arange(5))
+    recipe = ws8.recipe(shapes=[[batch, 3, 16, 16]], calibration={"samples": 15},
+                        eval={"data": "data/eval.npz", "max_drop": 100.0})
+    code, out, err = ws8.build(recipe)
+    assert code == 0, out + err
+    summary = json.loads((ws8.stage_dir("calibrate") / "tiny8_cali_stats.json").read_text())
+    assert summary["input"]["count"] == 15 * 3 * 16 * 16
+    assert summary["/conv1/Conv_output_0"]["count"] == 15 * 8 * 16 * 16
+    assert ws8.metrics("calibrate")["samples"] == 15
+    assert ws8.metrics("compile_int8")["eval"]["samples"] == 5
+    assert (ws8.stage_dir("compile_int8") / f"{batch}b.compilation" / "tiny8.int8.onnx").is_file()

@@ -17,7 +17,8 @@ def _params(recipe: Recipe) -> dict[str, Any]:
     cfg = recipe.calibration
     assert cfg is not None
     return {**dataset_params(recipe), "net_name": recipe.name, "method": cfg.method, "percentile": cfg.percentile,
-            "bins": cfg.bins, "fp32_layers": recipe.int8.fp32_layers}
+            "bins": cfg.bins, "fp32_layers": recipe.int8.fp32_layers,
+            "per_channel": recipe.int8.per_channel}  # NNTC calibrates per channel (-per_channel)
 
 
 def table_name(recipe: Recipe) -> str:

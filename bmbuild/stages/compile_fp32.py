@@ -54,7 +54,8 @@ def _gate(recipe: Recipe, metrics: dict[str, Any]) -> list[str]:
 def _summary(metrics: dict[str, Any]) -> str:
     cmp = metrics.get("cmp")
     if not cmp:
-        return "compiled (cmp off)"
+        bmodels = metrics.get("bmodels")
+        return f"{len(bmodels)} bmodel(s) compiled" if bmodels else "compiled (cmp off)"
     cos = min(v["cos"] for v in cmp.values())
     sqnr = min(v["sqnr"] for v in cmp.values())
     return f"fp32 cmp cos={cos:.6f} sqnr={sqnr:.1f}dB"

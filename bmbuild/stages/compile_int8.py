@@ -75,6 +75,8 @@ def summary(metrics: dict[str, Any]) -> str:
     if evaluation:
         parts.append(f"{evaluation['metric']} fp32 {100 * evaluation['fp32']:.2f}% "
                      f"int8 {100 * evaluation['int8']:.2f}%")
+    if not parts and metrics.get("bmodels"):
+        parts.append(f"{len(metrics['bmodels'])} int8 bmodel(s) compiled")
     return "; ".join(parts) or "compiled"
 
 
