@@ -126,7 +126,7 @@ def test_chain_runs_every_documented_command(workspace, nntc_recipe, double_log,
     (cali,) = by_tool(double_log, "calibration_use_pb")
     assert cali == ["quantize", f"-model={work}/umodel/tiny_bmnetp_test_fp32.prototxt",
                     f"-weights={work}/umodel/tiny_bmnetp.fp32umodel", "-iterations=8", "-bitwidth=TO_INT8",
-                    "-th_method=KL", "-per_channel=true", "-fpfwd_outputs=conv2"]
+                    "-th_method=KL", "-fpfwd_outputs=conv2", "-per_channel=true"]
     assert sorted(p.name for p in (build / "calibrate").iterdir() if not p.name.startswith(".")) == [
         "tiny_bmnetp.int8umodel", "tiny_bmnetp_deploy_fp32_unique_top.prototxt",
         "tiny_bmnetp_deploy_int8_unique_top.prototxt"]
