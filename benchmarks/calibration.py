@@ -139,14 +139,16 @@ def run_config(name: str, ws: Path, env: dict[str, str]) -> dict:
 def table(results: list[dict]) -> str:
     base = next(r for r in results if r["config"] == BASELINE)
     lines = ["| config | samples | wall s | CPU s | time ratio (wall / CPU) | peak RSS MiB (work) | "
-             "RSS ratio | process peak MiB | cos | SQNR dB | top-1 agree |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "RSS ratio | process peak MiB | cos | SQNR dB | top-1 agree | T / max abs(x): median, min |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         lines.append(
             f"| {r['config']} | {r['samples']} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | "
             f"{r['wall_s'] / base['wall_s']:.2f}x / {r['cpu_s'] / base['cpu_s']:.2f}x | "
             f"{r['work_mib']:.0f} | {r['work_mib'] / base['work_mib']:.2f}x | {r['peak_mib']:.0f} | "
-            f"{r['cos']:.4f} | {r['sqnr']:.2f} | {r['top1']:.3f} ({r['agree']}/{r['held_out']}) |")
+            f"{r['cos']:.4f} | {r['sqnr']:.2f} | {r['top1']:.3f} ({r['agree']}/{r['held_out']}) | "
+            + ("1, 1 (by construction)" if r["clip"] is None else f"{r['clip'][0]:.3f}, {r['clip'][1]:.3f}")
+            + " |")
     return "\n".join(lines)
 
 
@@ -185,6 +187,12 @@ def main_parent(args: argparse.Namespace) -> None:
         "calibration cache (quantize_static itself cannot set num_bins; its default 128 bins give "
         "the MinMax result). ORT keeps every intermediate output of every sample until "
         "compute_data().",
+        "- T / max abs(x): each calibrated tensor's threshold over its largest abs(x) on the calibration "
+        "set, median and minimum over the tensors (how much the method clips).",
+        "- ort entropy clips hard (low T / max abs(x), low SQNR): its histogram is signed, so every "
+        "exact zero of a ReLU output lands in its centre bin, and that spike pulls the KL search "
+        "to small thresholds (on this model ReLU outputs were cut to 0.12-0.37 of their max). "
+        "bmbuild's kl flattens the zero bin of its |x| histogram (bmbuild/calib/methods.py).",
         "- bmbuild kl, 256 samples: the 64 calibration photos x {as decoded, mirrored, brightness "
         "x0.8, mirrored + x1.2} as PNGs, same preprocessing; compared on the same 16 held-out photos.",
     ]) + "\n"
@@ -219,7 +227,9 @@ class Reader:
         return -(-len(self.args[0]) // BATCH)
 
 
-def ort_quantize(kind: str, fp32: Path, target: Path, reader: Reader, tmp: Path) -> None:
+def ort_quantize(kind: str, fp32: Path, target: Path, reader: Reader, tmp: Path) -> list[float] | None:
+    """Quantize with onnxruntime; for entropy, also T / max|x| of every calibrated tensor."""
+    import numpy as np
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
@@ -229,7 +239,7 @@ def ort_quantize(kind: str, fp32: Path, target: Path, reader: Reader, tmp: Path)
                   weight_type=QuantType.QInt8, per_channel=True, extra_options=options)
     if kind == "minmax":
         quantize_static(str(fp32), str(target), reader, calibrate_method=CalibrationMethod.MinMax, **common)
-        return
+        return None  # symmetric minmax: T = max|x| by construction
     calibrator = create_calibrator(fp32, list(set(QLinearOpsRegistry) | set(QDQRegistry)),
                                    augmented_model_path=str(tmp / "augmented.onnx"),
                                    calibrate_method=CalibrationMethod.Entropy,
@@ -237,14 +247,22 @@ def ort_quantize(kind: str, fp32: Path, target: Path, reader: Reader, tmp: Path)
                                                   "num_quantized_bins": 255})
     calibrator.collect_data(reader)
     ranges = calibrator.compute_data()
+    ratios = []
+    for name, (_hist, _edges, low, high, *_rest) in calibrator.collector.histogram_dict.items():
+        absmax = max(abs(float(low)), abs(float(high)))
+        if absmax > 0 and name in ranges.data:
+            threshold = max(abs(float(np.ravel(v)[0])) for v in ranges.data[name].range_value)
+            ratios.append(threshold / absmax)
     del calibrator
     cache = tmp / "entropy_ranges.json"
     save_tensors_data(ranges, cache)
     quantize_static(str(fp32), str(target), None, calibration_cache_path=str(cache),
                     calibrate_method=CalibrationMethod.Entropy, **common)
+    return ratios
 
 
-def bmbuild_quantize(loaded, fp32_dir: Path, tmp: Path) -> Path:
+def bmbuild_quantize(loaded, fp32_dir: Path, tmp: Path) -> tuple[Path, list[float]]:
+    """bmbuild's calibrate + quantize; the int8 model and T / max|x| of every table row."""
     from bmbuild.stagelog import StageLog
     from bmbuild.stages import calibrate as calibrate_stage
     from bmbuild.stages import quantize as quantize_stage
@@ -264,7 +282,12 @@ def bmbuild_quantize(loaded, fp32_dir: Path, tmp: Path) -> Path:
         function(ctx)
         log.close()
         outputs[stage.name] = out
-    return outputs["quantize"] / f"{recipe.name}.int8.onnx"
+    from bmbuild.calib.table import read_table
+    from bmbuild.stages.calibrate import table_name
+
+    rows = read_table(outputs["calibrate"] / table_name(recipe)).values()
+    ratios = [t / max(abs(lo), abs(hi)) for t, lo, hi in rows if max(abs(lo), abs(hi)) > 0]
+    return outputs["quantize"] / f"{recipe.name}.int8.onnx", ratios
 
 
 def compare(fp32: Path, int8: Path, holdout, cfg, shape) -> dict:
@@ -287,7 +310,7 @@ def compare(fp32: Path, int8: Path, holdout, cfg, shape) -> dict:
 
 
 def main_one(name: str, ws: Path) -> None:
-    import numpy as np  # noqa: F401  (imports first: they belong to the baseline)
+    import numpy as np  # (imports first: they belong to the baseline)
     import onnx
     import onnxruntime  # noqa: F401
     import onnxruntime.quantization  # noqa: F401
@@ -311,11 +334,11 @@ def main_one(name: str, ws: Path) -> None:
     cpu = cpu_seconds()
     started = time.perf_counter()
     if kind == "bmbuild":
-        int8 = bmbuild_quantize(loaded, fp32_dir, tmp)
+        int8, ratios = bmbuild_quantize(loaded, fp32_dir, tmp)
     else:
         int8 = tmp / "ort.int8.onnx"
         reader = Reader(calib, loaded.recipe.calibration, sample_shape(loaded.recipe), "input")
-        ort_quantize(method, fp32, int8, reader, tmp)
+        ratios = ort_quantize(method, fp32, int8, reader, tmp)
     wall = time.perf_counter() - started
     cpu = cpu_seconds() - cpu
     peak = max_rss_mib()
@@ -323,7 +346,9 @@ def main_one(name: str, ws: Path) -> None:
     quality = compare(fp32_dir / "resnet18.fp32.onnx", int8, holdout, reference.calibration,
                       sample_shape(reference))
     print(json.dumps({"config": name, "samples": len(calib), "wall_s": wall, "cpu_s": cpu, "peak_mib": peak,
-                      "baseline_mib": baseline, "work_mib": peak - baseline, **quality}))
+                      "baseline_mib": baseline, "work_mib": peak - baseline, **quality,
+                      "clip": None if ratios is None else
+                      [float(np.median(ratios)), float(np.min(ratios)), len(ratios)]}))
 
 
 def main() -> None:
