@@ -174,5 +174,11 @@ def run_nodes(nodes: list[Node], workspace: Workspace, console: Any, jobs: int =
         finally:
             console.stop()
             executor.stat.close()
+    for node in nodes:  # without --keep-going doit stops early: name what a failure held back
+        if node.id not in executor.records and any(
+                executor.records.get(dep.id, NodeRecord("", "", "", Outcome.EXECUTED)).outcome
+                in (Outcome.FAILED, Outcome.BLOCKED) for dep in node.deps):
+            executor.records[node.id] = NodeRecord(node.id, node.recipe_name, node.stage.name, Outcome.BLOCKED,
+                                                   error="upstream failed")
     records = [executor.records[n.id] for n in nodes if n.id in executor.records]
     return RunResult(records, time.monotonic() - started, code, reporter.errors)
