@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import yaml
@@ -109,3 +110,24 @@ def test_two_shards_build_everything_exactly_once(workspace, write_recipe, run_b
         assert stages == {"trace": "executed", "compile_fp32": "executed"}
         executed[name] = 1
     assert len(executed) == len(names)
+
+
+def test_shards_on_separate_machines_share_a_remote_and_a_clone_restores_all(
+        workspace, write_recipe, run_bmbuild, outcomes, monkeypatch, tmp_path):
+    """CI: two runners (own local caches) + one shared remote folder; then a fresh clone."""
+    names = [f"m{i}" for i in range(6)]
+    for name in names:
+        write_recipe(name)
+    remote = tmp_path / "remote"
+    for shard in ("1/2", "2/2"):
+        monkeypatch.setenv("BMBUILD_CACHE_DIR", str(tmp_path / f"runner{shard[0]}"))
+        code, out, _ = run_bmbuild("run", "recipes", "--plain", "--shard", shard, "--remote-cache", remote)
+        assert code == 0, out
+    assert all(outcomes(n) == {"trace": "executed", "compile_fp32": "executed"} for n in names)
+    clone = tmp_path / "clone"
+    shutil.copytree(workspace / "recipes", clone / "recipes")
+    monkeypatch.chdir(clone)
+    monkeypatch.setenv("BMBUILD_CACHE_DIR", str(tmp_path / "laptop"))
+    code, out, _ = run_bmbuild("run", "recipes", "--plain", "--remote-cache", remote)
+    assert code == 0, out
+    assert all(outcomes(n, clone) == {"trace": "restored", "compile_fp32": "restored"} for n in names)
