@@ -143,11 +143,7 @@ def output_sizes(workspace: Workspace, record: NodeRecord) -> dict[str, int]:
 
 def model_summary(records: list[NodeRecord]) -> str:
     """One line per model: fp32 cmp, int8 cmp, accuracy when evaluated."""
-    parts = []
-    for record in records:
-        if record.summary and record.stage != "trace":
-            parts.append(record.summary)
-    return "; ".join(parts)
+    return "; ".join(r.summary for r in records if r.summary and r.stage in ("compile_fp32", "compile_int8"))
 
 
 def clean(workspace: Workspace, recipe_names: list[str] | None = None) -> list[Path]:
