@@ -20,6 +20,7 @@ from doit.task import Task
 from bmbuild.errors import BmbuildError
 from bmbuild.executor import Executor, NodeRecord, Outcome
 from bmbuild.graph import Node
+from bmbuild.workers import WorkerPool
 from bmbuild.workspace import Workspace
 
 
@@ -156,7 +157,8 @@ def run_nodes(nodes: list[Node], workspace: Workspace, console: Any, jobs: int =
     started = time.monotonic()
     with workspace.locked():
         workspace.clear_temp()
-        executor = Executor(workspace, force=force, on_event=console.node_event)
+        pool = WorkerPool(jobs) if jobs > 1 else None
+        executor = Executor(workspace, force=force, on_event=console.node_event, pool=pool)
         reporter = Reporter(console, executor)
         config = {
             "dep_file": str(workspace.state_dir / "doit.sqlite3"),
@@ -173,6 +175,8 @@ def run_nodes(nodes: list[Node], workspace: Workspace, console: Any, jobs: int =
                 ["run"] + [node.id for node in nodes])
         finally:
             console.stop()
+            if pool is not None:
+                pool.shutdown()
             executor.stat.close()
     for node in nodes:  # without --keep-going doit stops early: name what a failure held back
         if node.id not in executor.records and any(

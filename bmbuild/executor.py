@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bmbuild.cache import ActionEntry, LocalStore, StatCache, action_key, atomic_write_bytes, json_bytes, tree_digest
-from bmbuild.errors import BmbuildError, StageFailed, ToolchainError
+from bmbuild.errors import BmbuildError, StageFailed
 from bmbuild.graph import Node, input_name
 from bmbuild.stagelog import StageLog, bind_log, tail_of
 from bmbuild.stages.base import StageContext
 from bmbuild.toolchains.base import Toolchain, load_toolchain, package_version
+from bmbuild.workers import StageJob, WorkerPool
 from bmbuild.workspace import Workspace
 
 MANIFEST = ".bmbuild-manifest.json"
@@ -116,7 +117,8 @@ class Executor:
     """Decides and runs nodes. Thread-safe: doit may call `execute` from worker threads."""
 
     def __init__(self, workspace: Workspace, force: bool = False, dry_run: bool = False,
-                 on_event: Callable[[str, Node, NodeRecord | None], None] | None = None):
+                 on_event: Callable[[str, Node, NodeRecord | None], None] | None = None,
+                 pool: WorkerPool | None = None):
         self.ws = workspace
         self.force = force
         self.dry_run = dry_run
@@ -127,6 +129,7 @@ class Executor:
         self._toolchains: dict[str, Toolchain] = {}
         self._lock = threading.Lock()
         self.on_event = on_event or (lambda event, node, record: None)
+        self.pool = pool  # with -j > 1, stage work runs in worker processes
 
     # --- keys -----------------------------------------------------------------------------
     def toolchain(self, name: str) -> Toolchain:
@@ -263,25 +266,35 @@ class Executor:
         log.info(f"# {node.id} ({decision.reason})")
         started = time.monotonic()
         try:
-            toolchain = self.toolchain(node.toolchain) if stage.uses_toolchain else None
-            ctx = StageContext(node.loaded, dict(decision.components["params"]),
-                               {dep.stage.name: self.ws.stage_dir(node.recipe_name, dep.stage.name)
-                                for dep in node.deps},
-                               out_dir, work_dir, log, toolchain)  # type: ignore[arg-type]
-            with bind_log(log):
-                stage.run(ctx)
+            params = dict(decision.components["params"])
+            inputs = {dep.stage.name: self.ws.stage_dir(node.recipe_name, dep.stage.name) for dep in node.deps}
+            if self.pool is not None:
+                log.close()  # the worker appends to the log; so does this process afterwards
+                metrics = self.pool.run(StageJob(node.loaded, stage.name, node.toolchain if stage.uses_toolchain
+                                                 else None, params, inputs, out_dir, work_dir, log_path))
+                log = StageLog(log_path, append=True)
+            else:
+                toolchain = self.toolchain(node.toolchain) if stage.uses_toolchain else None
+                ctx = StageContext(node.loaded, params, inputs, out_dir, work_dir, log, toolchain)  # type: ignore[arg-type]
+                with bind_log(log):
+                    stage.run(ctx)
+                metrics = ctx.metrics
             outputs = {str(p.relative_to(out_dir)): self.stat.digest(p)
                        for p in sorted(out_dir.rglob("*")) if p.is_file()}
             if not outputs:
                 raise StageFailed(f"stage {stage.name} produced no output")
         except BmbuildError as exc:
+            if log.closed:
+                log = StageLog(log_path, append=True)
             log.info(f"FAILED: {exc}")
             log.close()
             # a tool's error already carries its output tail; the log tail would repeat it
-            has_tail = isinstance(exc, ToolchainError) and bool(exc.output_tail)
+            has_tail = bool(getattr(exc, "output_tail", ""))
             raise self._fail(node, str(exc), log_path, show_tail=not has_tail,
                              seconds=time.monotonic() - started) from None
         except Exception as exc:  # user model code or a library raised: keep the traceback in the log
+            if log.closed:
+                log = StageLog(log_path, append=True)
             log.write_raw(traceback.format_exc())
             log.close()
             raise self._fail(node, f"{type(exc).__name__}: {exc}", log_path,
@@ -296,7 +309,7 @@ class Executor:
         log_digest = self.stat.digest(log_path)
         self.store.put_file(log_path, log_digest)
         entry = ActionEntry(key=decision.key or "", outputs=outputs, log_digest=log_digest,
-                            summary=stage.summary(ctx.metrics), metrics=ctx.metrics,
+                            summary=stage.summary(metrics), metrics=metrics,
                             components=decision.components or {}, seconds=seconds,
                             recipe=node.recipe_name, stage=stage.name)
         self.store.put_action(entry)

@@ -9,10 +9,10 @@ from typing import TextIO
 class StageLog:
     """Line-oriented log of one stage run; thread-independent (each stage has its own file)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, append: bool = False):
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._handle: TextIO = open(path, "w", encoding="utf-8")
+        self._handle: TextIO = open(path, "a" if append else "w", encoding="utf-8")
 
     def info(self, message: str) -> None:
         self._handle.write(message.rstrip("\n") + "\n")
@@ -24,6 +24,10 @@ class StageLog:
 
     def close(self) -> None:
         self._handle.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._handle.closed
 
     def tail(self, lines: int = 20) -> str:
         return tail_of(self.path, lines)

@@ -8,6 +8,7 @@ recipe's `opt` level and compares it with torch on seeded inputs.
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,9 @@ def ort_session(path: Path, opt: int = 0, save_to: Path | None = None) -> Any:
     options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, ORT_LEVELS[opt])
     options.add_session_config_entry("session.disable_quant_qdq", "1")
     options.log_severity_level = 3
+    threads = int(os.environ.get("BMBUILD_THREADS", "0"))  # set in -j worker processes
+    if threads:
+        options.intra_op_num_threads = threads
     if save_to is not None:
         options.optimized_model_filepath = str(save_to)
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
