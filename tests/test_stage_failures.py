@@ -139,3 +139,21 @@ def test_model_factory_exception_fails_with_log_and_no_traceback_on_console(work
     assert "TypeError" in out
     log = (workspace / "build" / "tiny" / "logs" / "trace.log").read_text()
     assert "Traceback" in log  # the full traceback is kept in the stage log
+
+
+def test_failures_in_worker_processes_keep_their_numbers_and_logs(workspace, write_recipe, run_bmbuild, outcomes):
+    """-j 2 runs stage work in worker processes: failures must read exactly as in-process."""
+    write_recipe("good")
+    write_recipe("branchy", source={"model": "tiny_models.py:branchy"})
+    write_recipe("crashy", source={"kwargs": {"channels": -1}})  # torch raises inside the factory
+
+    code, out, err = run_bmbuild("run", "recipes", "--plain", "-j", "2", "--keep-going")
+
+    assert code == 1 and "Traceback" not in out + err
+    assert outcomes("good") == {"trace": "executed", "compile_fp32": "executed"}
+    assert outcomes("branchy") == {"trace": "failed", "compile_fp32": "blocked"}
+    assert outcomes("crashy") == {"trace": "failed", "compile_fp32": "blocked"}
+    assert "differs from eager" in out and re.search(r"max abs error [0-9.eE+-]+", out)
+    crash_log = (workspace / "build" / "crashy" / "logs" / "trace.log").read_text()
+    assert "Traceback" in crash_log and "FAILED:" in crash_log  # the traceback stays in the log
+    assert (workspace / "build" / "good" / "compile_fp32" / "good.onnx").is_file()
