@@ -8,7 +8,6 @@ import os
 import shutil
 from pathlib import Path
 
-import pytest
 
 from bmbuild.cache import ActionEntry, LocalStore, StatCache, action_key, file_digest, json_bytes, tree_digest
 

@@ -7,7 +7,6 @@ import sys
 import shutil
 from pathlib import Path
 
-import pytest
 
 from conftest import build_outputs, plan_rows, read_report, sha256
 
