@@ -14,6 +14,7 @@ from bmbuild.calib.histogram import TensorStats
 
 TINY = 1e-8
 QUANT_LEVELS = 128  # positive half of int8, as in TensorRT's entropy calibration
+KL_GRID = 256  # candidates tried before the search narrows to single bins
 METHODS = ("minmax", "percentile", "kl", "mse")
 
 
@@ -88,10 +89,12 @@ def kl(stats: TensorStats) -> float:
     stop = min(stats.bins, max(last, QUANT_LEVELS))
     positions = np.arange(stats.bins)
     ids_by_merge: dict[int, np.ndarray] = {}
-    best_i, best_kl = stop, math.inf
-    for i in range(QUANT_LEVELS, stop + 1):
-        if tail[i] > half:
-            continue
+    scores: dict[int, float] = {}
+
+    def divergence(i: int) -> float:
+        """KL(P||Q) of candidate i (inf when Q is empty)."""
+        if i in scores:
+            return scores[i]
         sliced = hist[:i]
         p = sliced.copy()
         p[-1] += tail[i]
@@ -106,14 +109,27 @@ def kl(stats: TensorStats) -> float:
         q = np.zeros(i)
         q[nz] = level_sum[ids[nz]] / level_nz[ids[nz]]
         if not q.any():
-            continue
+            scores[i] = math.inf
+            return math.inf
         ps, qs = _smooth(p), _smooth(q)
         ps /= ps.sum()
         qs /= qs.sum()
         mask = ps > 0
-        div = float(np.sum(ps[mask] * np.log(ps[mask] / qs[mask])))
-        if div < best_kl:
-            best_i, best_kl = i, div
+        scores[i] = float(np.sum(ps[mask] * np.log(ps[mask] / qs[mask])))
+        return scores[i]
+
+    candidates = [i for i in range(QUANT_LEVELS, stop + 1) if tail[i] <= half]
+    if not candidates:
+        return _finish((stop + 0.5) * stats.bin_width, stats)
+    # Every candidate costs O(bins): search a grid of them, then every bin around the best
+    # (7x fewer evaluations at 2048 bins; the divergence varies smoothly between neighbours).
+    step = max(1, len(candidates) // KL_GRID)
+    grid = candidates[::step] + [candidates[-1]]
+    best = min(grid, key=lambda i: (divergence(i), i))
+    at = candidates.index(best)
+    best_i = min(candidates[max(0, at - step): at + step + 1], key=lambda i: (divergence(i), i))
+    if math.isinf(divergence(best_i)):
+        best_i = stop
     return _finish((best_i + 0.5) * stats.bin_width, stats)
 
 
@@ -140,18 +156,27 @@ def mse(stats: TensorStats, candidates: int = 2048) -> float:
     c = stats.hist[nzb].astype(np.float64) / (w * stats.count)  # density per unit of |x|
     absmax = stats.absmax
     k = max(1, min(candidates, int(math.ceil(absmax / w))))
+
+    def errors(thresholds: np.ndarray) -> np.ndarray:
+        out = np.empty(len(thresholds))
+        for start in range(0, len(thresholds), 256):  # chunks bound the (candidates x bins) temporaries
+            t = thresholds[start:start + 256, None]
+            s = t / 127.0
+            upper = np.minimum(b, t)
+            inside = np.where(a < t, s**3 * (_rounding_integral(upper / s) - _rounding_integral(a / s)), 0.0)
+            lower = np.maximum(a, t)
+            clipped = np.where(b > t, ((b - t) ** 3 - (lower - t) ** 3) / 3.0, 0.0)
+            out[start:start + 256] = ((inside + clipped) * c).sum(axis=1)
+        return out
+
+    # A coarse grid, then the full resolution between the best point's neighbours: the expected
+    # error is smooth in T, and this evaluates ~0.25 of the `k` candidates.
     grid = absmax * np.arange(1, k + 1) / k
-    errors = np.empty(k)
-    for start in range(0, k, 256):  # chunks bound the (candidates x bins) temporaries
-        t = grid[start:start + 256, None]
-        s = t / 127.0
-        upper = np.minimum(b, t)
-        inside = np.where(a < t, s**3 * (_rounding_integral(upper / s)
-                                         - _rounding_integral(a / s)), 0.0)
-        lower = np.maximum(a, t)
-        clipped = np.where(b > t, ((b - t) ** 3 - (lower - t) ** 3) / 3.0, 0.0)
-        errors[start:start + 256] = ((inside + clipped) * c).sum(axis=1)
-    return _finish(grid[int(np.argmin(errors))], stats)
+    step = max(1, k // 256)
+    coarse = grid[step - 1::step]
+    best = int(np.argmin(errors(coarse))) * step + step - 1
+    fine = grid[max(0, best - step): best + step + 1]
+    return _finish(float(fine[int(np.argmin(errors(fine)))]), stats)
 
 
 def compute_threshold(stats: TensorStats, method: str = "kl", percentile: float = 99.99) -> float:

@@ -31,7 +31,7 @@ def _run(ctx: StageContext) -> None:
 
 STAGE = Stage(
     name="calibrate",
-    version="3",
+    version="4",
     upstream=("compile_fp32",),
     applies=is_int8,
     params=_params,
