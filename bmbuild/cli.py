@@ -153,6 +153,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_graph(args: argparse.Namespace) -> int:
+    from bmbuild.graph import to_dot, to_text
+
+    build = _prepare(args, check_toolchains=False)
+    sys.stdout.write(to_dot(build.nodes) if args.format == "dot" else to_text(build.nodes))
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from bmbuild.executor import read_manifest
     from bmbuild.project import plan
@@ -271,6 +279,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_selection(plan_parser)
     _add_remote(plan_parser)
     plan_parser.set_defaults(func=cmd_plan)
+
+    graph = sub.add_parser("graph", help="the stage graph (text, or Graphviz DOT)")
+    _add_common(graph)
+    graph.add_argument("--format", choices=["text", "dot"], default="text")
+    graph.add_argument("--toolchain", choices=["auto", "reference", "nntc"])
+    graph.set_defaults(func=cmd_graph, stage=None)
 
     status = sub.add_parser("status", help="state of each stage's outputs")
     _add_common(status)

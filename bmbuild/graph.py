@@ -91,3 +91,27 @@ def input_name(path: Path, loaded: LoadedRecipe) -> str:
         import os
 
         return os.path.relpath(path.resolve(), base)
+
+
+def to_dot(nodes: list[Node]) -> str:
+    """The stage graph in Graphviz DOT (one cluster per recipe)."""
+    lines = ["digraph bmbuild {", "  rankdir=LR;", "  node [shape=box];"]
+    by_recipe: dict[str, list[Node]] = {}
+    for node in nodes:
+        by_recipe.setdefault(node.recipe_name, []).append(node)
+    for index, (recipe, members) in enumerate(by_recipe.items()):
+        lines.append(f'  subgraph cluster_{index} {{ label="{recipe}";')
+        lines += [f'    "{n.id}" [label="{n.stage.name}"];' for n in members]
+        lines.append("  }")
+    lines += [f'  "{dep.id}" -> "{node.id}";' for node in nodes for dep in node.deps]
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def to_text(nodes: list[Node]) -> str:
+    """The stage graph as indented text: each node with the nodes it needs."""
+    lines = []
+    for node in nodes:
+        needs = ", ".join(dep.stage.name for dep in node.deps) or "-"
+        lines.append(f"{node.id:<40} needs {needs}  [{node.toolchain}]")
+    return "\n".join(lines) + "\n"

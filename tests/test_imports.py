@@ -35,6 +35,7 @@ def test_plan_and_validate_import_no_heavy_library(workspace, write_recipe):
     recipe = write_recipe("tiny")
     assert _probe(workspace, "validate", recipe) == {"code": 0, "heavy": []}
     assert _probe(workspace, "plan", recipe) == {"code": 0, "heavy": []}
+    assert _probe(workspace, "graph", recipe) == {"code": 0, "heavy": []}
     assert _probe(workspace, "status", recipe) == {"code": 0, "heavy": []}
 
 

@@ -131,3 +131,12 @@ def test_shards_on_separate_machines_share_a_remote_and_a_clone_restores_all(
     code, out, _ = run_bmbuild("run", "recipes", "--plain", "--remote-cache", remote)
     assert code == 0, out
     assert all(outcomes(n, clone) == {"trace": "restored", "compile_fp32": "restored"} for n in names)
+
+
+def test_graph_lists_every_stage_with_its_dependencies(workspace, write_recipe, run_bmbuild):
+    write_recipe("a")
+    code, out, _ = run_bmbuild("graph", "recipes", "--format", "dot")
+    assert code == 0
+    assert '"a:trace" -> "a:compile_fp32";' in out and out.startswith("digraph bmbuild {")
+    code, out, _ = run_bmbuild("graph", "recipes")
+    assert "a:compile_fp32" in out and "needs trace" in out
