@@ -116,12 +116,11 @@ def explain_change(old: dict[str, Any], new: dict[str, Any]) -> str:
 class Executor:
     """Decides and runs nodes. Thread-safe: doit may call `execute` from worker threads."""
 
-    def __init__(self, workspace: Workspace, force: bool = False, dry_run: bool = False,
+    def __init__(self, workspace: Workspace, force: bool = False,
                  on_event: Callable[[str, Node, NodeRecord | None], None] | None = None,
                  pool: WorkerPool | None = None):
         self.ws = workspace
         self.force = force
-        self.dry_run = dry_run
         self.store: LocalStore = workspace.store()  # a TieredStore when a remote cache is set
         self.stat: StatCache = workspace.stat_cache()
         self.records: dict[str, NodeRecord] = {}
