@@ -128,3 +128,24 @@ def test_second_run_waits_for_the_workspace_lock(workspace, write_recipe, run_bm
     assert code == 0 and "nothing to do" in out
     files = build_outputs(workspace, "tiny")
     assert {"trace/tiny.pt", "compile_fp32/tiny.onnx", "compile_fp32/tiny.fp32.onnx"} <= set(files)
+
+
+def test_two_workspaces_sharing_one_cache_build_concurrently(workspace, write_recipe, tmp_path):
+    """Two clones (say two CI jobs on one machine) write the same objects and entries at once."""
+    import shutil
+
+    for name in ("c1", "c2", "c3"):
+        write_recipe(name)
+    other = tmp_path / "other"
+    shutil.copytree(workspace / "recipes", other / "recipes")
+    procs = [_start(root, root / "recipes", f"run{index}") for index, root in enumerate((workspace, other))]
+    for proc, out, err in procs:
+        assert proc.wait(timeout=180) == 0, out.read_text() + err.read_text()
+    for name in ("c1", "c2", "c3"):
+        assert build_outputs(workspace, name) == build_outputs(other, name)
+    # the shared cache holds complete, verified entries: a third clone restores everything
+    third = tmp_path / "third"
+    shutil.copytree(workspace / "recipes", third / "recipes")
+    proc, out, err = _start(third, third / "recipes", "run3")
+    assert proc.wait(timeout=180) == 0, out.read_text() + err.read_text()
+    assert "0 executed, 6 restored from cache" in out.read_text()

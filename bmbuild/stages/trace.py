@@ -81,7 +81,7 @@ def build_model(ctx: StageContext) -> Any:
 
     recipe = ctx.recipe
     factory = load_callable((ctx.loaded.file.parent / recipe.source.model_file).resolve(),
-                            recipe.source.callable_name or "")
+                            recipe.source.callable_name or "", display_name=str(recipe.source.model_file))
     model = factory(**recipe.source.kwargs)
     if not isinstance(model, torch.nn.Module):
         raise StageFailed(f"{recipe.source.model} returned {type(model).__name__}, not a torch.nn.Module")
@@ -181,7 +181,7 @@ def _trace(ctx: StageContext) -> None:
 
 STAGE = Stage(
     name="trace",
-    version="1",
+    version="2",
     upstream=(),
     applies=lambda recipe: recipe.source.framework == "pytorch",
     params=_params,
