@@ -106,6 +106,7 @@ class ActionEntry:
     key: str
     outputs: dict[str, str]              # relative path -> sha256
     log_digest: str | None = None
+    cmd_digest: str | None = None        # the vendor command lines (`<stage>.cmd`), if any
     summary: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
     components: dict[str, Any] = field(default_factory=dict)
@@ -125,8 +126,8 @@ class ActionEntry:
 
     @property
     def digests(self) -> list[str]:
-        """Every object the entry needs: its outputs, then its log."""
-        return list(self.outputs.values()) + ([self.log_digest] if self.log_digest else [])
+        """Every object the entry needs: its outputs, then its log and command lines."""
+        return list(self.outputs.values()) + [d for d in (self.log_digest, self.cmd_digest) if d]
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)

@@ -263,6 +263,8 @@ class Executor:
         work_dir.mkdir(parents=True, exist_ok=True)
         log = StageLog(log_path)
         log.info(f"# {node.id} ({decision.reason})")
+        cmd_path = log_path.with_suffix(".cmd")
+        cmd_path.unlink(missing_ok=True)  # written afresh by stages that run vendor commands
         started = time.monotonic()
         try:
             params = dict(decision.components["params"])
@@ -307,7 +309,10 @@ class Executor:
             self.store.put_file(out_dir / rel, digest)
         log_digest = self.stat.digest(log_path)
         self.store.put_file(log_path, log_digest)
-        entry = ActionEntry(key=decision.key or "", outputs=outputs, log_digest=log_digest,
+        cmd_digest = self.stat.digest(cmd_path) if cmd_path.is_file() else None
+        if cmd_digest:
+            self.store.put_file(cmd_path, cmd_digest)
+        entry = ActionEntry(key=decision.key or "", outputs=outputs, log_digest=log_digest, cmd_digest=cmd_digest,
                             summary=stage.summary(metrics), metrics=metrics,
                             components=decision.components or {}, seconds=seconds,
                             recipe=node.recipe_name, stage=stage.name)
@@ -318,10 +323,13 @@ class Executor:
         for rel, digest in entry.outputs.items():
             if not self.store.get_file(digest, out_dir / rel):
                 return False
-        if entry.log_digest:
-            tmp_log = log_path.with_name(f".{log_path.name}.{uuid.uuid4().hex}")
-            if self.store.get_file(entry.log_digest, tmp_log):
-                os.replace(tmp_log, log_path)
+        cmd_path = log_path.with_suffix(".cmd")
+        cmd_path.unlink(missing_ok=True)  # an earlier run's command lines do not describe this result
+        for digest, path in ((entry.log_digest, log_path), (entry.cmd_digest, cmd_path)):
+            if digest:
+                tmp_file = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+                if self.store.get_file(digest, tmp_file):
+                    os.replace(tmp_file, path)
         return True
 
     def _publish(self, node: Node, tmp: Path, entry: ActionEntry) -> None:

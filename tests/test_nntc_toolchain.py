@@ -199,6 +199,20 @@ def test_second_run_is_a_no_op(workspace, nntc_recipe, double_log, run_bmbuild, 
     assert len(invocations(double_log)) == before  # no vendor command ran
 
 
+def test_a_cache_hit_restores_the_command_lines(workspace, nntc_recipe, double_log, run_bmbuild, outcomes):
+    recipe = nntc_recipe()
+    assert run_bmbuild("run", recipe)[0] == 0
+    logs = workspace / "build" / "tiny" / "logs"
+    written = {p.name: p.read_text() for p in logs.glob("*.cmd")}
+    assert {"compile_fp32.cmd", "calibrate.cmd", "compile_int8.cmd"} <= set(written)
+    shutil.rmtree(workspace / "build")
+    before = len(invocations(double_log))
+    code, out, _ = run_bmbuild("run", recipe, "--plain")
+    assert code == 0 and len(invocations(double_log)) == before
+    assert outcomes("tiny") == {stage: "restored" for stage in STAGES}
+    assert {p.name: p.read_text() for p in logs.glob("*.cmd")} == written
+
+
 def test_lmdb_holds_the_reference_calibration_samples(workspace, nntc_recipe, double_log, tmp_path):
     """The LMDB writer selects and loads samples with the reference toolchain's code (calib.dataset)."""
     from bmbuild.calib.dataset import SampleLoader
