@@ -22,10 +22,9 @@ from typing import Any, Callable
 from bmbuild.cache import ActionEntry, LocalStore, StatCache, action_key, atomic_write_bytes, json_bytes, tree_digest
 from bmbuild.errors import BmbuildError, StageFailed
 from bmbuild.graph import Node, input_name
-from bmbuild.stagelog import StageLog, bind_log, tail_of
-from bmbuild.stages.base import StageContext
+from bmbuild.stagelog import StageLog, tail_of
 from bmbuild.toolchains.base import Toolchain, load_toolchain, package_version
-from bmbuild.workers import StageJob, WorkerPool
+from bmbuild.workers import StageJob, WorkerPool, execute_job
 from bmbuild.workspace import Workspace
 
 MANIFEST = ".bmbuild-manifest.json"
@@ -269,17 +268,14 @@ class Executor:
         try:
             params = dict(decision.components["params"])
             inputs = {dep.stage.name: self.ws.stage_dir(node.recipe_name, dep.stage.name) for dep in node.deps}
+            job = StageJob(node.loaded, stage.name, node.toolchain if stage.uses_toolchain else None,
+                           params, inputs, out_dir, work_dir, log_path)
             if self.pool is not None:
                 log.close()  # the worker appends to the log; so does this process afterwards
-                metrics = self.pool.run(StageJob(node.loaded, stage.name, node.toolchain if stage.uses_toolchain
-                                                 else None, params, inputs, out_dir, work_dir, log_path))
+                metrics = self.pool.run(job)
                 log = StageLog(log_path, append=True)
             else:
-                toolchain = self.toolchain(node.toolchain) if stage.uses_toolchain else None
-                ctx = StageContext(node.loaded, params, inputs, out_dir, work_dir, log, toolchain)  # type: ignore[arg-type]
-                with bind_log(log):
-                    stage.run(ctx)
-                metrics = ctx.metrics
+                metrics = execute_job(job, log, self.toolchain(job.toolchain) if job.toolchain else None)
             outputs = {str(p.relative_to(out_dir)): self.stat.digest(p)
                        for p in sorted(out_dir.rglob("*")) if p.is_file()}
             if not outputs:

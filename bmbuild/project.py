@@ -179,10 +179,6 @@ def schema_text() -> str:
     return json.dumps(recipe_schema(), indent=2, sort_keys=True) + "\n"
 
 
-def ensure(condition: bool, message: str) -> None:
-    if not condition:
-        raise BmbuildError(message)
-
 
 @dataclass
 class ToolchainStatus:

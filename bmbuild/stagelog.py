@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TextIO
+from typing import Iterator, TextIO
 
 
 class StageLog:
@@ -43,10 +46,6 @@ def tail_of(path: Path, lines: int = 20) -> str:
 
 
 # --- routing `logging` and `warnings` of the running stage into its log file -------------
-import logging  # noqa: E402
-import threading  # noqa: E402
-from contextlib import contextmanager  # noqa: E402
-from typing import Iterator  # noqa: E402
 
 _current = threading.local()
 

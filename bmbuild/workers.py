@@ -17,10 +17,13 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bmbuild.errors import BmbuildError, StageFailed
 from bmbuild.recipe import LoadedRecipe
+
+if TYPE_CHECKING:
+    from bmbuild.stagelog import StageLog
 
 
 class WorkerStageError(BmbuildError):
@@ -75,21 +78,31 @@ def _init_worker(threads: int) -> None:
     _die_with_parent()
 
 
-def run_job(job: StageJob) -> tuple[str, Any, str]:
-    """In the worker: ('ok', metrics, '') or ('failed', message, output_tail)."""
-    from bmbuild.stagelog import StageLog, bind_log
+def execute_job(job: StageJob, log: "StageLog", toolchain: Any = None) -> dict[str, Any]:
+    """Run one stage's work with its output routed to `log`; returns its metrics (raises on failure).
+
+    The one place a stage is run, in this process (`-j 1`) or in a worker (`run_job`).
+    """
+    from bmbuild.stagelog import bind_log
     from bmbuild.stages import StageContext, all_stages
     from bmbuild.toolchains.base import load_toolchain
 
+    stage = {s.name: s for s in all_stages()}[job.stage]
+    if toolchain is None and job.toolchain:
+        toolchain = load_toolchain(job.toolchain)
+    ctx = StageContext(job.loaded, job.params, job.inputs, job.out_dir, job.work_dir, log, toolchain)
+    with bind_log(log):
+        stage.run(ctx)
+    return ctx.metrics
+
+
+def run_job(job: StageJob) -> tuple[str, Any, str]:
+    """In the worker: ('ok', metrics, '') or ('failed', message, output_tail)."""
+    from bmbuild.stagelog import StageLog
+
     log = StageLog(job.log_path, append=True)
     try:
-        stage = {s.name: s for s in all_stages()}[job.stage]
-        toolchain = load_toolchain(job.toolchain) if job.toolchain else None
-        ctx = StageContext(job.loaded, job.params, job.inputs, job.out_dir, job.work_dir, log,
-                           toolchain)  # type: ignore[arg-type]
-        with bind_log(log):
-            stage.run(ctx)
-        return "ok", ctx.metrics, ""
+        return "ok", execute_job(job, log), ""
     except BmbuildError as exc:
         return "failed", str(exc), str(getattr(exc, "output_tail", "") or "")
     except Exception as exc:  # user model code or a library raised: keep the traceback in the log

@@ -53,3 +53,13 @@ class Stage:
 
     def upstream_for(self, recipe: Recipe, present: set[str]) -> tuple[str, ...]:
         return tuple(name for name in self.upstream if name in present)
+
+
+def toolchain_step(name: str) -> Callable[[StageContext], None]:
+    """A stage's `run` for work that differs per toolchain: calls `ctx.toolchain.<name>(ctx)`."""
+
+    def run(ctx: StageContext) -> None:
+        getattr(ctx.toolchain, name)(ctx)
+
+    run.__name__ = f"toolchain_{name}"
+    return run

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from bmbuild.recipe import Recipe
-from bmbuild.stages.base import Stage, StageContext
+from bmbuild.stages.base import Stage, toolchain_step
 from bmbuild.stages.int8_common import dataset_files, dataset_params, is_int8
 
 
@@ -25,10 +25,6 @@ def table_name(recipe: Recipe) -> str:
     return f"{recipe.name}_cali_table"
 
 
-def _run(ctx: StageContext) -> None:
-    ctx.toolchain.calibrate(ctx)
-
-
 STAGE = Stage(
     name="calibrate",
     version="4",
@@ -36,7 +32,7 @@ STAGE = Stage(
     applies=is_int8,
     params=_params,
     external_inputs=dataset_files,
-    run=_run,
+    run=toolchain_step("calibrate"),
     summary=lambda m: f"{m.get('method', '?')} calibration on {m.get('samples', '?')} samples, "
                       f"{m.get('tensors', '?')} tensors",
 )

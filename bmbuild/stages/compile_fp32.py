@@ -9,7 +9,7 @@ from typing import Any
 
 from bmbuild.compare import check_all
 from bmbuild.recipe import LoadedRecipe, Recipe
-from bmbuild.stages.base import Stage, StageContext
+from bmbuild.stages.base import Stage, StageContext, toolchain_step
 
 
 def _params(recipe: Recipe) -> dict[str, Any]:
@@ -61,10 +61,6 @@ def _summary(metrics: dict[str, Any]) -> str:
     return f"fp32 cmp cos={cos:.6f} sqnr={sqnr:.1f}dB"
 
 
-def _run(ctx: StageContext) -> None:
-    ctx.toolchain.compile_fp32(ctx)
-
-
 STAGE = Stage(
     name="compile_fp32",
     version="1",
@@ -72,7 +68,7 @@ STAGE = Stage(
     applies=lambda recipe: True,
     params=_params,
     external_inputs=_inputs,
-    run=_run,
+    run=toolchain_step("compile_fp32"),
     gate=_gate,
     summary=_summary,
 )

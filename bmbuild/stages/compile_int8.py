@@ -12,7 +12,7 @@ from typing import Any
 
 from bmbuild.compare import check_all
 from bmbuild.recipe import LoadedRecipe, Recipe
-from bmbuild.stages.base import Stage, StageContext
+from bmbuild.stages.base import Stage, toolchain_step
 from bmbuild.stages.int8_common import dataset_files, dataset_params, is_int8
 
 
@@ -80,10 +80,6 @@ def summary(metrics: dict[str, Any]) -> str:
     return "; ".join(parts) or "compiled"
 
 
-def _run(ctx: StageContext) -> None:
-    ctx.toolchain.compile_int8(ctx)
-
-
 STAGE = Stage(
     name="compile_int8",
     version="1",
@@ -91,7 +87,7 @@ STAGE = Stage(
     applies=is_int8,
     params=_params,
     external_inputs=_inputs,
-    run=_run,
+    run=toolchain_step("compile_int8"),
     gate=gate,
     summary=summary,
 )

@@ -6,17 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 from bmbuild.recipe import Recipe
-from bmbuild.stages.base import Stage, StageContext
+from bmbuild.stages.base import Stage, toolchain_step
 from bmbuild.stages.int8_common import is_int8
 
 
 def _params(recipe: Recipe) -> dict[str, Any]:
     return {"net_name": recipe.name, "per_channel": recipe.int8.per_channel, "fp32_layers": recipe.int8.fp32_layers,
             "target": recipe.target}
-
-
-def _run(ctx: StageContext) -> None:
-    ctx.toolchain.quantize(ctx)
 
 
 STAGE = Stage(
@@ -26,7 +22,7 @@ STAGE = Stage(
     applies=is_int8,
     params=_params,
     external_inputs=lambda loaded: [],
-    run=_run,
+    run=toolchain_step("quantize"),
     summary=lambda m: f"int8 umodel: {m.get('quantized_nodes', '?')} nodes int8, "
                       f"{len(m.get('fp32_layers', []))} kept in fp32",
 )
