@@ -91,6 +91,42 @@ def plan(build: Build, force: bool = False) -> list[PlanRow]:
     return rows
 
 
+@dataclass
+class CorruptOutput:
+    """A published output whose content is not what its manifest says (`status --verify`)."""
+
+    path: Path
+    expected: str
+    actual: str | None  # None: the file is missing or unreadable
+
+
+def verify_outputs(build: Build) -> tuple[int, list[CorruptOutput]]:
+    """Re-hash every published output of the build's stages, whatever the stat cache remembers.
+
+    Catches what the stat signature cannot see (bit rot below the filesystem). The fresh digests
+    replace the remembered ones, so the next `run` restores or rebuilds what this found corrupt.
+    Returns how many outputs were checked and the corrupt ones.
+    """
+    stat = build.workspace.stat_cache()
+    checked, corrupt = 0, []
+    try:
+        for node in build.nodes:
+            folder = build.workspace.stage_dir(node.recipe_name, node.stage.name)
+            manifest = read_manifest(folder)
+            outputs = manifest.get("outputs") if manifest else None
+            for rel, expected in (outputs.items() if isinstance(outputs, dict) else ()):
+                checked += 1
+                try:
+                    actual: str | None = stat.rehash(folder / rel)
+                except OSError:
+                    actual = None
+                if actual != expected:
+                    corrupt.append(CorruptOutput(folder / rel, str(expected), actual))
+    finally:
+        stat.close()
+    return checked, corrupt
+
+
 def write_reports(build: Build, records: list[NodeRecord]) -> list[Path]:
     """`build/<recipe>/report.json` for every recipe touched by a run."""
     by_recipe: dict[str, list[NodeRecord]] = {}
