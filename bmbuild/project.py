@@ -183,15 +183,17 @@ def model_summary(records: list[NodeRecord]) -> str:
 
 
 def clean(workspace: Workspace, recipe_names: list[str] | None = None) -> list[Path]:
-    """Remove build outputs (all, or of the named recipes). The cache is left alone."""
+    """Remove build outputs (all, or of the named recipes). The cache is left alone, and so is the
+    build folder's lock file: it is held meanwhile, and a new file would be a second lock."""
     removed = []
     with workspace.locked():
         if recipe_names:
             targets = [workspace.build_dir / name for name in recipe_names]
         else:
-            targets = [workspace.build_dir, workspace.state_dir / "doit.sqlite3"]
+            targets = [path for path in workspace.build_dir.iterdir() if path != workspace.build_lock_path]
+            targets.append(workspace.state_dir / "doit.sqlite3")
         for target in targets:
-            if target.is_dir():
+            if target.is_dir() and not target.is_symlink():
                 shutil.rmtree(target)
                 removed.append(target)
             elif target.exists():

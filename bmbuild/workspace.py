@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from bmbuild.remote import RemoteStore, TieredStore
 
 WORKSPACE_FILES = ("bmbuild.yaml", "bmbuild.yml")
+BUILD_LOCK = ".bmbuild-lock"  # in the build folder; `clean` keeps it
 
 
 def default_cache_dir() -> Path:
@@ -124,7 +125,8 @@ class Workspace:
         return path
 
     def clear_temp(self) -> None:
-        """Remove what killed runs left behind (only called while holding the lock)."""
+        """Remove what killed runs left behind (only called while holding the locks: the build
+        folder's lock keeps another workspace sharing it from running meanwhile)."""
         if self.build_dir.is_dir():
             for folder in self.build_dir.glob("*/.tmp"):
                 shutil.rmtree(folder, ignore_errors=True)
@@ -151,20 +153,37 @@ class Workspace:
     def stat_cache(self) -> StatCache:
         return StatCache(self.state_dir / "stat.sqlite3")
 
+    @property
+    def build_lock_path(self) -> Path:
+        """The build folder's lock: two workspaces may pass the same `--build-dir`."""
+        return self.build_dir / BUILD_LOCK
+
     @contextmanager
     def locked(self, wait: bool = True) -> Iterator[None]:
-        """Hold the workspace lock: one bmbuild run (or clean) per workspace at a time."""
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(self.state_dir / "lock"))
+        """Hold the workspace lock and the build folder's: one bmbuild run (or clean) per workspace
+        and per build folder at a time. Always taken in this order, so two holders never deadlock."""
         try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            if not wait:
-                raise WorkspaceBusy(f"another bmbuild process is using {self.root} "
-                                    f"(lock {self.state_dir / 'lock'})") from None
-            print(f"waiting for another bmbuild process on {self.root} ...", file=sys.stderr)
-            lock.acquire()
-        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            self.build_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BmbuildError(f"cannot create {exc.filename or self.build_dir}: {exc.strerror or exc}") from None
+        with _hold(self.state_dir / "lock", f"using the workspace {self.root}", wait), \
+                _hold(self.build_lock_path, f"using the build folder {self.build_dir}", wait):
             yield
-        finally:
-            lock.release()
+
+
+@contextmanager
+def _hold(path: Path, what: str, wait: bool) -> Iterator[None]:
+    """Hold the lock file `path`; wait (saying so) or raise WorkspaceBusy when another process has it."""
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        if not wait:
+            raise WorkspaceBusy(f"another bmbuild process is {what} (lock {path})") from None
+        print(f"waiting for another bmbuild process {what} ...", file=sys.stderr, flush=True)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
