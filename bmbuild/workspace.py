@@ -55,6 +55,10 @@ class WorkspaceConfig(BaseModel):
         default_factory=dict,
         description="fsspec storage options for the remote cache, e.g. {client_kwargs: {endpoint_url: ...}} "
                     "for an S3-compatible server; $BMBUILD_REMOTE_OPTIONS (JSON) overrides them.")
+    remote_cache_timeout: float = Field(
+        30.0, gt=0, description="Seconds a remote cache operation may go without an answer; then a build "
+                                "warns and goes on with the local cache, `bmbuild cache` exits 2. "
+                                "$BMBUILD_REMOTE_TIMEOUT overrides it.")
     jobs: int = Field(1, ge=1, description="Default for `run -j`.")
     vars: dict[str, str] = Field(default_factory=dict, description="${name} variables for recipes, e.g. dataset roots.")
 
@@ -137,18 +141,20 @@ class Workspace:
         local = LocalStore(self.cache_dir)
         if not self.remote_cache:
             return local
-        from bmbuild.remote import tiered
+        from bmbuild.remote import remote_timeout, tiered
 
-        return tiered(local, self.remote_cache, self.config.remote_cache_options)
+        return tiered(local, self.remote_cache, self.config.remote_cache_options,
+                      timeout=remote_timeout(self.config.remote_cache_timeout))
 
     def open_remote(self) -> "RemoteStore":
         """The remote cache for `bmbuild cache`; raises when none is configured or it cannot be opened."""
         if not self.remote_cache:
             raise BmbuildError("no remote cache: pass --remote-cache URL, set $BMBUILD_REMOTE_CACHE "
                                "or `remote_cache:` in bmbuild.yaml")
-        from bmbuild.remote import open_remote, remote_options
+        from bmbuild.remote import open_remote, remote_options, remote_timeout
 
-        return open_remote(self.remote_cache, remote_options(self.config.remote_cache_options))
+        return open_remote(self.remote_cache, remote_options(self.config.remote_cache_options),
+                           remote_timeout(self.config.remote_cache_timeout))
 
     def stat_cache(self) -> StatCache:
         return StatCache(self.state_dir / "stat.sqlite3")
