@@ -52,9 +52,11 @@ ATOMIC_PUT_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss
 OPTIONS_ENV = "BMBUILD_REMOTE_OPTIONS"
 TIMEOUT_ENV = "BMBUILD_REMOTE_TIMEOUT"
 DEFAULT_TIMEOUT = 30.0
-# A single-request upload reports no progress until it is done: it may take this long per byte
-# (of at most one part) on top of the timeout.
-UPLOAD_RATE, UPLOAD_PART = 512 * 1024, 64 << 20
+# The slowest link expected (bytes/s): a request whose bytes are only seen once it completes (a
+# single-request upload, one block of a read) may take its size / MIN_RATE on top of the timeout.
+MIN_RATE = 512 * 1024
+UPLOAD_PART = 64 << 20   # the most one upload request carries, for that allowance
+READ_BLOCK = 8 << 20     # bytes per read request when hashing a remote object
 S3_PROTOCOLS = ("s3", "s3a")
 HEX = frozenset("0123456789abcdef")
 
@@ -211,7 +213,7 @@ class BoundedFS:
         return bounded(self.timeout, f"upload {rpath}",
                        lambda: self.fs.put_file(lpath, rpath, callback=callback, **kwargs),
                        progress=lambda: int(callback.value or 0),
-                       allowance=min(_size(lpath), UPLOAD_PART) / UPLOAD_RATE)
+                       allowance=min(_size(lpath), UPLOAD_PART) / MIN_RATE)
 
 
 def local_view(cache_dir: Path) -> "RemoteStore":
@@ -367,13 +369,14 @@ class RemoteStore:
         moved = [0]
 
         def read() -> str:
-            with self.fs.open(self.object_path(digest), "rb") as handle:
+            with self.fs.open(self.object_path(digest), "rb", block_size=READ_BLOCK) as handle:
                 while chunk := handle.read(CHUNK):
                     hasher.update(chunk)
                     moved[0] += len(chunk)
             return hasher.hexdigest()
 
-        return bounded(self.timeout, f"read {self.object_path(digest)}", read, progress=lambda: moved[0])
+        return bounded(self.timeout, f"read {self.object_path(digest)}", read, progress=lambda: moved[0],
+                       allowance=READ_BLOCK / MIN_RATE)
 
     def holds(self, digest: str, size: int) -> bool:
         """Whether the remote has the object intact: `size` bytes that hash to `digest`. Reads it
