@@ -3,6 +3,8 @@
 The action key is built in exactly one place (`action_key`) and pinned by a golden test.
 The store holds objects by sha256 and action entries by key; every write goes to a temp
 file and is moved into place, so a killed process never leaves a half-written entry.
+Whatever is read back (entries from any store, manifests) passes `validate_entry` before use, and
+a store builds paths only from checked digests: a shared cache is input from others.
 """
 
 from __future__ import annotations
