@@ -21,11 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from bmbuild.errors import RecipeError
-from bmbuild.yamlsource import KeyPath, SourceMap, load_yaml
+from bmbuild.yamlsource import KeyPath, SourceMap, dotted, load_yaml
 
 DEFAULTS_FILES = ("defaults.yaml", "defaults.yml")
 APPEND = "+"
 VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+MAX_VARIANTS = 1000  # a matrix multiplies: three axes of 100 values would be a million builds
+MAX_EXPANDED = 500_000  # values in all variants together (each variant is a full copy)
 # keys whose relative paths are relative to the file that wrote them
 PATH_KEYS: tuple[KeyPath, ...] = (("source", "model"), ("source", "weights"), ("source", "weights", "path"),
                                   ("calibration", "data"), ("eval", "data"))
@@ -78,7 +80,7 @@ def merge(base: Any, over: Any, smap: SourceMap, over_map: SourceMap, path: KeyP
             if not isinstance(value, list):
                 line, file = sub_over.get(path + (raw_key,), (None, over_map.file))
                 raise RecipeError(f"'{raw_key}' appends to a list, but its value is not a list", file, line,
-                                  ".".join(map(str, path + (raw_key,))))
+                                  dotted(path + (raw_key,)))
             inherited = result.get(key, [])
             if not isinstance(inherited, list):
                 inherited = []
@@ -115,20 +117,20 @@ def expand_variables(data: Any, variables: dict[str, str], smap: SourceMap, path
             name = match.group(1)
             if name not in variables:
                 raise RecipeError(f"unknown variable ${{{name}}}", smap.file_of(path), smap.line_of(path),
-                                  ".".join(map(str, path)),
+                                  dotted(path),
                                   f"known: {', '.join(sorted(variables))}; define it under vars: in bmbuild.yaml")
             return str(variables[name])
         return VARIABLE.sub(replace, data)
     return data
 
 
-def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> KeyPath:
-    parts = dotted.split(".")
+def _set_dotted(data: dict[str, Any], key_name: str, value: Any) -> KeyPath:
+    parts = key_name.split(".")
     current = data
     for part in parts[:-1]:
         current = current.setdefault(part, {})
         if not isinstance(current, dict):
-            raise ValueError(f"{dotted}: {part} is not a mapping")
+            raise ValueError(f"{key_name}: {part} is not a mapping")
     current[parts[-1]] = copy.deepcopy(value)
     return tuple(parts)
 
@@ -140,6 +142,13 @@ def _suffix(value: Any, index: int) -> str:
     return f"v{index}"
 
 
+def _product_size(axes: list[list[Any]]) -> int:
+    size = 1
+    for axis in axes:
+        size *= len(axis)
+    return size
+
+
 def expand_variants(data: dict[str, Any], smap: SourceMap) -> list[tuple[dict[str, Any], SourceMap]]:
     """One (data, source map) per variant; the data itself when it declares none."""
     spec = data.get("variants")
@@ -149,22 +158,33 @@ def expand_variants(data: dict[str, Any], smap: SourceMap) -> list[tuple[dict[st
     here = ("variants",)
 
     def fail(message: str, key: KeyPath = here) -> RecipeError:
-        return RecipeError(message, smap.file_of(key), smap.line_of(key), ".".join(map(str, key)))
+        return RecipeError(message, smap.file_of(key), smap.line_of(key), dotted(key))
+
+    def check_keys(mapping: dict[Any, Any], at: KeyPath) -> None:
+        for key in mapping:
+            if not isinstance(key, str) or not key:
+                raise fail("a variant key is a dotted key name such as fp32.opt", at + (key,))
 
     combos: list[tuple[str, dict[str, Any], KeyPath]] = []
     if isinstance(spec, dict):
+        check_keys(spec, here)
         axes = []
-        for dotted, values in spec.items():
+        for name, values in spec.items():
             if not isinstance(values, list) or not values:
-                raise fail("each variant key needs a non-empty list of values", here + (dotted,))
-            axes.append([(dotted, value, _suffix(value, i), here + (dotted, i)) for i, value in enumerate(values)])
+                raise fail("each variant key needs a non-empty list of values", here + (name,))
+            axes.append([(name, value, _suffix(value, i), here + (name, i)) for i, value in enumerate(values)])
+        if _product_size(axes) > MAX_VARIANTS:
+            raise fail(f"variants expand into {_product_size(axes)} builds (at most {MAX_VARIANTS})")
         for product in itertools.product(*axes):
             suffix = "_".join(item[2] for item in product)
             combos.append((suffix, {item[0]: item[1] for item in product}, product[0][3]))
     elif isinstance(spec, list):
+        if len(spec) > MAX_VARIANTS:
+            raise fail(f"{len(spec)} variants (at most {MAX_VARIANTS})")
         for i, item in enumerate(spec):
             if not isinstance(item, dict):
                 raise fail("a variant is a mapping of dotted keys to values", here + (i,))
+            check_keys(item, here + (i,))
             overrides = {k: v for k, v in item.items() if k != "suffix"}
             combos.append((str(item.get("suffix", f"v{i}")), overrides, here + (i,)))
     else:
@@ -172,13 +192,16 @@ def expand_variants(data: dict[str, Any], smap: SourceMap) -> list[tuple[dict[st
     names = [suffix for suffix, _, _ in combos]
     if len(set(names)) != len(names):
         raise fail(f"variants produce duplicate names: {names}")
+    if len(combos) * len(smap.lines) > MAX_EXPANDED:
+        raise fail(f"{len(combos)} variants of a recipe of {len(smap.lines)} values are too many to expand "
+                   f"(at most {MAX_EXPANDED} values in all)")
     result = []
     for suffix, overrides, origin in combos:
         variant = copy.deepcopy(base)
         vmap = SourceMap(smap.file, dict(smap.lines), dict(smap.files))
-        for dotted, value in overrides.items():
+        for name, value in overrides.items():
             try:
-                key = _set_dotted(variant, dotted, value)
+                key = _set_dotted(variant, name, value)
             except ValueError as exc:
                 raise fail(str(exc), origin) from None
             vmap.replace_subtree(key, {key: (smap.line_of(origin) or 0, smap.file_of(origin))})

@@ -6,6 +6,7 @@ so a trace that baked in control flow or a batch size fails here, with the numbe
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,19 @@ def load_state_dict(path: Path, key: str | None, strip_prefix: str | None) -> di
     return data
 
 
+def _check_kwargs(ctx: StageContext, factory: Any) -> None:
+    """source.kwargs the callable cannot take are a recipe error, not a traceback from its call
+    (validate checks plain defs; this catches what only the imported callable tells)."""
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # no signature to check: the call itself will tell
+        return
+    try:
+        signature.bind(**ctx.recipe.source.kwargs)
+    except TypeError as exc:
+        raise ctx.loaded.error(f"{ctx.recipe.source.callable_name}(): {exc}", ("source", "kwargs")) from None
+
+
 def build_model(ctx: StageContext) -> Any:
     """The recipe's model on CPU, eval mode, weights loaded with strict key matching."""
     import torch
@@ -82,6 +96,7 @@ def build_model(ctx: StageContext) -> Any:
     recipe = ctx.recipe
     factory = load_callable((ctx.loaded.file.parent / recipe.source.model_file).resolve(),
                             recipe.source.callable_name or "", display_name=str(recipe.source.model_file))
+    _check_kwargs(ctx, factory)
     model = factory(**recipe.source.kwargs)
     if not isinstance(model, torch.nn.Module):
         raise StageFailed(f"{recipe.source.model} returned {type(model).__name__}, not a torch.nn.Module")
