@@ -79,7 +79,7 @@ def merge(base: Any, over: Any, smap: SourceMap, over_map: SourceMap, path: KeyP
         if key != raw_key:
             if not isinstance(value, list):
                 line, file = sub_over.get(path + (raw_key,), (None, over_map.file))
-                raise RecipeError(f"'{raw_key}' appends to a list, but its value is not a list", file, line,
+                raise RecipeError(f"{raw_key!r} appends to a list, but its value is not a list", file, line,
                                   dotted(path + (raw_key,)))
             inherited = result.get(key, [])
             if not isinstance(inherited, list):
@@ -166,6 +166,8 @@ def expand_variants(data: dict[str, Any], smap: SourceMap) -> list[tuple[dict[st
                 raise fail("a variant key is a dotted key name such as fp32.opt", at + (key,))
 
     combos: list[tuple[str, dict[str, Any], KeyPath]] = []
+    if isinstance(spec, (dict, list)) and not spec:
+        raise fail("variants is empty: give at least one variant, or remove the key")
     if isinstance(spec, dict):
         check_keys(spec, here)
         axes = []

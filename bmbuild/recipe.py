@@ -295,14 +295,14 @@ def _resolved(loaded: LoadedRecipe, path: Path, key: KeyPath) -> Path:
     try:
         return path.resolve()
     except (OSError, ValueError) as exc:
-        raise loaded.error(f"not a usable path: {exc}", key) from None
+        raise loaded.error(f"not a usable path: {exc}", loaded.source_map.nearest(key)) from None
 
 
 def _check_files(loaded: LoadedRecipe) -> None:
     recipe, base = loaded.recipe, loaded.file.parent
     model_file = _resolved(loaded, base / recipe.source.model_file, ("source", "model"))
     if not model_file.is_file():
-        raise loaded.error(f"model file not found: {model_file}", ("source", "model"))
+        raise loaded.error(f"model file not found: {_shown(model_file)}", ("source", "model"))
     if recipe.source.framework == "pytorch":
         name = recipe.source.callable_name or ""
         tree = _parse_model(model_file)
@@ -311,11 +311,16 @@ def _check_files(loaded: LoadedRecipe) -> None:
                                ("source", "model"))
         _check_kwargs(loaded, _definition(tree, name))
     if recipe.source.weights and not recipe.source.weights.path.is_file():
-        raise loaded.error(f"weights file not found: {recipe.source.weights.path}", ("source", "weights"))
+        raise loaded.error(f"weights file not found: {_shown(recipe.source.weights.path)}", ("source", "weights"))
     if recipe.calibration and not recipe.calibration.data.exists():
-        raise loaded.error(f"calibration data not found: {recipe.calibration.data}", ("calibration", "data"))
+        raise loaded.error(f"calibration data not found: {_shown(recipe.calibration.data)}", ("calibration", "data"))
     if recipe.eval and not recipe.eval.data.is_file():
-        raise loaded.error(f"evaluation data not found: {recipe.eval.data}", ("eval", "data"))
+        raise loaded.error(f"evaluation data not found: {_shown(recipe.eval.data)}", ("eval", "data"))
+
+
+def _shown(path: Path) -> str:
+    """A path for a one-line message (a newline in it is shown escaped)."""
+    return str(path) if str(path).isprintable() else repr(str(path))
 
 
 def _parse_model(file: Path) -> ast.Module:
@@ -433,7 +438,7 @@ def load_recipe(file: str | Path) -> LoadedRecipe:
     """Load and validate a recipe file that stands for exactly one build."""
     loaded = load_recipe_file(file)
     if len(loaded) != 1:
-        raise RecipeError(f"expands into {len(loaded)} variants; name one of them", file)
+        raise loaded[0].error(f"expands into {len(loaded)} variants; name one of them", ("variants",))
     return loaded[0]
 
 

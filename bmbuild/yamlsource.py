@@ -6,6 +6,8 @@ file (an alias bomb, a self-referencing alias, 10 000 nested brackets) is one cl
 
 from __future__ import annotations
 
+import bisect
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ KeyPath = tuple[Any, ...]
 MAX_BYTES = 1 << 20  # a recipe is a few hundred bytes; anything past 1 MiB is not one
 MAX_DEPTH = 64  # nested mappings and lists, counting what aliases bring in
 MAX_NODES = 20_000  # values after alias expansion ("billion laughs" stops here)
+MAX_INT_BITS = 128  # 0xfff... of 5000 digits is an int Python cannot even print
 YAML_TAG = "tag:yaml.org,2002:"
 SCALAR_TAGS = {YAML_TAG + name for name in ("str", "int", "float", "bool", "null")}
 MERGE_TAG = YAML_TAG + "merge"
@@ -47,7 +50,8 @@ class SourceMap:
     # where a key came from when it is not `file` (merged from a defaults.yaml, say)
     files: dict[KeyPath, Path] = field(default_factory=dict)
 
-    def _nearest(self, path: KeyPath) -> KeyPath:
+    def nearest(self, path: KeyPath) -> KeyPath:
+        """`path`, or its nearest ancestor written in the file (a shorthand skips a level)."""
         path = tuple(path)
         while path and path not in self.lines:
             path = path[:-1]
@@ -55,11 +59,11 @@ class SourceMap:
 
     def line_of(self, path: KeyPath) -> int:
         """The line of `path`, or of its nearest ancestor that has one (the document: line 1)."""
-        return self.lines.get(self._nearest(path), 1)
+        return self.lines.get(self.nearest(path), 1)
 
     def file_of(self, path: KeyPath) -> Path:
         """The file `path` was written in."""
-        return self.files.get(self._nearest(path), self.file)
+        return self.files.get(self.nearest(path), self.file)
 
     def subtree(self, prefix: KeyPath) -> dict[KeyPath, tuple[int, Path]]:
         """(line, file) of every key at or below `prefix`."""
@@ -86,25 +90,38 @@ class _Loader(yaml.SafeLoader):
     def __init__(self, stream: str, file: Path):
         super().__init__(stream)
         self.file = file
+        self.text = stream
+        self.newlines = [match.start() for match in re.finditer("\n", stream)]
         self.compose_path: list[Any] = []
 
     def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
-        part = index.value if isinstance(index, yaml.ScalarNode) else ("?" if isinstance(index, yaml.Node) else index)
+        part = index.value if isinstance(index, yaml.ScalarNode) else index
+        part = "?" if isinstance(part, yaml.Node) else part  # a complex key
         self.compose_path.append(part)
         try:
             if len(self.compose_path) > MAX_DEPTH + 1:
                 path = tuple(p for p in self.compose_path[1:] if p is not None)
                 raise RecipeError(f"nested deeper than {MAX_DEPTH} levels", self.file,
-                                  self.peek_event().start_mark.line + 1, dotted(path) or None)
+                                  self.line_at(self.peek_event().start_mark), dotted(path) or None)
             return super().compose_node(parent, index)
         finally:
             self.compose_path.pop()
+
+    def snippet(self, node: yaml.Node) -> str:
+        """The start of a node's text on one line (to name a key that is a list or a mapping)."""
+        text = " ".join(self.text[node.start_mark.index:node.end_mark.index].split())
+        return text if len(text) <= 30 else text[:27] + "..."
+
+    def line_at(self, mark: yaml.Mark) -> int:
+        """1-based line of `mark` counting only \\n, as editors and grep -n do (YAML also breaks
+        lines at \\r, U+0085 and U+2028)."""
+        return bisect.bisect_left(self.newlines, mark.index) + 1
 
 
 class _Builder:
     """Nodes to plain data, recording each key's line; bounds depth and alias expansion."""
 
-    def __init__(self, loader: yaml.SafeLoader, smap: SourceMap):
+    def __init__(self, loader: _Loader, smap: SourceMap):
         self.loader = loader
         self.smap = smap
         self.nodes = 0
@@ -114,7 +131,7 @@ class _Builder:
         return RecipeError(message, self.smap.file, line or self.smap.line_of(path), dotted(path) or None)
 
     def build(self, node: yaml.Node, path: KeyPath, smap: SourceMap) -> Any:
-        smap.lines.setdefault(path, node.start_mark.line + 1)
+        smap.lines.setdefault(path, self.loader.line_at(node.start_mark))
         self.nodes += 1
         if self.nodes > MAX_NODES:  # blamed on the key written in the file, not on an anchor's line
             keys = next((path[:i] for i, part in enumerate(path) if not isinstance(part, str)), path)
@@ -141,24 +158,28 @@ class _Builder:
         if node.tag == YAML_TAG + "timestamp":
             return node.value  # dates stay text: recipes have no date fields, and JSON has no dates
         if node.tag not in SCALAR_TAGS:
-            raise self.fail(f"unsupported tag {_short_tag(node.tag)}", path, node.start_mark.line + 1)
+            raise self.fail(f"unsupported tag {_short_tag(node.tag)}", path, self.loader.line_at(node.start_mark))
+        text = node.value if len(node.value) <= 40 else node.value[:40] + "..."
         try:
-            return self.loader.construct_object(node, deep=True)
-        except (ValueError, KeyError, TypeError, OverflowError, yaml.YAMLError):
-            text = node.value if len(node.value) <= 40 else node.value[:40] + "..."
+            value = self.loader.construct_object(node, deep=True)
+        except (ValueError, KeyError, IndexError, TypeError, OverflowError, yaml.YAMLError):  # `!!float ''`
             raise self.fail(f"cannot read {text!r} as {_short_tag(node.tag)}", path,
-                            node.start_mark.line + 1) from None
+                            self.loader.line_at(node.start_mark)) from None
+        if isinstance(value, int) and value.bit_length() > MAX_INT_BITS:
+            raise self.fail(f"integer {text} is too large (more than {MAX_INT_BITS} bits)", path,
+                            self.loader.line_at(node.start_mark))
+        return value
 
     def mapping(self, node: yaml.MappingNode, path: KeyPath, smap: SourceMap) -> dict[Any, Any]:
         out: dict[Any, Any] = {}
         merged: dict[Any, tuple[Any, dict[KeyPath, int]]] = {}
         for key_node, value_node in node.value:
-            line = key_node.start_mark.line + 1
+            line = self.loader.line_at(key_node.start_mark)
             if key_node.tag == MERGE_TAG:
                 self.merge_into(merged, value_node, path)
                 continue
             if not isinstance(key_node, yaml.ScalarNode):
-                raise self.fail("keys must be plain scalars", path, line)
+                raise self.fail("keys must be plain scalars", path + (self.loader.snippet(key_node),), line)
             key = self.scalar(key_node, path)
             if key in out:
                 raise self.fail("duplicate key", path + (key,), line)
@@ -176,7 +197,8 @@ class _Builder:
         sources = node.value if isinstance(node, yaml.SequenceNode) else [node]
         for source in sources:
             if not isinstance(source, yaml.MappingNode):
-                raise self.fail("'<<' merges a mapping or a list of mappings", path, node.start_mark.line + 1)
+                raise self.fail("'<<' merges a mapping or a list of mappings", path,
+                                self.loader.line_at(node.start_mark))
             part_map = SourceMap(self.smap.file)
             part = self.build(source, path, part_map)
             n = len(path) + 1
@@ -239,7 +261,7 @@ def _syntax_error(exc: yaml.YAMLError, text: str, file: Path) -> RecipeError:
             exc.character, int) else str(exc.reason)
     elif isinstance(exc, yaml.MarkedYAMLError) and (exc.problem_mark or exc.context_mark):
         offset = (exc.problem_mark or exc.context_mark).index
-        problem = str(exc.problem or exc.context)
+        problem = ", ".join(str(part) for part in (exc.context, exc.problem) if part)
     else:
         return RecipeError(f"invalid YAML: {' '.join(str(exc).split())}", file, 1)
     line = text[:offset].count("\n") + 1
