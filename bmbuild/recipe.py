@@ -11,7 +11,7 @@ import difflib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator, model_validator
 
 from bmbuild.calib.config import CalibrationConfig
 from bmbuild.errors import RecipeError
@@ -47,7 +47,8 @@ class Source(_Strict):
 
     framework: Literal["pytorch", "torchscript", "onnx"] = Field(description="Source framework.")
     model: str = Field(description="pytorch: 'path/to/file.py:callable'; torchscript/onnx: path to the .pt/.onnx file.")
-    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the model callable.")
+    # JSON values only: they are hashed into the trace key (a key of 1 next to "a" cannot be sorted)
+    kwargs: dict[str, JsonValue] = Field(default_factory=dict, description="Keyword arguments for the model callable.")
     weights: Weights | None = Field(None, description="Optional weights loaded with torch.load(weights_only=True), strict keys.")
 
     @field_validator("weights", mode="before")
@@ -274,6 +275,8 @@ def _describe(error: dict[str, Any], data: Any,
         message = "required key is missing"
     else:
         message = error["msg"].removeprefix("Value error, ")
+        if error["loc"] and error["loc"][-1] == "[key]":
+            message = "keys here must be strings"
         if "input" in error and not isinstance(error["input"], (dict, list)):
             got = repr(error["input"])
             message += f" (got {got if len(got) <= 60 else got[:57] + '...'})"

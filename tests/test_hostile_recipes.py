@@ -202,3 +202,11 @@ def test_missing_key_with_inherited_defaults_still_names_line_1(workspace, write
     recipe = write_text_recipe("nosource.yaml", "name: tiny\nshapes: [[1, 3, 8, 8]]\n")
     message = _one_error_line(*run_bmbuild("validate", recipe))
     assert message == f"error: {recipe}:1: source: required key is missing"
+
+
+def test_kwargs_keys_that_cannot_be_sorted_are_a_recipe_error_in_plan(workspace, run_bmbuild):
+    """{1: a, b: c} under kwargs crashed the trace key (sorted JSON) with a TypeError."""
+    recipe = workspace / "recipes" / "mixed.yaml"
+    shutil.copyfile(HOSTILE / "kwargs_mixed_key_types.yaml", recipe)
+    message = _one_error_line(*run_bmbuild("plan", recipe))
+    assert message.startswith(f"error: {recipe}:7: source.kwargs.marker[1]: keys here must be strings")

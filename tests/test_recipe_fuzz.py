@@ -338,11 +338,24 @@ def check_case(case: Case, root: Path, validate: Callable[[Path], tuple[int, str
     with hang_guard(HANG_SECONDS):
         errors = library_errors(recipe, root)
         code, out, err = validate(recipe) if validate else (2 if errors else 0, "recipe(s) valid", "")
-    problems = check_errors(errors)
+        problems = check_errors(errors) if errors else check_plan(recipe, root)
     if validate:
         problems += check_cli(code, out, err, errors)
     outcome = "ok" if not errors else "error: " + error_class(errors[0].message)
     return outcome, problems
+
+
+def check_plan(recipe: Path, root: Path) -> list[str]:
+    """A recipe that validates also plans (its action keys hash every value it holds)."""
+    from bmbuild.errors import BmbuildError
+    from bmbuild.project import plan, prepare
+    from bmbuild.workspace import Workspace
+
+    try:
+        rows = plan(prepare([str(recipe)], Workspace.at(root), check_toolchains=False))
+    except BmbuildError as exc:
+        return [f"valid, but plan says: {exc}"]
+    return [] if rows else ["valid, but plan has no stages"]
 
 
 def check_errors(errors: list[Any]) -> list[str]:
