@@ -66,44 +66,72 @@ def _rebase_paths(data: dict[str, Any], file: Path, recipe_dir: Path) -> None:
         parent[key[-1]] = path + sep + rest
 
 
+Entries = dict[KeyPath, tuple[int, Path]]  # key path -> (line, file) of what wrote it
+
+
 def merge(base: Any, over: Any, smap: SourceMap, over_map: SourceMap, path: KeyPath = ()) -> Any:
-    """`over` on top of `base`; `smap` (base's map) is updated to say where values came from."""
+    """`over` on top of `base`; `smap` (base's map) is updated to say where values came from.
+
+    Each level sees only the lines of its own subtree, so merging stays linear in the size of
+    the files (a defaults file of 15 000 keys took 40 s when every key scanned every line)."""
+    result, entries = _merge(base, over, smap.subtree(path), over_map.subtree(path), path, over_map.file)
+    smap.replace_subtree(path, entries)
+    return result
+
+
+def _children(entries: Entries, depth: int) -> tuple[Entries, dict[Any, Entries]]:
+    """Entries of the node itself, and those of each child key, at key-path length `depth`."""
+    head: Entries = {}
+    groups: dict[Any, Entries] = {}
+    for p, v in entries.items():
+        if len(p) == depth:
+            head[p] = v
+        else:
+            groups.setdefault(p[depth], {})[p] = v
+    return head, groups
+
+
+def _merge(base: Any, over: Any, base_entries: Entries, over_entries: Entries, path: KeyPath,
+           over_file: Path) -> tuple[Any, Entries]:
+    """(merged value, its entries); a `key+` list appends, new mappings are merged into {} so
+    their own `key+` lists resolve too."""
     if not (isinstance(base, dict) and isinstance(over, dict)):
-        smap.replace_subtree(path, over_map.subtree(path))
-        return copy.deepcopy(over)
+        return copy.deepcopy(over), over_entries
+    n = len(path)
+    head, groups = _children(base_entries, n)
+    over_head, over_groups = _children(over_entries, n)
+    head.update(over_head)  # where the mapping itself is written: the file on top
     result = dict(base)
     for raw_key, value in over.items():
         key = raw_key[:-1] if isinstance(raw_key, str) and raw_key.endswith(APPEND) else raw_key
-        sub_over = over_map.subtree(path + (raw_key,))
-        renamed = {(path + (key,) + p[len(path) + 1:]): v for p, v in sub_over.items()}
+        renamed = {path + (key,) + p[n + 1:]: v for p, v in over_groups.get(raw_key, {}).items()}
         if key != raw_key:
             if not isinstance(value, list):
-                line, file = sub_over.get(path + (raw_key,), (None, over_map.file))
+                line, file = over_groups.get(raw_key, {}).get(path + (raw_key,), (1, over_file))
                 raise RecipeError(f"{raw_key!r} appends to a list, but its value is not a list", file, line,
                                   dotted(path + (raw_key,)))
             inherited = result.get(key, [])
             if not isinstance(inherited, list):
                 inherited = []
-            offset = len(inherited)
             shifted = {}
             for p, v in renamed.items():
-                if len(p) > len(path) + 1 and isinstance(p[len(path) + 1], int):
-                    p = p[:len(path) + 1] + (p[len(path) + 1] + offset,) + p[len(path) + 2:]
+                if len(p) > n + 1 and isinstance(p[n + 1], int):
+                    p = p[:n + 1] + (p[n + 1] + len(inherited),) + p[n + 2:]
                 shifted[p] = v
-            existing = smap.subtree(path + (key,))
-            smap.replace_subtree(path + (key,), {**existing, **shifted})
+            groups[key] = {**groups.get(key, {}), **shifted}
             result[key] = list(inherited) + copy.deepcopy(value)
-        elif isinstance(result.get(key), dict) and isinstance(value, dict):
-            head = renamed.pop(path + (key,), None)
-            temp = SourceMap(over_map.file, {p: line for p, (line, _) in renamed.items()},
-                             {p: f for p, (_, f) in renamed.items()})
-            result[key] = merge(result[key], value, smap, temp, path + (key,))
-            if head:
-                smap.lines[path + (key,)], smap.files[path + (key,)] = head[0], head[1]
+        elif isinstance(value, dict) and isinstance(result.get(key, {}), dict):
+            key_head = renamed.pop(path + (key,), None)
+            result[key], groups[key] = _merge(result.get(key, {}), value, groups.get(key, {}), renamed,
+                                              path + (key,), over_file)
+            if key_head:
+                groups[key][path + (key,)] = key_head
         else:
-            smap.replace_subtree(path + (key,), renamed)
+            groups[key] = renamed
             result[key] = copy.deepcopy(value)
-    return result
+    for group in groups.values():
+        head.update(group)
+    return result, head
 
 
 def expand_variables(data: Any, variables: dict[str, str], smap: SourceMap, path: KeyPath = ()) -> Any:
@@ -200,13 +228,20 @@ def expand_variants(data: dict[str, Any], smap: SourceMap) -> list[tuple[dict[st
     result = []
     for suffix, overrides, origin in combos:
         variant = copy.deepcopy(base)
-        vmap = SourceMap(smap.file, dict(smap.lines), dict(smap.files))
+        overridden: set[KeyPath] = set()
         for name, value in overrides.items():
             try:
-                key = _set_dotted(variant, name, value)
+                overridden.add(_set_dotted(variant, name, value))
             except ValueError as exc:
                 raise fail(str(exc), origin) from None
-            vmap.replace_subtree(key, {key: (smap.line_of(origin) or 0, smap.file_of(origin))})
+        # one pass over the lines, not one per override: what a variant sets is written at `origin`
+        kept = [p for p in smap.lines if not any(p[:i] in overridden for i in range(1, len(p) + 1))]
+        vmap = SourceMap(smap.file, {p: smap.lines[p] for p in kept},
+                         {p: smap.files[p] for p in kept if p in smap.files})
+        for key in overridden:
+            vmap.lines[key] = smap.line_of(origin)
+            if smap.file_of(origin) != smap.file:
+                vmap.files[key] = smap.file_of(origin)
         variant["name"] = f"{base.get('name', 'recipe')}_{suffix}"
         result.append((variant, vmap))
     return result
@@ -228,9 +263,7 @@ def compose(recipe_file: Path, root: Path, variables: dict[str, str]) -> list[tu
         _rebase_paths(layer, defaults_file, recipe_file.parent)
         layer_map.files = {p: defaults_file for p in layer_map.lines}
         merged = merge(merged, layer, merged_map, layer_map)
-    merged = merge(merged, data, merged_map, smap) if merged else data
-    if merged is data:
-        merged_map = smap
+    merged = merge(merged, data, merged_map, smap)
     builtins = {"root": str(root.resolve()), "recipe_dir": str(recipe_file.resolve().parent)}
     merged = expand_variables(merged, {**builtins, **variables}, merged_map)
     return expand_variants(merged, merged_map)

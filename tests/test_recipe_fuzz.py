@@ -311,7 +311,7 @@ def hang_guard(seconds: int) -> Iterator[None]:
 
 def error_class(message: str) -> str:
     """A message without its variable parts, for the summary."""
-    text = re.sub(r"\(.*", "", message)
+    text = re.sub(r" \(.*", "", message)
     text = re.sub(r"'[^']*'|\"[^\"]*\"|\d+", "_", text)
     return " ".join(text.split())[:48]
 
@@ -421,8 +421,9 @@ def test_fuzzed_recipes_are_valid_or_one_clear_error_each(workspace, cli_validat
             outcome, problems = check_case(case, workspace, cli_validate if seed % CLI_EVERY == 0 else None)
         except Exception as exc:  # noqa: BLE001 - anything escaping the library is the finding
             outcome, problems = "crash", [f"{type(exc).__name__}: {exc}"]
-        counts["ok" if outcome == "ok" else "error"] += 1
         counts[outcome] += 1
+        if outcome != "ok":
+            counts["error (all classes)"] += 1
         if problems:
             failures.append(f"seed {seed} ({case.target.name}, {' '.join(case.steps)}): {problems}\n"
                             f"  text: {case.raw[:400]!r}")
@@ -430,4 +431,19 @@ def test_fuzzed_recipes_are_valid_or_one_clear_error_each(workspace, cli_validat
     print(f"\nrecipe fuzz: {CASES} cases from seed {SEED} ({CASES // CLI_EVERY} through the CLI)\n{summary}")
     assert not failures, f"{len(failures)} failing case(s):\n" + "\n".join(failures[:10])
     # the fuzzer reaches both sides: damage that is harmless, and damage of many kinds
-    assert counts["ok"] >= CASES // 20 and len(counts) >= 12, summary
+    assert counts["ok"] >= CASES // 50 and len(counts) >= 12, summary
+
+
+def test_fuzz_bases_are_valid(workspace):
+    """The fuzzer damages valid inputs: each base recipe (with the defaults file and the workspace
+    config) validates and plans as it is."""
+    recipes = workspace / "recipes"
+    (recipes / "calib").mkdir()
+    (recipes / "eval.npz").write_bytes(b"x")
+    (recipes / "tiny.onnx").write_bytes(b"x")
+    (recipes / "defaults.yaml").write_text(yaml.safe_dump(DEFAULTS))
+    (workspace / "bmbuild.yaml").write_text(yaml.safe_dump(CONFIG))
+    for base in BASES:
+        (recipes / "recipe.yaml").write_text(yaml.safe_dump(base))
+        assert library_errors(recipes / "recipe.yaml", workspace) == []
+        assert check_plan(recipes / "recipe.yaml", workspace) == []
