@@ -56,6 +56,9 @@ class WorkspaceConfig(BaseModel):
                     "for an S3-compatible server; $BMBUILD_REMOTE_OPTIONS (JSON) overrides them.")
     jobs: int = Field(1, ge=1, description="Default for `run -j`.")
     vars: dict[str, str] = Field(default_factory=dict, description="${name} variables for recipes, e.g. dataset roots.")
+    toolchains: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Per-toolchain settings, e.g. {tpu-mlir: {path: /opt/tpu-mlir-venv/bin}} for an existing installation.")
 
 
 def load_config(root: Path) -> WorkspaceConfig:
