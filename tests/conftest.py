@@ -74,6 +74,9 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     shutil.copyfile(TINY_MODELS, root / "recipes" / "tiny_models.py")
     cache = tmp_path / "cache"
     monkeypatch.setenv("BMBUILD_CACHE_DIR", str(cache))
+    # no tpu-mlir environment unless a test asks for the shared one (tests/test_tpu_mlir.py)
+    monkeypatch.setenv("BMBUILD_TOOLCHAINS_DIR", str(tmp_path / "toolchains"))
+    monkeypatch.delenv("BMBUILD_TPU_MLIR", raising=False)
     monkeypatch.chdir(root)
     return root
 
