@@ -130,9 +130,14 @@ def test_bm1684x_every_stage_then_noop_then_only_int8_on_method_change(tws: Int8
 
 
 @needs_python310
-def test_bm1684_every_stage_with_a_layer_kept_in_float(tws: Int8Workspace) -> None:
+def test_bm1684_every_stage_with_a_layer_kept_in_float_and_eval(tws: Int8Workspace) -> None:
+    import numpy as np
+
+    from int8_support import write_npz
+
+    write_npz(tws.recipes / "data" / "eval.npz", 12, seed=5, y=np.arange(12) % 10)
     recipe = tws.recipe(**{**TPU_RECIPE, "int8": {**TPU_RECIPE["int8"], "fp32_layers": ["output_Gemm"]}},
-                        target="BM1684")
+                        target="BM1684", eval={"data": "data/eval.npz", "max_drop": 100.0})
     code, out, err = tws.build(recipe)
     assert code == 0, out + err
     assert set(tws.outcomes().values()) == {"executed"}
@@ -144,6 +149,11 @@ def test_bm1684_every_stage_with_a_layer_kept_in_float(tws: Int8Workspace) -> No
     assert "tpu.Conv2D" in lowered and "quant.uniform<i8" in lowered
     int8_cmp = stage_metrics(tws, "compile_int8")["cmp"]
     assert all(0.9 < v["cos"] < 1.0 for v in int8_cmp.values())
+    # eval: int8.cmodel_samples samples through the int8 bmodel of the largest batch size, on the cmodel
+    evaluation = stage_metrics(tws, "compile_int8")["eval"]
+    assert evaluation["samples"] == 3 and 0 <= evaluation["int8"] <= 1 and 0 <= evaluation["fp32"] <= 1
+    commands = (tws.root / "build" / "tiny8" / "logs" / "compile_int8.cmd").read_text()
+    assert commands.count("model_runner") == 3 + 2 + 2     # cmp b1 (3 runs) + b2 (2), eval at batch 2 (2)
 
 
 @needs_python310
