@@ -116,6 +116,8 @@ class Int8(_Strict):
     per_channel: bool = Field(True, description="Per-channel symmetric int8 weights.")
     fp32_layers: list[str] = Field(default_factory=list, description="Layers kept in float (the vendor's -fpfwd_outputs).")
     cmp_samples: int = Field(16, ge=1, description="Held-out samples compared int8 vs fp32.")
+    cmodel_samples: int = Field(4, ge=1, description="tpu-mlir: held-out samples (and eval samples unless eval.limit "
+                                "is set) run on the cmodel simulator, which takes seconds per inference.")
     tolerance: Tolerance = Field(default_factory=_int8_tolerance, description="Gate on int8 vs fp32.")
 
 
@@ -136,7 +138,8 @@ class Recipe(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=MAX_NAME,
                       description="Net name (bmnetp --net_name); also the build folder.")
     description: str | None = None
-    toolchain: Literal["auto", "reference", "nntc"] = Field("auto", description="auto: NNTC when installed, else reference.")
+    toolchain: Literal["auto", "reference", "nntc", "tpu-mlir"] = Field(
+        "auto", description="auto: tpu-mlir for BM1684X; for BM1684 NNTC, else tpu-mlir; else reference (first usable).")
     source: Source
     shapes: list[list[int]] = Field(min_length=1, description="Input shapes, batch first, e.g. [[1,3,224,224]].")
     inputs: list[InputSpec] | None = Field(None, description="Input names and dtypes, one per shape.")

@@ -61,6 +61,9 @@ class WorkspaceConfig(BaseModel):
                                 "$BMBUILD_REMOTE_TIMEOUT overrides it.")
     jobs: int = Field(1, ge=1, description="Default for `run -j`.")
     vars: dict[str, str] = Field(default_factory=dict, description="${name} variables for recipes, e.g. dataset roots.")
+    toolchains: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Per-toolchain settings, e.g. {tpu-mlir: {path: /opt/tpu-mlir-venv/bin}} for an existing installation.")
 
     @field_validator("build_dir", "cache_dir", "remote_cache", mode="before")
     @classmethod
