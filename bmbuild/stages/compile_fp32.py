@@ -18,7 +18,7 @@ def _params(recipe: Recipe) -> dict[str, Any]:
         "net_name": recipe.name,
         "target": recipe.target,
         "shapes": recipe.shapes,
-        "inputs": [spec.model_dump() for spec in recipe.input_specs],
+        "inputs": recipe.inputs_key(),
         "batch_sizes": recipe.resolved_batch_sizes,
         "opt": fp32.opt,
         "dyn": fp32.dyn,

@@ -47,7 +47,7 @@ def _params(recipe: Recipe) -> dict[str, Any]:
         "weights_key": source.weights.key if source.weights else None,
         "strip_prefix": source.weights.strip_prefix if source.weights else None,
         "shapes": recipe.shapes,
-        "inputs": [spec.model_dump() for spec in recipe.input_specs],
+        "inputs": recipe.inputs_key(),
         "batch_sizes": recipe.resolved_batch_sizes,
     }
 
@@ -124,16 +124,19 @@ def build_model(ctx: StageContext) -> Any:
 
 
 def example_inputs(recipe: Recipe, batch: int, seed: int) -> list[Any]:
-    """Seeded inputs of the recipe's shapes and dtypes at one batch size (numpy arrays)."""
+    """Seeded inputs of the recipe's shapes and dtypes at one batch size (numpy arrays); inputs
+    with a constant value get that value."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
     arrays = []
     for shape, spec in zip(recipe.shapes_for_batch(batch), recipe.input_specs):
-        if spec.dtype.startswith("float"):
-            arrays.append(rng.standard_normal(shape).astype(spec.dtype))
+        if spec.value is not None:
+            arrays.append(np.ascontiguousarray(np.broadcast_to(np.asarray(spec.value, dtype=spec.dtype), shape)))
+        elif spec.dtype.startswith("float"):
+            arrays.append(np.asarray(rng.standard_normal(shape), dtype=spec.dtype))
         else:
-            arrays.append(rng.integers(0, 10, size=shape).astype(spec.dtype))
+            arrays.append(np.asarray(rng.integers(0, 10, size=shape), dtype=spec.dtype))
     return arrays
 
 
