@@ -96,24 +96,30 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _dry_run(args: argparse.Namespace) -> int:
-    """`run --dry-run`: the commands each stage would run; nothing runs, nothing is written."""
+    """`run --dry-run`: the commands each stage would run; nothing runs, nothing is written.
+
+    The output is a shell script that is safe to paste, whole or line by line: the commands are
+    quoted shell lines, everything else is a `#` comment (`toolchains.commands.paste_safe`).
+    """
     from bmbuild.project import dry_run
     from bmbuild.toolchains.base import load_toolchain
+    from bmbuild.toolchains.commands import comment, paste_safe
 
     build = _prepare(args, check_toolchains=False)
     for name in sorted(set(build.toolchains.values())):
         status = load_toolchain(name).availability()
         if not status.usable:
-            print(f"note: toolchain {name!r} is not usable here ({status.reason}); a real run stops before any stage")
+            print(comment(f"note: toolchain {name!r} is not usable here ({status.reason}); "
+                          "a real run stops before any stage"))
     steps = dry_run(build, force=args.force)
     for step in steps:
-        print(f"{step.node.id}: {step.status.value} ({step.reason})")
+        print(comment(f"{step.node.id}: {step.status.value} ({step.reason})"))
         for line in step.commands:
-            print(f"  {line}")
-        if step.error:
-            print("  error: " + step.error.replace("\n", "\n  "))
+            print(f"  {paste_safe(line)}")
+        for index, line in enumerate(step.error.splitlines()):
+            print("  " + comment(("error: " if index == 0 else "  ") + line))
     would_run = sum(1 for step in steps if step.status.value in ("run", "after upstream"))
-    print(f"dry run: {would_run} of {len(steps)} stage(s) would run; nothing was run")
+    print(comment(f"dry run: {would_run} of {len(steps)} stage(s) would run; nothing was run"))
     return 2 if any(step.error for step in steps) else 0
 
 
