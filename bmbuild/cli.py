@@ -1,7 +1,9 @@
 """Command line: parse arguments, call one library function, render its result.
 
-Exit codes: 0 success, 1 a stage failed, 2 a user error (bad recipe, bad data, missing toolchain),
-3 an internal error (a bug: printed with its traceback).
+Exit codes (the rule is in errors.py): 0 success; 1 a stage ran and failed (a tool's error, a gate not
+met, the model's code raised or exited); 2 the user's input is wrong (recipe, data, a missing file,
+an unusable toolchain), found before or during a stage; 3 an internal error (a bug: printed with its
+traceback). When several stages fail (--keep-going), the highest code wins.
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         written = write_report(build.workspace.build_dir, Path(args.report_dir), names,
                                not_run=[name for name in names if name not in ran])
         console.print(f"report: {written.paths['html']} (+ summary.json, junit.xml, summary.md)")
-    return 0 if result.ok else 1
+    return result.exit_code
 
 
 def _dry_run(args: argparse.Namespace) -> int:
