@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib
 import multiprocessing
 import os
+import shutil
 import textwrap
 import threading
 import traceback
@@ -207,34 +208,65 @@ def run_job(job: StageJob) -> JobResult:
 
 
 class WorkerPool:
-    """A lazily started pool of spawned processes (spawn: safe with threads and torch)."""
+    """A lazily started pool of spawned processes (spawn: safe with threads and torch).
+
+    A worker that dies breaks the whole pool: every stage running in it fails at once, and which
+    worker died is not known. So each of them runs again in a worker of its own: a stage whose
+    sibling died then succeeds, a stage that kills its worker fails with its own message.
+    """
 
     def __init__(self, size: int):
         self.size = size
         self._pool: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
 
+    def _new_pool(self, size: int) -> ProcessPoolExecutor:
+        threads = max(1, (os.cpu_count() or 1) // self.size)
+        return ProcessPoolExecutor(max_workers=size, initializer=_init_worker, initargs=(threads,),
+                                   mp_context=multiprocessing.get_context("spawn"))
+
     def _executor(self) -> ProcessPoolExecutor:
         with self._lock:
             if self._pool is None:
-                threads = max(1, (os.cpu_count() or 1) // self.size)
-                self._pool = ProcessPoolExecutor(max_workers=self.size, initializer=_init_worker,
-                                                 initargs=(threads,),
-                                                 mp_context=multiprocessing.get_context("spawn"))
+                self._pool = self._new_pool(self.size)
             return self._pool
 
     def run(self, job: StageJob) -> dict[str, Any]:
         """Run one stage in a worker; its metrics, or WorkerStageError."""
+        pool = self._executor()
         try:
-            result = self._executor().submit(run_job, job).result()
+            result = pool.submit(run_job, job).result()
         except BrokenProcessPool:
-            with self._lock:
-                self._pool = None  # the next stage gets a fresh pool
-            raise StageFailed("the worker process running this stage died without a result (killed, out of "
-                              "memory, or the stage's code ended the process); nothing was published") from None
+            self._discard(pool)
+            result = self._run_alone(job)
         if result.metrics is None:
             raise WorkerStageError(result)
         return result.metrics
+
+    def _discard(self, pool: ProcessPoolExecutor) -> None:
+        """Forget a broken pool (the next stage gets a fresh one) once its workers are gone."""
+        with self._lock:
+            if self._pool is pool:
+                self._pool = None
+        pool.shutdown(wait=True, cancel_futures=True)
+
+    def _run_alone(self, job: StageJob) -> JobResult:
+        """The stage again, from empty folders, in a worker of its own."""
+        from bmbuild.stagelog import StageLog
+
+        for folder in (job.out_dir, job.work_dir):
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+        log = StageLog(job.log_path, append=True)
+        log.info("# a worker process died (this stage's or another's): running the stage again in a worker "
+                 "of its own")
+        log.close()
+        with self._new_pool(1) as solo:
+            try:
+                return solo.submit(run_job, job).result()
+            except BrokenProcessPool:
+                raise StageFailed("the worker process running this stage died without a result (killed, out of "
+                                  "memory, or the stage's code ended the process); nothing was published") from None
 
     def shutdown(self) -> None:
         with self._lock:

@@ -60,6 +60,34 @@ def libc_exit_0():
     ctypes.CDLL(None)._exit(0)
 
 
+def wait_for(path, seconds=120):
+    import time
+    from pathlib import Path
+
+    deadline = time.monotonic() + seconds
+    while not Path(path).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def crashes_while_a_sibling_runs(started, crashing):
+    import ctypes
+    from pathlib import Path
+
+    wait_for(started)
+    Path(crashing).write_text("")
+    ctypes.CDLL(None)._exit(0)
+
+
+def runs_while_a_sibling_crashes(started, crashing):
+    import time
+    from pathlib import Path
+
+    Path(started).write_text("")
+    wait_for(crashing)
+    time.sleep(3)  # still running when the sibling's worker dies and breaks the pool
+    return tiny_cnn()
+
+
 def forks_a_child():
     import multiprocessing
 
@@ -119,6 +147,24 @@ def test_exit_calls_in_model_code_fail_the_stage(workspace, write_recipe, jobs):
         assert read_report("call_libc0")["stages"]["trace"]["outcome"] == "failed"
         assert "call_libc0:trace failed: the worker process running this stage died without a result" in out
         assert not (workspace / "build" / "call_libc0" / "trace").exists()
+
+
+def test_a_dead_worker_fails_only_its_own_stage(workspace, write_recipe, tmp_path):
+    write_exit_models(workspace / "recipes")
+    markers = {"started": str(tmp_path / "started"), "crashing": str(tmp_path / "crashing")}
+    write_recipe("a_crash", source={"model": "exits.py:crashes_while_a_sibling_runs", "kwargs": markers})
+    write_recipe("b_sibling", source={"model": "exits.py:runs_while_a_sibling_crashes", "kwargs": markers})
+
+    proc = run_subprocess("run", "recipes", "--plain", "-j", "2", "--keep-going", cwd=workspace, timeout=600)
+
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert read_report("a_crash", workspace)["stages"]["trace"]["outcome"] == "failed"
+    assert "a_crash:trace failed: the worker process running this stage died without a result" in out
+    assert read_report("b_sibling", workspace)["ok"] is True, out
+    assert (workspace / "build" / "b_sibling" / "compile_fp32" / "b_sibling.onnx").is_file()
+    log = (workspace / "build" / "b_sibling" / "logs" / "trace.log").read_text()
+    assert "running the stage again in a worker of its own" in log  # the sibling's first worker was killed
 
 
 def test_a_process_forked_by_model_code_exits_normally(workspace, write_recipe):
