@@ -56,6 +56,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return _dry_run(args)
     build = _prepare(args)
+    from bmbuild.preflight import check_recipes
+
+    check_recipes(build.recipes)  # data and ONNX inputs against the recipes, before any stage runs
     console = BuildConsole(force_plain=args.plain)
     toolchains = sorted(set(build.toolchains.values()))
     console.print(f"bmbuild {__version__}: {len(build.recipes)} recipe(s), {len(build.nodes)} stage(s), "
@@ -224,8 +227,11 @@ def cmd_clean(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from bmbuild.recipe import load_recipes
 
+    from bmbuild.preflight import check_recipes
+
     workspace = _workspace(args)
     recipes = load_recipes(args.paths, workspace.root, workspace.config.vars)
+    check_recipes(recipes)  # the files each recipe names: data, ONNX inputs (headers only)
     for loaded in recipes:
         print(f"  ok  {loaded.file}  ({loaded.name})")
     print(f"{len(recipes)} recipe(s) valid")

@@ -143,17 +143,21 @@ class Executor:
     def components(self, node: Node, upstream_outputs: dict[str, dict[str, str]]) -> dict[str, Any]:
         """Everything a stage's result depends on; hashed by `action_key`."""
         stage, loaded = node.stage, node.loaded
+        params, files = stage.params(loaded.recipe), stage.external_inputs(loaded)
         if stage.uses_toolchain:
             toolchain = self.toolchain(node.toolchain)
             tc: dict[str, Any] = {"name": toolchain.name, "versions": toolchain.versions()}
+            if stage.toolchain_inputs is not None:
+                more_params, more_files = stage.toolchain_inputs(loaded, toolchain)
+                params, files = {**params, **more_params}, [*files, *more_files]
         else:
             tc = {"name": "torch", "versions": {"torch": package_version("torch")}}
         return {
             "stage": stage.name,
             "stage_version": stage.version,
             "toolchain": tc,
-            "params": stage.params(loaded.recipe),
-            "inputs": {input_name(p, loaded): self.stat.digest(p) for p in stage.external_inputs(loaded)},
+            "params": params,
+            "inputs": {input_name(p, loaded): self.stat.digest(p) for p in files},
             "upstream": {name: tree_digest(outputs) for name, outputs in sorted(upstream_outputs.items())},
             "env": {name: os.environ.get(name) for name in KEY_ENV},
         }

@@ -50,20 +50,30 @@ def test_wrong_shape_npy_fails_naming_the_file(ws8: Int8Workspace) -> None:
            f"expected one sample of shape {SHAPE}")
 
 
-def test_too_few_samples_fails_naming_the_file(ws8: Int8Workspace) -> None:
+def refused_before_any_stage(ws: Int8Workspace, code: int, out: str, err: str, *needles: str) -> None:
+    """The run stopped before tracing (a recipe error: exit 2), naming the recipe's file and key."""
+    text = out + err
+    assert code == 2, text
+    assert not (ws.root / "build" / "tiny8").exists(), "a stage ran"
+    for needle in needles:
+        assert needle in text, (needle, text)
+    assert "Traceback" not in text
+
+
+def test_too_few_samples_fails_before_any_stage_naming_the_key(ws8: Int8Workspace) -> None:
     write_npz(ws8.recipes / "data" / "small.npz", 10)
     recipe = ws8.recipe(calibration={"data": "data/small.npz"})  # 16 + 8 held out needed
     code, out, err = ws8.build(recipe)
-    failed(ws8, code, out, err, "calibrate", "small.npz", "only 10 samples available",
-           "16 for calibration + 8 held out")
+    refused_before_any_stage(ws8, code, out, err, "tiny8.yaml:", "calibration.samples: only 10 samples",
+                             "small.npz", "calibration.samples (16) + int8.cmp_samples (8")
 
 
-def test_wrong_stacked_shape_fails_naming_the_file(ws8: Int8Workspace) -> None:
+def test_wrong_stacked_shape_fails_before_any_stage_naming_the_file(ws8: Int8Workspace) -> None:
     path = ws8.recipes / "data" / "flat.npz"
     np.savez(path, x=np.zeros((30, 3, 16), np.float32))
     recipe = ws8.recipe(calibration={"data": "data/flat.npz"})
     code, out, err = ws8.build(recipe)
-    failed(ws8, code, out, err, "calibrate", "flat.npz", "(30, 3, 16)")
+    refused_before_any_stage(ws8, code, out, err, "calibration.data:", "flat.npz", "[30, 3, 16]", "[3, 16, 16]")
 
 
 def test_nan_in_calibration_data_names_the_sample(ws8: Int8Workspace) -> None:
@@ -92,7 +102,7 @@ def test_held_out_samples_are_disjoint_from_calibration_samples(tmp_path: Path) 
     data = write_npz(tmp_path / "d.npz", 40)
     calib, holdout = split(_recipe(data, 24, 12))
     assert len(calib) == 24 and len(holdout) == 12
-    assert not {r.index for r in calib} & {r.index for r in holdout}
+    assert not {r.index for r, in calib} & {r.index for r, in holdout}  # one input: one ref per sample
     assert split(_recipe(data, 24, 12)) == (calib, holdout)  # deterministic
     # more calibration samples never move a held-out one into calibration
     calib2, holdout2 = split(_recipe(data, 28, 12))
@@ -112,8 +122,8 @@ def test_held_out_folder_samples_are_disjoint(tmp_path: Path) -> None:
     for i, x in enumerate(samples(30)):
         np.save(folder / f"{i:02d}.npy", x)
     calib, holdout = split(_recipe(folder, 20, 10))
-    assert {r.path for r in calib} | {r.path for r in holdout} == set(folder.glob("*.npy"))
-    assert not {r.path for r in calib} & {r.path for r in holdout}
+    assert {r.path for r, in calib} | {r.path for r, in holdout} == set(folder.glob("*.npy"))  # one input
+    assert not {r.path for r, in calib} & {r.path for r, in holdout}
 
 
 def test_compile_int8_compares_on_held_out_samples_only(ws8: Int8Workspace,

@@ -18,8 +18,7 @@ import numpy as np
 from bmbuild.calib.arrays import open_array
 from bmbuild.calib.config import CalibrationConfig
 from bmbuild.calib.images import load_image
-from bmbuild.calib.sources import InputFeed, content_files, data_feeds, is_image
-from bmbuild.calib.sources import ARRAY_SUFFIXES, feed_files  # noqa: F401  (re-exported: callers import them here)
+from bmbuild.calib.sources import InputFeed, content_files, data_feeds, is_image, unpaired
 from bmbuild.errors import DataError
 
 
@@ -199,24 +198,10 @@ def list_feed_samples(feeds: Sequence[InputFeed]) -> list[Sample]:
             raise DataError(f"input {feed.name!r} has {len(refs)} calibration samples but input "
                             f"{sources[0].name!r} has {len(first)} (from {sources[0].source.data}); "
                             "every input needs one per sample", file=feed.source.data)
-        mismatch = _unpaired(sources[0].source.data, first, feed.source.data, refs)
+        mismatch = unpaired(sources[0].source.data, [r.path for r in first], feed.source.data, [r.path for r in refs])
         if mismatch:
             raise DataError(f"input {feed.name!r}: {mismatch}", file=feed.source.data)
     return list(zip(*listed))
-
-
-def _unpaired(root_a: Path | None, refs_a: list[SampleRef], root_b: Path | None,
-              refs_b: list[SampleRef]) -> str:
-    """Why two folder sources do not pair file by file ('' when they do, or are not two folders)."""
-    if root_a is None or root_b is None or root_a == root_b or not (root_a.is_dir() and root_b.is_dir()):
-        return ""
-    for a, b in zip(refs_a, refs_b):
-        stem_a = a.path.relative_to(root_a).with_suffix("").as_posix()
-        stem_b = b.path.relative_to(root_b).with_suffix("").as_posix()
-        if stem_a != stem_b:
-            return (f"samples are paired by file name, and {b.path.relative_to(root_b)} stands where "
-                    f"{root_a.name}/{a.path.relative_to(root_a)} is")
-    return ""
 
 
 class FeedLoader:
@@ -270,7 +255,7 @@ def rows_of(arrays: Sequence[np.ndarray], feeds: Sequence[InputFeed]) -> int:
 
 def constant(feed: InputFeed, rows: int) -> np.ndarray:
     """A constant input's value for a batch of `rows`."""
-    return np.ascontiguousarray(np.broadcast_to(np.asarray(feed.value, dtype=feed.dtype), feed.shape(rows)))
+    return np.array(np.broadcast_to(np.asarray(feed.value, dtype=feed.dtype), feed.shape(rows)))  # a copy, 0-d stays 0-d
 
 
 def iter_feeds(samples: Sequence[Sample], feeds: Sequence[InputFeed],

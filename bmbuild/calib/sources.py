@@ -92,3 +92,15 @@ def feed_files(feeds: Sequence[InputFeed]) -> list[Path]:
         assert feed.source is not None
         files.update(dict.fromkeys(content_files(feed.source)))
     return list(files)
+
+
+def unpaired(root_a: Path | None, files_a: Sequence[Path], root_b: Path | None, files_b: Sequence[Path]) -> str:
+    """Why two folders' samples do not pair file by file ('' when they do, or are not two folders):
+    samples of several inputs in their own folders are paired by file path without its suffix."""
+    if root_a is None or root_b is None or root_a == root_b or not (root_a.is_dir() and root_b.is_dir()):
+        return ""
+    for a, b in zip(files_a, files_b):
+        if a.relative_to(root_a).with_suffix("") != b.relative_to(root_b).with_suffix(""):
+            return (f"samples are paired by file name, and {b.relative_to(root_b)} stands where "
+                    f"{root_a.name}/{a.relative_to(root_a)} is")
+    return ""

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from bmbuild.recipe import LoadedRecipe, Recipe
 
 if TYPE_CHECKING:
-    from bmbuild.calib.dataset import InputFeed
+    from bmbuild.calib.sources import InputFeed
 
 
 def is_int8(recipe: Recipe) -> bool:
@@ -35,7 +35,7 @@ def dataset_params(recipe: Recipe) -> dict[str, Any]:
 
 def input_feeds(recipe: Recipe) -> list["InputFeed"]:
     """How each model input is fed in the int8 stages: its calibration source, or its constant."""
-    from bmbuild.calib.dataset import InputFeed
+    from bmbuild.calib.sources import InputFeed
 
     cfg = recipe.calibration
     assert cfg is not None
@@ -47,7 +47,7 @@ def input_feeds(recipe: Recipe) -> list["InputFeed"]:
 
 def dataset_files(loaded: LoadedRecipe) -> list[Path]:
     """Every file whose content defines the calibration set (hashed through the stat cache)."""
-    from bmbuild.calib.dataset import feed_files
+    from bmbuild.calib.sources import feed_files
 
     return feed_files(input_feeds(loaded.recipe)) if loaded.recipe.calibration is not None else []
 

@@ -38,21 +38,29 @@ def torch_note(version: str) -> str:
     return f"torch {release}, NNTC recommends {NNTC_TORCH}"
 
 
-def _params(recipe: Recipe) -> dict[str, Any]:
+def model_params(recipe: Recipe) -> dict[str, Any]:
+    """What builds the model from its source besides the files (`source_files`)."""
     source = recipe.source
     return {
-        "net_name": recipe.name,  # outputs are named after it
         "callable": source.callable_name,
         "kwargs": source.kwargs,
         "weights_key": source.weights.key if source.weights else None,
         "strip_prefix": source.weights.strip_prefix if source.weights else None,
+    }
+
+
+def _params(recipe: Recipe) -> dict[str, Any]:
+    return {
+        "net_name": recipe.name,  # outputs are named after it
+        **model_params(recipe),
         "shapes": recipe.shapes,
         "inputs": recipe.inputs_key(),
         "batch_sizes": recipe.resolved_batch_sizes,
     }
 
 
-def _inputs(loaded: LoadedRecipe) -> list[Path]:
+def source_files(loaded: LoadedRecipe) -> list[Path]:
+    """The model file, the local modules it imports and its weights."""
     recipe = loaded.recipe
     model_file = (loaded.file.parent / recipe.source.model_file).resolve()
     files = [model_file, *local_imports(model_file)]
@@ -132,7 +140,8 @@ def example_inputs(recipe: Recipe, batch: int, seed: int) -> list[Any]:
     arrays = []
     for shape, spec in zip(recipe.shapes_for_batch(batch), recipe.input_specs):
         if spec.value is not None:
-            arrays.append(np.ascontiguousarray(np.broadcast_to(np.asarray(spec.value, dtype=spec.dtype), shape)))
+            # np.array, not np.ascontiguousarray: that makes a 0-d value 1-d
+            arrays.append(np.array(np.broadcast_to(np.asarray(spec.value, dtype=spec.dtype), tuple(shape))))
         elif spec.dtype.startswith("float"):
             arrays.append(np.asarray(rng.standard_normal(shape), dtype=spec.dtype))
         else:
@@ -361,7 +370,7 @@ STAGE = Stage(
     upstream=(),
     applies=lambda recipe: recipe.source.framework == "pytorch",
     params=_params,
-    external_inputs=_inputs,
+    external_inputs=source_files,
     run=run,
     summary=lambda m: f"traced == eager (max rel {m.get('trace_vs_eager_max_rel', 0):.2g})",
     uses_toolchain=False,

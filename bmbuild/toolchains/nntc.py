@@ -205,6 +205,7 @@ class NntcToolchain:
     """bmnetp, ufw (pt_to_umodel, ufwio), calibration_use_pb, bmnetu and tpu_model from the SophonSDK."""
 
     name = "nntc"
+    exports_eager = False  # bmnetp compiles the traced file: compile_fp32 is keyed on it, not on the source
 
     def __init__(self) -> None:
         self._versions: dict[str, str] | None = None

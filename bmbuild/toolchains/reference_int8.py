@@ -24,7 +24,7 @@ from bmbuild.errors import StageFailed
 from bmbuild.stages.base import StageContext
 from bmbuild.stages.calibrate import table_name
 from bmbuild.stages.int8_common import input_feeds, split
-from bmbuild.toolchains.reference import ORT_LEVELS, ort_session, run_session
+from bmbuild.toolchains.reference import ORT_LEVELS, deployable_fp32, ort_session, run_session
 
 CALIBRATION_BATCH = 8
 DEQUANT_SUFFIX = "_DequantizeLinear_Output"
@@ -267,7 +267,7 @@ def compile_int8(ctx: StageContext) -> None:
 
 def _compare_int8(ctx: StageContext, deployables: dict[int, Path], umodel: Path) -> None:
     """int8 vs fp32 on held-out samples: per output for each batch size, then per layer."""
-    fp32 = ort_session(ctx.inputs["compile_fp32"] / f"{ctx.recipe.name}.fp32.onnx", 0)
+    fp32 = ort_session(deployable_fp32(ctx.inputs["compile_fp32"], ctx.recipe.name), 0)
     _, holdout = split(ctx.recipe)
     if not holdout:
         raise StageFailed("int8.cmp needs held-out samples: raise int8.cmp_samples")
@@ -360,7 +360,7 @@ def _evaluate(ctx: StageContext, umodel: Path) -> None:
         raise DataError(f"{evaluation.x_key} samples have shape {tuple(x.shape[1:])}, the model takes {expected}",
                         evaluation.data)
     k = 1 if evaluation.metric == "top1" else 5
-    fp32 = ort_session(ctx.inputs["compile_fp32"] / f"{ctx.recipe.name}.fp32.onnx", 0)
+    fp32 = ort_session(deployable_fp32(ctx.inputs["compile_fp32"], ctx.recipe.name), 0)
     int8 = ort_session(umodel, ctx.params["opt"])
     scores = {}
     for label, session in (("fp32", fp32), ("int8", int8)):

@@ -1,6 +1,6 @@
 """The tpu-mlir toolchain (Sophgo's current compiler): real BM1684X and BM1684 bmodels, run on its cmodel.
 
-    compile_fp32  in-process ONNX export (legacy exporter, the recipe's opset)  -> <name>.onnx
+    compile_fp32  in-process ONNX export of the eager module (legacy exporter, the recipe's opset) -> <name>.onnx
                   model_transform + model_deploy --quantize F32, once per batch size
                                                     -> <N>b.fp32.compilation/compilation.bmodel
                   (+ model_tool --combine of the batch sizes -> combined.bmodel)
@@ -32,11 +32,12 @@ from bmbuild.errors import StageFailed, ToolchainError
 from bmbuild.stages.base import StageContext
 from bmbuild.toolchains.base import Availability
 from bmbuild.toolchains.bmodel_info import BmodelInfoError, describe, parse_info
-from bmbuild.toolchains.commands import Command, run_command, start_command_file
+from bmbuild.toolchains.commands import Command, quote, run_command, start_command_file
+from bmbuild.toolchains.reference import export_line, export_onnx
 from bmbuild.toolchains.tpu_mlir_env import EnvNotFound, TpuMlirEnv, locate
 
 # Bump when this adapter changes the commands it runs or the files it keeps: part of every key.
-IMPLEMENTATION_VERSION = "1"
+IMPLEMENTATION_VERSION = "2"  # 2: ONNX exported from the eager module; several inputs calibrate
 CHIPS = {"BM1684X": "bm1684x", "BM1684": "bm1684"}
 # recipe calibration.method -> run_calibration --cali_method
 CALI_METHODS = {"kl": "kl", "mse": "mse", "minmax": "max", "percentile": "percentile9999"}
@@ -230,8 +231,7 @@ class TpuMlirToolchain:
         """The command lines `stage` runs (paths as published; a real run works in a temp folder)."""
         name, params = ctx.recipe.name, ctx.params
         if stage == "compile_fp32":
-            lines = [f"[in-process] torch.onnx.export(dynamo=False, opset {params['opset']}) -> "
-                     f"{ctx.out_dir / (name + '.onnx')}"]
+            lines = [export_line(ctx, quote(str(ctx.out_dir / (name + '.onnx'))))]
             lines += [c.shell() for c in self.fp32_commands(ctx)]
             lines += [f"[in-process] move {ctx.work_dir}/b<N>/{BMODEL} -> {ctx.out_dir}/<N>b.fp32.compilation/ "
                       "(with the top MLIR and its weights)"]
@@ -278,7 +278,7 @@ class TpuMlirToolchain:
         self.chip(ctx)
         start_command_file(ctx.log, f"{ctx.recipe.name} compile_fp32 (tpu-mlir): model_transform + model_deploy "
                                     "F32 per batch size")
-        export_onnx(ctx, ctx.out_dir / f"{ctx.recipe.name}.onnx")
+        export_onnx(ctx, ctx.out_dir / f"{ctx.recipe.name}.onnx")  # legacy exporter: tpu-mlir rejects opset 18
         for command in self.fp32_commands(ctx):
             self.run(ctx, command)
             if command.tool == "model_deploy":
@@ -410,19 +410,6 @@ def quantize_fp32_layers(ctx: StageContext, known: list[str] | None = None) -> l
                               + (f" (did you mean {', '.join(close)}?)" if close
                                  else f" (its layers: {', '.join(known[:6])}{', ...' if len(known) > 6 else ''})"))
     return layers
-
-
-def export_onnx(ctx: StageContext, target: Path) -> None:
-    """The model as ONNX for model_transform: the legacy exporter at the recipe's opset (tpu-mlir
-    rejects dynamo's opset 18), or the recipe's own ONNX file."""
-    from bmbuild.stages.compile_fp32 import source_model
-    from bmbuild.toolchains.reference import ReferenceToolchain
-
-    source = source_model(ctx)
-    if ctx.recipe.source.framework == "onnx":
-        shutil.copyfile(source, target)
-    else:
-        ReferenceToolchain()._export(ctx, source, target)
 
 
 def chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
