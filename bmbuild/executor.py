@@ -264,8 +264,11 @@ class Executor:
                 entry = self._run(node, decision, tmp, log_path)
             failures = node.stage.gate(node.loaded.recipe, entry.metrics)
             if failures:
-                raise self._fail(node, "tolerance not met:\n" + "\n".join(f"  {f}" for f in failures), log_path,
-                                 show_tail=False, seconds=time.monotonic() - started)
+                message = "tolerance not met:\n" + "\n".join(f"  {f}" for f in failures)
+                log = StageLog(log_path, append=True)  # the log says why the stage failed, like the console
+                log.info(f"FAILED: {message}")
+                log.close()
+                raise self._fail(node, message, log_path, show_tail=False, seconds=time.monotonic() - started)
             self._publish(node, tmp, entry)
             record = NodeRecord(node.id, node.recipe_name, node.stage.name, outcome, decision.reason,
                                 seconds=time.monotonic() - started,

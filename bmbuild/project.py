@@ -138,8 +138,9 @@ def write_reports(build: Build, records: list[NodeRecord]) -> list[Path]:
         mine = by_recipe.get(loaded.name)
         if not mine:
             continue
-        report = recipe_report(build, loaded, mine)
         path = build.workspace.report_path(loaded.name)
+        report = recipe_report(build, loaded, mine)
+        keep_timings(report, read_report(path))
         atomic_write_bytes(path, json_bytes(report))
         written.append(path)
     return written
@@ -161,6 +162,32 @@ def recipe_report(build: Build, loaded: LoadedRecipe, records: list[NodeRecord])
                              "outputs": output_sizes(build.workspace, r)}
                    for r in records},
     }
+
+
+def read_report(path: Path) -> dict[str, Any]:
+    """A recipe's last report.json ({} when there is none or it is not one: it is read back, untrusted)."""
+    import json
+
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return data if isinstance(data, dict) and isinstance(data.get("stages"), dict) else {}
+
+
+def keep_timings(report: dict[str, Any], previous: dict[str, Any]) -> None:
+    """Up-to-date stages keep the timings of the run that built their outputs (same key), so a
+    no-op run does not leave a report of zero seconds; `timing_from` says when they were measured."""
+    for stage, entry in report["stages"].items():
+        before = previous["stages"].get(stage) if previous else None
+        if entry["outcome"] != "up-to-date" or not isinstance(before, dict) or before.get("key") != entry["key"]:
+            continue
+        seconds, saved = before.get("seconds"), before.get("saved_seconds", 0.0)
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < float("inf")
+                   for v in (seconds, saved)):
+            continue
+        when = before.get("timing_from") or previous.get("generated")
+        entry.update({"seconds": seconds, "saved_seconds": saved, "timing_from": when if isinstance(when, str) else None})
 
 
 def output_sizes(workspace: Workspace, record: NodeRecord) -> dict[str, int]:

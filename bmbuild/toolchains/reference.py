@@ -106,6 +106,7 @@ def write_onnx(ctx: StageContext) -> tuple[Path, Path]:
 def _export(ctx: StageContext, target: Path) -> None:
     import torch
 
+    from bmbuild.stagelog import output_to_log
     from bmbuild.stages.compile_fp32 import source_model
     from bmbuild.stages.trace import build_model, example_inputs, run_torch
 
@@ -128,15 +129,14 @@ def _export(ctx: StageContext, target: Path) -> None:
         ctx.log.info(f"exporting to ONNX opset {params['opset']} ({'dynamic' if dynamic else 'static'} batch"
                      f"{f': {axes}' if axes else ''})")
         try:
-            torch.onnx.export(module, tuple(torch.from_numpy(a) for a in arrays), str(target),
-                              dynamo=False, opset_version=params["opset"], input_names=inputs,
-                              output_names=outputs, dynamic_axes=axes, do_constant_folding=True)
+            with output_to_log(ctx.log):  # the exporter prints its Torch IR graph on failure
+                torch.onnx.export(module, tuple(torch.from_numpy(a) for a in arrays), str(target),
+                                  dynamo=False, opset_version=params["opset"], input_names=inputs,
+                                  output_names=outputs, dynamic_axes=axes, do_constant_folding=True)
         except Exception as exc:  # exporter errors are about the user's model
             text = f"{type(exc).__name__}: {exc}"
             ctx.log.info(f"ONNX export failed (opset {params['opset']}):\n{text}")
-            raise StageFailed(f"ONNX export failed: {headline(text)}"
-                              + (" (the exporter's full message is in the log)" if headline(text) != text else "")
-                              ) from None
+            raise ExportFailed(f"ONNX export failed: {headline(text)} (the exporter's output is in the log)") from None
 
 
 def export_line(ctx: StageContext, target: str) -> str:
@@ -151,6 +151,13 @@ def export_line(ctx: StageContext, target: str) -> str:
     module = (f"{recipe.source.model} (eager, built from source)" if recipe.source.framework == "pytorch"
               else quote(str(source_model(ctx))))
     return f"[in-process] torch.onnx.export({module}, opset {params['opset']}, {dynamic} batch) -> {target}"
+
+
+class ExportFailed(StageFailed):
+    """The exporter refused the model: its message's first line on the console, the rest (its
+    Torch IR dump) in the stage's log only, not in a console tail."""
+
+    shows_log_tail = False
 
 
 def headline(text: str, limit: int = 300) -> str:
