@@ -102,7 +102,7 @@ def test_held_out_samples_are_disjoint_from_calibration_samples(tmp_path: Path) 
     data = write_npz(tmp_path / "d.npz", 40)
     calib, holdout = split(_recipe(data, 24, 12))
     assert len(calib) == 24 and len(holdout) == 12
-    assert not {r.index for r, in calib} & {r.index for r, in holdout}  # one input: one ref per sample
+    assert not {r.index for r in calib} & {r.index for r in holdout}
     assert split(_recipe(data, 24, 12)) == (calib, holdout)  # deterministic
     # more calibration samples never move a held-out one into calibration
     calib2, holdout2 = split(_recipe(data, 28, 12))
@@ -122,8 +122,8 @@ def test_held_out_folder_samples_are_disjoint(tmp_path: Path) -> None:
     for i, x in enumerate(samples(30)):
         np.save(folder / f"{i:02d}.npy", x)
     calib, holdout = split(_recipe(folder, 20, 10))
-    assert {r.path for r, in calib} | {r.path for r, in holdout} == set(folder.glob("*.npy"))  # one input
-    assert not {r.path for r, in calib} & {r.path for r, in holdout}
+    assert {r.path for r in calib} | {r.path for r in holdout} == set(folder.glob("*.npy"))
+    assert not {r.path for r in calib} & {r.path for r in holdout}
 
 
 def test_compile_int8_compares_on_held_out_samples_only(ws8: Int8Workspace,

@@ -34,7 +34,7 @@ class SampleRef:
         return str(self.path) if self.index is None else f"{self.path}[{self.index}]"
 
 
-def _sort_key(ref: "SampleRef | Sample") -> tuple[Any, ...]:
+def _sort_key(ref: "Sample") -> tuple[Any, ...]:
     if isinstance(ref, tuple):  # one ref per data input: ordered by the first input's
         return tuple(_sort_key(r) for r in ref)
     return ref.path.as_posix(), -1 if ref.index is None else ref.index
@@ -183,7 +183,13 @@ def iter_batches(refs: Sequence[SampleRef], cfg: CalibrationConfig,
 
 
 # --- models with several inputs ---------------------------------------------------------------
-Sample = tuple[SampleRef, ...]  # one ref per data input, in input order
+# A sample of a model with one data input is its SampleRef; with several, one ref per data input.
+Sample = SampleRef | tuple[SampleRef, ...]
+
+
+def refs_of(sample: Sample) -> tuple[SampleRef, ...]:
+    """One ref per data input."""
+    return sample if isinstance(sample, tuple) else (sample,)
 
 
 def list_feed_samples(feeds: Sequence[InputFeed]) -> list[Sample]:
@@ -192,6 +198,8 @@ def list_feed_samples(feeds: Sequence[InputFeed]) -> list[Sample]:
     sources = data_feeds(feeds)
     listed = [list_samples(feed.source) for feed in sources]  # type: ignore[arg-type]
     first = listed[0]
+    if len(listed) == 1:
+        return first
     for feed, refs in zip(sources[1:], listed[1:]):
         assert feed.source is not None and sources[0].source is not None
         if len(refs) != len(first):
@@ -221,7 +229,7 @@ class FeedLoader:
         if not samples:
             raise ValueError("no samples to load")
         columns = [np.stack([loader.load(ref) for ref in refs])
-                   for loader, refs in zip(self.loaders, zip(*samples))]
+                   for loader, refs in zip(self.loaders, zip(*map(refs_of, samples)))]
         return assemble(self.feeds, columns)
 
 

@@ -53,8 +53,8 @@ def dataset_files(loaded: LoadedRecipe) -> list[Path]:
 
 
 def split(recipe: Recipe) -> tuple[list[Any], list[Any]]:
-    """(calibration samples, held-out samples): disjoint, deterministic. Each sample holds one
-    SampleRef per data input (bmbuild.calib.dataset.Sample)."""
+    """(calibration samples, held-out samples): disjoint, deterministic. A sample is a SampleRef,
+    or one per data input for a model with several (bmbuild.calib.dataset.Sample)."""
     from bmbuild.calib.dataset import list_feed_samples, split_samples
 
     cfg = recipe.calibration
