@@ -128,3 +128,13 @@ def check_all(results: dict[str, dict[str, Any]], tolerance: Any) -> GateResult:
         sim = Similarity(**{k: values.get(k) for k in ("cos", "euclid", "sqnr", "max_abs", "top1")})
         gate.failures.extend(check(label, sim, tolerance).failures)
     return gate
+
+
+def latency_summary(latency: dict[str, dict[str, Any]] | None) -> str:
+    """'latency b1 2.31ms (onnxruntime 0.412ms)' from a stage's `latency` metrics ('' without)."""
+    if not latency:
+        return ""
+    parts = [f"{label} {values['ms']:.3g}ms" + (f" (onnxruntime {values['onnxruntime_ms']:.3g}ms)"
+                                                 if "onnxruntime_ms" in values else "")
+             for label, values in latency.items()]
+    return "latency " + ", ".join(parts)

@@ -119,12 +119,31 @@ class Eval(_Strict):
     limit: int | None = Field(None, ge=1, description="Evaluate only the first N samples.")
 
 
+class Tvm(_Strict):
+    """Settings of the TVM toolchain (`toolchain: tvm`); the other toolchains ignore them."""
+
+    target: dict[str, Any] = Field(
+        default_factory=lambda: {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64"},
+        description="TVM target as a mapping, e.g. {kind: llvm, mcpu: skylake-avx512}; default: generic x86-64.")
+    latency_runs: int = Field(10, ge=1, le=1000, description="Timed runs per compiled library (the median is reported).")
+
+    @field_validator("target", mode="before")
+    @classmethod
+    def _target_mapping(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            raise ValueError("write the target as a mapping, e.g. {kind: llvm, mcpu: skylake}: "
+                             "TVM 0.27 refuses the 'llvm -mcpu=...' string form")
+        if isinstance(value, dict) and not isinstance(value.get("kind"), str):
+            raise ValueError("a TVM target needs a 'kind' (llvm for CPUs)")
+        return value
+
+
 class Recipe(_Strict):
     """One model and how to build it."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Net name (bmnetp --net_name); also the build folder.")
     description: str | None = None
-    toolchain: Literal["auto", "reference", "nntc"] = Field("auto", description="auto: NNTC when installed, else reference.")
+    toolchain: Literal["auto", "reference", "nntc", "tvm"] = Field("auto", description="auto: NNTC when installed, else reference.")
     source: Source
     shapes: list[list[int]] = Field(min_length=1, description="Input shapes, batch first, e.g. [[1,3,224,224]].")
     inputs: list[InputSpec] | None = Field(None, description="Input names and dtypes, one per shape.")
@@ -135,6 +154,7 @@ class Recipe(_Strict):
     calibration: CalibrationConfig | None = None
     int8: Int8 = Field(default_factory=Int8)
     eval: Eval | None = None
+    tvm: Tvm | None = Field(None, description="TVM toolchain settings (default target: generic x86-64 LLVM).")
     variants: dict[str, list[Any]] | list[dict[str, Any]] | None = Field(
         None, description="Expand into several builds: {dotted.key: [values]} is a matrix "
                           "(name_<value>...); a list of {dotted.key: value, suffix: s} gives explicit variants.")

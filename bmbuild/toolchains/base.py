@@ -56,6 +56,7 @@ class Toolchain(Protocol):
 REGISTRY: dict[str, str] = {
     "reference": "bmbuild.toolchains.reference:ReferenceToolchain",
     "nntc": "bmbuild.toolchains.nntc:NntcToolchain",
+    "tvm": "bmbuild.toolchains.tvm:TvmToolchain",
 }
 
 
