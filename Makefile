@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[reference,test]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[reference,tvm,test]'
 	touch $(STAMP)
 
 venv: $(STAMP)

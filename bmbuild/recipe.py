@@ -125,7 +125,7 @@ class Tvm(_Strict):
     target: dict[str, Any] = Field(
         default_factory=lambda: {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64"},
         description="TVM target as a mapping, e.g. {kind: llvm, mcpu: skylake-avx512}; default: generic x86-64.")
-    latency_runs: int = Field(10, ge=1, le=1000, description="Timed runs per compiled library (the median is reported).")
+    latency_runs: int = Field(5, ge=0, le=1000, description="Timed runs per compiled library, the median reported (0: not timed).")
 
     @field_validator("target", mode="before")
     @classmethod

@@ -126,11 +126,14 @@ def test_an_operator_tvm_lacks_fails_with_the_frontends_message(workspace, write
 def test_the_target_is_part_of_the_key_and_checked_by_tvm(workspace, write_recipe, run_bmbuild, outcomes):
     recipe = write_recipe("tiny", **TVM)
     assert run_bmbuild("run", recipe, "--plain")[0] == 0
-    recipe = write_recipe("tiny", toolchain="tvm", tvm={"latency_runs": 3, "target": {"kind": "llvm", "mcpu": "haswell"}})
+    recipe = write_recipe("tiny", toolchain="tvm", tvm={"latency_runs": 0, "target": {"kind": "llvm", "mcpu": "haswell"}})
+    code, out, err = run_bmbuild("plan", recipe)
+    assert re.search(r"run\s+tiny:compile_fp32\s+parameter tvm: .*'haswell'", out), out
     code, out, err = run_bmbuild("run", recipe, "--plain")
     assert code == 0, out + err
     assert outcomes("tiny") == {"trace": "up-to-date", "compile_fp32": "executed"}
-    assert metrics("tiny", "compile_fp32")["target"] == {"kind": "llvm", "mcpu": "haswell"}
+    found = metrics("tiny", "compile_fp32")
+    assert found["target"] == {"kind": "llvm", "mcpu": "haswell"} and "latency" not in found  # 0 runs: not timed
     recipe = write_recipe("tiny", toolchain="tvm", tvm={"target": {"kind": "llvm", "mcpu": "no-such-cpu-x"}})
     code, out, err = run_bmbuild("run", recipe, "--plain")
     assert code == 1

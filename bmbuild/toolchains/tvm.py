@@ -208,11 +208,11 @@ def build_library(ctx: StageContext, model_path: Path, batch: int | None, target
     target_spec = settings(ctx).target
     started = time.perf_counter()
     with native_output(ctx):
+        tvm_target = make_target(target_spec)
         try:
             module = from_onnx(model, shape_dict=shape_dict, keep_params_in_input=False)
         except Exception as exc:  # the frontend's own words name the operator it lacks
             raise StageFailed(f"TVM's ONNX frontend cannot import {model_path.name}: {_message(exc)}") from None
-        tvm_target = make_target(target_spec)
         try:
             executable = tvm.compile(module, target=tvm_target)
             executable.export_library(str(target))
