@@ -245,17 +245,20 @@ def test_native_output_goes_to_the_stage_log(tmp_path, capfd):
     assert "back on stderr" in capfd.readouterr().err
 
 
-def test_llvm_version_is_read_without_importing_tvm(tmp_path):
+def test_listing_and_planning_import_neither_tvm_nor_torch(workspace, write_recipe):
     import subprocess
 
     from conftest import subprocess_env
 
-    probe = ("import sys, json\nfrom bmbuild.toolchains.tvm import TvmToolchain\n"
-             "t = TvmToolchain()\nprint(json.dumps([t.availability().version, t.versions(), 'tvm' in sys.modules]))")
+    recipe = write_recipe("tiny", **TVM)
+    probe = ("import sys, json\nfrom bmbuild.cli import main\nfrom bmbuild.toolchains.tvm import TvmToolchain\n"
+             f"code = main(['plan', {str(recipe)!r}])\n"
+             "t = TvmToolchain()\nprint(json.dumps([code, t.availability().version, t.versions(),\n"
+             "      sorted(m for m in ('tvm', 'torch', 'onnx', 'onnxruntime', 'numpy') if m in sys.modules)]))")
     done = subprocess.run([sys.executable, "-c", probe], env=subprocess_env(), capture_output=True, text=True,
                           timeout=120)
-    version, versions, imported = json.loads(done.stdout.splitlines()[-1])
-    assert imported is False
+    code, version, versions, heavy = json.loads(done.stdout.splitlines()[-1])
+    assert code == 0 and heavy == []
     assert versions["implementation"] and "apache-tvm" in versions and json.loads(versions["defaults"])["target"]
     if importlib.util.find_spec("tvm") is not None:
         assert re.fullmatch(r"apache-tvm \S+, LLVM \d+(\.\d+)*", version), version
