@@ -16,8 +16,10 @@ from typing import Any, Callable
 
 from bmbuild import __version__
 from bmbuild.errors import BmbuildError
+from bmbuild.toolchains.base import REGISTRY
 
 DEFAULT_SCHEMA = Path("schemas/recipe.schema.json")
+TOOLCHAIN_CHOICES = ["auto", *REGISTRY]
 
 
 def _workspace(args: argparse.Namespace) -> Any:
@@ -256,7 +258,7 @@ def _add_common(parser: argparse.ArgumentParser, paths: str = "+") -> None:
 
 def _add_selection(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stage", action="append", help="build only this stage and what it needs (repeatable)")
-    parser.add_argument("--toolchain", choices=["auto", "reference", "nntc", "tpu-mlir"],
+    parser.add_argument("--toolchain", choices=TOOLCHAIN_CHOICES,
                         help="override the recipes' toolchain")
     parser.add_argument("--force", action="store_true", help="run every selected stage, ignoring the cache")
     parser.add_argument("--shard", type=_shard, metavar="i/N",
@@ -309,13 +311,13 @@ def build_parser() -> argparse.ArgumentParser:
     graph = sub.add_parser("graph", help="the stage graph (text, or Graphviz DOT)")
     _add_common(graph)
     graph.add_argument("--format", choices=["text", "dot"], default="text")
-    graph.add_argument("--toolchain", choices=["auto", "reference", "nntc", "tpu-mlir"])
+    graph.add_argument("--toolchain", choices=TOOLCHAIN_CHOICES)
     graph.set_defaults(func=cmd_graph, stage=None)
 
     status = sub.add_parser("status", help="state of each stage's outputs")
     _add_common(status)
     _add_remote(status)
-    status.add_argument("--toolchain", choices=["auto", "reference", "nntc", "tpu-mlir"])
+    status.add_argument("--toolchain", choices=TOOLCHAIN_CHOICES)
     status.add_argument("--verify", action="store_true",
                         help="re-hash every published output, ignoring the stat cache; exit 1 if any is corrupt")
     status.set_defaults(func=cmd_status, stage=None)
