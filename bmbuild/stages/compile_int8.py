@@ -28,6 +28,8 @@ def _params(recipe: Recipe) -> dict[str, Any]:
         "cmp": int8.cmp,
         "cmp_samples": int8.cmp_samples,
     }
+    if int8.enable_profile:  # only when set: keys of recipes without it are unchanged
+        params["enable_profile"] = True
     if recipe.eval:
         params["eval"] = recipe.eval.model_dump(exclude={"data", "max_drop"})
     return params

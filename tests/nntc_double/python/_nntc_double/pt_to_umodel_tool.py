@@ -1,4 +1,7 @@
-"""ufw.tools.pt_to_umodel double: traced .pt -> <name>_bmnetp_test_fp32.prototxt + <name>_bmnetp.fp32umodel."""
+"""ufw.tools.pt_to_umodel double: traced .pt -> <name>_bmnetp_test_fp32.prototxt + <name>_bmnetp.fp32umodel.
+
+ufw.tools.on_to_umodel (ONNX) takes the same flags and writes <name>_bmneto_...: the stem names the
+front end, as the vendor zoo's configs show ($(name)_bmneto_deploy_int8_unique_top.prototxt)."""
 import os
 import re
 
@@ -7,6 +10,9 @@ from .common import DoubleError, check_name, execute
 
 PROG = "python3 -m ufw.tools.pt_to_umodel"
 USAGE = f"usage: {PROG} -m MODEL -s SHAPE -d OUTDIR -D LMDB_DIR [-n NAME] [--cmp]"
+# converter -> (front end named in the file stems, model check, model suffix dropped from the default name)
+CONVERTERS = {"pt_to_umodel": ("bmnetp", files.check_torchscript, ".pt"),
+              "on_to_umodel": ("bmneto", files.check_onnx, ".onnx")}
 VALUED = ("-m", "-s", "-d", "-D", "-n")
 # The SDK docs make -d (default "compilation") and -D (random data) optional; the reference command
 # line (sophgo-toolchains.md) always passes both, and a calibration without -D has no data, so the
@@ -19,7 +25,8 @@ def _fail(msg):
     raise DoubleError(f"{USAGE}\n{PROG}: error: {msg}", 2)
 
 
-def check(argv):
+def check(argv, tool="pt_to_umodel"):
+    front, check_model, suffix = CONVERTERS[tool]
     a, i = {}, 0
     while i < len(argv):
         tok = argv[i]
@@ -46,7 +53,7 @@ def check(argv):
     m = re.fullmatch(r"\(([1-9][0-9]*(?:,[1-9][0-9]*)*)\)", a["-s"])
     if not m:
         _fail(f"argument -s: {a['-s']!r} is not of the form (N,C,H,W) with positive integers, no spaces")
-    files.check_torchscript(a["-m"], f"{PROG}: error", 1)
+    check_model(a["-m"], f"{PROG}: error", 1)
     lmdb = a["-D"]
     if not os.path.isfile(os.path.join(lmdb, "data.mdb")):
         raise DoubleError(f"{PROG}: error: -D {lmdb!r} is not an LMDB folder (no data.mdb inside)", 1)
@@ -56,34 +63,34 @@ def check(argv):
     name = a.get("-n")
     if name is None:
         name = os.path.basename(a["-m"])
-        name = name[:-3] if name.endswith(".pt") else name
+        name = name[:-len(suffix)] if name.endswith(suffix) else name
     check_name(name, f"{PROG}: error: -n", 1)
     return {"model": a["-m"], "shape": [int(d) for d in m.group(1).split(",")], "outdir": a["-d"],
-            "lmdb": lmdb, "name": name, "cmp": a.get("--cmp", False)}
+            "lmdb": lmdb, "name": name, "cmp": a.get("--cmp", False), "tool": tool, "stem": f"{name}_{front}"}
 
 
 def produce(o):
     os.makedirs(o["outdir"], exist_ok=True)
-    shape, name = o["shape"], o["name"]
+    shape, name, stem = o["shape"], o["name"], o["stem"]
     uid = files.new_uid()
     inputs = [{"name": "input.1", "shape": shape, "scale": 1}]
     outputs = [{"name": "output.1", "shape": [shape[0]] + FAKE_OUTPUT_DIMS, "scale": 1}]
-    files.write_umodel(os.path.join(o["outdir"], f"{name}_bmnetp.fp32umodel"), {
+    files.write_umodel(os.path.join(o["outdir"], f"{stem}.fp32umodel"), {
         "format": "nntc-double-umodel", "prec": "FP32", "net_name": name, "uid": uid,
         "inputs": inputs, "outputs": outputs, "coeff": os.path.getsize(o["model"]),
-        "source": {"tool": "pt_to_umodel", "model": os.path.abspath(o["model"]),
+        "source": {"tool": o["tool"], "model": os.path.abspath(o["model"]),
                    "model_sha256": files.sha256(o["model"]), "cmp": o["cmp"]},
     })
     # The LMDB path is written as given, like a hand-written Caffe data layer: a relative path is
     # resolved against the working directory of calibration_use_pb, not against the prototxt.
-    meta = {"kind": "test_fp32", "net_name": name, "umodel_uid": uid, "umodel": f"{name}_bmnetp.fp32umodel"}
-    files.write_prototxt(os.path.join(o["outdir"], f"{name}_bmnetp_test_fp32.prototxt"), meta,
+    meta = {"kind": "test_fp32", "net_name": name, "umodel_uid": uid, "umodel": f"{stem}.fp32umodel"}
+    files.write_prototxt(os.path.join(o["outdir"], f"{stem}_test_fp32.prototxt"), meta,
                          [files.data_layer("input.1", o["lmdb"], shape[0]), files.body_layer(inputs, outputs)])
-    print(f"pt_to_umodel (NNTC test double): wrote {name}_bmnetp.fp32umodel and "
-          f"{name}_bmnetp_test_fp32.prototxt in {o['outdir']}", flush=True)
+    print(f"{o['tool']} (NNTC test double): wrote {stem}.fp32umodel and "
+          f"{stem}_test_fp32.prototxt in {o['outdir']}", flush=True)
 
 
-def main(argv, api=False):
+def main(argv, api=False, tool="pt_to_umodel"):
     """No success banner is documented for pt_to_umodel: none is printed."""
-    return execute("pt_to_umodel", argv, lambda: check(argv), produce,
-                   api="ufw.tools.pt_to_umodel" if api else None, kwargs=None)
+    return execute(tool, argv, lambda: check(argv, tool), produce,
+                   api=f"ufw.tools.{tool}" if api else None, kwargs=None)
