@@ -12,7 +12,6 @@ import json
 import re
 import shlex
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -335,7 +334,8 @@ def test_corpus_imports_with_a_status_per_config(tmp_path):
     assert conformer.recipe["shapes"] == [[1, 458, 256], [1, 458, 256], [1, 1, 458]]
     assert conformer.recipe["fp32"] == {"enable_profile": True, "opt": 2, "dyn": True, "cmp": False}
     assert bm1684x["language/nlp/bert/config.yaml"].untranslated[0].startswith("fp_loops[1]: another build")
-    assert any("-asym_threshold=true" in u for u in bm1684x["vision/detection/yolov5/yolov5s5.config.yaml"].untranslated)
+    yolo = bm1684x["vision/detection/yolov5/yolov5s5.config.yaml"]
+    assert any("-asym_threshold=true" in u for u in yolo.untranslated)
 
 
 def test_missing_model_files_import_and_fail_validate_with_the_path(tmp_path, run_bmbuild, monkeypatch):
@@ -390,7 +390,7 @@ def flags(words: list[str]) -> dict[str, str | None]:
     out: dict[str, str | None] = {}
     i = 0
     while i < len(words):
-        match = re.fullmatch(r"--?([A-Za-z_]\w*)(?:=(.*))?", words[i], re.S)
+        match = re.fullmatch(r"--?([A-Za-z_]\w*)(?:=(.*))?", words[i], re.DOTALL)
         if match:
             name, value = match.group(1), match.group(2)
             if value is None and i + 1 < len(words) and (
@@ -544,7 +544,7 @@ def test_onnx_recipes_build_with_bmneto_and_on_to_umodel(workspace, write_recipe
     assert code == 0, out + err
     assert outcomes("tiny") == {s: "executed" for s in ("compile_fp32", "calibrate", "quantize", "compile_int8")}
     build = workspace.resolve() / "build" / "tiny"
-    (first, second) = by_tool(log, "bmneto")
+    first, _ = by_tool(log, "bmneto")
     assert first[0] == f"--model={workspace.resolve()}/recipes/tiny.onnx" and first[1] == "--shapes=[[1,3,8,8]]"
     assert by_tool(log, "bmnetp") == []
     (to_umodel,) = by_tool(log, "on_to_umodel")

@@ -274,8 +274,9 @@ def _calibration_hint(t: Translator, int8: bool) -> None:
     settings = t.recipe.pop("calibration", {})
     if int8 or settings:
         t.hint = {"prec": "INT8"}
-        batches = sorted(set(t.get("batch_sizes") or [t.recipe["shapes"][0][0]]) | set(_batch_list(t, "bmnetu_batch_sizes")))
-        if batches != (t.get("batch_sizes") or [t.recipe["shapes"][0][0]]):
+        current = t.get("batch_sizes") or [t.recipe["shapes"][0][0]]
+        batches = sorted(set(current) | set(_batch_list(t, "bmnetu_batch_sizes")))
+        if batches != current:
             t.hint["batch_sizes"] = batches
         t.hint["calibration"] = {"data": "<folder of calibration images>", **settings}
 
@@ -837,7 +838,7 @@ def _translate_group(file: Path, zoo: Zoo, builds: list[Build], name: str, path:
             (translate_nntc if build.mode == "nntc" else translate_mlir)(t)
             report_keys(t, written)
             parts.append(t)
-    except (Skip, ConfigError) as exc:
+    except (Skip, ConfigError, ValueError) as exc:
         return Translation(file, name, skipped=str(exc))
     result = Translation(file, name, hint=parts[0].hint or None)
     for t in parts:
@@ -868,7 +869,7 @@ def _merge_shapes(recipes: list[dict[str, Any]], builds: list[Build]) -> dict[st
         merged["batch_sizes"] = batches
         return merged
     merged["variants"] = [{"suffix": b.shape_key or f"v{i}", **{k: v for k, v in r.items() if v != first.get(k)}}
-                          for i, (r, b) in enumerate(zip(recipes, builds))]
+                          for i, (r, b) in enumerate(zip(recipes, builds, strict=True))]
     return merged
 
 
@@ -1000,7 +1001,10 @@ def _write_workspace(result: ImportResult) -> Path:
     path = result.out / "bmbuild.yaml"
     data: dict[str, Any] = {}
     if path.is_file():
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise BmbuildError(f"{path}: cannot update its vars: {exc}") from None
         data = loaded if isinstance(loaded, dict) else {}
     existing = data.get("vars") if isinstance(data.get("vars"), dict) else {}
     data["vars"] = {**result.zoo.variables, **existing}

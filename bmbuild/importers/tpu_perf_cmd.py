@@ -72,8 +72,7 @@ def tool_name(words: list[str]) -> tuple[str, int]:
 
 
 def _script(word: str) -> str:
-    name = word.rsplit("/", 1)[-1]
-    return name[:-3] if name.endswith(".py") else name
+    return word.rsplit("/", 1)[-1].removesuffix(".py")
 
 
 def parse_command(text: str, key: str) -> CommandLine:

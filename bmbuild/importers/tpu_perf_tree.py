@@ -294,7 +294,8 @@ def read_builds(file: Path, zoo: Zoo) -> tuple[list[Build], dict[str, Any], str 
         raise ConfigError("no 'name'")
     builds = []
     for mode in modes:
-        builds += _mode_builds(file, zoo, dict(config), mode, suffix="-mlir" if mode == "mlir" and len(modes) > 1 else "")
+        suffix = "-mlir" if mode == "mlir" and len(modes) > 1 else ""
+        builds += _mode_builds(file, zoo, dict(config), mode, suffix)
     return builds, written, None
 
 
@@ -309,7 +310,7 @@ def _mode_builds(file: Path, zoo: Zoo, config: dict[str, Any], mode: str, suffix
     if not isinstance(shapes, list) or len(shapes) != len(gops):
         raise ConfigError("gops must have one value per entry of shapes")
     builds = []
-    for shape, gop in zip(shapes, gops):
+    for shape, gop in zip(shapes, gops, strict=True):
         build = dict(config)
         name = str(config["name"]) + suffix
         if gop is not None:

@@ -324,7 +324,7 @@ class NntcToolchain:
     def int8_commands(self, ctx: StageContext) -> list[Command]:
         """One bmnetu -prec=INT8 per batch size, then tpu_model --combine when there are several."""
         self._check_recipe(ctx)
-        params, name = ctx.params, ctx.recipe.name
+        params = ctx.params
         int8umodel, deploy, _ = self.outputs(ctx)
         source = ctx.inputs["quantize"]
         commands = []
