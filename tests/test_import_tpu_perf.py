@@ -338,6 +338,21 @@ def test_corpus_imports_with_a_status_per_config(tmp_path):
     assert any("-asym_threshold=true" in u for u in yolo.untranslated)
 
 
+def test_a_flat_folder_of_example_configs_and_a_single_config_file(tmp_path):
+    """A folder of `<model>.config.yaml` files whose root config has another name (as the issue's
+    examples are kept) imports with that root config's variables; so does one config file."""
+    flat = tmp_path / "examples"
+    flat.mkdir()
+    shutil.copyfile(CORPUS / "config.yaml", flat / "root.config.yaml")
+    shutil.copyfile(CORPUS / "vision/classification/efficientnetv2/config.yaml", flat / "efficientnetv2.config.yaml")
+    shutil.copyfile(CORPUS / "vision/classification/vgg11-torch/config.yaml", flat / "vgg11-torch.config.yaml")
+    result = import_zoo(flat, tmp_path / "out")
+    assert sorted(t.name for t in result.translations) == ["efficientnetv2", "vgg11"]
+    assert one(result, "efficientnetv2").recipe["calibration"]["data"] == "${imagenet2012_cali_set}"
+    single = import_zoo(flat / "vgg11-torch.config.yaml", tmp_path / "one")
+    assert [t.name for t in single.translations] == ["vgg11"] and single.zoo.root == flat.resolve()
+
+
 def test_missing_model_files_import_and_fail_validate_with_the_path(tmp_path, run_bmbuild, monkeypatch):
     result = import_zoo(CORPUS / "vision" / "classification" / "efficientnetv2", tmp_path / "out")
     t = one(result)

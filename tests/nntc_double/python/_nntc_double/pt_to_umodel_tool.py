@@ -21,42 +21,43 @@ REQUIRED = ("-m", "-s", "-d", "-D")
 FAKE_OUTPUT_DIMS = [1000]
 
 
-def _fail(msg):
-    raise DoubleError(f"{USAGE}\n{PROG}: error: {msg}", 2)
-
-
 def check(argv, tool="pt_to_umodel"):
     front, check_model, suffix = CONVERTERS[tool]
+    prog = f"python3 -m ufw.tools.{tool}"
+
+    def fail(msg):
+        raise DoubleError(f"{USAGE.replace(PROG, prog)}\n{prog}: error: {msg}", 2)
+
     a, i = {}, 0
     while i < len(argv):
         tok = argv[i]
         if tok == "--cmp":
             if "--cmp" in a:
-                _fail("argument --cmp: given more than once")
+                fail("argument --cmp: given more than once")
             a["--cmp"] = True
             i += 1
         elif tok in VALUED:
             # Strict: `-m <value>` as two tokens, as in the docs (argparse would also take -m=<v>, -m<v>).
             if i + 1 >= len(argv) or argv[i + 1].startswith("-"):
-                _fail(f"argument {tok}: expected one argument")
+                fail(f"argument {tok}: expected one argument")
             if tok in a:
-                _fail(f"argument {tok}: given more than once")
+                fail(f"argument {tok}: given more than once")
             a[tok] = argv[i + 1]
             i += 2
         else:
-            _fail(f"unrecognized arguments: {' '.join(argv[i:])}")
+            fail(f"unrecognized arguments: {' '.join(argv[i:])}")
     missing = [k for k in REQUIRED if k not in a]
     if missing:
-        _fail("the following arguments are required: " + ", ".join(missing))
+        fail("the following arguments are required: " + ", ".join(missing))
     # Shape: "(N,C,H,W)" as documented. One input only: the one Data layer of the test prototxt
     # feeds one input, so multi-input calibration is outside what the double models. No spaces.
     m = re.fullmatch(r"\(([1-9][0-9]*(?:,[1-9][0-9]*)*)\)", a["-s"])
     if not m:
-        _fail(f"argument -s: {a['-s']!r} is not of the form (N,C,H,W) with positive integers, no spaces")
-    check_model(a["-m"], f"{PROG}: error", 1)
+        fail(f"argument -s: {a['-s']!r} is not of the form (N,C,H,W) with positive integers, no spaces")
+    check_model(a["-m"], f"{prog}: error", 1)
     lmdb = a["-D"]
     if not os.path.isfile(os.path.join(lmdb, "data.mdb")):
-        raise DoubleError(f"{PROG}: error: -D {lmdb!r} is not an LMDB folder (no data.mdb inside)", 1)
+        raise DoubleError(f"{prog}: error: -D {lmdb!r} is not an LMDB folder (no data.mdb inside)", 1)
     # Default name, docs silent; seen in vendor scripts: "midas_s_192_256_jit.pt" gives
     # "midas_s_192_256_jit_bmnetp..." and "x.torchscript" gives "x.torchscript_bmnetp...":
     # the basename with a trailing ".pt" removed.
@@ -64,7 +65,7 @@ def check(argv, tool="pt_to_umodel"):
     if name is None:
         name = os.path.basename(a["-m"])
         name = name[:-len(suffix)] if name.endswith(suffix) else name
-    check_name(name, f"{PROG}: error: -n", 1)
+    check_name(name, f"{prog}: error: -n", 1)
     return {"model": a["-m"], "shape": [int(d) for d in m.group(1).split(",")], "outdir": a["-d"],
             "lmdb": lmdb, "name": name, "cmp": a.get("--cmp", False), "tool": tool, "stem": f"{name}_{front}"}
 

@@ -13,7 +13,7 @@ import re
 import shlex
 from dataclasses import dataclass, field
 
-from bmbuild.importers.tpu_perf_tree import ConfigError
+from bmbuild.importers.tpu_perf.tree import ConfigError
 
 FLAG = re.compile(r"^(--?)([A-Za-z_][\w.-]*)(?:=(.*))?$", re.DOTALL)
 ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
