@@ -583,3 +583,16 @@ def test_enable_profile_changes_the_int8_key_only_when_set(workspace, write_reci
     assert "enable_profile" not in plain
     assert {k: v for k, v in profiled.items() if k != "net_name"} == {
         **{k: v for k, v in plain.items() if k != "net_name"}, "enable_profile": True}
+
+
+def test_the_first_fp_loop_is_the_build_imported_and_the_others_are_named(tmp_path):
+    """tpu-perf expands fp_compile_options once per fp_loops entry, with the entry's keys as variables."""
+    config = nntc_config(
+        fp_compile_options="python3 -m bmnetp --model $(model) --shapes [1,3,8,8] --opt $(opt) --dyn $(dyn)",
+        fp_loops=[{"opt": 2, "dyn": "True", "fp_outdir_template": "a.{}b"},
+                  {"opt": 1, "dyn": "False", "build_env": ["BMCOMPILER_LAYER_DTYPE_MODE=auto"], "prec": "FP16"}])
+    folder = zoo(tmp_path, {"net/config.yaml": config})
+    t = one(imported(folder, tmp_path))
+    assert t.recipe["fp32"] == {"opt": 2, "dyn": True}
+    assert t.untranslated == ["fp_loops[1]: another build with opt=1, dyn=False, "
+                              "build_env=['BMCOMPILER_LAYER_DTYPE_MODE=auto'], prec=FP16: no bmbuild equivalent"]

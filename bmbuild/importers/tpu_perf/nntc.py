@@ -22,12 +22,12 @@ TH_METHODS = {"KL": ("kl", None), "MAX": ("minmax", None), "MSE": ("mse", None),
 def translate_nntc(t: Translator) -> None:
     """fp_compile_options, cali (or time_only_cali), bmnetu_options and batch sizes."""
     config = t.build.config
-    fp = t.command("fp_compile_options")
+    fp = t.command("fp_compile_options", loop=_first_loop(t, "fp_loops"))
     cali = t.command("cali")
     fake = t.command("time_only_cali") if cali is None else None
     if cali is not None and "time_only_cali" in config:
         t.note("time_only_cali", "tpu-perf --time only (fake data); the precision build's cali is imported")
-    bmnetu = t.command("bmnetu_options", prefix="python3 -m bmnetu ")
+    bmnetu = t.command("bmnetu_options", prefix="python3 -m bmnetu ", loop=_first_loop(t, "int8_loops"))
     _nntc_source(t, fp, cali or fake)
     if fp is not None:
         t.apply(fp, _fp_handlers(t))
@@ -293,22 +293,35 @@ def _batch_list(t: Translator, key: str) -> list[int]:
     return list(value)
 
 
+def _loops(t: Translator, key: str) -> list[Any]:
+    """tpu-perf: config's fp_loops / int8_loops, else the root config's, else one plain build."""
+    loops = t.build.config.get(key) or t.zoo.globals.get(key) or []
+    if not isinstance(loops, list) or not all(isinstance(loop, dict) for loop in loops):
+        raise Skip(f"{key}: expected a list of mappings")
+    return loops
+
+
+def _first_loop(t: Translator, key: str) -> dict[str, Any] | None:
+    loops = _loops(t, key)
+    return loops[0] if loops else None
+
+
 def _nntc_loops(t: Translator) -> None:
-    """fp_loops / int8_loops: more builds of the same model (FP16, other compiler settings)."""
+    """fp_loops / int8_loops: the first is the build imported (its variables expand the command),
+    each further one another build of the same model (FP16, other compiler settings)."""
     for key in ("fp_loops", "int8_loops"):
-        loops = t.build.config.get(key) or t.zoo.globals.get(key) or []
-        if not isinstance(loops, list):
-            t.lose(key, "expected a list of loop settings")
-            continue
-        for i, loop in enumerate(loops):
-            if not isinstance(loop, dict):
-                t.lose(f"{key}[{i}]", "expected a mapping")
-                continue
+        for i, loop in enumerate(_loops(t, key)):
             settings = {k: v for k, v in loop.items() if k not in ("fp_outdir_template", "int8_outdir_template")}
-            plain = not settings.get("build_env") and str(settings.get("prec", "FP32")).upper() in ("FP32", "INT8")
-            if plain and set(settings) <= {"build_env", "prec"}:
-                continue
-            t.lose(f"{key}[{i}]", f"another build with {_loop_text(settings)}: no bmbuild equivalent")
+            env = settings.get("build_env") or []
+            prec = str(settings.get("prec", "FP32")).upper()
+            if i == 0:
+                if env:
+                    t.lose(f"{key}[0] build_env", f"{', '.join(map(str, env))}: compiler environment variables "
+                                                  "have no recipe key")
+                if prec not in ("FP32", "INT8"):
+                    t.lose(f"{key}[0] prec {prec}", "bmbuild builds FP32 and INT8 bmodels only")
+            elif env or prec not in ("FP32", "INT8") or not set(settings) <= {"build_env", "prec"}:
+                t.lose(f"{key}[{i}]", f"another build with {_loop_text(settings)}: no bmbuild equivalent")
 
 
 def _loop_text(settings: dict[str, Any]) -> str:

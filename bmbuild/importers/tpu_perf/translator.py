@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bmbuild.importers.tpu_perf.command import CommandLine, Flag, parse_bool, parse_command, parse_shapes
-from bmbuild.importers.tpu_perf.tree import Build, Zoo
+from bmbuild.importers.tpu_perf.tree import Build, Scope, Zoo, dict_override
 
 TARGETS = ("BM1684", "BM1684X")
 CHIPS = {"bm1684": "BM1684", "bm1684x": "BM1684X"}
@@ -77,14 +77,20 @@ class Translator:
         return node
 
     # --- commands -------------------------------------------------------------------------------
-    def command(self, key: str, raw: Any = None, prefix: str = "") -> CommandLine | None:
-        """The config's command string `key`, expanded and split (None when absent)."""
+    def command(self, key: str, raw: Any = None, prefix: str = "",
+                loop: dict[str, Any] | None = None) -> CommandLine | None:
+        """The config's command string `key`, expanded (with a loop's settings on top, as tpu-perf
+        expands fp_compile_options / bmnetu_options once per fp_loops / int8_loops entry) and split."""
         raw = self.build.config.get(key) if raw is None else raw
         if raw is None:
             return None
         if not isinstance(raw, str):
             raise Skip(f"{key}: expected a command string, got {type(raw).__name__}")
-        command = parse_command(str(self.build.scope.expand(prefix + raw)), key)
+        scope = self.build.scope
+        if loop:
+            scope = Scope(dict_override(self.build.config, loop), scope.globals, scope.markers)
+            scope.used = self.build.scope.used
+        command = parse_command(str(scope.expand(prefix + raw)), key)
         self.commands[key] = command
         return command
 
