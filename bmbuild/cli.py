@@ -1,7 +1,9 @@
 """Command line: parse arguments, call one library function, render its result.
 
-Exit codes: 0 success, 1 a stage failed, 2 a user error (bad recipe, bad data, missing toolchain),
-3 an internal error (a bug: printed with its traceback).
+Exit codes (the rule is in errors.py): 0 success; 1 a stage ran and failed (a tool's error, a gate not
+met, the model's code raised or exited); 2 the user's input is wrong (recipe, data, a missing file,
+an unusable toolchain), found before or during a stage; 3 an internal error (a bug: printed with its
+traceback). When several stages fail (--keep-going), the highest code wins.
 """
 
 from __future__ import annotations
@@ -92,28 +94,34 @@ def cmd_run(args: argparse.Namespace) -> int:
         written = write_report(build.workspace.build_dir, Path(args.report_dir), names,
                                not_run=[name for name in names if name not in ran])
         console.print(f"report: {written.paths['html']} (+ summary.json, junit.xml, summary.md)")
-    return 0 if result.ok else 1
+    return result.exit_code
 
 
 def _dry_run(args: argparse.Namespace) -> int:
-    """`run --dry-run`: the commands each stage would run; nothing runs, nothing is written."""
+    """`run --dry-run`: the commands each stage would run; nothing runs, nothing is written.
+
+    The output is a shell script that is safe to paste, whole or line by line: the commands are
+    quoted shell lines, everything else is a `#` comment (`toolchains.commands.paste_safe`).
+    """
     from bmbuild.project import dry_run
     from bmbuild.toolchains.base import load_toolchain
+    from bmbuild.toolchains.commands import comment, paste_safe
 
     build = _prepare(args, check_toolchains=False)
     for name in sorted(set(build.toolchains.values())):
         status = load_toolchain(name).availability()
         if not status.usable:
-            print(f"note: toolchain {name!r} is not usable here ({status.reason}); a real run stops before any stage")
+            print(comment(f"note: toolchain {name!r} is not usable here ({status.reason}); "
+                          "a real run stops before any stage"))
     steps = dry_run(build, force=args.force)
     for step in steps:
-        print(f"{step.node.id}: {step.status.value} ({step.reason})")
+        print(comment(f"{step.node.id}: {step.status.value} ({step.reason})"))
         for line in step.commands:
-            print(f"  {line}")
-        if step.error:
-            print("  error: " + step.error.replace("\n", "\n  "))
+            print(f"  {paste_safe(line)}")
+        for index, line in enumerate(step.error.splitlines()):
+            print("  " + comment(("error: " if index == 0 else "  ") + line))
     would_run = sum(1 for step in steps if step.status.value in ("run", "after upstream"))
-    print(f"dry run: {would_run} of {len(steps)} stage(s) would run; nothing was run")
+    print(comment(f"dry run: {would_run} of {len(steps)} stage(s) would run; nothing was run"))
     return 2 if any(step.error for step in steps) else 0
 
 
@@ -127,6 +135,12 @@ def cmd_toolchains(args: argparse.Namespace) -> int:
             print(f"             why: {status.reason}")
     print(f"toolchain auto picks: {auto}")
     return 0
+
+
+def cmd_toolchains_install(args: argparse.Namespace) -> int:
+    from bmbuild.toolchains.tpu_mlir_env import main_install
+
+    return main_install(args.python)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -163,16 +177,23 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from bmbuild.executor import read_manifest
-    from bmbuild.project import plan
+    from bmbuild.project import plan, verify_outputs
 
     build = _prepare(args)
+    checked, corrupt = verify_outputs(build) if args.verify else (0, [])  # first: the plan then sees it
     for row in plan(build):
         folder = build.workspace.stage_dir(row.node.recipe_name, row.node.stage.name)
         manifest = read_manifest(folder) or {}
         state = "up-to-date" if row.status.value == "up-to-date" else (
             "missing" if not manifest else f"stale ({row.reason})")
         print(f"  {row.node.id:<36} {state:<12} {manifest.get('summary', '')}".rstrip())
-    return 0
+    if not args.verify:
+        return 0
+    for item in corrupt:
+        print(f"corrupt: {item.path}: expected {item.expected}, found {item.actual or 'nothing (missing)'}")
+    print(f"verified {checked} published output(s): {len(corrupt)} corrupt"
+          + ("; `bmbuild run` restores or rebuilds them" if corrupt else ""))
+    return 1 if corrupt else 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -248,7 +269,7 @@ def _add_common(parser: argparse.ArgumentParser, paths: str = "+") -> None:
 
 def _add_selection(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stage", action="append", help="build only this stage and what it needs (repeatable)")
-    parser.add_argument("--toolchain", choices=["auto", "reference", "nntc"],
+    parser.add_argument("--toolchain", choices=["auto", "reference", "nntc", "tpu-mlir"],
                         help="override the recipes' toolchain")
     parser.add_argument("--force", action="store_true", help="run every selected stage, ignoring the cache")
     parser.add_argument("--shard", type=_shard, metavar="i/N",
@@ -282,6 +303,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     toolchains = sub.add_parser("toolchains", help="the toolchains, whether each is usable here, and why not")
     toolchains.set_defaults(func=cmd_toolchains)
+    install = toolchains.add_subparsers(dest="toolchains_command").add_parser(
+        "install", help="create a toolchain's managed environment (a no-op when it exists)")
+    install.add_argument("name", choices=["tpu-mlir"])
+    install.add_argument("--python", help="CPython 3.10 to build it with (default: python3.10 on PATH, or pyenv's)")
+    install.set_defaults(func=cmd_toolchains_install)
 
     show = sub.add_parser("show", help="print the fully resolved recipes (defaults, variables, variants)")
     show.add_argument("paths", nargs="+")
@@ -296,13 +322,15 @@ def build_parser() -> argparse.ArgumentParser:
     graph = sub.add_parser("graph", help="the stage graph (text, or Graphviz DOT)")
     _add_common(graph)
     graph.add_argument("--format", choices=["text", "dot"], default="text")
-    graph.add_argument("--toolchain", choices=["auto", "reference", "nntc"])
+    graph.add_argument("--toolchain", choices=["auto", "reference", "nntc", "tpu-mlir"])
     graph.set_defaults(func=cmd_graph, stage=None)
 
     status = sub.add_parser("status", help="state of each stage's outputs")
     _add_common(status)
     _add_remote(status)
-    status.add_argument("--toolchain", choices=["auto", "reference", "nntc"])
+    status.add_argument("--toolchain", choices=["auto", "reference", "nntc", "tpu-mlir"])
+    status.add_argument("--verify", action="store_true",
+                        help="re-hash every published output, ignoring the stat cache; exit 1 if any is corrupt")
     status.set_defaults(func=cmd_status, stage=None)
 
     clean_parser = sub.add_parser("clean", help="remove build outputs (not the cache)")

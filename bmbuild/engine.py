@@ -6,9 +6,13 @@ calls our reporter; the executor decides with content keys whether anything must
 
 from __future__ import annotations
 
+import json
+import shutil
+import sqlite3
 import time
 import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from doit.action import BaseAction
@@ -17,6 +21,7 @@ from doit.doit_cmd import DoitMain
 from doit.exceptions import TaskError, TaskFailed
 from doit.task import Task
 
+from bmbuild.cache import warn_once
 from bmbuild.errors import BmbuildError
 from bmbuild.executor import Executor, NodeRecord, Outcome
 from bmbuild.graph import Node
@@ -43,7 +48,9 @@ class StageAction(BaseAction):
         try:
             record = self.executor.execute(self.node)
         except BmbuildError as exc:
-            return TaskFailed(str(exc))
+            failed = TaskFailed(str(exc))
+            failed.exit_code = exc.exit_code  # read back by Reporter.add_failure
+            return failed
         except Exception as exc:  # a bug in bmbuild: keep the traceback
             return TaskError(f"internal error in {self.node.id}: {exc}\n{traceback.format_exc()}")
         self.result = record.outcome.value
@@ -87,6 +94,7 @@ class Reporter:
         self.console = console
         self.executor = executor
         self.errors: list[str] = []
+        self.exit_codes: list[int] = []
 
     def initialize(self, tasks: Any, selected_tasks: Any) -> None:
         pass
@@ -112,6 +120,7 @@ class Reporter:
             self.console.node_done(record)
         if record.outcome is Outcome.FAILED:
             self.errors.append(fail.get_msg().strip())
+            self.exit_codes.append(failure_exit_code(fail))
 
     def add_success(self, task: Task) -> None:
         pass
@@ -135,20 +144,73 @@ class Reporter:
         pass
 
 
+def failure_exit_code(fail: Any) -> int:
+    """A failed stage's exit code: its error's (errors.py), 3 for a bug in bmbuild (doit's TaskError)."""
+    if isinstance(fail, TaskFailed):
+        return int(getattr(fail, "exit_code", 1))
+    return 3 if isinstance(fail, TaskError) else 1
+
+
 @dataclass
 class RunResult:
     records: list[NodeRecord]
     seconds: float
     doit_code: int
     errors: list[str] = field(default_factory=list)
+    exit_codes: list[int] = field(default_factory=list)  # one per failed stage
 
     @property
     def ok(self) -> bool:
         return self.doit_code == 0 and not any(r.outcome in (Outcome.FAILED, Outcome.BLOCKED)
                                                for r in self.records)
 
+    @property
+    def exit_code(self) -> int:
+        """0 when everything built; else the highest code of the failures (3 > 2 > 1, errors.py)."""
+        if self.ok:
+            return 0
+        return max(self.exit_codes, default=1)
+
     def count(self, outcome: Outcome) -> int:
         return sum(1 for r in self.records if r.outcome is outcome)
+
+
+def doit_db_problem(path: Path) -> str | None:
+    """Why doit could not use its state DB at `path`; None when it can (or there is none yet)."""
+    if not path.exists() and not path.is_symlink():
+        return None
+    try:
+        conn = sqlite3.connect(path)
+        try:
+            check = conn.execute("PRAGMA quick_check").fetchone()
+            if not check or check[0] != "ok":
+                return f"sqlite check: {check[0] if check else 'no answer'}"
+            conn.execute("CREATE TABLE IF NOT EXISTS doit (task_id TEXT NOT NULL PRIMARY KEY, task_data json)")
+            for task_id, data in conn.execute("SELECT task_id, task_data FROM doit"):
+                state = json.loads(data.decode() if isinstance(data, bytes) else data)  # as doit decodes it
+                # bmbuild never marks a task ignored: a row that does would skip a stage silently
+                if not isinstance(state, dict) or state.get("ignore:") or not isinstance(
+                        state.get("_values_:", {}), dict) or not isinstance(state.get("deps:", []), list):
+                    return f"task {task_id!r} has state of the wrong shape"
+        finally:
+            conn.close()
+    except (sqlite3.Error, ValueError, TypeError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def usable_doit_db(path: Path) -> Path:
+    """`path`, after removing a DB doit cannot use (warned once). Nothing is lost: bmbuild decides
+    with content keys, doit's state only schedules, and doit starts a fresh DB."""
+    problem = doit_db_problem(path)
+    if problem is not None:
+        warn_once(f"{path} is corrupt ({problem}); removed, doit's state is rebuilt (build results are unaffected)")
+        for part in (path, *(path.with_name(path.name + suffix) for suffix in ("-journal", "-wal", "-shm"))):
+            if part.is_dir() and not part.is_symlink():
+                shutil.rmtree(part, ignore_errors=True)
+            else:
+                part.unlink(missing_ok=True)
+    return path
 
 
 def run_nodes(nodes: list[Node], workspace: Workspace, console: Any, jobs: int = 1,
@@ -161,7 +223,7 @@ def run_nodes(nodes: list[Node], workspace: Workspace, console: Any, jobs: int =
         executor = Executor(workspace, force=force, on_event=console.node_event, pool=pool)
         reporter = Reporter(console, executor)
         config = {
-            "dep_file": str(workspace.state_dir / "doit.sqlite3"),
+            "dep_file": str(usable_doit_db(workspace.state_dir / "doit.sqlite3")),
             "backend": "sqlite3",
             "reporter": reporter,
             "verbosity": 2,
@@ -185,4 +247,4 @@ def run_nodes(nodes: list[Node], workspace: Workspace, console: Any, jobs: int =
             executor.records[node.id] = NodeRecord(node.id, node.recipe_name, node.stage.name, Outcome.BLOCKED,
                                                    error="upstream failed")
     records = [executor.records[n.id] for n in nodes if n.id in executor.records]
-    return RunResult(records, time.monotonic() - started, code, reporter.errors)
+    return RunResult(records, time.monotonic() - started, code, reporter.errors, reporter.exit_codes)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bmbuild.cache import ActionEntry, LocalStore, StatCache, action_key, atomic_write_bytes, json_bytes, tree_digest
+from bmbuild.cache import MANIFEST, validate_entry, warn_once
 from bmbuild.errors import BmbuildError, StageFailed
 from bmbuild.graph import Node, input_name
 from bmbuild.stagelog import StageLog, tail_of
@@ -27,7 +28,6 @@ from bmbuild.toolchains.base import Toolchain, load_toolchain, package_version
 from bmbuild.workers import StageJob, WorkerPool, execute_job
 from bmbuild.workspace import Workspace
 
-MANIFEST = ".bmbuild-manifest.json"
 # Environment variables that may change what a stage produces; part of every key.
 KEY_ENV = ("BMBUILD_KEY_SALT",)
 
@@ -84,11 +84,15 @@ class NodeRecord:
 
 
 def read_manifest(folder: Path) -> dict[str, Any] | None:
+    """A published folder's manifest; None when there is none or it is malformed (warned once)."""
+    path = folder / MANIFEST
     try:
-        data = json.loads((folder / MANIFEST).read_bytes())
-    except (OSError, ValueError):
+        return validate_entry(json.loads(path.read_bytes()))
+    except FileNotFoundError:
         return None
-    return data if isinstance(data, dict) and "key" in data and "outputs" in data else None
+    except (OSError, ValueError, RecursionError) as exc:  # BadEntry, JSONDecodeError, UnicodeDecodeError
+        warn_once(f"{path} is malformed ({exc}); ignored, the stage is restored or runs again")
+        return None
 
 
 def explain_change(old: dict[str, Any], new: dict[str, Any]) -> str:
@@ -177,14 +181,25 @@ class Executor:
             reason = explain_change(manifest.get("components", {}), components)
         else:
             changed = self._changed_outputs(folder, manifest["outputs"])
-            failures = node.stage.gate(node.loaded.recipe, manifest.get("metrics", {}))
-            if not changed and not failures:
+            failures = self._stored_gate(node, manifest.get("metrics", {}), str(folder / MANIFEST))
+            if not changed and failures == []:
                 return Decision(Status.UP_TO_DATE, "nothing changed", key, components)
-            reason = f"output {changed[0]} was modified or removed" if changed else "tolerance gate fails"
+            reason = (f"output {changed[0]} was modified or removed" if changed else
+                      "tolerance gate fails" if failures else "output incomplete (metrics unreadable)")
         entry = self.store.get_action(key)
-        if entry is not None and self.store.has_all(entry):
+        if (entry is not None and self.store.has_all(entry)
+                and self._stored_gate(node, entry.metrics, f"cache entry {key[:12]}") is not None):
             return Decision(Status.RESTORE, reason, key, components, entry)
         return Decision(Status.RUN, reason, key, components)
+
+    def _stored_gate(self, node: Node, metrics: dict[str, Any], source: str) -> list[str] | None:
+        """The gate on metrics read back; None (warned once) when they are not of the stage's shape."""
+        try:
+            return node.stage.gate(node.loaded.recipe, metrics)
+        except Exception as exc:
+            warn_once(f"{source}: metrics of the wrong shape ({type(exc).__name__}: {exc}); "
+                      "ignored, the stage is restored or runs again")
+            return None
 
     def _changed_outputs(self, folder: Path, outputs: dict[str, str]) -> list[str]:
         changed = []
@@ -224,7 +239,7 @@ class Executor:
             if decision is None:
                 decision = self.decide(node)
         except BmbuildError as exc:
-            raise self._fail(node, str(exc), log_path) from None
+            raise self._fail(node, str(exc), log_path, exit_code=exc.exit_code) from None
         if decision.status is Status.UP_TO_DATE:
             return self.records[node.id] if node.id in self.records else self._record(
                 node, NodeRecord(node.id, node.recipe_name, node.stage.name, Outcome.UP_TO_DATE, decision.reason))
@@ -285,11 +300,9 @@ class Executor:
                 log = StageLog(log_path, append=True)
             log.info(f"FAILED: {exc}")
             log.close()
-            # a tool's error already carries its output tail; the log tail would repeat it
-            has_tail = bool(getattr(exc, "output_tail", ""))
-            raise self._fail(node, str(exc), log_path, show_tail=not has_tail,
-                             seconds=time.monotonic() - started) from None
-        except Exception as exc:  # user model code or a library raised: keep the traceback in the log
+            raise self._fail(node, str(exc), log_path, show_tail=exc.shows_log_tail,
+                             seconds=time.monotonic() - started, exit_code=exc.exit_code) from None
+        except Exception as exc:  # bmbuild's own code around the stage raised: keep the traceback in the log
             if log.closed:
                 log = StageLog(log_path, append=True)
             log.write_raw(traceback.format_exc())
@@ -346,13 +359,15 @@ class Executor:
             self.stat.digest(final / rel)
 
     def _fail(self, node: Node, message: str, log_path: Path, show_tail: bool = True,
-              seconds: float = 0.0) -> StageFailed:
+              seconds: float = 0.0, exit_code: int = 1) -> StageFailed:
+        """The failure of `node`, recorded; its exit code is the cause's (errors.py: 2 for bad input)."""
         tail = tail_of(log_path, 15) if show_tail else ""
         text = f"{node.id} failed: {message}"
         if tail:
             text += "\n  log tail:\n" + "\n".join("    " + line for line in tail.splitlines())
         text += f"\n  full log: {log_path}"
         error = StageFailed(text)
+        error.exit_code = exit_code
         self._record(node, NodeRecord(node.id, node.recipe_name, node.stage.name, Outcome.FAILED,
                                       seconds=seconds, error=message, log=str(log_path)))
         return error

@@ -49,12 +49,13 @@ def prepare(paths: list[str], workspace: Workspace, toolchain: str | None = None
     resolved_cache: dict[str, str] = {}
     for loaded in recipes:
         wanted = toolchain or loaded.recipe.toolchain
-        if wanted not in resolved_cache:
-            instance = load_toolchain(wanted)
+        choice = f"{wanted}/{loaded.recipe.target}"
+        if choice not in resolved_cache:
+            instance = load_toolchain(wanted, loaded.recipe.target)
             if check_toolchains:
                 require_usable(instance)
-            resolved_cache[wanted] = instance.name
-        chosen[loaded.name] = resolved_cache[wanted]
+            resolved_cache[choice] = instance.name
+        chosen[loaded.name] = resolved_cache[choice]
     return Build(workspace, recipes, chosen, build_graph(recipes, chosen, stages))
 
 
@@ -89,6 +90,42 @@ def plan(build: Build, force: bool = False) -> list[PlanRow]:
     finally:
         executor.stat.close()
     return rows
+
+
+@dataclass
+class CorruptOutput:
+    """A published output whose content is not what its manifest says (`status --verify`)."""
+
+    path: Path
+    expected: str
+    actual: str | None  # None: the file is missing or unreadable
+
+
+def verify_outputs(build: Build) -> tuple[int, list[CorruptOutput]]:
+    """Re-hash every published output of the build's stages, whatever the stat cache remembers.
+
+    Catches what the stat signature cannot see (bit rot below the filesystem). The fresh digests
+    replace the remembered ones, so the next `run` restores or rebuilds what this found corrupt.
+    Returns how many outputs were checked and the corrupt ones.
+    """
+    stat = build.workspace.stat_cache()
+    checked, corrupt = 0, []
+    try:
+        for node in build.nodes:
+            folder = build.workspace.stage_dir(node.recipe_name, node.stage.name)
+            manifest = read_manifest(folder)
+            outputs = manifest.get("outputs") if manifest else None
+            for rel, expected in (outputs.items() if isinstance(outputs, dict) else ()):
+                checked += 1
+                try:
+                    actual: str | None = stat.rehash(folder / rel)
+                except OSError:
+                    actual = None
+                if actual != expected:
+                    corrupt.append(CorruptOutput(folder / rel, str(expected), actual))
+    finally:
+        stat.close()
+    return checked, corrupt
 
 
 def write_reports(build: Build, records: list[NodeRecord]) -> list[Path]:
@@ -147,15 +184,17 @@ def model_summary(records: list[NodeRecord]) -> str:
 
 
 def clean(workspace: Workspace, recipe_names: list[str] | None = None) -> list[Path]:
-    """Remove build outputs (all, or of the named recipes). The cache is left alone."""
+    """Remove build outputs (all, or of the named recipes). The cache is left alone, and so is the
+    build folder's lock file: it is held meanwhile, and a new file would be a second lock."""
     removed = []
     with workspace.locked():
         if recipe_names:
             targets = [workspace.build_dir / name for name in recipe_names]
         else:
-            targets = [workspace.build_dir, workspace.state_dir / "doit.sqlite3"]
+            targets = [path for path in workspace.build_dir.iterdir() if path != workspace.build_lock_path]
+            targets.append(workspace.state_dir / "doit.sqlite3")
         for target in targets:
-            if target.is_dir():
+            if target.is_dir() and not target.is_symlink():
                 shutil.rmtree(target)
                 removed.append(target)
             elif target.exists():
@@ -203,7 +242,9 @@ def toolchain_statuses() -> tuple[list[ToolchainStatus], str]:
             statuses.append(ToolchainStatus(name, False, "", str(exc)))
             continue
         statuses.append(ToolchainStatus(name, status.usable, status.version, status.reason))
-    return statuses, load_toolchain("auto").name
+    from bmbuild.toolchains.base import AUTO_ORDER
+
+    return statuses, ", ".join(f"{load_toolchain('auto', target).name} for {target}" for target in AUTO_ORDER)
 
 
 @dataclass
