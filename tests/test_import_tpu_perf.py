@@ -3,7 +3,7 @@
 The corpus in tests/fixtures/tpu_perf/model-zoo holds real configs (SOURCE.md there); the
 round-trip tests compare the commands tpu-perf would run for a config (its strings, expanded here
 independently of the importer) flag by flag with what `bmbuild run --dry-run --toolchain nntc`
-prints for the imported recipe.
+(or `tpu-mlir`) prints for the imported recipe.
 """
 
 from __future__ import annotations
@@ -287,7 +287,7 @@ def test_example_configs_translate(tmp_path):
     assert [u.split(":")[0] for u in vgg.untranslated] == ["time_only_cali", "bmnetu_options --seed 42"]
 
     yolo = one(result, "yolov5s")
-    # tpu-mlir flags against the translated keys (the tpu-mlir toolchain is not on this branch)
+    # tpu-mlir flags against the translated keys (the dry-run round trip is test_tpu_mlir_dry_run_...)
     assert yolo.recipe["target"] == "BM1684X"                                 # --chip bm1684x
     assert yolo.recipe["shapes"] == [[1, 3, 640, 640]]                        # --input_shapes [$(shape_param)]
     assert yolo.recipe["source"]["framework"] == "onnx"                       # --model_def yolov5s.onnx
@@ -419,7 +419,7 @@ def flags(words: list[str]) -> dict[str, str | None]:
 def dry_run_commands(stdout: str) -> list[list[str]]:
     commands = []
     for line in stdout.splitlines():
-        if line.startswith("  ") and not line.strip().startswith(("[in-process]", "error:")):
+        if line.startswith("  ") and not line.strip().startswith(("#", "[in-process]", "error:")):
             words = shlex.split(line, comments=True)
             commands.append([w for w in words if not re.fullmatch(r"[A-Z_]+=.*", w)])
     return commands
@@ -596,3 +596,98 @@ def test_the_first_fp_loop_is_the_build_imported_and_the_others_are_named(tmp_pa
     assert t.recipe["fp32"] == {"opt": 2, "dyn": True}
     assert t.untranslated == ["fp_loops[1]: another build with opt=1, dyn=False, "
                               "build_env=['BMCOMPILER_LAYER_DTYPE_MODE=auto'], prec=FP16: no bmbuild equivalent"]
+
+
+# --- round trip: tpu-perf's tpu-mlir commands vs bmbuild's tpu-mlir dry run ------------------------
+MLIR_PREPROCESS = ("mean", "scale", "pixel_format", "resize_dims", "channel_format", "keep_aspect_ratio")
+MLIR_TEST_DATA = ("test_input", "test_result", "test_reference", "mlir", "model", "correctness")
+
+
+def tool_commands(commands: list[list[str]], tool: str) -> list[dict[str, Any]]:
+    return [flags(c[1:]) for c in commands if c and Path(c[0]).name == tool]
+
+
+def mlir_case(tmp_path: Path, model: str) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    if model != "int8":
+        folder, config, variables = corpus_copy(tmp_path, model)
+        for other in folder.glob("*config.yaml"):
+            if yaml.safe_load(other.read_text()).get("name") != "yolov5s" and model.endswith("yolov5"):
+                other.unlink()
+        return folder, yaml.safe_load(next(folder.glob("*config.yaml")).read_text()), variables
+    # no corpus config calibrates (theirs use a prebuilt table): one that does, with a quantize table
+    folder, _, variables = corpus_copy(tmp_path, "vision/classification/resnet50-v2")
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    config["mlir_calibration"] = ("run_calibration.py $(workdir)/transformed.mlir "
+                                  "--dataset $(imagenet2012_mlir_cali_set) --input_num 100 --cali_method mse "
+                                  "-o $(workdir)/$(name).calitable")
+    int8 = config["deploy"][1].replace("$(home)/cali_table", "$(workdir)/$(name).calitable")
+    config["deploy"] = [config["deploy"][0], int8.replace("--quant_input", "--quantize_table $(home)/qtable")
+                        .replace("--quant_output", "")]
+    (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (folder / "qtable").write_text("resnetv24_dense0_fwd F32\n")
+    return folder, config, variables
+
+
+@pytest.mark.parametrize("model", ["vision/detection/yolov5", "vision/classification/resnet50-v2",
+                                   "vision/classification/efficientnet-lite4", "int8"])
+def test_tpu_mlir_dry_run_matches_the_configs_commands(tmp_path, run_bmbuild, monkeypatch, model):
+    folder, config, variables = mlir_case(tmp_path, model)
+    result = import_zoo(folder, tmp_path / "out")
+    t = one(result)
+    write_import(result)
+    monkeypatch.chdir(tmp_path / "out")
+    code, out, err = run_bmbuild("run", ".", "--dry-run", "--toolchain", "tpu-mlir")
+    assert code == 0, out + err
+    commands = dry_run_commands(out)
+    name, recipe = config["name"], t.recipe
+    scope = {**variables, **config, "home": str(folder.resolve()), "workdir": "/WORKDIR", "target": "bm1684",
+             "root": str((tmp_path / "zoo").resolve())}
+    ours = tool_commands(commands, "model_transform")
+    preprocess = (recipe.get("calibration") or (t.hint or {}).get("calibration") or {}).get("preprocess", {})
+    for shape in config["shapes"]:
+        param = ",".join("[" + ",".join(map(str, s)) + "]" for s in ([shape] if isinstance(shape[0], int) else shape))
+        theirs = flags(shlex.split(expand(config["mlir_transform"], {**scope, "shape_param": param}))[1:])
+        matching = [f for f in ours if shapes(f["input_shapes"]) == shapes(theirs["input_shapes"])]
+        assert matching                              # (INT8: calibrate transforms batch 1 again)
+        for mine in matching:
+            assert mine["model_name"] == theirs["model_name"] == name
+            assert Path(mine["model_def"]).suffix == Path(theirs["model_def"]).suffix == ".onnx"
+        for flag, value in theirs.items():
+            if flag in ("model_name", "model_def", "input_shapes") + MLIR_TEST_DATA:
+                continue
+            if flag == "mean":
+                assert preprocess["mean"] == [float(v) for v in value.split(",")]
+            elif flag == "scale":
+                assert preprocess["scale"] == [float(v) for v in value.split(",")]
+            elif flag == "pixel_format":
+                assert preprocess["bgr2rgb"] == (value == "rgb")
+            elif flag == "resize_dims":
+                assert preprocess["resize"] == [int(v) for v in value.split(",")]
+            elif flag == "channel_format":
+                assert preprocess["layout"] == value.upper()
+            else:                                  # --output_names, --keep_aspect_ratio: named as lost
+                assert any(line.startswith(f"mlir_transform --{flag}") for line in t.untranslated + t.notes), flag
+    deploys = [flags(shlex.split(expand(d, scope))[1:]) for d in config["deploy"]]
+    mine = {q: tool_commands(commands, "model_deploy") for q in ("F32", "INT8")}
+    for theirs in deploys:
+        quantize = theirs["quantize"]
+        if quantize == "INT8" and ("asymmetric" in theirs or recipe.get("prec") != "INT8"):
+            assert any(u.startswith("deploy[") for u in t.untranslated)      # named, not built
+            continue
+        built = [f for f in mine[quantize] if f["quantize"] == quantize and "not_gen_bmodel" not in f]
+        assert len(built) == len(recipe.get("batch_sizes") or [1])            # one per batch size
+        for f in built:
+            assert f["chip"] == theirs["chip"]
+            assert ("calibration_table" in f) == (quantize == "INT8") == ("calibration_table" in theirs)
+        role = "fp32" if quantize == "F32" else "int8"
+        cos, euclid = (float(v) for v in theirs["tolerance"].split(","))
+        assert recipe[role]["tolerance"] == {"cos": cos, "euclid": euclid}      # bmbuild's own gate
+        if "quantize_table" in theirs:
+            assert all("quantize_table" in f for f in built)
+            layers = [line.split()[0] for line in Path(theirs["quantize_table"]).read_text().splitlines()]
+            assert recipe["int8"]["fp32_layers"] == layers
+    if "mlir_calibration" in config:
+        theirs = flags(shlex.split(expand(config["mlir_calibration"], scope))[2:])
+        (cali,) = tool_commands(commands, "run_calibration")
+        assert cali["input_num"] == theirs["input_num"] and cali["cali_method"] == theirs["cali_method"]
+        assert recipe["calibration"]["data"] == "${imagenet2012_mlir_cali_set}"
