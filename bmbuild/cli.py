@@ -250,6 +250,19 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_tpu_perf(args: argparse.Namespace) -> int:
+    from bmbuild.importers.tpu_perf import ImportIncomplete, import_zoo, render_report, write_import
+
+    result = import_zoo(Path(args.path), Path(args.out), args.target, Path(args.root) if args.root else None)
+    print("\n".join(render_report(result)))
+    if args.strict and result.problems:
+        raise ImportIncomplete(f"--strict: {result.problems} config(s) not imported completely; nothing written")
+    written = write_import(result)
+    print(f"wrote {len(written)} file(s) under {result.out}; run bmbuild from there (its bmbuild.yaml holds "
+          "the dataset variables)")
+    return 0
+
+
 def _add_common(parser: argparse.ArgumentParser, paths: str = "+") -> None:
     parser.add_argument("paths", nargs=paths, help="recipe files or folders of recipes")
     parser.add_argument("--cache-dir", help="action cache and object store (default: $BMBUILD_CACHE_DIR or the user cache dir)")
@@ -339,6 +352,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(report, paths="*")
     report.add_argument("--out", metavar="DIR", help="where to write them (default: build/reports)")
     report.set_defaults(func=cmd_report)
+
+    importer = sub.add_parser("import", help="turn another tool's model zoo into recipes")
+    formats = importer.add_subparsers(dest="format", required=True)
+    tpu_perf = formats.add_parser("tpu-perf", help="a tpu-perf zoo (config.yaml per model, as sophgo/model-zoo)")
+    tpu_perf.add_argument("path", help="the zoo's root folder, a folder inside it, or one config file")
+    tpu_perf.add_argument("--out", default="recipes/imported", help="where the recipes go (default: %(default)s)")
+    tpu_perf.add_argument("--target", choices=["BM1684", "BM1684X"], default="BM1684",
+                          help="tpu-perf's --target: selects per-target blocks and $(target) (default: %(default)s)")
+    tpu_perf.add_argument("--root", help="the zoo's root folder (default: found above PATH)")
+    tpu_perf.add_argument("--strict", action="store_true",
+                          help="fail (exit 2, nothing written) if any config is skipped or partly translated")
+    tpu_perf.set_defaults(func=cmd_import_tpu_perf)
 
     from bmbuild.cache_cmd import add_parser as add_cache_parser
 

@@ -116,6 +116,7 @@ class Int8(_Strict):
     opt: Literal[0, 1, 2] = Field(2, description="Optimisation level (bmnetu -opt).")
     dyn: bool = Field(False, description="Dynamic shapes (bmnetu -dyn).")
     cmp: bool = Field(True, description="Compare int8 against fp32 on held-out samples.")
+    enable_profile: bool = Field(False, description="bmnetu -enable_profile (NNTC).")
     per_channel: bool = Field(True, description="Per-channel symmetric int8 weights.")
     fp32_layers: list[str] = Field(default_factory=list, description="Layers kept in float (the vendor's -fpfwd_outputs).")
     cmp_samples: int = Field(16, ge=1, description="Held-out samples compared int8 vs fp32.")

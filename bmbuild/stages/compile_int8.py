@@ -30,6 +30,8 @@ def _params(recipe: Recipe) -> dict[str, Any]:
         "cmodel_samples": int8.cmodel_samples,
     }
     params.update(tvm_params(recipe))
+    if int8.enable_profile:  # only when set: keys of recipes without it are unchanged
+        params["enable_profile"] = True
     if recipe.eval:
         params["eval"] = recipe.eval.model_dump(exclude={"data", "max_drop"})
     return params
