@@ -139,6 +139,14 @@ def _export(ctx: StageContext, target: Path) -> None:
             raise ExportFailed(f"ONNX export failed: {headline(text)} (the exporter's output is in the log)") from None
 
 
+def onnx_lines(ctx: StageContext) -> list[str]:
+    """`run --dry-run` lines of `write_onnx`."""
+    from bmbuild.toolchains.commands import quote
+
+    exported = quote(str(ctx.out_dir / f"{ctx.recipe.name}.onnx"))
+    return [export_line(ctx, exported), f"[in-process] onnx.checker.check_model({exported}, full_check=True)"]
+
+
 def export_line(ctx: StageContext, target: str) -> str:
     """`run --dry-run`'s line for `export_onnx` (`target` already quoted)."""
     from bmbuild.stages.compile_fp32 import source_model
@@ -151,6 +159,36 @@ def export_line(ctx: StageContext, target: str) -> str:
     module = (f"{recipe.source.model} (eager, built from source)" if recipe.source.framework == "pytorch"
               else quote(str(source_model(ctx))))
     return f"[in-process] torch.onnx.export({module}, opset {params['opset']}, {dynamic} batch) -> {target}"
+
+
+def compare_fp32(ctx: StageContext, source: Path, exported: Path, sessions: dict[int, Any]) -> None:
+    """The compiled model (`sessions`: batch size -> a session running it) against the source on
+    seeded inputs; the worst similarity per batch size and output goes to `ctx.metrics["cmp"]`."""
+    from bmbuild.stages.trace import example_inputs, run_torch
+
+    recipe, params = ctx.recipe, ctx.params
+    if recipe.source.framework == "onnx":
+        reference_session = ort_session(exported, 0)
+        reference = lambda arrays: run_session(reference_session, arrays)  # noqa: E731
+    else:
+        import torch
+
+        module = torch.jit.load(str(source), map_location="cpu")
+        reference = lambda arrays: run_torch(module, arrays)  # noqa: E731
+    results: dict[str, Any] = {}
+    for batch, session in sessions.items():
+        names = [o.name for o in session.get_outputs()]
+        per_output: dict[str, list[Similarity]] = {name: [] for name in names}
+        for sample in range(params["cmp_samples"]):
+            arrays = example_inputs(recipe, batch, seed=params["seed"] * 1000 + sample + 1)
+            expected, actual = reference(arrays), run_session(session, arrays)
+            for name, ref, test in zip(names, expected, actual):
+                per_output[name].append(similarity(ref, test))
+        for name, sims in per_output.items():
+            results[f"b{batch}/{name}"] = worst(sims).to_json()
+    ctx.metrics["cmp"] = results
+    for label, values in results.items():
+        ctx.log.info(f"cmp {label}: {Similarity(**values)}")
 
 
 class ExportFailed(StageFailed):
@@ -207,9 +245,7 @@ class ReferenceToolchain:
 
         name = recipe.name
         if stage == "compile_fp32":
-            onnx_file = path(out / (name + ".onnx"))
-            lines = [export_line(ctx, onnx_file),
-                     f"[in-process] onnx.checker.check_model({onnx_file}, full_check=True)",
+            lines = [*onnx_lines(ctx),
                      f"[in-process] onnxruntime {ORT_LEVELS[params['opt']]} -> {path(out / (name + '.fp32.onnx'))} "
                      f"(kept only when it differs from {name}.onnx)"]
             if params["cmp"]:
@@ -258,36 +294,8 @@ class ReferenceToolchain:
         else:
             ctx.log.info(f"wrote {deployable.name} (onnxruntime {ORT_LEVELS[params['opt']]})")
         if params["cmp"]:
-            ctx.metrics["cmp"] = self._compare_fp32(ctx, source, exported, deployable)
-            for label, values in ctx.metrics["cmp"].items():
-                ctx.log.info(f"cmp {label}: {Similarity(**values)}")
-
-    def _compare_fp32(self, ctx: StageContext, source: Path, exported: Path,
-                      deployable: Path) -> dict[str, Any]:
-        from bmbuild.stages.trace import example_inputs, run_torch
-
-        recipe, params = ctx.recipe, ctx.params
-        if recipe.source.framework == "onnx":
-            reference_session = ort_session(exported, 0)
-            reference = lambda arrays: run_session(reference_session, arrays)  # noqa: E731
-        else:
-            import torch
-
-            module = torch.jit.load(str(source), map_location="cpu")
-            reference = lambda arrays: run_torch(module, arrays)  # noqa: E731
-        session = ort_session(deployable, 0)
-        names = [o.name for o in session.get_outputs()]
-        results: dict[str, Any] = {}
-        for batch in params["batch_sizes"]:
-            per_output: dict[str, list[Similarity]] = {name: [] for name in names}
-            for sample in range(params["cmp_samples"]):
-                arrays = example_inputs(recipe, batch, seed=params["seed"] * 1000 + sample + 1)
-                expected, actual = reference(arrays), run_session(session, arrays)
-                for name, ref, test in zip(names, expected, actual):
-                    per_output[name].append(similarity(ref, test))
-            for name, sims in per_output.items():
-                results[f"b{batch}/{name}"] = worst(sims).to_json()
-        return results
+            session = ort_session(deployable, 0)
+            compare_fp32(ctx, source, exported, {batch: session for batch in params["batch_sizes"]})
 
     # --- int8 stages: see bmbuild/toolchains/reference_int8.py ---------------------------
     def calibrate(self, ctx: StageContext) -> None:

@@ -33,7 +33,7 @@ from bmbuild.stages.base import StageContext
 from bmbuild.toolchains.base import Availability
 from bmbuild.toolchains.bmodel_info import BmodelInfoError, describe, parse_info
 from bmbuild.toolchains.commands import Command, quote, run_command, start_command_file
-from bmbuild.toolchains.reference import export_line, export_onnx
+from bmbuild.toolchains.reference import export_line
 from bmbuild.toolchains.tpu_mlir_env import EnvNotFound, TpuMlirEnv, locate
 
 # Bump when this adapter changes the commands it runs or the files it keeps: part of every key.
@@ -278,7 +278,9 @@ class TpuMlirToolchain:
         self.chip(ctx)
         start_command_file(ctx.log, f"{ctx.recipe.name} compile_fp32 (tpu-mlir): model_transform + model_deploy "
                                     "F32 per batch size")
-        export_onnx(ctx, ctx.out_dir / f"{ctx.recipe.name}.onnx")  # legacy exporter: tpu-mlir rejects opset 18
+        from bmbuild.toolchains.reference import write_onnx
+
+        write_onnx(ctx)  # the eager module, legacy exporter at the recipe's opset (tpu-mlir rejects dynamo's 18)
         for command in self.fp32_commands(ctx):
             self.run(ctx, command)
             if command.tool == "model_deploy":
