@@ -60,7 +60,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     build = _prepare(args)
     from bmbuild.preflight import check_recipes
 
-    check_recipes(build.recipes)  # data and ONNX inputs against the recipes, before any stage runs
+    check_recipes(build.recipes, build.toolchains)  # data, ONNX inputs, toolchain limits: before any stage
     console = BuildConsole(force_plain=args.plain)
     toolchains = sorted(set(build.toolchains.values()))
     console.print(f"bmbuild {__version__}: {len(build.recipes)} recipe(s), {len(build.nodes)} stage(s), "

@@ -29,11 +29,37 @@ from bmbuild.yamlsource import KeyPath
 IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")  # JPEG, PNG
 
 
-def check_recipes(recipes: list[LoadedRecipe]) -> None:
-    """Raise every problem of every recipe at once (RecipeErrors); nothing when all are fine."""
-    problems = [problem for loaded in recipes for problem in recipe_problems(loaded)]
+def check_recipes(recipes: list[LoadedRecipe], toolchains: dict[str, str] | None = None) -> None:
+    """Raise every problem of every recipe at once (RecipeErrors); nothing when all are fine.
+
+    `toolchains` (recipe name -> the toolchain that builds it) adds what that toolchain cannot
+    build; without it a recipe's own `toolchain`, unless `auto`, is asked.
+    """
+    problems = []
+    for loaded in recipes:
+        problems += recipe_problems(loaded)
+        chosen = (toolchains or {}).get(loaded.name) or (None if loaded.recipe.toolchain == "auto"
+                                                          else loaded.recipe.toolchain)
+        problems += toolchain_problems(loaded, chosen) if chosen else []
     if problems:
         raise RecipeErrors(problems)
+
+
+def toolchain_problems(loaded: LoadedRecipe, name: str) -> list[RecipeError]:
+    """What toolchain `name` says it cannot build of this recipe (its optional `preflight`)."""
+    from bmbuild.errors import ToolchainError
+    from bmbuild.toolchains.base import load_toolchain
+
+    try:
+        check = getattr(load_toolchain(name), "preflight", None)
+    except ToolchainError:  # not loadable here: `run` says so on its own
+        return []
+    try:
+        if check is not None:
+            check(loaded)
+    except RecipeError as exc:
+        return [exc]
+    return []
 
 
 def recipe_problems(loaded: LoadedRecipe) -> list[RecipeError]:

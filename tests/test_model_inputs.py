@@ -190,3 +190,52 @@ def test_tpu_mlir_dataset_holds_every_input_by_name(workspace, write_recipe):
         assert sample["scale"].shape == () and float(sample["scale"]) == 0.5
     with np.load(workspace / "recipes" / "calib.npz") as stacked:  # the samples are the recipe's own
         assert any(np.array_equal(np.load(files[0])["info"][0], row) for row in stacked["info"])
+
+
+def test_tpu_mlir_builds_a_two_input_model_to_int8_on_the_cmodel(workspace, write_recipe, run_bmbuild, outcomes,
+                                                                  monkeypatch):
+    """The real compiler: run_calibration on the dataset above, an int8 bmodel fed both inputs."""
+    from test_tpu_mlir import PYTHON310, SHARED_DIR
+
+    from bmbuild.toolchains import tpu_mlir_env
+
+    if PYTHON310 is None:
+        pytest.skip("CPython 3.10 is not installed here: tpu-mlir 1.30.2 runs only on 3.10")
+    monkeypatch.setenv(tpu_mlir_env.DIR_VAR, str(SHARED_DIR))
+    tpu_mlir_env.install(PYTHON310, say=lambda text: None)  # a no-op once installed
+    calibration = _calibration_data(workspace / "recipes", "per-sample")
+    recipe = write_recipe("two", **TWO_INPUTS, **{**INT8, "int8": {**INT8["int8"], "cmodel_samples": 2}},
+                          toolchain="tpu-mlir", target="BM1684X", calibration=calibration)
+
+    code, out, err = run_bmbuild("run", recipe, "--plain")
+
+    assert code == 0, out + err
+    assert set(outcomes("two").values()) == {"executed"}
+    report = read_report("two")
+    inputs = report["stages"]["compile_int8"]["metrics"]["bmodels"]["1b"]["nets"][0]["stages"][0]["inputs"]
+    assert [(i["name"], i["shape"]) for i in inputs] == [("image", [1, 3, 8, 8]), ("info", [1, 2])]
+    assert report["stages"]["compile_int8"]["metrics"]["cmp"]["b1/output"]["cos"] > 0.9
+
+
+def test_which_input_reads_which_folder_is_part_of_the_key(tmp_path):
+    """Swapping two inputs' folders changes the calibration key; moving the workspace does not."""
+    from bmbuild.recipe import Recipe
+    from bmbuild.stages.int8_common import dataset_params
+
+    def params(root: Path, image: str, info: str) -> dict[str, Any]:
+        recipe = Recipe.model_validate({
+            "name": "two", **TWO_INPUTS, "source": {"framework": "onnx", "model": "m.onnx"}, **INT8,
+            "calibration": {"inputs": {"image": {"data": str(root / image)}, "info": {"data": str(root / info)}}}})
+        return dataset_params(recipe)
+
+    first = params(tmp_path / "a" / "data", "left", "right")
+    assert first == params(tmp_path / "elsewhere" / "clone" / "data", "left", "right")
+    assert first != params(tmp_path / "a" / "data", "right", "left")
+    assert first["input_data"]["image"]["data"] == "left"
+
+
+def test_nntc_refuses_a_two_input_int8_recipe_before_any_stage(workspace, write_recipe, run_bmbuild):
+    calibration = _calibration_data(workspace / "recipes", "stacked")
+    recipe = write_recipe("two", **TWO_INPUTS, **INT8, toolchain="nntc", calibration=calibration)
+    code, out, err = run_bmbuild("validate", recipe)
+    assert code == 2 and re.search(rf"{re.escape(str(recipe))}:\d+: shapes: NNTC calibration feeds one input", err), err

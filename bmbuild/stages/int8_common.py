@@ -29,8 +29,23 @@ def dataset_params(recipe: Recipe) -> dict[str, Any]:
         "inputs": recipe.inputs_key(),
     }
     if cfg.inputs:  # only when set: recipes without per-input sources keep their keys
-        params["input_data"] = {name: own.model_dump(exclude={"data"}) for name, own in sorted(cfg.inputs.items())}
+        params["input_data"] = input_sources(recipe)
     return params
+
+
+def input_sources(recipe: Recipe) -> dict[str, Any]:
+    """Each `calibration.inputs` entry for the key, its data named relative to the other inputs'
+    (the files' contents are keyed as inputs, but not which input reads which folder: swapping two
+    inputs' folders must change the key, moving the workspace must not)."""
+    import os
+
+    cfg = recipe.calibration
+    assert cfg is not None
+    folders = [str(own.data or cfg.data) for own in cfg.inputs.values()] + ([str(cfg.data)] if cfg.data else [])
+    root = os.path.dirname(os.path.commonpath(folders)) if len(set(folders)) == 1 else os.path.commonpath(folders)
+    return {name: {**own.model_dump(mode="json", exclude={"data"}),
+                   "data": os.path.relpath(str(own.data), root) if own.data else None}
+            for name, own in sorted(cfg.inputs.items())}
 
 
 def input_feeds(recipe: Recipe) -> list["InputFeed"]:

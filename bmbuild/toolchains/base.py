@@ -36,6 +36,9 @@ class Toolchain(Protocol):
 
     def availability(self) -> Availability: ...
 
+    # Optional: `preflight(loaded)` raises a RecipeError for what this toolchain cannot build, so
+    # `validate` and `run` say it before any stage runs (bmbuild.preflight calls it when defined).
+
     def versions(self) -> dict[str, str]:
         """Versions that go into every action key (cheap: no heavy imports)."""
         ...
