@@ -202,8 +202,16 @@ def test_the_checks_import_no_numpy_torch_or_onnx(workspace, write_recipe):
              info=np.zeros((8, 2), np.float32))
     recipe = write_recipe("ox", **{**TWO_INPUTS, "source": {"framework": "onnx", "model": "m.onnx", "kwargs": None}},
                           **{**INT8, "calibration": {**INT8["calibration"], "data": "calib.npz"}})
-    done = subprocess.run([sys.executable, "-c", PROBE, "validate", str(recipe)], cwd=workspace,
-                          env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert _probe(workspace, "validate", recipe) == {"code": 0, "heavy": []}
+    # the checks did run: a recipe asking for more samples than there are is refused, still lightly
+    too_many = write_recipe("ox2", **{**TWO_INPUTS, "source": {"framework": "onnx", "model": "m.onnx", "kwargs": None}},
+                            **{**INT8, "calibration": {**INT8["calibration"], "data": "calib.npz", "samples": 20}})
+    assert _probe(workspace, "validate", too_many) == {"code": 2, "heavy": []}
+
+
+def _probe(cwd: Path, *args: Any) -> dict[str, Any]:
+    done = subprocess.run([sys.executable, "-c", PROBE, *map(str, args)], cwd=cwd, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=120)
     lines = [line for line in done.stdout.splitlines() if line.startswith("PROBE ")]
     assert lines, done.stdout + done.stderr
-    assert json.loads(lines[-1][len("PROBE "):]) == {"code": 0, "heavy": []}, done.stdout + done.stderr
+    return json.loads(lines[-1][len("PROBE "):])
