@@ -51,15 +51,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bmbuild.console import BuildConsole
     from bmbuild.engine import run_nodes
     from bmbuild.executor import Outcome
-    from bmbuild.project import model_summary, write_reports
+    from bmbuild.project import built_models, write_reports
 
     if args.dry_run:
         return _dry_run(args)
     build = _prepare(args)
-    console = BuildConsole(force_plain=args.plain)
+    console = BuildConsole(stream=sys.stderr if args.json else None, force_plain=args.plain,
+                           quiet=args.quiet, verbose=args.verbose, color=args.color)
     toolchains = sorted(set(build.toolchains.values()))
-    console.print(f"bmbuild {__version__}: {len(build.recipes)} recipe(s), {len(build.nodes)} stage(s), "
-                  f"toolchain {', '.join(toolchains)}, cache {build.workspace.cache_dir}")
+    if not args.quiet:
+        console.print(f"bmbuild {__version__}: {len(build.recipes)} recipe(s), {len(build.nodes)} stage(s), "
+                      f"toolchain {', '.join(toolchains)}, cache {build.workspace.cache_dir}")
     if "nntc" in toolchains:
         from bmbuild.stages.trace import torch_note
         from bmbuild.toolchains.base import package_version
@@ -73,11 +75,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     write_reports(build, result.records)
     executed, restored = result.count(Outcome.EXECUTED), result.count(Outcome.RESTORED)
     uptodate = result.count(Outcome.UP_TO_DATE)
-    for loaded in build.recipes:
-        mine = [r for r in result.records if r.recipe == loaded.name]
-        summary = model_summary(mine)
-        if summary and all(r.outcome.value not in ("failed", "blocked") for r in mine):
-            console.print(f"{loaded.name}: {summary}")
+    models = built_models(build, result.records)
+    for model in models:
+        if model["ok"] and not args.quiet:
+            console.print(f"{model['name']}: {model['summary'] or 'built'}")
+            if model["files"]:
+                console.print(f"  models: {', '.join(_relative(Path(f)) for f in model['files'])}")
     for error in result.errors:
         console.print(error, style="red")
     if executed == 0 and restored == 0 and result.ok:
@@ -86,6 +89,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         failed = result.count(Outcome.FAILED) + result.count(Outcome.BLOCKED)
         console.print(f"{executed} executed, {restored} restored from cache, {uptodate} up to date, "
                       f"{failed} failed or blocked ({result.seconds:.2f}s)")
+    report = None
     if args.report_dir:
         from bmbuild.report import write_report
 
@@ -93,8 +97,26 @@ def cmd_run(args: argparse.Namespace) -> int:
         ran = {record.recipe for record in result.records}
         written = write_report(build.workspace.build_dir, Path(args.report_dir), names,
                                not_run=[name for name in names if name not in ran])
-        console.print(f"report: {written.paths['html']} (+ summary.json, junit.xml, summary.md)")
+        report = written.paths['html']
+        console.print(f"report: {report} (+ summary.json, junit.xml, summary.md)")
+    if args.json:
+        from bmbuild import jsonout
+
+        counts = {outcome.value: result.count(outcome) for outcome in Outcome}
+        print(jsonout.dumps(jsonout.document(
+            "run", ok=result.ok, exit_code=result.exit_code, seconds=round(result.seconds, 3), counts=counts,
+            models=models, stages=[{"id": r.node_id, **{k: v for k, v in r.to_json().items() if k != "node_id"}}
+                                   for r in result.records],
+            errors=[{"message": error} for error in result.errors], report=report)))
     return result.exit_code
+
+
+def _relative(path: Path) -> str:
+    """`path` relative to the current folder when it is below it (shorter lines), else as is."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _dry_run(args: argparse.Namespace) -> int:
@@ -114,6 +136,13 @@ def _dry_run(args: argparse.Namespace) -> int:
             print(comment(f"note: toolchain {name!r} is not usable here ({status.reason}); "
                           "a real run stops before any stage"))
     steps = dry_run(build, force=args.force)
+    if args.json:
+        from bmbuild import jsonout
+
+        print(jsonout.dumps(jsonout.document("run", dry_run=True, steps=[
+            {"id": s.node.id, "recipe": s.node.recipe_name, "stage": s.node.stage.name, "status": s.status.value,
+             "reason": s.reason, "commands": s.commands, "error": s.error or None} for s in steps])))
+        return 2 if any(step.error for step in steps) else 0
     for step in steps:
         print(comment(f"{step.node.id}: {step.status.value} ({step.reason})"))
         for line in step.commands:
@@ -129,7 +158,18 @@ def cmd_toolchains(args: argparse.Namespace) -> int:
     from bmbuild.project import toolchain_statuses
 
     statuses, auto = toolchain_statuses()
+    if args.json:
+        from dataclasses import asdict
+
+        from bmbuild import jsonout
+        from bmbuild.project import auto_choices
+
+        print(jsonout.dumps(jsonout.document("toolchains", toolchains=[asdict(s) for s in statuses],
+                                             auto=auto_choices())))
+        return 0
     for status in statuses:
+        if args.quiet and not status.usable:
+            continue
         print(f"  {status.name:<10} {'usable' if status.usable else 'not usable':<11} {status.version}".rstrip())
         if status.reason:
             print(f"             why: {status.reason}")
@@ -160,9 +200,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from bmbuild.project import plan
 
     rows = plan(_prepare(args), force=args.force)
-    for row in rows:
-        print(f"  {row.status.value:<14} {row.node.id:<36} {row.reason}")
     pending = sum(1 for r in rows if r.status.value != "up-to-date")
+    if args.json:
+        from bmbuild import jsonout
+
+        print(jsonout.dumps(jsonout.document("plan", pending=pending, stages=[
+            {"id": r.node.id, "recipe": r.node.recipe_name, "stage": r.node.stage.name, "status": r.status.value,
+             "reason": r.reason} for r in rows])))
+        return 0
+    for row in rows:
+        if not (args.quiet and row.status.value == "up-to-date"):
+            print(f"  {row.status.value:<14} {row.node.id:<36} {row.reason}")
     print(f"{pending} of {len(rows)} stage(s) would run or be restored")
     return 0
 
@@ -181,19 +229,35 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     build = _prepare(args)
     checked, corrupt = verify_outputs(build) if args.verify else (0, [])  # first: the plan then sees it
+    stages = []
     for row in plan(build):
         folder = build.workspace.stage_dir(row.node.recipe_name, row.node.stage.name)
         manifest = read_manifest(folder) or {}
-        state = "up-to-date" if row.status.value == "up-to-date" else (
-            "missing" if not manifest else f"stale ({row.reason})")
-        print(f"  {row.node.id:<36} {state:<12} {manifest.get('summary', '')}".rstrip())
+        state = "up-to-date" if row.status.value == "up-to-date" else ("missing" if not manifest else "stale")
+        stages.append({"id": row.node.id, "recipe": row.node.recipe_name, "stage": row.node.stage.name,
+                       "state": state, "reason": None if state == "up-to-date" else row.reason,
+                       "summary": manifest.get("summary") or None, "folder": str(folder)})
+    code = 1 if corrupt else 0
+    if args.json:
+        from bmbuild import jsonout
+
+        verified = {"checked": checked, "corrupt": [{"path": str(c.path), "expected": c.expected, "actual": c.actual}
+                                                    for c in corrupt]} if args.verify else None
+        print(jsonout.dumps(jsonout.document("status", ok=code == 0, exit_code=code, stages=stages,
+                                             verify=verified)))
+        return code
+    for item in stages:
+        if args.quiet and item["state"] == "up-to-date":
+            continue
+        state = f"stale ({item['reason']})" if item["state"] == "stale" else item["state"]
+        print(f"  {item['id']:<36} {state:<12} {item['summary'] or ''}".rstrip())
     if not args.verify:
         return 0
     for item in corrupt:
         print(f"corrupt: {item.path}: expected {item.expected}, found {item.actual or 'nothing (missing)'}")
     print(f"verified {checked} published output(s): {len(corrupt)} corrupt"
           + ("; `bmbuild run` restores or rebuilds them" if corrupt else ""))
-    return 1 if corrupt else 0
+    return code
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -222,14 +286,26 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from bmbuild.recipe import load_recipes
+    from bmbuild.recipe import RecipeErrors, load_recipes_partial
 
     workspace = _workspace(args)
-    recipes = load_recipes(args.paths, workspace.root, workspace.config.vars)
-    for loaded in recipes:
-        print(f"  ok  {loaded.file}  ({loaded.name})")
-    print(f"{len(recipes)} recipe(s) valid")
-    return 0
+    recipes, errors = load_recipes_partial(args.paths, workspace.root, workspace.config.vars)
+    code = RecipeErrors(errors).exit_code if errors else 0
+    if args.json:
+        from bmbuild import jsonout
+
+        print(jsonout.dumps(jsonout.document(
+            "validate", ok=not errors, exit_code=code,
+            recipes=[{"name": r.name, "file": str(r.file)} for r in recipes],
+            errors=jsonout.error_items(RecipeErrors(errors)) if errors else [])))
+        return code
+    if not args.quiet:
+        for loaded in recipes:
+            print(f"  ok  {loaded.file}  ({loaded.name})")
+    for error in errors:
+        print(f"  error  {error.render()}", file=sys.stderr)
+    print(f"{len(recipes)} recipe(s) valid" + (f", {len(errors)} error(s)" if errors else ""))
+    return code
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -270,6 +346,32 @@ def _add_remote(parser: argparse.ArgumentParser) -> None:
                              "bmbuild.yaml remote_cache (storage options: $BMBUILD_REMOTE_OPTIONS, JSON)")
 
 
+def _add_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON document on stdout (schema_version 1, see docs/json.md); "
+                             "progress and messages go to stderr")
+
+
+def _add_output_options(parser: argparse.ArgumentParser, top: bool = False) -> None:
+    """-q/-v/--color on `parser` and every subcommand below it: `bmbuild -q run` and `bmbuild run -q`
+    both work (below the top, defaults are SUPPRESS so they do not overwrite the top's value)."""
+    present = set(parser._option_string_actions)
+    default: Any = (lambda value: value) if top else (lambda value: argparse.SUPPRESS)
+    if "-q" not in present:
+        parser.add_argument("-q", "--quiet", action="store_true", default=default(False),
+                            help="print only what needs attention (failures, stale stages) and the final line")
+    if "-v" not in present:
+        parser.add_argument("-v", "--verbose", action="count", default=default(0),
+                            help="say more: why each stage ran and its log (run), skipped files (validate)")
+    if "--color" not in present:
+        parser.add_argument("--color", choices=["auto", "always", "never"], default=default("auto"),
+                            help="colours: auto (on a terminal, unless $NO_COLOR is set), always, never")
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                _add_output_options(child)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bmbuild", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"bmbuild {__version__}")
@@ -286,9 +388,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also write summary.json, junit.xml, summary.md and report.html of this run to DIR")
     run.add_argument("--dry-run", action="store_true",
                      help="print the commands each stage would run, without running anything")
+    _add_json(run)
     run.set_defaults(func=cmd_run)
 
     toolchains = sub.add_parser("toolchains", help="the toolchains, whether each is usable here, and why not")
+    _add_json(toolchains)
     toolchains.set_defaults(func=cmd_toolchains)
     install = toolchains.add_subparsers(dest="toolchains_command").add_parser(
         "install", help="create a toolchain's managed environment (a no-op when it exists)")
@@ -304,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(plan_parser)
     _add_selection(plan_parser)
     _add_remote(plan_parser)
+    _add_json(plan_parser)
     plan_parser.set_defaults(func=cmd_plan)
 
     graph = sub.add_parser("graph", help="the stage graph (text, or Graphviz DOT)")
@@ -318,6 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--toolchain", choices=["auto", "reference", "nntc", "tpu-mlir"])
     status.add_argument("--verify", action="store_true",
                         help="re-hash every published output, ignoring the stat cache; exit 1 if any is corrupt")
+    _add_json(status)
     status.set_defaults(func=cmd_status, stage=None)
 
     clean_parser = sub.add_parser("clean", help="remove build outputs (not the cache)")
@@ -326,6 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = sub.add_parser("validate", help="check recipes")
     validate.add_argument("paths", nargs="+")
+    _add_json(validate)
     validate.set_defaults(func=cmd_validate)
 
     schema = sub.add_parser("schema", help="write the recipe JSON schema")
@@ -341,6 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     from bmbuild.cache_cmd import add_parser as add_cache_parser
 
     add_cache_parser(sub)  # bmbuild cache push|pull|ls|gc|verify
+    _add_output_options(parser, top=True)
     return parser
 
 
@@ -350,6 +458,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return func(args)
     except BmbuildError as exc:
+        if getattr(args, "json", False):
+            from bmbuild import jsonout
+
+            print(jsonout.dumps(jsonout.error_document(args.command, exc)))
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except BrokenPipeError:  # output piped into `head` and closed early

@@ -183,6 +183,30 @@ def model_summary(records: list[NodeRecord]) -> str:
     return "; ".join(r.summary for r in records if r.summary and r.stage in ("compile_fp32", "compile_int8"))
 
 
+MODEL_SUFFIXES = (".bmodel", ".onnx")
+COMPILE_STAGES = ("compile_fp32", "compile_int8")
+
+
+def built_models(build: Build, records: list[NodeRecord]) -> list[dict[str, Any]]:
+    """Per recipe of a run: did it build, its one-line summary and where its compiled models are
+    (the published .bmodel/.onnx files of its compile stages, from their manifests)."""
+    models = []
+    for loaded in build.recipes:
+        mine = [r for r in records if r.recipe == loaded.name]
+        if not mine:
+            continue
+        ok = all(r.outcome.value in ("executed", "restored", "up-to-date") for r in mine)
+        files = []
+        for record in mine:
+            if record.stage in COMPILE_STAGES and ok:
+                folder = build.workspace.stage_dir(record.recipe, record.stage)
+                outputs = (read_manifest(folder) or {}).get("outputs") or {}
+                files += [str(folder / rel) for rel in sorted(outputs) if rel.endswith(MODEL_SUFFIXES)]
+        models.append({"name": loaded.name, "ok": ok, "summary": model_summary(mine) or None,
+                       "folder": str(build.workspace.build_dir / loaded.name), "files": files})
+    return models
+
+
 def clean(workspace: Workspace, recipe_names: list[str] | None = None) -> list[Path]:
     """Remove build outputs (all, or of the named recipes). The cache is left alone, and so is the
     build folder's lock file: it is held meanwhile, and a new file would be a second lock."""
@@ -242,9 +266,14 @@ def toolchain_statuses() -> tuple[list[ToolchainStatus], str]:
             statuses.append(ToolchainStatus(name, False, "", str(exc)))
             continue
         statuses.append(ToolchainStatus(name, status.usable, status.version, status.reason))
+    return statuses, ", ".join(f"{name} for {target}" for target, name in auto_choices().items())
+
+
+def auto_choices() -> dict[str, str]:
+    """target -> the toolchain `toolchain: auto` picks for it here."""
     from bmbuild.toolchains.base import AUTO_ORDER
 
-    return statuses, ", ".join(f"{load_toolchain('auto', target).name} for {target}" for target in AUTO_ORDER)
+    return {target: load_toolchain("auto", target).name for target in AUTO_ORDER}
 
 
 @dataclass

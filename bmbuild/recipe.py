@@ -473,6 +473,16 @@ def _is_support_file(path: Path) -> bool:
 def load_recipes(paths: list[str | Path], root: Path | None = None,
                  variables: dict[str, str] | None = None) -> list[LoadedRecipe]:
     """Load every recipe below `paths`; reports all bad recipes at once; names must be unique."""
+    loaded, errors = load_recipes_partial(paths, root, variables)
+    if errors:
+        raise RecipeErrors(errors)
+    return loaded
+
+
+def load_recipes_partial(paths: list[str | Path], root: Path | None = None,
+                         variables: dict[str, str] | None = None) -> tuple[list[LoadedRecipe], list[RecipeError]]:
+    """The recipes below `paths` that load, and an error for each that does not (for `validate`
+    and `run -k`: one broken recipe does not hide the others); a second use of a name is an error."""
     loaded: list[LoadedRecipe] = []
     errors: list[RecipeError] = []
     for file in find_recipe_files(paths):
@@ -483,13 +493,14 @@ def load_recipes(paths: list[str | Path], root: Path | None = None,
         except RecipeError as exc:
             errors.append(exc)
     seen: dict[str, Path] = {}
+    unique = []
     for item in loaded:
         if item.name in seen:
             errors.append(item.error(f"name {item.name!r} is also used by {seen[item.name]}", ("name",)))
+        else:
+            unique.append(item)
         seen.setdefault(item.name, item.file)
-    if errors:
-        raise RecipeErrors(errors)
-    return loaded
+    return unique, errors
 
 
 class RecipeErrors(RecipeError):
