@@ -33,7 +33,7 @@ def _prepare(args: argparse.Namespace, check_toolchains: bool = True) -> Any:
 
     return prepare(args.paths, _workspace(args), getattr(args, "toolchain", None),
                    getattr(args, "stage", None), check_toolchains=check_toolchains,
-                   shard=getattr(args, "shard", None))
+                   shard=getattr(args, "shard", None), keep_going=getattr(args, "keep_going", False))
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -52,6 +52,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bmbuild.engine import run_nodes
     from bmbuild.executor import Outcome
     from bmbuild.project import built_models, write_reports
+    from bmbuild.recipe import RecipeErrors
 
     if args.dry_run:
         return _dry_run(args)
@@ -73,6 +74,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = run_nodes(build.nodes, build.workspace, console, jobs=jobs, force=args.force,
                        keep_going=args.keep_going)
     write_reports(build, result.records)
+    for error in build.errors:  # broken recipes left out under --keep-going
+        console.print(f"error: {error.render()}", style="red")
+    exit_code = max([result.exit_code] + [error.exit_code for error in build.errors])
     executed, restored = result.count(Outcome.EXECUTED), result.count(Outcome.RESTORED)
     uptodate = result.count(Outcome.UP_TO_DATE)
     models = built_models(build, result.records)
@@ -83,12 +87,13 @@ def cmd_run(args: argparse.Namespace) -> int:
                 console.print(f"  models: {', '.join(_relative(Path(f)) for f in model['files'])}")
     for error in result.errors:
         console.print(error, style="red")
-    if executed == 0 and restored == 0 and result.ok:
+    if executed == 0 and restored == 0 and result.ok and not build.errors:
         console.print(f"nothing to do: {uptodate} stage(s) up to date ({result.seconds:.2f}s)")
     else:
         failed = result.count(Outcome.FAILED) + result.count(Outcome.BLOCKED)
         console.print(f"{executed} executed, {restored} restored from cache, {uptodate} up to date, "
-                      f"{failed} failed or blocked ({result.seconds:.2f}s)")
+                      f"{failed} failed or blocked ({result.seconds:.2f}s)"
+                      + (f"; {len(build.errors)} broken recipe(s) left out" if build.errors else ""))
     report = None
     if args.report_dir:
         from bmbuild.report import write_report
@@ -104,11 +109,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         counts = {outcome.value: result.count(outcome) for outcome in Outcome}
         print(jsonout.dumps(jsonout.document(
-            "run", ok=result.ok, exit_code=result.exit_code, seconds=round(result.seconds, 3), counts=counts,
+            "run", ok=exit_code == 0, exit_code=exit_code, seconds=round(result.seconds, 3), counts=counts,
             models=models, stages=[{"id": r.node_id, **{k: v for k, v in r.to_json().items() if k != "node_id"}}
                                    for r in result.records],
-            errors=[{"message": error} for error in result.errors], report=report)))
-    return result.exit_code
+            errors=[jsonout.message_item(error) for error in result.errors]
+            + (jsonout.error_items(RecipeErrors(build.errors)) if build.errors else []), report=report)))
+    return exit_code
 
 
 def _relative(path: Path) -> str:
@@ -289,7 +295,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from bmbuild.recipe import RecipeErrors, load_recipes_partial
 
     workspace = _workspace(args)
-    recipes, errors = load_recipes_partial(args.paths, workspace.root, workspace.config.vars)
+    skipped: list[Path] = []
+    recipes, errors = load_recipes_partial(args.paths, workspace.root, workspace.config.vars, skipped)
     code = RecipeErrors(errors).exit_code if errors else 0
     if args.json:
         from bmbuild import jsonout
@@ -302,8 +309,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if not args.quiet:
         for loaded in recipes:
             print(f"  ok  {loaded.file}  ({loaded.name})")
-    for error in errors:
-        print(f"  error  {error.render()}", file=sys.stderr)
+    if args.verbose:
+        for file in skipped:
+            print(f"  skipped  {file}  (not a recipe: no top-level source:)")
+    if errors:  # the same lines as any other command's recipe errors
+        print(f"error: {RecipeErrors(errors)}", file=sys.stderr)
     print(f"{len(recipes)} recipe(s) valid" + (f", {len(errors)} error(s)" if errors else ""))
     return code
 

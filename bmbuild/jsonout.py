@@ -29,7 +29,12 @@ def error_items(exc: BmbuildError) -> list[dict[str, Any]]:
         parts = getattr(exc, "errors", None) or [exc]
         return [{"message": e.message, "file": e.file, "line": e.line, "key": e.key, "hint": e.hint}
                 for e in parts]
-    return [{"message": str(exc), "file": None, "line": None, "key": None, "hint": None}]
+    return [message_item(str(exc))]
+
+
+def message_item(message: str) -> dict[str, Any]:
+    """An error known only by its text, in the shape of `error_items`."""
+    return {"message": message, "file": None, "line": None, "key": None, "hint": None}
 
 
 def error_document(command: str, exc: BmbuildError) -> dict[str, Any]:

@@ -8,15 +8,15 @@ from __future__ import annotations
 import hashlib
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bmbuild.cache import atomic_write_bytes, json_bytes
-from bmbuild.errors import BmbuildError
+from bmbuild.errors import BmbuildError, RecipeError
 from bmbuild.executor import Decision, Executor, NodeRecord, Status, read_manifest
 from bmbuild.graph import Node, build_graph
-from bmbuild.recipe import LoadedRecipe, load_recipes
+from bmbuild.recipe import LoadedRecipe, load_recipes, load_recipes_partial
 from bmbuild.toolchains.base import load_toolchain, require_usable
 from bmbuild.workspace import Workspace
 
@@ -29,6 +29,7 @@ class Build:
     recipes: list[LoadedRecipe]
     toolchains: dict[str, str]
     nodes: list[Node]
+    errors: list[RecipeError] = field(default_factory=list)  # broken recipes left out (keep_going)
 
 
 def in_shard(name: str, shard: tuple[int, int] | None) -> bool:
@@ -41,9 +42,20 @@ def in_shard(name: str, shard: tuple[int, int] | None) -> bool:
 
 def prepare(paths: list[str], workspace: Workspace, toolchain: str | None = None,
             stages: list[str] | None = None, check_toolchains: bool = True,
-            shard: tuple[int, int] | None = None) -> Build:
-    """Load recipes below `paths` and turn them into nodes. Never imports torch."""
-    recipes = load_recipes([Path(p) for p in paths], workspace.root, workspace.config.vars)
+            shard: tuple[int, int] | None = None, keep_going: bool = False) -> Build:
+    """Load recipes below `paths` and turn them into nodes. Never imports torch.
+
+    A broken recipe stops everything, unless `keep_going`: then the others are built and the
+    errors are kept in `Build.errors` (none loaded at all is still an error)."""
+    errors: list[RecipeError] = []
+    if keep_going:
+        recipes, errors = load_recipes_partial([Path(p) for p in paths], workspace.root, workspace.config.vars)
+        if not recipes and errors:
+            from bmbuild.recipe import RecipeErrors
+
+            raise RecipeErrors(errors)
+    else:
+        recipes = load_recipes([Path(p) for p in paths], workspace.root, workspace.config.vars)
     recipes = [loaded for loaded in recipes if in_shard(loaded.name, shard)]
     chosen: dict[str, str] = {}
     resolved_cache: dict[str, str] = {}
@@ -56,7 +68,7 @@ def prepare(paths: list[str], workspace: Workspace, toolchain: str | None = None
                 require_usable(instance)
             resolved_cache[choice] = instance.name
         chosen[loaded.name] = resolved_cache[choice]
-    return Build(workspace, recipes, chosen, build_graph(recipes, chosen, stages))
+    return Build(workspace, recipes, chosen, build_graph(recipes, chosen, stages), errors)
 
 
 @dataclass

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ast
 import difflib
+import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -448,21 +450,74 @@ def load_recipe(file: str | Path) -> LoadedRecipe:
     return loaded[0]
 
 
-def find_recipe_files(paths: list[str | Path]) -> list[Path]:
-    """Recipe files named directly, or found below folders (sorted, so builds are stable)."""
+# Folders a search below a folder never enters: tools' and packages' trees, build outputs.
+SKIPPED_FOLDERS = frozenset({"build", "node_modules", "site-packages", "dist-packages", "__pycache__"})
+_TOP_LEVEL_KEY = re.compile(r"""^(["']?)(name|source)\1[ \t]*:""", re.MULTILINE)
+
+
+def find_recipe_files(paths: list[str | Path], skipped: list[Path] | None = None,
+                      root: Path | None = None) -> list[Path]:
+    """Recipe files named directly, or found below folders (sorted, so builds are stable).
+
+    A file named on the command line is always read as a recipe. Below a folder, the search skips
+    hidden folders, virtualenvs (a folder holding pyvenv.cfg), SKIPPED_FOLDERS and symlinked
+    folders; a .yaml/.yml file there is a recipe when it has a top-level `source:` key, or a
+    top-level `name:` key and a defaults.yaml above it (up to the workspace `root`) has `source:`. Other YAML
+    files are not recipes and go to `skipped`: a tree may hold CI configs and packages' data files.
+    """
     found: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*") if p.suffix in RECIPE_SUFFIXES
-                                and p.is_file() and not _is_support_file(p)))
+            found.extend(_search(path, skipped if skipped is not None else [], root or path))
         elif path.is_file():
             found.append(path)
         else:
             raise RecipeError("no such recipe file or folder", path)
     if not found:
-        raise RecipeError("no recipes found", ", ".join(map(str, paths)))
+        hint = (f"{len(skipped)} YAML file(s) without a top-level source: were skipped"
+                if skipped else None)
+        raise RecipeError("no recipes found", ", ".join(map(str, paths)), hint=hint)
     return found
+
+
+def _search(top: Path, skipped: list[Path], root: Path) -> list[Path]:
+    """The recipe files below folder `top` (see find_recipe_files)."""
+    found = []
+    for folder, dirs, files in os.walk(top):
+        dirs[:] = sorted(d for d in dirs if not _skipped_folder(Path(folder) / d))
+        for name in sorted(files):
+            file = Path(folder) / name
+            if file.suffix not in RECIPE_SUFFIXES or name.startswith(".") or _is_support_file(file):
+                continue
+            (found if _looks_like_recipe(file, root) else skipped).append(file)
+    return found
+
+
+def _skipped_folder(folder: Path) -> bool:
+    return (folder.name.startswith(".") or folder.name in SKIPPED_FOLDERS or folder.is_symlink()
+            or (folder / "pyvenv.cfg").is_file())
+
+
+def _top_level_keys(file: Path) -> set[str]:
+    """Which of `name`/`source` a YAML file sets at its top level (a text scan: no YAML parse)."""
+    try:
+        with open(file, encoding="utf-8", errors="replace") as stream:
+            text = stream.read(1 << 20)
+    except OSError:
+        return {"name", "source"}  # unreadable: loading it reports why
+    return {match.group(2) for match in _TOP_LEVEL_KEY.finditer(text)}
+
+
+def _looks_like_recipe(file: Path, root: Path) -> bool:
+    keys = _top_level_keys(file)
+    if "source" in keys:
+        return True
+    if "name" not in keys:
+        return False
+    from bmbuild.compose import defaults_chain
+
+    return any("source" in _top_level_keys(defaults) for defaults in defaults_chain(file, root))
 
 
 def _is_support_file(path: Path) -> bool:
@@ -480,12 +535,13 @@ def load_recipes(paths: list[str | Path], root: Path | None = None,
 
 
 def load_recipes_partial(paths: list[str | Path], root: Path | None = None,
-                         variables: dict[str, str] | None = None) -> tuple[list[LoadedRecipe], list[RecipeError]]:
+                         variables: dict[str, str] | None = None,
+                         skipped: list[Path] | None = None) -> tuple[list[LoadedRecipe], list[RecipeError]]:
     """The recipes below `paths` that load, and an error for each that does not (for `validate`
     and `run -k`: one broken recipe does not hide the others); a second use of a name is an error."""
     loaded: list[LoadedRecipe] = []
     errors: list[RecipeError] = []
-    for file in find_recipe_files(paths):
+    for file in find_recipe_files(paths, skipped, root):
         try:
             loaded.extend(load_recipe_file(file, root, variables))
         except RecipeErrors as exc:
