@@ -319,18 +319,25 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from bmbuild.project import schema_text
+    from bmbuild.schemas import SCHEMAS, schema_text
 
-    text = schema_text()
-    target = Path(args.output)
-    if args.check:
-        if not target.is_file() or target.read_text() != text:
-            raise BmbuildError(f"{target} is stale: run `bmbuild schema`")
-        print(f"{target} is current")
+    kinds = [args.kind] if args.kind else (["recipe"] if args.output else list(SCHEMAS))
+    if args.output == "-":
+        if args.check:
+            raise BmbuildError("--check needs a file, not -o -")
+        sys.stdout.write(schema_text(kinds[0]))
         return 0
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(text)
-    print(f"wrote {target}")
+    targets = {Path(args.output) if args.output else DEFAULT_SCHEMA.parent / SCHEMAS[kind][0]: schema_text(kind)
+               for kind in kinds}
+    for target, text in targets.items():
+        if args.check:
+            if not target.is_file() or target.read_text() != text:
+                raise BmbuildError(f"{target} is stale: run `bmbuild schema`")
+            print(f"{target} is current")
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+        print(f"wrote {target}")
     return 0
 
 
@@ -445,9 +452,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_json(validate)
     validate.set_defaults(func=cmd_validate)
 
-    schema = sub.add_parser("schema", help="write the recipe JSON schema")
-    schema.add_argument("-o", "--output", default=str(DEFAULT_SCHEMA))
-    schema.add_argument("--check", action="store_true", help="fail if the file is stale")
+    schema = sub.add_parser("schema", help="write the JSON schemas of recipes, defaults.yaml and bmbuild.yaml")
+    schema.add_argument("--kind", choices=["recipe", "defaults", "bmbuild"],
+                        help="only this schema (default: all three into schemas/; the recipe one with -o)")
+    schema.add_argument("-o", "--output", metavar="FILE",
+                        help="write to FILE instead of schemas/<kind>.schema.json; - prints it on stdout")
+    schema.add_argument("--check", action="store_true", help="exit 2 if a written schema is stale, write nothing")
     schema.set_defaults(func=cmd_schema)
 
     report = sub.add_parser("report", help="summary.json, junit.xml, summary.md and report.html of built models")

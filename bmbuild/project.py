@@ -240,18 +240,16 @@ def clean(workspace: Workspace, recipe_names: list[str] | None = None) -> list[P
 
 
 def recipe_schema() -> dict[str, Any]:
-    from bmbuild.recipe import Recipe
+    from bmbuild.schemas import recipe_schema as build
 
-    schema = Recipe.model_json_schema()
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "bmbuild recipe"
-    return schema
+    return build()
 
 
-def schema_text() -> str:
-    import json
+def schema_text(kind: str = "recipe") -> str:
+    """A schema of `bmbuild.schemas.SCHEMAS` (recipe, defaults, bmbuild) as committed in schemas/."""
+    from bmbuild.schemas import schema_text as text
 
-    return json.dumps(recipe_schema(), indent=2, sort_keys=True) + "\n"
+    return text(kind)
 
 
 

@@ -51,7 +51,10 @@ class Source(_Strict):
     model: str = Field(description="pytorch: 'path/to/file.py:callable'; torchscript/onnx: path to the .pt/.onnx file.")
     # JSON values only: they are hashed into the trace key (a key of 1 next to "a" cannot be sorted)
     kwargs: dict[str, JsonValue] = Field(default_factory=dict, description="Keyword arguments for the model callable.")
-    weights: Weights | None = Field(None, description="Optional weights loaded with torch.load(weights_only=True), strict keys.")
+    weights: Weights | None = Field(None, description="Optional weights loaded with torch.load(weights_only=True), "
+                                    "strict keys; a string is short for {path: ...}.",
+                                    json_schema_extra=lambda schema: schema["anyOf"].insert(
+                                        1, {"type": "string", "description": "Weights file, relative to the recipe."}))
 
     @field_validator("weights", mode="before")
     @classmethod
@@ -88,7 +91,7 @@ class Tolerance(_Strict):
 
 class InputSpec(_Strict):
     name: str = Field(description="Input tensor name.")
-    dtype: Literal["float32", "float16", "int32", "int64"] = "float32"
+    dtype: Literal["float32", "float16", "int32", "int64"] = Field("float32", description="Input element type.")
 
 
 class Fp32(_Strict):
@@ -127,9 +130,9 @@ class Eval(_Strict):
     """Accuracy on a labelled set, fp32 and int8, with a maximum allowed drop."""
 
     data: Path = Field(description="A .npz holding preprocessed inputs and integer labels.")
-    x_key: str = "x"
-    y_key: str = "y"
-    metric: Literal["top1", "top5"] = "top1"
+    x_key: str = Field("x", description="Array of the .npz holding the inputs.")
+    y_key: str = Field("y", description="Array of the .npz holding the integer labels.")
+    metric: Literal["top1", "top5"] = Field("top1", description="Accuracy metric: top-1 or top-5 correct.")
     max_drop: float = Field(1.0, ge=0, description="Largest allowed accuracy drop int8 vs fp32, in points.")
     limit: int | None = Field(None, ge=1, description="Evaluate only the first N samples.")
 
@@ -139,19 +142,19 @@ class Recipe(_Strict):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=MAX_NAME,
                       description="Net name (bmnetp --net_name); also the build folder.")
-    description: str | None = None
+    description: str | None = Field(None, description="Free text about the model, shown in reports.")
     toolchain: Literal["auto", "reference", "nntc", "tpu-mlir"] = Field(
         "auto", description="auto: tpu-mlir for BM1684X; for BM1684 NNTC, else tpu-mlir; else reference (first usable).")
-    source: Source
+    source: Source = Field(description="Where the model comes from: framework, file, callable, weights.")
     shapes: list[list[int]] = Field(min_length=1, description="Input shapes, batch first, e.g. [[1,3,224,224]].")
     inputs: list[InputSpec] | None = Field(None, description="Input names and dtypes, one per shape.")
-    target: Literal["BM1684", "BM1684X"] = "BM1684"
+    target: Literal["BM1684", "BM1684X"] = Field("BM1684", description="Sophgo chip the bmodels are built for.")
     prec: Literal["FP32", "INT8"] = Field("FP32", description="FP32 builds trace+compile_fp32; INT8 adds calibrate, quantize, compile_int8.")
     batch_sizes: list[int] | None = Field(None, min_length=1, description="Batch sizes compiled (default: the batch of shapes).")
-    fp32: Fp32 = Field(default_factory=Fp32)
-    calibration: CalibrationConfig | None = None
-    int8: Int8 = Field(default_factory=Int8)
-    eval: Eval | None = None
+    fp32: Fp32 = Field(default_factory=Fp32, description="fp32 compile options (bmnetp) and its gate against the source.")
+    calibration: CalibrationConfig | None = Field(None, description="Calibration data and threshold method (INT8).")
+    int8: Int8 = Field(default_factory=Int8, description="int8 compile options (bmnetu) and its gate against fp32.")
+    eval: Eval | None = Field(None, description="Accuracy of fp32 and int8 on a labelled set, with a maximum drop.")
     variants: dict[str, list[Any]] | list[dict[str, Any]] | None = Field(
         None, description="Expand into several builds: {dotted.key: [values]} is a matrix "
                           "(name_<value>...); a list of {dotted.key: value, suffix: s} gives explicit variants.")
