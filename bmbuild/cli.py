@@ -18,6 +18,22 @@ from bmbuild import __version__
 from bmbuild.errors import BmbuildError
 
 DEFAULT_SCHEMA = Path("schemas/recipe.schema.json")
+DESCRIPTION = "Declarative, incremental, cached builds of Sophgo bmodels from YAML recipes."
+EPILOG = """\
+examples:
+  bmbuild run recipes/resnet.yaml        build one model (again: nothing to do)
+  bmbuild run recipes/ -j 2 -k           every recipe below a folder; go on after a failure
+  bmbuild plan recipes/                  what run would do, and why
+  bmbuild validate recipes/ --json       check recipes, machine-readable
+  bmbuild toolchains                     which toolchains work here, and why not
+
+exit codes:
+  0  success
+  1  a stage ran and failed (a tool's error, a tolerance not met, the model's code raised)
+  2  the input is wrong (recipe, data, a missing file, an unusable toolchain)
+  3  an internal error (a bug in bmbuild: printed with its traceback)
+  with --keep-going the highest code of all failures wins
+"""
 
 
 def _workspace(args: argparse.Namespace) -> Any:
@@ -341,9 +357,11 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_common(parser: argparse.ArgumentParser, paths: str = "+") -> None:
+def _add_common(parser: argparse.ArgumentParser, paths: str = "+", cache: bool = True) -> None:
     parser.add_argument("paths", nargs=paths, help="recipe files or folders of recipes")
-    parser.add_argument("--cache-dir", help="action cache and object store (default: $BMBUILD_CACHE_DIR or the user cache dir)")
+    if cache:
+        parser.add_argument("--cache-dir",
+                            help="action cache and object store (default: $BMBUILD_CACHE_DIR or the user cache dir)")
     parser.add_argument("--build-dir", help="build outputs (default: build/ in the workspace)")
 
 
@@ -390,7 +408,8 @@ def _add_output_options(parser: argparse.ArgumentParser, top: bool = False) -> N
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bmbuild", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="bmbuild", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"bmbuild {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -413,12 +432,12 @@ def build_parser() -> argparse.ArgumentParser:
     toolchains.set_defaults(func=cmd_toolchains)
     install = toolchains.add_subparsers(dest="toolchains_command").add_parser(
         "install", help="create a toolchain's managed environment (a no-op when it exists)")
-    install.add_argument("name", choices=["tpu-mlir"])
+    install.add_argument("name", choices=["tpu-mlir"], help="the toolchain to install")
     install.add_argument("--python", help="CPython 3.10 to build it with (default: python3.10 on PATH, or pyenv's)")
     install.set_defaults(func=cmd_toolchains_install)
 
     show = sub.add_parser("show", help="print the fully resolved recipes (defaults, variables, variants)")
-    show.add_argument("paths", nargs="+")
+    show.add_argument("paths", nargs="+", help="recipe files or folders of recipes")
     show.set_defaults(func=cmd_show)
 
     plan_parser = sub.add_parser("plan", help="what run would do, and why")
@@ -430,25 +449,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     graph = sub.add_parser("graph", help="the stage graph (text, or Graphviz DOT)")
     _add_common(graph)
-    graph.add_argument("--format", choices=["text", "dot"], default="text")
-    graph.add_argument("--toolchain", choices=["auto", "reference", "nntc", "tpu-mlir"])
+    graph.add_argument("--format", choices=["text", "dot"], default="text",
+                       help="text (default) or Graphviz DOT (`| dot -Tsvg`)")
+    graph.add_argument("--toolchain", choices=["auto", "reference", "nntc", "tpu-mlir"],
+                       help="override the recipes' toolchain")
     graph.set_defaults(func=cmd_graph, stage=None)
 
     status = sub.add_parser("status", help="state of each stage's outputs")
     _add_common(status)
     _add_remote(status)
-    status.add_argument("--toolchain", choices=["auto", "reference", "nntc", "tpu-mlir"])
+    status.add_argument("--toolchain", choices=["auto", "reference", "nntc", "tpu-mlir"],
+                        help="override the recipes' toolchain")
     status.add_argument("--verify", action="store_true",
                         help="re-hash every published output, ignoring the stat cache; exit 1 if any is corrupt")
     _add_json(status)
     status.set_defaults(func=cmd_status, stage=None)
 
     clean_parser = sub.add_parser("clean", help="remove build outputs (not the cache)")
-    _add_common(clean_parser, paths="*")
+    _add_common(clean_parser, paths="*", cache=False)
     clean_parser.set_defaults(func=cmd_clean)
 
     validate = sub.add_parser("validate", help="check recipes")
-    validate.add_argument("paths", nargs="+")
+    validate.add_argument("paths", nargs="+", help="recipe files or folders of recipes")
     _add_json(validate)
     validate.set_defaults(func=cmd_validate)
 
