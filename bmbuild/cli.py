@@ -9,6 +9,8 @@ traceback). When several stages fail (--keep-going), the highest code wins.
 from __future__ import annotations
 
 import argparse
+import difflib
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -110,6 +112,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         console.print(f"{executed} executed, {restored} restored from cache, {uptodate} up to date, "
                       f"{failed} failed or blocked ({result.seconds:.2f}s)"
                       + (f"; {len(build.errors)} broken recipe(s) left out" if build.errors else ""))
+    _ci_output(args, build, result)
     report = None
     if args.report_dir:
         from bmbuild.report import write_report
@@ -131,6 +134,27 @@ def cmd_run(args: argparse.Namespace) -> int:
             errors=[jsonout.message_item(error) for error in result.errors]
             + (jsonout.error_items(RecipeErrors(build.errors)) if build.errors else []), report=report)))
     return exit_code
+
+
+def _ci_output(args: argparse.Namespace, build: Any, result: Any) -> None:
+    """On GitHub Actions: an annotation per failure and broken recipe; with --step-summary the
+    run's summary.md goes to the job summary."""
+    from bmbuild import ci, jsonout
+    from bmbuild.recipe import RecipeErrors
+
+    if ci.on_github_actions():
+        items = [jsonout.message_item(error) for error in result.errors]
+        items += jsonout.error_items(RecipeErrors(build.errors)) if build.errors else []
+        ci.annotate(items, sys.stderr if args.json else sys.stdout)
+    if args.step_summary:
+        from bmbuild.report import collect, markdown, report_files
+
+        names = [loaded.name for loaded in build.recipes]
+        ran = {record.recipe for record in result.records}
+        files = report_files(build.workspace.build_dir, names)
+        text = markdown(collect(files, [n for n in names if n not in ran])) if files else "no model was built\n"
+        if ci.append_step_summary(text) is None:
+            print("note: --step-summary: $GITHUB_STEP_SUMMARY is not set; no job summary written", file=sys.stderr)
 
 
 def _relative(path: Path) -> str:
@@ -329,6 +353,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
         for file in skipped:
             print(f"  skipped  {file}  (not a recipe: no top-level source:)")
     if errors:  # the same lines as any other command's recipe errors
+        from bmbuild import ci, jsonout
+
+        if ci.on_github_actions():
+            ci.annotate(jsonout.error_items(RecipeErrors(errors)), sys.stdout)
         print(f"error: {RecipeErrors(errors)}", file=sys.stderr)
     print(f"{len(recipes)} recipe(s) valid" + (f", {len(errors)} error(s)" if errors else ""))
     return code
@@ -381,6 +409,19 @@ def _add_remote(parser: argparse.ArgumentParser) -> None:
                              "bmbuild.yaml remote_cache (storage options: $BMBUILD_REMOTE_OPTIONS, JSON)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a "did you mean" for a mistyped command or choice."""
+
+    def error(self, message: str) -> Any:
+        match = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if match:
+            choices = [choice.strip(" '") for choice in match.group(2).split(",")]
+            close = difflib.get_close_matches(match.group(1), choices, n=1)
+            if close:
+                message += f"; did you mean '{close[0]}'?"
+        super().error(message)
+
+
 def _add_json(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true",
                         help="print one JSON document on stdout (schema_version 1, see docs/json.md); "
@@ -408,7 +449,7 @@ def _add_output_options(parser: argparse.ArgumentParser, top: bool = False) -> N
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bmbuild", description=DESCRIPTION, epilog=EPILOG,
+    parser = _Parser(prog="bmbuild", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"bmbuild {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -425,6 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true",
                      help="print the commands each stage would run, without running anything")
     _add_json(run)
+    run.add_argument("--step-summary", action="store_true",
+                     help="append this run's summary.md to $GITHUB_STEP_SUMMARY (the GitHub Actions job summary)")
     run.set_defaults(func=cmd_run)
 
     toolchains = sub.add_parser("toolchains", help="the toolchains, whether each is usable here, and why not")
@@ -500,10 +543,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return func(args)
     except BmbuildError as exc:
-        if getattr(args, "json", False):
-            from bmbuild import jsonout
+        from bmbuild import ci, jsonout
 
+        if getattr(args, "json", False):
             print(jsonout.dumps(jsonout.error_document(args.command, exc)))
+        if ci.on_github_actions():
+            ci.annotate(jsonout.error_items(exc), sys.stderr if getattr(args, "json", False) else sys.stdout)
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except BrokenPipeError:  # output piped into `head` and closed early
