@@ -23,26 +23,23 @@ from pathlib import Path
 from bmbuild.calib.sources import InputFeed, content_files, is_image, unpaired
 from bmbuild.errors import DataError, RecipeError
 from bmbuild.fileinfo import array_header, npz_keys, onnx_graph_inputs
-from bmbuild.recipe import LoadedRecipe, RecipeErrors
+from bmbuild.recipe import LoadedRecipe
 from bmbuild.yamlsource import KeyPath
 
 IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")  # JPEG, PNG
 
 
-def check_recipes(recipes: list[LoadedRecipe], toolchains: dict[str, str] | None = None) -> None:
-    """Raise every problem of every recipe at once (RecipeErrors); nothing when all are fine.
-
-    `toolchains` (recipe name -> the toolchain that builds it) adds what that toolchain cannot
-    build; without it a recipe's own `toolchain`, unless `auto`, is asked.
-    """
+def recipe_problems(loaded: LoadedRecipe, toolchain: str | None = None) -> list[RecipeError]:
+    """The first problem of each kind (ONNX source, calibration data, evaluation set), then what
+    `toolchain` (default: the recipe's own, unless `auto`) says it cannot build."""
     problems = []
-    for loaded in recipes:
-        problems += recipe_problems(loaded)
-        chosen = (toolchains or {}).get(loaded.name) or (None if loaded.recipe.toolchain == "auto"
-                                                          else loaded.recipe.toolchain)
-        problems += toolchain_problems(loaded, chosen) if chosen else []
-    if problems:
-        raise RecipeErrors(problems)
+    for check in (_check_onnx_source, _check_calibration, _check_eval):
+        try:
+            check(loaded)
+        except RecipeError as exc:
+            problems.append(exc)
+    chosen = toolchain or (None if loaded.recipe.toolchain == "auto" else loaded.recipe.toolchain)
+    return problems + (toolchain_problems(loaded, chosen) if chosen else [])
 
 
 def toolchain_problems(loaded: LoadedRecipe, name: str) -> list[RecipeError]:
@@ -60,17 +57,6 @@ def toolchain_problems(loaded: LoadedRecipe, name: str) -> list[RecipeError]:
     except RecipeError as exc:
         return [exc]
     return []
-
-
-def recipe_problems(loaded: LoadedRecipe) -> list[RecipeError]:
-    """The first problem of each kind (ONNX source, calibration data, evaluation set)."""
-    problems = []
-    for check in (_check_onnx_source, _check_calibration, _check_eval):
-        try:
-            check(loaded)
-        except RecipeError as exc:
-            problems.append(exc)
-    return problems
 
 
 # --- an ONNX source --------------------------------------------------------------------------------

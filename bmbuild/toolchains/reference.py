@@ -226,7 +226,8 @@ class ReferenceToolchain:
         missing = [p for p in PACKAGES if importlib.util.find_spec(p) is None]
         version = f"onnxruntime {package_version('onnxruntime')}"
         if missing:
-            return Availability(False, version, f"python packages missing: {', '.join(missing)}")
+            return Availability(False, version, f"python packages missing: {', '.join(missing)} "
+                                "(install the reference toolchain with `pip install 'bmbuild[reference]'`)")
         return Availability(True, version)
 
     def versions(self) -> dict[str, str]:
