@@ -215,3 +215,14 @@ def _probe(cwd: Path, *args: Any) -> dict[str, Any]:
     lines = [line for line in done.stdout.splitlines() if line.startswith("PROBE ")]
     assert lines, done.stdout + done.stderr
     return json.loads(lines[-1][len("PROBE "):])
+
+
+def test_keep_going_leaves_out_the_recipe_that_fails_the_checks(workspace, write_recipe, run_bmbuild, outcomes):
+    (workspace / "recipes" / "calib").mkdir()  # empty: refused
+    bad = write_recipe("bad", **INT8)
+    write_recipe("good")
+    code, out, err = run_bmbuild("run", workspace / "recipes", "--plain", "-k")
+    assert code == 2, out + err  # a user error, reported; the other recipe still built
+    assert outcomes("good") == {"trace": "executed", "compile_fp32": "executed"}
+    assert not (workspace / "build" / "bad").exists()
+    assert f"{bad}:" in out + err and "calibration.data" in out + err and "1 broken recipe(s) left out" in out + err
