@@ -2,7 +2,7 @@
 before it starts): mistakes that would otherwise surface minutes later, in calibrate or compile.
 
 - an ONNX source whose inputs differ from `shapes` / `inputs` (count, names, rank, fixed dims,
-  dtypes, a batch fixed in the model that `batch_sizes` changes);
+  dtypes);
 - int8 calibration data: missing, empty or unreadable; images without `preprocess` (or arrays
   with it); arrays of the wrong shape or dtype, or without the array an input needs; inputs whose
   sources hold different numbers of samples or unpaired files; fewer samples than
@@ -88,13 +88,8 @@ def _check_onnx_source(loaded: LoadedRecipe) -> None:
         for axis, dim in enumerate(item.dims):
             if not isinstance(dim, int) or dim <= 0:
                 continue  # a named or unknown dimension takes any size
-            if axis == spec.batch_axis:
-                fixed = [b for b in recipe.resolved_batch_sizes if b != dim]
-                if fixed:
-                    raise loaded.error(f"the ONNX model's input {item.name!r} has a fixed batch of {dim} (shape "
-                                       f"{_dims(item.dims)}), so it cannot run batch size {fixed[0]}",
-                                       ("batch_sizes",) if recipe.batch_sizes else ("shapes", index))
-            elif dim != shape[axis]:
+            # a batch fixed in the model may still be compiled at others (tpu-mlir, bmneto set it)
+            if axis != spec.batch_axis and dim != shape[axis]:
                 raise loaded.error(f"the ONNX model's input {item.name!r} has shape {_dims(item.dims)}, shapes[{index}] "
                                    f"is {shape}", ("shapes", index))
 

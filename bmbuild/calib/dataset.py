@@ -81,8 +81,7 @@ def split_samples(refs: Sequence[Any], n_calib: int, n_holdout: int,
         raise ValueError(f"need n_calib >= 1 and n_holdout >= 0, got {n_calib}, {n_holdout}")
     ordered = sorted(refs, key=_sort_key)
     if len(ordered) < n_calib + n_holdout:
-        first = [r[0] if isinstance(r, tuple) else r for r in ordered]
-        where = os.path.commonpath([str(r.path) for r in first]) if first else None
+        where = os.path.commonpath([str(refs_of(r)[0].path) for r in ordered]) if ordered else None
         raise DataError(f"only {len(ordered)} samples available, {n_calib} for calibration + "
                         f"{n_holdout} held out for the int8 comparison needed (lower `samples`)",
                         file=where)
@@ -206,7 +205,8 @@ def list_feed_samples(feeds: Sequence[InputFeed]) -> list[Sample]:
             raise DataError(f"input {feed.name!r} has {len(refs)} calibration samples but input "
                             f"{sources[0].name!r} has {len(first)} (from {sources[0].source.data}); "
                             "every input needs one per sample", file=feed.source.data)
-        mismatch = unpaired(sources[0].source.data, [r.path for r in first], feed.source.data, [r.path for r in refs])
+        mismatch = unpaired(sources[0].source.data, [r.path for r in first],
+                            feed.source.data, [r.path for r in refs])
         if mismatch:
             raise DataError(f"input {feed.name!r}: {mismatch}", file=feed.source.data)
     return list(zip(*listed))
@@ -219,11 +219,6 @@ class FeedLoader:
     def __init__(self, feeds: Sequence[InputFeed]):
         self.feeds = list(feeds)
         self.loaders = [SampleLoader(feed.source, feed.sample_shape, feed.dtype) for feed in data_feeds(self.feeds)]
-
-    @property
-    def max_rows(self) -> int | None:
-        """1 when a data input has no batch axis (each sample has its own value), else no limit."""
-        return 1 if any(f.batch_axis is None for f in data_feeds(self.feeds)) else None
 
     def load(self, samples: Sequence[Sample]) -> list[np.ndarray]:
         if not samples:
@@ -263,7 +258,8 @@ def rows_of(arrays: Sequence[np.ndarray], feeds: Sequence[InputFeed]) -> int:
 
 def constant(feed: InputFeed, rows: int) -> np.ndarray:
     """A constant input's value for a batch of `rows`."""
-    return np.array(np.broadcast_to(np.asarray(feed.value, dtype=feed.dtype), feed.shape(rows)))  # a copy, 0-d stays 0-d
+    # np.array: a writable copy, and a 0-d value stays 0-d (np.ascontiguousarray makes it 1-d)
+    return np.array(np.broadcast_to(np.asarray(feed.value, dtype=feed.dtype), feed.shape(rows)))
 
 
 def iter_feeds(samples: Sequence[Sample], feeds: Sequence[InputFeed],
@@ -271,11 +267,17 @@ def iter_feeds(samples: Sequence[Sample], feeds: Sequence[InputFeed],
     """Batches of every input for `samples`, `batch_size` samples each (the last may be shorter;
     one at a time when a data input has no batch axis). Streams like `iter_batches`."""
     loader = FeedLoader(feeds)
-    size = min(batch_size, loader.max_rows or batch_size)
+    size = min(batch_size, max_rows(feeds) or batch_size)
     if size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     for start in range(0, len(samples), size):
         yield loader.load(samples[start:start + size])
+
+
+def max_rows(feeds: Sequence[InputFeed]) -> int | None:
+    """Samples one run can take: 1 when a data input has no batch axis (each sample has its own
+    value of it), else no limit."""
+    return 1 if any(feed.batch_axis is None for feed in data_feeds(feeds)) else None
 
 
 def pad_rows(arrays: list[np.ndarray], feeds: Sequence[InputFeed], rows: int, size: int) -> list[np.ndarray]:

@@ -91,9 +91,9 @@ def fixed_batch(session: Any, feeds: list[Any]) -> int | None:
 def chunk_size(session: Any, feeds: list[Any], default: int) -> int:
     """Samples per run: the model's fixed batch size, else `default`; 1 when a data input has no
     batch axis (each sample then has its own value of it)."""
-    if any(feed.source is not None and feed.batch_axis is None for feed in feeds):
-        return 1
-    return fixed_batch(session, feeds) or default
+    from bmbuild.calib.dataset import max_rows
+
+    return max_rows(feeds) or fixed_batch(session, feeds) or default
 
 
 def run_rows(session: Any, chunk: list[np.ndarray], feeds: list[Any]) -> list[np.ndarray]:
