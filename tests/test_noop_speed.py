@@ -1,0 +1,131 @@
+"""What keeps a no-op cheap (issue 12): versions read once, libyaml with the same line numbers,
+and up-to-date nodes settled before doit, which then schedules only what may have to run."""
+
+from __future__ import annotations
+
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bmbuild import engine
+from bmbuild.toolchains import base
+from bmbuild.yamlsource import load_yaml
+
+TRICKY = """\
+# a comment first
+name: tiny   # trailing comment
+base: &base
+  opt: 1
+  dyn: false
+fp32:
+  <<: *base
+  tolerance: {cos: 0.9,
+              euclid: 0.8}
+shapes:
+  - [1, 3, 8, 8]
+  -
+    - 2
+    - 3
+description: >
+  folded text
+  over lines
+notes: |
+  literal
+  block
+"last": 'quoted'
+"""
+
+
+def test_package_version_reads_metadata_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+
+    def version(name: str) -> str:
+        calls.append(name)
+        if name == "nothing-here":
+            raise metadata.PackageNotFoundError(name)
+        return "1.2.3"
+
+    base._package_version.cache_clear()
+    monkeypatch.setattr(metadata, "version", version)
+    try:
+        assert [base.package_version("torch") for _ in range(5)] == ["1.2.3"] * 5
+        assert [base.package_version("nothing-here") for _ in range(3)] == ["absent"] * 3
+        assert calls == ["torch", "nothing-here"]
+        # another search path may hold other distributions: asked again
+        monkeypatch.setattr(sys, "path", [*sys.path, "/elsewhere"])
+        assert base.package_version("torch") == "1.2.3"
+        assert calls == ["torch", "nothing-here", "torch"]
+    finally:
+        base._package_version.cache_clear()
+
+
+@pytest.mark.skipif(not hasattr(yaml, "CSafeLoader"), reason="PyYAML built without libyaml")
+def test_recipes_are_parsed_by_libyaml_with_the_same_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    file = tmp_path / "r.yaml"
+    file.write_text(TRICKY)
+    real = yaml.CSafeLoader
+    with monkeypatch.context() as pure:  # without libyaml: PyYAML's pure-Python loader
+        pure.delattr(yaml, "CSafeLoader")
+        expected_data, expected_map = load_yaml(file)
+    used: list[str] = []
+
+    class Spy(real):  # type: ignore[valid-type,misc]
+        def __init__(self, text: str):
+            used.append("libyaml")
+            super().__init__(text)
+
+    monkeypatch.setattr(yaml, "CSafeLoader", Spy)
+    data, smap = load_yaml(file)
+    assert used == ["libyaml"]
+    assert data == expected_data
+    assert smap.lines == expected_map.lines
+    assert smap.lines[("fp32", "tolerance", "euclid")] == 9
+    assert smap.lines[("shapes", 1, 1)] == 14
+    assert smap.lines[("last",)] == 21
+
+
+class DoitSpy:
+    """Stands in for DoitMain: records which tasks each run is given, then runs the real one."""
+
+    def __init__(self, real: type):
+        self.real = real
+        self.calls: list[list[str]] = []
+
+    def __call__(self, loader, **kwargs):
+        spy = self
+
+        class Wrapped:
+            def run(self, argv):
+                spy.calls.append(sorted(task.name for task in loader.load_tasks(None, [])))
+                return spy.real(loader, **kwargs).run(argv)
+
+        return Wrapped()
+
+
+def test_doit_gets_only_the_nodes_that_may_have_to_run(workspace, write_recipe, run_bmbuild, outcomes, monkeypatch):
+    a, b = write_recipe("a"), write_recipe("b")
+    assert run_bmbuild("run", workspace / "recipes", "--plain")[0] == 0
+    spy = DoitSpy(engine.DoitMain)
+    monkeypatch.setattr(engine, "DoitMain", spy)
+
+    code, out, err = run_bmbuild("run", workspace / "recipes", "--plain")
+    assert code == 0, out + err
+    assert "nothing to do: 4 stage(s) up to date" in out
+    assert spy.calls == []  # a no-op never starts doit
+
+    write_recipe("b", fp32={"opt": 2})  # compile_fp32 of b only
+    code, out, err = run_bmbuild("run", workspace / "recipes", "--plain")
+    assert code == 0, out + err
+    assert spy.calls == [["b:compile_fp32"]]
+    assert outcomes("a") == {"trace": "up-to-date", "compile_fp32": "up-to-date"}
+    assert outcomes("b") == {"trace": "up-to-date", "compile_fp32": "executed"}
+
+    write_recipe("a", source={"kwargs": {"channels": 6}})  # a's trace, then its compile after it
+    code, out, err = run_bmbuild("run", a, b, "--plain")
+    assert code == 0, out + err
+    assert spy.calls[-1] == ["a:compile_fp32", "a:trace"]
+    assert outcomes("a") == {"trace": "executed", "compile_fp32": "executed"}
+    assert outcomes("b") == {"trace": "up-to-date", "compile_fp32": "up-to-date"}
