@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from bmbuild import __version__
+from bmbuild import __version__, snapshot
 from bmbuild.errors import BmbuildError
 
 DEFAULT_SCHEMA = Path("schemas/recipe.schema.json")
@@ -46,18 +47,20 @@ def _shard(text: str) -> tuple[int, int]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from bmbuild.console import BuildConsole
+    from bmbuild.console import BuildConsole, format_record
     from bmbuild.engine import run_nodes
     from bmbuild.executor import Outcome
-    from bmbuild.project import model_summary, write_reports
+    from bmbuild.project import write_reports
 
     if args.dry_run:
         return _dry_run(args)
+    since_ns = snapshot.clock()
     build = _prepare(args)
     console = BuildConsole(force_plain=args.plain)
     toolchains = sorted(set(build.toolchains.values()))
-    console.print(f"bmbuild {__version__}: {len(build.recipes)} recipe(s), {len(build.nodes)} stage(s), "
-                  f"toolchain {', '.join(toolchains)}, cache {build.workspace.cache_dir}")
+    header = (f"bmbuild {__version__}: {len(build.recipes)} recipe(s), {len(build.nodes)} stage(s), "
+              f"toolchain {', '.join(toolchains)}, cache {build.workspace.cache_dir}")
+    console.print(header)
     if "nntc" in toolchains:
         from bmbuild.stages.trace import torch_note
         from bmbuild.toolchains.base import package_version
@@ -71,15 +74,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     write_reports(build, result.records)
     executed, restored = result.count(Outcome.EXECUTED), result.count(Outcome.RESTORED)
     uptodate = result.count(Outcome.UP_TO_DATE)
-    for loaded in build.recipes:
-        mine = [r for r in result.records if r.recipe == loaded.name]
-        summary = model_summary(mine)
-        if summary and all(r.outcome.value not in ("failed", "blocked") for r in mine):
-            console.print(f"{loaded.name}: {summary}")
+    summaries = _model_lines(build, result.records)
+    for line in summaries:
+        console.print(line)
     for error in result.errors:
         console.print(error, style="red")
     if executed == 0 and restored == 0 and result.ok:
-        console.print(f"nothing to do: {uptodate} stage(s) up to date ({result.seconds:.2f}s)")
+        console.print(_nothing_to_do(uptodate, result.seconds))
+        if not args.report_dir:
+            _remember_noop(args, build, result.records, [header, *map(format_record, result.records), *summaries],
+                           since_ns)
     else:
         failed = result.count(Outcome.FAILED) + result.count(Outcome.BLOCKED)
         console.print(f"{executed} executed, {restored} restored from cache, {uptodate} up to date, "
@@ -93,6 +97,59 @@ def cmd_run(args: argparse.Namespace) -> int:
                                not_run=[name for name in names if name not in ran])
         console.print(f"report: {written.paths['html']} (+ summary.json, junit.xml, summary.md)")
     return 0 if result.ok else 1
+
+
+def _model_lines(build: Any, records: list[Any]) -> list[str]:
+    """`<recipe>: <fp32 and int8 comparisons>` for every model whose stages all succeeded."""
+    from bmbuild.project import model_summary
+
+    lines = []
+    for loaded in build.recipes:
+        mine = [r for r in records if r.recipe == loaded.name]
+        summary = model_summary(mine)
+        if summary and all(r.outcome.value not in ("failed", "blocked") for r in mine):
+            lines.append(f"{loaded.name}: {summary}")
+    return lines
+
+
+def _nothing_to_do(stages: int, seconds: float) -> str:
+    return f"nothing to do: {stages} stage(s) up to date ({seconds:.2f}s)"
+
+
+def _plan_lines(rows: list[Any]) -> list[str]:
+    lines = [f"  {row.status.value:<14} {row.node.id:<36} {row.reason}" for row in rows]
+    pending = sum(1 for r in rows if r.status.value != "up-to-date")
+    return lines + [f"{pending} of {len(rows)} stage(s) would run or be restored"]
+
+
+def _status_line(node_id: str, state: str, summary: str) -> str:
+    return f"  {node_id:<36} {state:<12} {summary}".rstrip()
+
+
+def _remember_noop(args: argparse.Namespace, build: Any, records: list[Any], run_lines: list[str],
+                   since_ns: int) -> None:
+    """Let the next run/plan/status of this selection answer from stat calls (bmbuild.snapshot)."""
+    from bmbuild.executor import Status
+    from bmbuild.project import PlanRow, remember_noop
+
+    nodes = {node.id: node for node in build.nodes}
+    rows = [PlanRow(nodes[r.node_id], Status.UP_TO_DATE, r.reason) for r in records]
+    lines = {"run": run_lines, "plan": _plan_lines(rows),
+             "status": [_status_line(r.node_id, "up-to-date", r.summary) for r in records]}
+    remember_noop(args, build, lines, since_ns)
+
+
+def _replay(args: argparse.Namespace, entry: dict[str, Any], started: float) -> int:
+    """Print what the full no-op check printed for this selection (bmbuild.snapshot.lookup)."""
+    lines = entry["lines"][args.command]
+    if args.command == "run" and not args.plain and sys.stdout.isatty():
+        stages = entry["stages"]
+        lines = [lines[0], *(f"\x1b[2m{line}\x1b[0m" for line in lines[1:1 + stages]), *lines[1 + stages:]]
+    text = "\n".join(lines)
+    if args.command == "run":
+        text += "\n" + _nothing_to_do(entry["stages"], time.monotonic() - started)
+    print(text)
+    return 0
 
 
 def _dry_run(args: argparse.Namespace) -> int:
@@ -146,10 +203,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from bmbuild.project import plan
 
     rows = plan(_prepare(args), force=args.force)
-    for row in rows:
-        print(f"  {row.status.value:<14} {row.node.id:<36} {row.reason}")
-    pending = sum(1 for r in rows if r.status.value != "up-to-date")
-    print(f"{pending} of {len(rows)} stage(s) would run or be restored")
+    for line in _plan_lines(rows):
+        print(line)
     return 0
 
 
@@ -171,7 +226,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         manifest = read_manifest(folder) or {}
         state = "up-to-date" if row.status.value == "up-to-date" else (
             "missing" if not manifest else f"stale ({row.reason})")
-        print(f"  {row.node.id:<36} {state:<12} {manifest.get('summary', '')}".rstrip())
+        print(_status_line(row.node.id, state, manifest.get("summary", "")))
     return 0
 
 
@@ -317,9 +372,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    started = time.monotonic()
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
+        if args.command in ("run", "plan", "status"):
+            entry = snapshot.lookup(args)
+            if entry is not None:  # nothing changed since a complete no-op of this selection
+                return _replay(args, entry, started)
         return func(args)
     except BmbuildError as exc:
         print(f"error: {exc}", file=sys.stderr)

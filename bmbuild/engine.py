@@ -20,6 +20,7 @@ from doit.task import Task
 from bmbuild.errors import BmbuildError
 from bmbuild.executor import Executor, NodeRecord, Outcome
 from bmbuild.graph import Node
+from bmbuild.snapshot import forget
 from bmbuild.workers import WorkerPool
 from bmbuild.workspace import Workspace
 
@@ -203,6 +204,7 @@ def run_nodes(nodes: list[Node], workspace: Workspace, console: Any, jobs: int =
             pending, decided = settle_up_to_date(nodes, executor)
             code = 0
             if pending:  # doit schedules only what may have to run
+                forget(workspace.state_dir)  # no "nothing changed" answer survives a run that changes things
                 code = DoitMain(NodeLoader(pending, executor, config, decided), config_filenames=()).run(
                     ["run"] + [node.id for node in pending])
         finally:

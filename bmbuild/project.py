@@ -91,6 +91,46 @@ def plan(build: Build, force: bool = False) -> list[PlanRow]:
     return rows
 
 
+def remember_noop(args: Any, build: Build, lines: dict[str, list[str]], since_ns: int) -> bool:
+    """After a run where every node was up to date: record what decided that (bmbuild.snapshot),
+    so the next run/plan/status of the same selection can answer from stat calls alone.
+
+    Only for the reference toolchain, whose versions are Python packages (their folders are
+    tracked); other toolchains read commands and files the snapshot does not follow.
+    """
+    from bmbuild import snapshot
+    from bmbuild.compose import defaults_chain
+    from bmbuild.executor import MANIFEST
+
+    if set(build.toolchains.values()) != {"reference"}:
+        return False
+    ws = build.workspace
+    inputs: set[Path] = {ws.cache_dir / "toolchains"}
+    anchors: set[Path] = set()
+    outputs: set[Path] = set()
+    for loaded in build.recipes:
+        recipe = loaded.recipe
+        inputs.update([loaded.file, *defaults_chain(loaded.file, ws.root),
+                       (loaded.file.parent / recipe.source.model_file).resolve()])
+        named = [recipe.source.weights.path if recipe.source.weights else None,
+                 recipe.calibration.data if recipe.calibration else None,
+                 recipe.eval.data if recipe.eval else None]
+        for path in filter(None, named):
+            inputs.add(path)
+            if path.is_dir():
+                anchors.add(path)
+    for node in build.nodes:
+        inputs.update(node.stage.external_inputs(node.loaded))
+        folder = ws.stage_dir(node.recipe_name, node.stage.name)
+        manifest = read_manifest(folder)
+        if manifest is None:
+            return False
+        outputs.update([folder / MANIFEST, *(folder / rel for rel in manifest["outputs"])])
+    reports = [ws.report_path(loaded.name) for loaded in build.recipes]
+    return snapshot.remember(args, since_ns, inputs, anchors, outputs, reports,
+                             [ws.build_dir, ws.state_dir, ws.cache_dir], lines, len(build.nodes))
+
+
 def write_reports(build: Build, records: list[NodeRecord]) -> list[Path]:
     """`build/<recipe>/report.json` for every recipe touched by a run."""
     by_recipe: dict[str, list[NodeRecord]] = {}
@@ -148,8 +188,11 @@ def model_summary(records: list[NodeRecord]) -> str:
 
 def clean(workspace: Workspace, recipe_names: list[str] | None = None) -> list[Path]:
     """Remove build outputs (all, or of the named recipes). The cache is left alone."""
+    from bmbuild.snapshot import forget
+
     removed = []
     with workspace.locked():
+        forget(workspace.state_dir)
         if recipe_names:
             targets = [workspace.build_dir / name for name in recipe_names]
         else:
