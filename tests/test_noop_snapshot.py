@@ -230,13 +230,14 @@ def test_a_removed_report_is_written_again(workspace, write_recipe, run_bmbuild,
     assert outcomes("tiny") == {"trace": "up-to-date", "compile_fp32": "up-to-date"}
 
 
-@pytest.mark.parametrize("where", ["scanned folder", "new subfolder"])
+@pytest.mark.parametrize("where", ["zoo", "zoo/new", "zoo/.hidden/empty"])
 def test_a_new_recipe_in_a_scanned_folder_is_built(where, workspace, write_recipe, run_bmbuild, outcomes,
                                                    answered):
     recipes = workspace / "recipes"
     write_recipe("a", folder="recipes/zoo")
+    (recipes / "zoo" / ".hidden" / "empty").mkdir(parents=True)  # no recipe below it yet
     remembered(workspace, run_bmbuild, recipes)
-    write_recipe("b", folder="recipes/zoo" if where == "scanned folder" else "recipes/zoo/more")
+    write_recipe("b", folder=recipes / where)
     del answered[:]
     code, out, err = run_bmbuild("run", recipes, "--plain")
     assert code == 0, out + err
