@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import re
 import shutil
 import sqlite3
+import sys
 import tempfile
 import threading
 import time
@@ -63,40 +66,146 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-class StatCache:
-    """Remembers file digests by (path, size, mtime, inode) so unchanged files are not re-read.
+STAT_TABLE = "file_stat"  # v2 of the stat cache: the signature includes st_ctime_ns
+STAT_COLUMNS = ("path", "size", "mtime_ns", "ctime_ns", "inode", "digest")
+LEGACY_STAT = ("stat", ("path", "size", "mtime_ns", "inode", "digest"))  # v1, dropped on open
+SQLITE_BUSY = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED: another process is writing, nothing is broken
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+logger = logging.getLogger("bmbuild.cache")
 
-    Backed by a small sqlite DB; safe to share between threads and processes.
+
+class StatCache:
+    """Remembers file digests by (path, size, mtime, ctime, inode) so unchanged files are not re-read.
+
+    ctime is part of the signature because no write through the filesystem keeps it: a byte
+    flipped in place with the mtime set back (`os.utime`) is still noticed. Backed by a small
+    sqlite DB; safe to share between threads and processes. The DB is only a cache: one that
+    cannot be used (garbage, truncated, a table of another shape) is reported once, discarded
+    and recreated; a row of the wrong types is a miss.
     """
 
     def __init__(self, db_path: Path):
-        db_path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(db_path, timeout=60, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS stat (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER,"
-            " inode INTEGER, digest TEXT)")
+        self.path = Path(db_path)
         self._lock = threading.Lock()
+        self._warned = False
         self.files_hashed = 0  # how many files were actually read (tests and benchmarks use it)
+        self._db = self._open()
 
+    # --- the DB ---------------------------------------------------------------------------
+    def _open(self) -> sqlite3.Connection:
+        """Connect to the DB; a broken one is discarded and recreated, an unusable place kept in memory."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            return self._connect(str(self.path))
+        except (sqlite3.Error, OSError) as exc:
+            if not _is_busy(exc):
+                self._warn(f"{self.path} cannot be used ({_describe(exc)}); discarded and recreated")
+                self._discard()
+                try:
+                    return self._connect(str(self.path))
+                except (sqlite3.Error, OSError) as again:
+                    exc = again
+            self._warn(f"{self.path} cannot be used ({_describe(exc)}); file digests are kept in memory")
+            return self._connect(":memory:")
+
+    @staticmethod
+    def _connect(target: str) -> sqlite3.Connection:
+        db = sqlite3.connect(target, timeout=60, check_same_thread=False, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            _check_schema(db)
+            db.execute(f"CREATE TABLE IF NOT EXISTS {STAT_TABLE} (path TEXT PRIMARY KEY, size INTEGER,"
+                       " mtime_ns INTEGER, ctime_ns INTEGER, inode INTEGER, digest TEXT)")
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _discard(self) -> None:
+        """Remove the DB and its journals (a folder in its place too): it is only a cache."""
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            path = self.path.with_name(self.path.name + suffix)
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError:
+                    pass
+
+    def _warn(self, message: str) -> None:
+        if self._warned:
+            return
+        self._warned = True
+        logger.info("warning: %s", message)
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+
+    def _query(self, sql: str, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        """Run one statement; a DB found broken mid-run is recreated and the statement skipped."""
+        with self._lock:
+            try:
+                return self._db.execute(sql, args).fetchone()
+            except sqlite3.Error as exc:
+                if _is_busy(exc):
+                    return None  # still busy after the timeout: go on without the cache
+                self._warn(f"{self.path} cannot be used ({_describe(exc)}); discarded and recreated")
+                self._db.close()
+                self._discard()
+                self._db = self._open()
+                return None
+
+    # --- digests --------------------------------------------------------------------------
     def digest(self, path: Path) -> str:
         path = Path(path).resolve()
-        st = path.stat()
-        signature = (st.st_size, st.st_mtime_ns, st.st_ino)
-        with self._lock:
-            row = self._db.execute("SELECT size, mtime_ns, inode, digest FROM stat WHERE path=?",
-                                   (str(path),)).fetchone()
-        if row and tuple(row[:3]) == signature:
-            return row[3]
-        digest = file_digest(path)
+        signature = _signature(path.stat())
+        row = self._query(f"SELECT size, mtime_ns, ctime_ns, inode, digest FROM {STAT_TABLE} WHERE path=?",
+                          (str(path),))
+        if row and tuple(row[:4]) == signature and isinstance(row[4], str) and _SHA256.fullmatch(row[4]):
+            return row[4]
+        return self._hash(path, signature)
+
+    def rehash(self, path: Path) -> str:
+        """The digest of what is on disk now, whatever is remembered (`status --verify`).
+        Remembered afterwards, so the next up-to-date check sees the same content."""
+        path = Path(path).resolve()
+        return self._hash(path, _signature(path.stat()))
+
+    def _hash(self, path: Path, signature: tuple[int, ...]) -> str:
+        digest = file_digest(path)  # the signature was taken before: a change while reading is seen next time
         with self._lock:
             self.files_hashed += 1
-            self._db.execute("INSERT OR REPLACE INTO stat VALUES (?,?,?,?,?)",
-                             (str(path), *signature, digest))
+        self._query(f"INSERT OR REPLACE INTO {STAT_TABLE} VALUES (?,?,?,?,?,?)", (str(path), *signature, digest))
         return digest
 
     def close(self) -> None:
         self._db.close()
+
+
+def _signature(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+def _is_busy(exc: BaseException) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in SQLITE_BUSY
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".rstrip(": ")
+
+
+def _check_schema(db: sqlite3.Connection) -> None:
+    """Raise unless our table (if there) has our columns; drop the v1 table, which lacks ctime."""
+    for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall():
+        if name not in (STAT_TABLE, LEGACY_STAT[0]):
+            continue  # not ours
+        columns = tuple(row[1] for row in db.execute(f"PRAGMA table_info({name})"))
+        if name == STAT_TABLE and columns != STAT_COLUMNS:
+            raise sqlite3.DatabaseError(f"table {name} has columns {columns}, expected {STAT_COLUMNS}")
+        if name == LEGACY_STAT[0]:
+            if columns != LEGACY_STAT[1]:
+                raise sqlite3.DatabaseError(f"table {name} has columns {columns}, expected {LEGACY_STAT[1]}")
+            db.execute(f"DROP TABLE IF EXISTS {name}")
 
 
 @dataclass

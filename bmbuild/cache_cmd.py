@@ -87,13 +87,30 @@ def _local_entries(local: LocalStore) -> list[ActionEntry]:
 def push(local: LocalStore, remote: RemoteStore) -> Transfer:
     """Upload every local entry the remote lacks: its missing objects first, the entry last.
 
-    Local objects are re-hashed before upload, so local corruption is never spread.
+    Local objects are re-hashed before upload, so local corruption is never spread. A remote
+    object of the right size is read back and hashed (once per push), so a same-size corrupt one
+    is replaced: a push reads every remote object the local cache also holds.
     """
     from bmbuild.cache import file_digest
     from bmbuild.remote import describe
 
     remote.probe(write=True)
     result = Transfer()
+    intact: set[str] = set()  # remote objects hashed (or uploaded) during this push
+
+    def remote_holds(digest: str, path: Path) -> bool:
+        if digest not in intact:
+            info = remote_objects.get(digest)
+            if info is None or info.size != path.stat().st_size:
+                return False
+            try:
+                if remote.hash_object(digest) != digest:
+                    return False
+            except FileNotFoundError:
+                return False
+            intact.add(digest)
+        return True
+
     try:
         remote_objects = remote.list_objects()
         remote_keys = {info.key for info in remote.list_actions(read=False)}
@@ -102,8 +119,7 @@ def push(local: LocalStore, remote: RemoteStore) -> Transfer:
             if not all(path.is_file() for path in paths.values()):
                 result.incomplete += 1
                 continue
-            missing = [d for d, path in paths.items()
-                       if d not in remote_objects or remote_objects[d].size != path.stat().st_size]
+            missing = [d for d, path in paths.items() if not remote_holds(d, path)]
             if entry.key in remote_keys and not missing:
                 result.present += 1
                 continue
@@ -116,6 +132,7 @@ def push(local: LocalStore, remote: RemoteStore) -> Transfer:
                 remote.put_object(paths[digest], digest)
                 size = paths[digest].stat().st_size
                 remote_objects[digest] = _object_info(digest, size)
+                intact.add(digest)
                 result.objects += 1
                 result.bytes += size
             remote.put_action(entry)
@@ -212,11 +229,20 @@ def recipe_keys(build: Any) -> tuple[list[str], int]:
             if manifest is not None and manifest["key"] == key:
                 outputs[node.id] = manifest["outputs"]
                 continue
-            entry = executor.store.get_action(key) or remote.get_action(key)
+            entry = executor.store.get_action(key) or _remote_entry(remote, key)
             outputs[node.id] = entry.outputs if entry is not None else None
     finally:
         executor.stat.close()
     return keys, unknown
+
+
+def _remote_entry(remote: RemoteStore, key: str) -> ActionEntry | None:
+    from bmbuild.remote import RemoteUnreachable, describe
+
+    try:
+        return remote.get_action(key)
+    except Exception as exc:
+        raise RemoteUnreachable(f"remote cache {remote.url} cannot be read: {describe(exc)}") from None
 
 
 # --- ls / gc / verify -------------------------------------------------------------------------

@@ -218,16 +218,23 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from bmbuild.executor import read_manifest
-    from bmbuild.project import plan
+    from bmbuild.project import plan, verify_outputs
 
     build = _prepare(args)
+    checked, corrupt = verify_outputs(build) if args.verify else (0, [])  # first: the plan then sees it
     for row in plan(build):
         folder = build.workspace.stage_dir(row.node.recipe_name, row.node.stage.name)
         manifest = read_manifest(folder) or {}
         state = "up-to-date" if row.status.value == "up-to-date" else (
             "missing" if not manifest else f"stale ({row.reason})")
         print(_status_line(row.node.id, state, manifest.get("summary", "")))
-    return 0
+    if not args.verify:
+        return 0
+    for item in corrupt:
+        print(f"corrupt: {item.path}: expected {item.expected}, found {item.actual or 'nothing (missing)'}")
+    print(f"verified {checked} published output(s): {len(corrupt)} corrupt"
+          + ("; `bmbuild run` restores or rebuilds them" if corrupt else ""))
+    return 1 if corrupt else 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -345,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(status)
     _add_remote(status)
     status.add_argument("--toolchain", choices=["auto", "reference", "nntc"])
+    status.add_argument("--verify", action="store_true",
+                        help="re-hash every published output, ignoring the stat cache; exit 1 if any is corrupt")
     status.set_defaults(func=cmd_status, stage=None)
 
     clean_parser = sub.add_parser("clean", help="remove build outputs (not the cache)")

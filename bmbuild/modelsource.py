@@ -76,17 +76,13 @@ def local_imports(file: Path) -> list[Path]:
     return sorted(seen)
 
 
-def load_callable(file: Path, name: str, display_name: str | None = None) -> Any:
+def load_callable(file: Path, name: str) -> Any:
     """Run a model file by path (recipes are not packages) and return one of its names.
 
     The source is compiled from the bytes hashed into the key, never from __pycache__ (whose
     staleness check, mtime in seconds and size, misses a same-size edit within a second). Modules
     imported from the model's folder are dropped from sys.modules before and after, so another
     folder's module of the same name is never reused. Callers hold TORCH_LOCK.
-
-    `display_name` is the file name compiled into the code (and so into TorchScript's debug
-    records): a path relative to the recipe keeps traced files equal between clones that live
-    in different folders.
     """
     folder = file.resolve().parent
     local = {p.resolve() for p in [file.resolve(), *local_imports(file)]}
@@ -99,7 +95,7 @@ def load_callable(file: Path, name: str, display_name: str | None = None) -> Any
 
     module = types.ModuleType(f"bmbuild_model_{file.stem}")
     module.__file__ = str(file)
-    code = compile(file.read_bytes(), display_name or str(file), "exec", dont_inherit=True)
+    code = compile(file.read_bytes(), str(file), "exec", dont_inherit=True)
     purge()
     sys.path.insert(0, str(folder))
     dont_write = sys.dont_write_bytecode

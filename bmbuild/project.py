@@ -131,6 +131,42 @@ def remember_noop(args: Any, build: Build, lines: dict[str, list[str]], since_ns
                              [ws.build_dir, ws.state_dir, ws.cache_dir], lines, len(build.nodes))
 
 
+@dataclass
+class CorruptOutput:
+    """A published output whose content is not what its manifest says (`status --verify`)."""
+
+    path: Path
+    expected: str
+    actual: str | None  # None: the file is missing or unreadable
+
+
+def verify_outputs(build: Build) -> tuple[int, list[CorruptOutput]]:
+    """Re-hash every published output of the build's stages, whatever the stat cache remembers.
+
+    Catches what the stat signature cannot see (bit rot below the filesystem). The fresh digests
+    replace the remembered ones, so the next `run` restores or rebuilds what this found corrupt.
+    Returns how many outputs were checked and the corrupt ones.
+    """
+    stat = build.workspace.stat_cache()
+    checked, corrupt = 0, []
+    try:
+        for node in build.nodes:
+            folder = build.workspace.stage_dir(node.recipe_name, node.stage.name)
+            manifest = read_manifest(folder)
+            outputs = manifest.get("outputs") if manifest else None
+            for rel, expected in (outputs.items() if isinstance(outputs, dict) else ()):
+                checked += 1
+                try:
+                    actual: str | None = stat.rehash(folder / rel)
+                except OSError:
+                    actual = None
+                if actual != expected:
+                    corrupt.append(CorruptOutput(folder / rel, str(expected), actual))
+    finally:
+        stat.close()
+    return checked, corrupt
+
+
 def write_reports(build: Build, records: list[NodeRecord]) -> list[Path]:
     """`build/<recipe>/report.json` for every recipe touched by a run."""
     by_recipe: dict[str, list[NodeRecord]] = {}
@@ -187,7 +223,8 @@ def model_summary(records: list[NodeRecord]) -> str:
 
 
 def clean(workspace: Workspace, recipe_names: list[str] | None = None) -> list[Path]:
-    """Remove build outputs (all, or of the named recipes). The cache is left alone."""
+    """Remove build outputs (all, or of the named recipes). The cache is left alone, and so is the
+    build folder's lock file: it is held meanwhile, and a new file would be a second lock."""
     from bmbuild.snapshot import forget
 
     removed = []
@@ -196,9 +233,10 @@ def clean(workspace: Workspace, recipe_names: list[str] | None = None) -> list[P
         if recipe_names:
             targets = [workspace.build_dir / name for name in recipe_names]
         else:
-            targets = [workspace.build_dir, workspace.state_dir / "doit.sqlite3"]
+            targets = [path for path in workspace.build_dir.iterdir() if path != workspace.build_lock_path]
+            targets.append(workspace.state_dir / "doit.sqlite3")
         for target in targets:
-            if target.is_dir():
+            if target.is_dir() and not target.is_symlink():
                 shutil.rmtree(target)
                 removed.append(target)
             elif target.exists():

@@ -19,6 +19,10 @@ deleted remotely where allowed, and is uploaded again by the next push.
 
 Reachability. During a build a remote that cannot be reached (or written) is reported once and
 the build carries on with the local cache; `bmbuild cache push|pull` fail instead (exit 2).
+Every remote operation is bounded: a call that gets no answer for `timeout` seconds (bmbuild.yaml
+`remote_cache_timeout`, $BMBUILD_REMOTE_TIMEOUT, default 30) raises RemoteTimeout, so a server
+that accepts connections and never answers cannot hang a build; s3 also gets botocore connect and
+read timeouts and few retries, so the abandoned call ends soon after.
 
 fsspec (and s3fs, gcsfs, ...) are imported only when a remote is configured.
 """
@@ -46,11 +50,24 @@ logger = logging.getLogger("bmbuild.remote")
 # Filesystems where one PUT is atomic: the object appears complete or not at all.
 ATOMIC_PUT_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "memory"})
 OPTIONS_ENV = "BMBUILD_REMOTE_OPTIONS"
+TIMEOUT_ENV = "BMBUILD_REMOTE_TIMEOUT"
+DEFAULT_TIMEOUT = 30.0
+# The slowest link expected (bytes/s): a request whose bytes are only seen once it completes (a
+# single-request upload, one block of a read) may take its size / MIN_RATE on top of the timeout.
+MIN_RATE = 512 * 1024
+UPLOAD_PART = 64 << 20   # the most one upload request carries, for that allowance
+READ_BLOCK = 8 << 20     # bytes per read request when hashing a remote object
+S3_PROTOCOLS = ("s3", "s3a")
 HEX = frozenset("0123456789abcdef")
 
 
 class RemoteUnreachable(BmbuildError):
     """The remote cache cannot be opened, read or written."""
+
+
+class RemoteTimeout(TimeoutError):
+    """A remote operation got no answer in time: an I/O error like a reset connection, which the
+    callers turn into a warning (builds) or RemoteUnreachable / a failed transfer (`bmbuild cache`)."""
 
 
 def describe(exc: BaseException) -> str:
@@ -73,20 +90,130 @@ def remote_options(configured: dict[str, Any] | None = None) -> dict[str, Any]:
     return options
 
 
-def open_remote(url: str, options: dict[str, Any] | None = None) -> "RemoteStore":
-    """The store at an fsspec URL or folder path. Raises RemoteUnreachable when it cannot be opened."""
+def remote_timeout(configured: float | None = None) -> float:
+    """Seconds a remote operation may go without an answer: $BMBUILD_REMOTE_TIMEOUT, else bmbuild.yaml's
+    `remote_cache_timeout`, else 30."""
+    text = os.environ.get(TIMEOUT_ENV)
+    if not text:
+        return float(configured) if configured else DEFAULT_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise BmbuildError(f"${TIMEOUT_ENV} must be a positive number of seconds, got {text!r}")
+    return value
+
+
+def _protocol(url: str) -> str:
+    return url.split("://", 1)[0].lower() if "://" in url else "file"
+
+
+def _timeout_options(url: str, options: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """s3: botocore connect/read timeouts and a single attempt, unless the options set their own."""
+    if _protocol(url) not in S3_PROTOCOLS:
+        return options
+    config = dict(options.get("config_kwargs") or {})
+    config.setdefault("connect_timeout", timeout)
+    config.setdefault("read_timeout", timeout)
+    config.setdefault("retries", {"max_attempts": 1})
+    return {**options, "config_kwargs": config}
+
+
+def open_remote(url: str, options: dict[str, Any] | None = None, timeout: float | None = None) -> "RemoteStore":
+    """The store at an fsspec URL or folder path, its operations bounded by `timeout` seconds
+    (default: `remote_timeout()`). Raises RemoteUnreachable when it cannot be opened."""
+    timeout = timeout or remote_timeout()
     try:
         from fsspec.core import url_to_fs
     except ImportError as exc:  # pragma: no cover - fsspec is a dependency
         raise RemoteUnreachable(f"remote cache {url}: {exc}") from None
+    options = _timeout_options(url, dict(options or {}), timeout)
     try:
         # a private instance: fsspec's shared instances keep listings that other writers outdate
-        fs, root = url_to_fs(url, skip_instance_cache=True, **(options or {}))
+        fs, root = bounded(timeout, f"{url}: open",
+                           lambda: url_to_fs(url, skip_instance_cache=True, **options))
     except ImportError as exc:
         raise RemoteUnreachable(f"remote cache {url}: {exc} (for s3:// install bmbuild[s3])") from None
     except Exception as exc:
         raise RemoteUnreachable(f"remote cache {url} cannot be opened: {describe(exc)}") from None
-    return RemoteStore(fs, root, url)
+    if _protocol(url) in S3_PROTOCOLS and isinstance(getattr(fs, "retries", None), int):
+        fs.retries = min(fs.retries, 2)  # s3fs retries timeouts itself, 5 times by default
+    return RemoteStore(fs, root, url, timeout)
+
+
+def bounded(timeout: float | None, what: str, call: Callable[[], Any],
+            progress: Callable[[], int] | None = None, allowance: float = 0.0) -> Any:
+    """`call()`, given up with RemoteTimeout after `timeout` (+ `allowance`) seconds without an
+    answer; `progress()` (bytes moved so far) growing renews the deadline. Without a timeout,
+    simply `call()`. The call runs in a daemon thread: an abandoned one cannot keep the process
+    alive, and the caller stops using that remote."""
+    if timeout is None:
+        return call()
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = call()
+        except BaseException as exc:  # handed to the caller
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="bmbuild-remote", daemon=True)
+    thread.start()
+    moved = progress() if progress else 0
+    deadline = time.monotonic() + timeout + allowance
+    while True:
+        thread.join(max(0.0, min(0.5, deadline - time.monotonic())))
+        if not thread.is_alive():
+            break
+        now = time.monotonic()
+        current = progress() if progress is not None else moved
+        if current != moved:
+            moved, deadline = current, now + timeout + allowance
+        elif now >= deadline:
+            raise RemoteTimeout(f"no answer within {timeout:g}s ({what})")
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+class BoundedFS:
+    """An fsspec filesystem whose I/O calls are bounded by `timeout` (see `bounded`); every
+    other attribute is the filesystem's own. Transfers count as answering while bytes move."""
+
+    IO = frozenset({"ls", "info", "exists", "cat", "cat_file", "pipe_file", "find", "mv", "rm_file",
+                    "makedirs", "open"})
+
+    def __init__(self, fs: Any, timeout: float):
+        self.fs = fs
+        self.timeout = timeout
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self.fs, name)
+        if name not in self.IO:
+            return value
+        return lambda *args, **kwargs: bounded(self.timeout, f"{name} {args[0] if args else ''}".rstrip(),
+                                               lambda: value(*args, **kwargs))
+
+    def get_file(self, rpath: str, lpath: str, **kwargs: Any) -> Any:
+        return bounded(self.timeout, f"download {rpath}", lambda: self.fs.get_file(rpath, lpath, **kwargs),
+                       progress=lambda: _size(lpath))
+
+    def put_file(self, lpath: str, rpath: str, **kwargs: Any) -> Any:
+        from fsspec.callbacks import Callback
+
+        callback = Callback()
+        return bounded(self.timeout, f"upload {rpath}",
+                       lambda: self.fs.put_file(lpath, rpath, callback=callback, **kwargs),
+                       progress=lambda: int(callback.value or 0),
+                       allowance=min(_size(lpath), UPLOAD_PART) / MIN_RATE)
 
 
 def local_view(cache_dir: Path) -> "RemoteStore":
@@ -134,10 +261,12 @@ class ActionInfo:
 
 
 class RemoteStore:
-    """The store layout on an fsspec filesystem. Methods raise on I/O errors other than "missing"."""
+    """The store layout on an fsspec filesystem. Methods raise on I/O errors other than "missing",
+    and RemoteTimeout when the filesystem does not answer within `timeout` seconds (None: no bound)."""
 
-    def __init__(self, fs: Any, root: str, url: str | None = None):
-        self.fs = fs
+    def __init__(self, fs: Any, root: str, url: str | None = None, timeout: float | None = None):
+        self.timeout = timeout
+        self.fs = BoundedFS(fs, timeout) if timeout else fs
         self.root = root.rstrip("/")
         self.url = url or root
         protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
@@ -235,12 +364,27 @@ class RemoteStore:
         return True
 
     def hash_object(self, digest: str) -> str:
-        """sha256 of the stored object's content, streamed."""
+        """sha256 of the stored object's content, streamed (bounded: bytes must keep coming)."""
         hasher = hashlib.sha256()
-        with self.fs.open(self.object_path(digest), "rb") as handle:
-            while chunk := handle.read(CHUNK):
-                hasher.update(chunk)
-        return hasher.hexdigest()
+        moved = [0]
+
+        def read() -> str:
+            with self.fs.open(self.object_path(digest), "rb", block_size=READ_BLOCK) as handle:
+                while chunk := handle.read(CHUNK):
+                    hasher.update(chunk)
+                    moved[0] += len(chunk)
+            return hasher.hexdigest()
+
+        return bounded(self.timeout, f"read {self.object_path(digest)}", read, progress=lambda: moved[0],
+                       allowance=READ_BLOCK / MIN_RATE)
+
+    def holds(self, digest: str, size: int) -> bool:
+        """Whether the remote has the object intact: `size` bytes that hash to `digest`. Reads it
+        back when the size matches, so a same-size corrupt object counts as missing."""
+        try:
+            return self.object_size(digest) == size and self.hash_object(digest) == digest
+        except FileNotFoundError:
+            return False
 
     def _find(self, folder: str) -> dict[str, dict[str, Any]]:
         try:
@@ -424,7 +568,13 @@ class TieredStore:
             self.local.put_action(entry)
 
     def push(self, entry: ActionEntry) -> bool:
-        """Upload an entry's missing objects, then the entry. False when the remote is not writable."""
+        """Upload an entry's missing objects, then the entry. False when the remote is not writable.
+
+        An object the remote already has with the right size is read back and hashed (`holds`):
+        a same-size corrupt object is replaced. That costs at most what uploading it would (one
+        transfer of the stage's outputs, only for objects already there), and it happens only
+        after a stage ran, which is far more expensive; restored stages are not pushed.
+        """
         remote = self.remote
         if remote is None or not self.can_push:
             return False
@@ -433,7 +583,7 @@ class TieredStore:
                 source = self.local.object_path(digest)
                 with self._lock:
                     bad = digest in self._bad
-                if bad or remote.object_size(digest) != source.stat().st_size:
+                if bad or not remote.holds(digest, source.stat().st_size):
                     remote.put_object(source, digest)
                     with self._lock:
                         self._bad.discard(digest)
@@ -447,11 +597,11 @@ class TieredStore:
 
 
 def tiered(local: LocalStore, url: str, options: dict[str, Any] | None = None,
-           warn: Callable[[str], None] | None = None) -> LocalStore | TieredStore:
+           warn: Callable[[str], None] | None = None, timeout: float | None = None) -> LocalStore | TieredStore:
     """The store for a build: local + remote, or local alone (with a warning) if the remote cannot be opened."""
     options = remote_options(options)  # a malformed $BMBUILD_REMOTE_OPTIONS is a user error
     try:
-        remote = open_remote(url, options)
+        remote = open_remote(url, options, timeout)
     except RemoteUnreachable as exc:
         (warn or warn_stderr)(f"{exc}; continuing with the local cache only")
         return local

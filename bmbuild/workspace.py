@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from bmbuild.remote import RemoteStore, TieredStore
 
 WORKSPACE_FILES = ("bmbuild.yaml", "bmbuild.yml")
+BUILD_LOCK = ".bmbuild-lock"  # in the build folder; `clean` keeps it
 
 
 def default_cache_dir() -> Path:
@@ -54,6 +55,10 @@ class WorkspaceConfig(BaseModel):
         default_factory=dict,
         description="fsspec storage options for the remote cache, e.g. {client_kwargs: {endpoint_url: ...}} "
                     "for an S3-compatible server; $BMBUILD_REMOTE_OPTIONS (JSON) overrides them.")
+    remote_cache_timeout: float = Field(
+        30.0, gt=0, description="Seconds a remote cache operation may go without an answer; then a build "
+                                "warns and goes on with the local cache, `bmbuild cache` exits 2. "
+                                "$BMBUILD_REMOTE_TIMEOUT overrides it.")
     jobs: int = Field(1, ge=1, description="Default for `run -j`.")
     vars: dict[str, str] = Field(default_factory=dict, description="${name} variables for recipes, e.g. dataset roots.")
 
@@ -124,7 +129,8 @@ class Workspace:
         return path
 
     def clear_temp(self) -> None:
-        """Remove what killed runs left behind (only called while holding the lock)."""
+        """Remove what killed runs left behind (only called while holding the locks: the build
+        folder's lock keeps another workspace sharing it from running meanwhile)."""
         if self.build_dir.is_dir():
             for folder in self.build_dir.glob("*/.tmp"):
                 shutil.rmtree(folder, ignore_errors=True)
@@ -135,36 +141,55 @@ class Workspace:
         local = LocalStore(self.cache_dir)
         if not self.remote_cache:
             return local
-        from bmbuild.remote import tiered
+        from bmbuild.remote import remote_timeout, tiered
 
-        return tiered(local, self.remote_cache, self.config.remote_cache_options)
+        return tiered(local, self.remote_cache, self.config.remote_cache_options,
+                      timeout=remote_timeout(self.config.remote_cache_timeout))
 
     def open_remote(self) -> "RemoteStore":
         """The remote cache for `bmbuild cache`; raises when none is configured or it cannot be opened."""
         if not self.remote_cache:
             raise BmbuildError("no remote cache: pass --remote-cache URL, set $BMBUILD_REMOTE_CACHE "
                                "or `remote_cache:` in bmbuild.yaml")
-        from bmbuild.remote import open_remote, remote_options
+        from bmbuild.remote import open_remote, remote_options, remote_timeout
 
-        return open_remote(self.remote_cache, remote_options(self.config.remote_cache_options))
+        return open_remote(self.remote_cache, remote_options(self.config.remote_cache_options),
+                           remote_timeout(self.config.remote_cache_timeout))
 
     def stat_cache(self) -> StatCache:
         return StatCache(self.state_dir / "stat.sqlite3")
 
+    @property
+    def build_lock_path(self) -> Path:
+        """The build folder's lock: two workspaces may pass the same `--build-dir`."""
+        return self.build_dir / BUILD_LOCK
+
     @contextmanager
     def locked(self, wait: bool = True) -> Iterator[None]:
-        """Hold the workspace lock: one bmbuild run (or clean) per workspace at a time."""
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(self.state_dir / "lock"))
+        """Hold the workspace lock and the build folder's: one bmbuild run (or clean) per workspace
+        and per build folder at a time. Always taken in this order, so two holders never deadlock."""
         try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            if not wait:
-                raise WorkspaceBusy(f"another bmbuild process is using {self.root} "
-                                    f"(lock {self.state_dir / 'lock'})") from None
-            print(f"waiting for another bmbuild process on {self.root} ...", file=sys.stderr)
-            lock.acquire()
-        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            self.build_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BmbuildError(f"cannot create {exc.filename or self.build_dir}: {exc.strerror or exc}") from None
+        with _hold(self.state_dir / "lock", f"using the workspace {self.root}", wait), \
+                _hold(self.build_lock_path, f"using the build folder {self.build_dir}", wait):
             yield
-        finally:
-            lock.release()
+
+
+@contextmanager
+def _hold(path: Path, what: str, wait: bool) -> Iterator[None]:
+    """Hold the lock file `path`; wait (saying so) or raise WorkspaceBusy when another process has it."""
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        if not wait:
+            raise WorkspaceBusy(f"another bmbuild process is {what} (lock {path})") from None
+        print(f"waiting for another bmbuild process {what} ...", file=sys.stderr, flush=True)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()

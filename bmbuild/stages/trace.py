@@ -2,10 +2,19 @@
 
 The traced module is checked against eager execution on seeded inputs at every batch size,
 so a trace that baked in control flow or a batch size fails here, with the numbers.
+
+The saved file is a function of the trace key only: TorchScript's debug records (the Python call
+stack of every traced node) and its random serialization id are made portable before publishing.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import os
+import pickle
+import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +90,7 @@ def build_model(ctx: StageContext) -> Any:
 
     recipe = ctx.recipe
     factory = load_callable((ctx.loaded.file.parent / recipe.source.model_file).resolve(),
-                            recipe.source.callable_name or "", display_name=str(recipe.source.model_file))
+                            recipe.source.callable_name or "")
     model = factory(**recipe.source.kwargs)
     if not isinstance(model, torch.nn.Module):
         raise StageFailed(f"{recipe.source.model} returned {type(model).__name__}, not a torch.nn.Module")
@@ -171,7 +180,10 @@ def _trace(ctx: StageContext) -> None:
                         f"max abs error {sim.max_abs:.4g} (relative {rel:.3g} > {TRACE_RTOL}), cosine {sim.cos:.6f}"
                         " — data-dependent control flow is frozen by torch.jit.trace")
     out = traced_path(ctx.out_dir, recipe)
-    traced.save(str(out))
+    model_file = (ctx.loaded.file.parent / recipe.source.model_file).resolve()
+    left_out = save_portable(traced, out, path_roots(model_file, str(recipe.source.model_file)), ctx.work_dir)
+    if left_out:
+        ctx.log.info(f"left out debug records of an unknown layout (the file loads without them): {left_out}")
     ctx.metrics.update({"trace_vs_eager_max_rel": worst_rel, "checks": checks, "torch": torch.__version__})
     note = torch_note(torch.__version__)
     if note:  # the console says it once per run for NNTC builds (cli.cmd_run)
@@ -179,9 +191,155 @@ def _trace(ctx: StageContext) -> None:
     ctx.log.info(f"traced == eager at batch sizes {recipe.resolved_batch_sizes} (max relative error {worst_rel:.3g})")
 
 
+# --- reproducible bytes -----------------------------------------------------------------------
+# torch.jit.save stores, next to each code file, a `.debug_pkl` of source ranges. For a traced
+# node that is the Python call stack at trace time, innermost first: absolute paths of the venv,
+# of the model and of bmbuild, and the frames above the tracer (doit's runner in-process, a pool
+# worker with `-j 2`). `.data/serialization_id` ends in 20 random digits. Each made a re-trace
+# under the same key give other bytes.
+SERIALIZATION_ID = ".data/serialization_id"
+TRACER_FILE = "torch/jit/_trace.py"  # frames from here outwards are how the trace was started
+_FRAME = re.compile(r"(.+)\((\d+)\): ([^\n]*)\n")
+
+
+def path_roots(model_file: Path, as_named: str) -> list[tuple[str, str]]:
+    """(absolute folder, portable prefix) pairs in the order they are tried: the model's folder
+    first (its files are named relative to the recipe, `as_named` being how the recipe names the
+    model file), then each sys.path folder (the venv's, the standard library's), longest first."""
+    entries = {os.path.normpath(e) for e in sys.path if e and os.path.isabs(e)}
+    entries |= {os.path.realpath(e) for e in entries}
+    folders = sorted(entries, key=lambda e: (-len(e), e))
+    return [(str(model_file.parent), os.path.dirname(as_named))] + [(f, "") for f in folders]
+
+
+def portable_path(path: str, roots: list[tuple[str, str]]) -> str:
+    """`path` relative to the first root holding it ('torch/nn/modules/conv.py'); an absolute
+    path outside every root keeps only its file name."""
+    if not os.path.isabs(path):
+        return path
+    for folder, prefix in roots:
+        if path.startswith(folder.rstrip(os.sep) + os.sep):
+            rel = os.path.relpath(path, folder).replace(os.sep, "/")
+            return f"{prefix.replace(os.sep, '/')}/{rel}" if prefix else rel
+    return os.path.basename(path)
+
+
+def portable_stack(lines: list[str], roots: list[tuple[str, str]]) -> list[str] | None:
+    """A traced node's call stack (lines 'file(line): function\\n', then '') with portable paths,
+    cut where the tracer was entered; None when `lines` are not such a stack (scripted code)."""
+    if not lines or lines[-1] != "":
+        return None
+    frames = []
+    for line in lines[:-1]:
+        match = _FRAME.fullmatch(line)
+        if match is None:
+            return None
+        path = portable_path(match[1], roots)
+        if path == TRACER_FILE:
+            break
+        frames.append(f"{path}({match[2]}): {match[3]}\n")
+    return frames + [""]
+
+
+class _IntList(list):  # type: ignore[type-arg]
+    """An int list pickled the way TorchScript's C++ unpickler wants it (a typed List[int])."""
+
+    def __reduce__(self) -> tuple[Any, tuple[list[int]]]:
+        from torch.jit._pickle import build_intlist
+
+        return build_intlist, (list(self),)
+
+
+class _DebugUnpickler(pickle.Unpickler):
+    """Reads a `.debug_pkl`: plain tuples, strings and ints, plus TorchScript's int lists only."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("torch.jit._pickle", "build_intlist"):
+            return _IntList
+        raise pickle.UnpicklingError(f"unexpected global {module}.{name} in a debug record")
+
+
+def _text_length(lines: list[str]) -> int:
+    return len("".join(lines).encode())  # source ranges count bytes of the UTF-8 text
+
+
+def portable_debug_record(data: bytes, roots: list[tuple[str, str]]) -> bytes | None:
+    """A `.debug_pkl` ('FORMAT_WITH_STRING_TABLE', strings, ((code offset, (source, start, end),
+    tag), ...); a source is (line string indices, file name index, first line)) whose sources
+    name no absolute path and no frame above the tracer. None when the layout is not this one:
+    the record is then left out (TorchScript loads without it)."""
+    table: dict[str, int] = {"": 0}  # the rewritten string table, in first-use order
+    sources: dict[int, tuple[Any, ...]] = {}
+
+    def index(text: str) -> int:
+        return table.setdefault(text, len(table))
+
+    def rewrite(source: tuple[Any, ...]) -> tuple[Any, ...]:
+        """(new source, (old, new) text length for a call stack, else None)."""
+        lines_index, name_index, first_line = source
+        lines = [texts[i] for i in lines_index]
+        stack = portable_stack(lines, roots)
+        kept = lines if stack is None else stack
+        new = (_IntList(index(line) for line in kept), index(portable_path(texts[name_index], roots)), first_line)
+        return new, None if stack is None else (_text_length(lines), _text_length(stack))
+
+    def source_range(source: tuple[Any, ...], start: int, end: int) -> tuple[Any, ...]:
+        if id(source) not in sources:  # torch shares one source between many ranges
+            sources[id(source)] = rewrite(source)
+        new, lengths = sources[id(source)]
+        if lengths is not None:  # a traced node's range spans its whole call stack
+            if (start, end) != (0, lengths[0]):
+                raise ValueError("a call stack range that is not the whole stack")
+            end = lengths[1]
+        return new, start, end
+
+    try:
+        tag, texts, records = _DebugUnpickler(io.BytesIO(data)).load()
+        if tag != "FORMAT_WITH_STRING_TABLE":
+            return None
+        rewritten = tuple((offset, source_range(*span), span_tag) for offset, span, span_tag in records)
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, AttributeError):
+        return None
+    return pickle.dumps((tag, tuple(table), rewritten), protocol=2)
+
+
+def save_portable(module: Any, target: Path, roots: list[tuple[str, str]], scratch: Path) -> list[str]:
+    """`torch.jit.save` to `target` with portable debug records and, as serialization id, a
+    digest of the content; returns the debug records left out (of a layout not understood).
+
+    torch saves to `scratch` (a folder) first; its records are copied in their order, one at a
+    time, with torch's own archive writer (64-byte aligned, stored as `torch.save` stores
+    tensors), which adds no random id when the archive has one. The archive's folder inside the
+    zip is named after `target`, as `torch.jit.save(target)` names it.
+    """
+    import torch
+
+    first = scratch / target.name
+    torch.jit.save(module, str(first))
+    reader = torch._C.PyTorchFileReader(str(first))
+    writer = torch._C.PyTorchFileWriter(str(target))
+    digest, left_out = hashlib.sha256(), []
+    for name in reader.get_all_records():
+        data = reader.get_record(name)
+        if name.endswith(".debug_pkl"):
+            data = portable_debug_record(data, roots)
+            if data is None:
+                left_out.append(name)
+        if name != SERIALIZATION_ID and data is not None:
+            digest.update(b"%d:%s%d:" % (len(name), name.encode(), len(data)) + data)
+            writer.write_record(name, data, len(data))
+    # 40 decimal digits like torch's own id; torch.load only reports it (for logging)
+    ident = b"%040d" % (int(digest.hexdigest(), 16) % 10**40)
+    writer.write_record(SERIALIZATION_ID, ident, len(ident))
+    writer.write_end_of_file()
+    del reader
+    first.unlink()
+    return left_out
+
+
 STAGE = Stage(
     name="trace",
-    version="2",
+    version="3",  # 3: portable debug records and a content-derived serialization id
     upstream=(),
     applies=lambda recipe: recipe.source.framework == "pytorch",
     params=_params,
