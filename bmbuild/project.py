@@ -6,6 +6,7 @@ Each function takes plain values and returns data; `cli.py` only parses and rend
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import time
 from dataclasses import dataclass
@@ -179,9 +180,19 @@ def write_reports(build: Build, records: list[NodeRecord]) -> list[Path]:
             continue
         report = recipe_report(build, loaded, mine)
         path = build.workspace.report_path(loaded.name)
-        atomic_write_bytes(path, json_bytes(report))
+        if not _same_report(path, report):  # a repeated no-op leaves its reports (and their fsyncs) alone
+            atomic_write_bytes(path, json_bytes(report))
         written.append(path)
     return written
+
+
+def _same_report(path: Path, report: dict[str, Any]) -> bool:
+    """Whether `path` already holds `report`, but for the time it was generated."""
+    try:
+        old = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(old, dict) and {**old, "generated": None} == {**report, "generated": None}
 
 
 def recipe_report(build: Build, loaded: LoadedRecipe, records: list[NodeRecord]) -> dict[str, Any]:

@@ -116,16 +116,14 @@ def _load(state_dir: Path) -> dict[str, Any]:
     return data["selections"]
 
 
-def _valid(entry: Any) -> bool:
-    """The shape the fast path relies on (the file is untrusted input)."""
-    if not isinstance(entry, dict):
+def _valid(entry: Any, command: str) -> bool:
+    """The shape the fast path relies on (the file is untrusted input). A malformed signature
+    needs no check: it never equals a real one."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("stats"), dict):
         return False
-    stats, lines = entry.get("stats"), entry.get("lines")
-    return (isinstance(stats, dict)
-            and all(v is None or (isinstance(v, list) and len(v) == 4 and all(type(x) is int for x in v))
-                    for v in stats.values())
-            and isinstance(lines, dict)
-            and all(isinstance(v, list) and all(isinstance(x, str) for x in v) for v in lines.values())
+    lines = entry.get("lines")
+    lines = lines.get(command) if isinstance(lines, dict) else None
+    return (isinstance(lines, list) and all(isinstance(x, str) for x in lines)
             and type(entry.get("stages")) is int)
 
 
@@ -137,7 +135,7 @@ def lookup(args: Any, cwd: Path | None = None) -> dict[str, Any] | None:
         return None
     root, _ = find_root(cwd)
     entry = _load(root / STATE_DIR).get(key)
-    if not _valid(entry) or args.command not in entry["lines"]:
+    if not _valid(entry, args.command):
         return None
     if entry.get("interpreter") != interpreter() or entry.get("env") != environment():
         return None

@@ -129,3 +129,19 @@ def test_doit_gets_only_the_nodes_that_may_have_to_run(workspace, write_recipe, 
     assert spy.calls[-1] == ["a:compile_fp32", "a:trace"]
     assert outcomes("a") == {"trace": "executed", "compile_fp32": "executed"}
     assert outcomes("b") == {"trace": "up-to-date", "compile_fp32": "up-to-date"}
+
+
+def test_a_repeated_noop_leaves_the_reports_alone(workspace, write_recipe, run_bmbuild, outcomes):
+    recipe = write_recipe("tiny")
+    assert run_bmbuild("run", recipe, "--plain")[0] == 0
+    assert run_bmbuild("run", recipe, "--plain")[0] == 0  # outcomes change to up-to-date: rewritten
+    report = workspace / "build" / "tiny" / "report.json"
+    before = report.stat()
+    (workspace / ".bmbuild" / "noop-snapshot.json").unlink(missing_ok=True)  # the full check runs
+
+    code, out, _ = run_bmbuild("run", recipe, "--plain")
+
+    assert code == 0 and "nothing to do" in out
+    after = report.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert outcomes("tiny") == {"trace": "up-to-date", "compile_fp32": "up-to-date"}
