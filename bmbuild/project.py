@@ -101,7 +101,7 @@ def remember_noop(args: Any, build: Build, lines: dict[str, list[str]], since_ns
     """
     from bmbuild import snapshot
     from bmbuild.compose import defaults_chain
-    from bmbuild.executor import MANIFEST
+    from bmbuild.executor import KEY_ENV, MANIFEST
 
     if set(build.toolchains.values()) != {"reference"}:
         return False
@@ -129,7 +129,7 @@ def remember_noop(args: Any, build: Build, lines: dict[str, list[str]], since_ns
         outputs.update([folder / MANIFEST, *(folder / rel for rel in manifest["outputs"])])
     reports = [ws.report_path(loaded.name) for loaded in build.recipes]
     return snapshot.remember(args, since_ns, inputs, anchors, outputs, reports,
-                             [ws.build_dir, ws.state_dir, ws.cache_dir], lines, len(build.nodes))
+                             [ws.build_dir, ws.state_dir, ws.cache_dir], lines, len(build.nodes), KEY_ENV)
 
 
 @dataclass

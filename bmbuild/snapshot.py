@@ -80,8 +80,9 @@ def find_root(start: Path) -> tuple[Path, list[Path]]:
     return start, looked
 
 
-def environment() -> dict[str, str | None]:
-    names = set(ENV) | {name for name in os.environ if name.startswith("BMBUILD_")}
+def environment(names: Iterable[str] = ()) -> dict[str, str | None]:
+    """The variables in `names`, ENV and every BMBUILD_* one, with their values (None: unset)."""
+    names = set(names) | set(ENV) | {name for name in os.environ if name.startswith("BMBUILD_")}
     return {name: os.environ.get(name) for name in sorted(names)}
 
 
@@ -137,7 +138,8 @@ def lookup(args: Any, cwd: Path | None = None) -> dict[str, Any] | None:
     entry = _load(root / STATE_DIR).get(key)
     if not _valid(entry, args.command):
         return None
-    if entry.get("interpreter") != interpreter() or entry.get("env") != environment():
+    env = entry.get("env")
+    if entry.get("interpreter") != interpreter() or not isinstance(env, dict) or env != environment(env):
         return None
     return entry if all_match(entry["stats"]) else None
 
@@ -205,14 +207,16 @@ def package_files() -> list[Path]:
 
 def remember(args: Any, since_ns: int, inputs: Iterable[Path], anchors: Iterable[Path],
              outputs: Iterable[Path], reports: Iterable[Path], build_dirs: Iterable[Path],
-             lines: dict[str, list[str]], stages: int, cwd: Path | None = None) -> bool:
+             lines: dict[str, list[str]], stages: int, env_names: Iterable[str] = (),
+             cwd: Path | None = None) -> bool:
     """Remember that the selection of `args` was a complete no-op; False when it must not be.
 
     `inputs` are the files and folders the decision read, `anchors` the folders that bound the
     search for where new inputs could appear (the workspace root, dataset folders), `outputs`
     the published files and manifests, `reports` files this run has just written, `build_dirs`
-    the build, state and cache folders (no scanned folder may hold them). `since_ns` is
-    `clock()` taken before the run read anything.
+    the build, state and cache folders (no scanned folder may hold them), `env_names` the
+    environment variables that are part of every key. `since_ns` is `clock()` taken before the
+    run read anything.
     """
     cwd = cwd or Path.cwd()
     key = selection_key(args, cwd)
@@ -239,7 +243,7 @@ def remember(args: Any, since_ns: int, inputs: Iterable[Path], anchors: Iterable
     if any(sig is not None and sig[2] >= since_ns - MARGIN_NS for sig in stats.values()):
         return False  # changed while the run was deciding: the next no-op will remember
     stats.update({str(Path(r)): signature(str(r)) for r in reports})
-    entry = {"interpreter": interpreter(), "env": environment(), "stats": stats, "lines": lines,
+    entry = {"interpreter": interpreter(), "env": environment(env_names), "stats": stats, "lines": lines,
              "stages": stages, "written": time.time()}
     state_dir = root / STATE_DIR
     selections = _load(state_dir)

@@ -186,6 +186,21 @@ def test_a_changed_input_is_never_answered(change, workspace, write_recipe, run_
     assert outcomes("tiny") == expected
 
 
+def test_any_key_environment_variable_is_followed(workspace, write_recipe, run_bmbuild, outcomes, answered,
+                                                 monkeypatch):
+    from bmbuild import executor
+
+    monkeypatch.setattr(executor, "KEY_ENV", (*executor.KEY_ENV, "MY_TOOL_FLAGS"))
+    monkeypatch.delenv("MY_TOOL_FLAGS", raising=False)
+    recipe = write_recipe("tiny")
+    remembered(workspace, run_bmbuild, recipe)
+    monkeypatch.setenv("MY_TOOL_FLAGS", "-O3")
+    del answered[:]
+    assert run_bmbuild("run", recipe, "--plain")[0] == 0
+    assert answered == [False]
+    assert outcomes("tiny") == {"trace": "executed", "compile_fp32": "executed"}
+
+
 def test_touching_a_recipe_is_checked_in_full_and_runs_nothing(workspace, write_recipe, run_bmbuild, outcomes,
                                                                answered):
     recipe = write_recipe("tiny")
