@@ -5,7 +5,9 @@ model file and calibration set, one seed per recipe) is built for real once (`ru
 workspaces share one action cache, so the larger ones execute only their new recipes). Then each
 command below runs as a fresh process, `--repeat` times, and the median wall time is reported:
 
-  bmbuild run       the no-op build (must print "nothing to do")
+  bmbuild run       the no-op build (must print "nothing to do"), answered by the workspace
+                    snapshot when the tree has one (bmbuild.snapshot)
+  run, full check   the same without the snapshot: every recipe loaded, every stage decided
   bmbuild plan      with everything up to date
   bmbuild status    with everything up to date
   dvc repro         DVC's no-op on N*5 trivial stages chained 5 by 5 (`cp` of a file to the next),
@@ -35,6 +37,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 DVC_VENV = Path.home() / ".cache" / "bmbuild-bench" / "dvc-venv"
@@ -162,10 +165,13 @@ def make_dvc_project(folder: Path, count: int, dvc: Path) -> None:
 
 # --- timing -------------------------------------------------------------------------------------
 
-def median_seconds(args: list[str], cwd: Path, env: dict[str, str], repeat: int, expect: str = "") -> float:
-    """Median wall time of `repeat` runs, after one untimed run that warms the caches."""
+def median_seconds(args: list[str], cwd: Path, env: dict[str, str], repeat: int, expect: str = "",
+                   before: Callable[[], None] = lambda: None) -> float:
+    """Median wall time of `repeat` runs, after one untimed run that warms the caches; `before`
+    is called before each run, untimed."""
     samples = []
     for attempt in range(repeat + 1):
+        before()
         started = time.perf_counter()
         done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
         if attempt:
@@ -180,24 +186,30 @@ def time_bmbuild(tree: Path, ws: Path, cache: Path, count: int, repeat: int) -> 
     env = bmbuild_env(tree, cache)
     bm = [sys.executable, "-m", "bmbuild"]
     stages = count * STAGES
+    noop = f"nothing to do: {stages} stage(s) up to date"
     return {
-        "run": median_seconds(bm + ["run", "zoo", "--plain"], ws, env, repeat,
-                              f"nothing to do: {stages} stage(s) up to date"),
+        "full": median_seconds(bm + ["run", "zoo", "--plain"], ws, env, repeat, noop,
+                               before=lambda: (ws / ".bmbuild" / "noop-snapshot.json").unlink(missing_ok=True)),
+        "run": median_seconds(bm + ["run", "zoo", "--plain"], ws, env, repeat, noop),
         "plan": median_seconds(bm + ["plan", "zoo"], ws, env, repeat, f"0 of {stages} stage(s) would run"),
         "status": median_seconds(bm + ["status", "zoo"], ws, env, repeat, "up-to-date"),
     }
 
 
-def profile(tree: Path, ws: Path, cache: Path, command: str, out: Path) -> None:
-    """cProfile of one `bmbuild <command> zoo` in a fresh process: top functions by cumulative time."""
+def profile(tree: Path, ws: Path, cache: Path, command: str, out: Path, full: bool = False) -> None:
+    """cProfile of one `bmbuild <command> zoo` in a fresh process: top functions by cumulative and
+    own time. `full`: without the workspace snapshot, so every recipe is loaded and decided."""
     raw = out.with_suffix(".prof")
     args = [sys.executable, "-m", "cProfile", "-o", str(raw), "-m", "bmbuild", command, "zoo"]
     if command == "run":
         args.append("--plain")
+    if full:
+        (ws / ".bmbuild" / "noop-snapshot.json").unlink(missing_ok=True)
     check_call(args, ws, bmbuild_env(tree, cache))
     with open(out, "w") as handle:
         stats = pstats.Stats(str(raw), stream=handle)
-        handle.write(f"# cProfile of `bmbuild {command} zoo` ({tree})\n\n## by cumulative time\n")
+        what = " (full check: no snapshot)" if full else ""
+        handle.write(f"# cProfile of `bmbuild {command} zoo`{what} ({tree})\n\n## by cumulative time\n")
         stats.sort_stats("cumulative").print_stats(45)
         handle.write("\n## by own time\n")
         stats.sort_stats("tottime").print_stats(30)
@@ -209,7 +221,7 @@ def profile(tree: Path, ws: Path, cache: Path, command: str, out: Path) -> None:
 def table(rows: list[dict[str, object]], labels: list[str]) -> str:
     head = ["recipes", "stages", "python -c pass s", "dvc repro no-op s"]
     for label in labels:
-        head += [f"{label}: run s", f"{label}: plan s", f"{label}: status s",
+        head += [f"{label}: run, full check s", f"{label}: run s", f"{label}: plan s", f"{label}: status s",
                  f"{label}: run vs dvc", f"{label}: run / floor", f"{label}: plan / floor"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
     for row in rows:
@@ -218,7 +230,7 @@ def table(rows: list[dict[str, object]], labels: list[str]) -> str:
         for label in labels:
             r = row[label]
             assert isinstance(r, dict)
-            cells += [f"{r['run']:.3f}", f"{r['plan']:.3f}", f"{r['status']:.3f}",
+            cells += [f"{r['full']:.3f}", f"{r['run']:.3f}", f"{r['plan']:.3f}", f"{r['status']:.3f}",
                       f"{dvc / r['run']:.1f}x faster", f"{r['run'] / floor:.1f}x", f"{r['plan'] / floor:.1f}x"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -275,9 +287,9 @@ def main() -> None:
             print(table([row], [label for label, _ in trees]).splitlines()[-1], flush=True)
         if args.profile:
             count = max(args.sizes)
-            for command in ("run", "plan"):
-                out = Path(args.out).with_name(f"noop-profile-{command}.txt")
-                profile(ROOT, base / f"ws{count}", cache, command, out)
+            for command, full in (("run", True), ("run", False), ("plan", False)):
+                out = Path(args.out).with_name(f"noop-profile-{command}{'-full' if full else ''}.txt")
+                profile(ROOT, base / f"ws{count}", cache, command, out, full)
                 print(f"wrote {out}")
     finally:
         if not args.keep:
