@@ -219,25 +219,24 @@ def profile(tree: Path, ws: Path, cache: Path, command: str, out: Path, full: bo
 # --- report -------------------------------------------------------------------------------------
 
 def table(rows: list[dict[str, object]], labels: list[str]) -> str:
-    head = ["recipes", "stages", "python -c pass s", "dvc repro no-op s"]
-    for label in labels:
-        head += [f"{label}: run, full check s", f"{label}: run s", f"{label}: plan s", f"{label}: status s",
-                 f"{label}: run vs dvc", f"{label}: run / floor", f"{label}: plan / floor"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
+    """One line per size and bmbuild tree; DVC and the floor repeated on each line of a size."""
+    head = ["recipes", "stages", "bmbuild", "run, full check s", "run s", "plan s", "status s",
+            "dvc repro s", "python -c pass s", "run vs dvc", "run / floor", "plan / floor"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---:|" * 2 + "---|" + "---:|" * (len(head) - 3)]
     for row in rows:
         floor, dvc = float(row["floor"]), float(row["dvc"])
-        cells = [str(row["count"]), str(row["stages"]), f"{floor:.3f}", f"{dvc:.2f}"]
         for label in labels:
             r = row[label]
             assert isinstance(r, dict)
-            cells += [f"{r['full']:.3f}", f"{r['run']:.3f}", f"{r['plan']:.3f}", f"{r['status']:.3f}",
-                      f"{dvc / r['run']:.1f}x faster", f"{r['run'] / floor:.1f}x", f"{r['plan'] / floor:.1f}x"]
-        lines.append("| " + " | ".join(cells) + " |")
+            cells = [str(row["count"]), str(row["stages"]), label, f"{r['full']:.3f}", f"{r['run']:.3f}",
+                     f"{r['plan']:.3f}", f"{r['status']:.3f}", f"{dvc:.2f}", f"{floor:.3f}",
+                     f"{dvc / r['run']:.1f}x faster", f"{r['run'] / floor:.1f}x", f"{r['plan'] / floor:.1f}x"]
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def parse_trees(specs: list[str]) -> list[tuple[str, Path]]:
-    trees = [("this tree", ROOT)]
+    trees = [("this branch", ROOT)]
     for spec in specs:
         label, _, path = spec.partition("=")
         if not path:
@@ -284,7 +283,7 @@ def main() -> None:
             for label, tree in trees:
                 row[label] = time_bmbuild(tree, ws, cache, count, args.repeat)
             rows.append(row)
-            print(table([row], [label for label, _ in trees]).splitlines()[-1], flush=True)
+            print("\n".join(table([row], [label for label, _ in trees]).splitlines()[2:]), flush=True)
         if args.profile:
             count = max(args.sizes)
             for command, full in (("run", True), ("run", False), ("plan", False)):
