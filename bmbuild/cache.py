@@ -3,6 +3,8 @@
 The action key is built in exactly one place (`action_key`) and pinned by a golden test.
 The store holds objects by sha256 and action entries by key; every write goes to a temp
 file and is moved into place, so a killed process never leaves a half-written entry.
+Whatever is read back (entries from any store, manifests) passes `validate_entry` before use, and
+a store builds paths only from checked digests: a shared cache is input from others.
 """
 
 from __future__ import annotations
@@ -10,8 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
-import re
 import shutil
 import sqlite3
 import sys
@@ -24,6 +26,28 @@ from typing import Any
 
 KEY_VERSION = 1
 CHUNK = 1 << 20
+MANIFEST = ".bmbuild-manifest.json"   # marks a published stage folder complete (see executor)
+HEX = frozenset("0123456789abcdef")
+
+logger = logging.getLogger("bmbuild.cache")
+_warned: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def warn_stderr(message: str) -> None:
+    """The user sees it on stderr; logging gets it too (a stage's log, when raised inside one).
+    INFO, so that Python's last-resort handler does not print it a second time."""
+    logger.info("warning: %s", message)
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def warn_once(message: str) -> None:
+    """`warn_stderr`, once per process and message: bad state read several times in a run warns once."""
+    with _warned_lock:
+        if message in _warned:
+            return
+        _warned.add(message)
+    warn_stderr(message)
 
 
 def json_bytes(value: Any) -> bytes:
@@ -50,6 +74,96 @@ def tree_digest(files: dict[str, str]) -> str:
     return hashlib.sha256(json_bytes(sorted(files.items()))).hexdigest()
 
 
+def is_digest(value: Any) -> bool:
+    """A sha256 as bmbuild writes it: 64 lowercase hex characters (so always a safe file name)."""
+    return isinstance(value, str) and len(value) == 64 and set(value) <= HEX
+
+
+def checked_digest(value: Any) -> str:
+    """`value` when it is a digest; ValueError otherwise. Guards every path built from a digest."""
+    if not is_digest(value):
+        raise ValueError(f"not a sha256 digest: {value!r:.80}")
+    return value
+
+
+class BadEntry(ValueError):
+    """An action entry or manifest that bmbuild did not write: never used, never turned into a path."""
+
+
+def _has_control(text: str) -> bool:
+    """Control characters (NUL, newline, the terminal's escape) have no place in a name or a summary."""
+    return any(ord(c) < 32 or ord(c) == 127 for c in text)
+
+
+def _check_output_name(name: Any) -> str:
+    """A normalised relative POSIX path that stays inside the stage folder; BadEntry otherwise."""
+    if not isinstance(name, str) or not name:
+        raise BadEntry(f"output name {name!r:.80} is not a non-empty string")
+    if "\\" in name or _has_control(name):
+        raise BadEntry(f"output name {name!r:.80} has a backslash or a control character")
+    parts = name.split("/")
+    if any(part in ("", ".", "..") for part in parts) or name == MANIFEST:
+        raise BadEntry(f"output name {name!r:.80} is absolute, not normalised, leaves its folder or is reserved")
+    try:
+        if any(len(part.encode()) > 255 for part in parts):
+            raise BadEntry(f"output name {name!r:.80} has a part longer than 255 bytes")
+    except UnicodeEncodeError:
+        raise BadEntry(f"output name {name!r:.80} is not valid unicode") from None
+    return name
+
+
+def _check_outputs(outputs: Any) -> None:
+    if not isinstance(outputs, dict) or not outputs:
+        raise BadEntry(f"outputs must be a non-empty object, not {type(outputs).__name__}")
+    for name, digest in outputs.items():
+        _check_output_name(name)
+        if not is_digest(digest):
+            raise BadEntry(f"output {name!r} has no valid digest: {digest!r:.80}")
+    folders = {"/".join(parts[:i]) for parts in (n.split("/") for n in outputs) for i in range(1, len(parts))}
+    clash = folders & set(outputs)
+    if clash:
+        raise BadEntry(f"output {sorted(clash)[0]!r} is both a file and a folder")
+
+
+# optional fields: the types an entry or manifest may hold (missing ones take their defaults)
+FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "summary": (str,), "metrics": (dict,), "components": (dict,), "recipe": (str,), "stage": (str,),
+    "seconds": (int, float), "created": (int, float),
+}
+
+
+def validate_entry(data: Any, key: str | None = None) -> dict[str, Any]:
+    """The one check for everything read back (action entries from any store, stage manifests).
+
+    Returns `data` when it has the shape bmbuild writes, else raises BadEntry saying why: keys and
+    digests are sha256 hex, output names stay inside the stage folder, fields have their types,
+    and the entry is the one asked for (`key`).
+    """
+    if not isinstance(data, dict):
+        raise BadEntry(f"not a JSON object but {type(data).__name__}")
+    if not is_digest(data.get("key")):
+        raise BadEntry(f"key {data.get('key')!r:.80} is not a sha256 digest")
+    if key is not None and data["key"] != key:
+        raise BadEntry(f"holds the entry of another key ({data['key'][:12]})")
+    _check_outputs(data.get("outputs"))
+    for name in ("log_digest", "cmd_digest"):
+        if data.get(name) is not None and not is_digest(data[name]):
+            raise BadEntry(f"{name} {data[name]!r:.80} is not a sha256 digest")
+    for name, types in FIELD_TYPES.items():
+        value = data.get(name)
+        if name in data and (not isinstance(value, types) or isinstance(value, bool)):
+            raise BadEntry(f"{name} must be {' or '.join(t.__name__ for t in types)}, not {type(value).__name__}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise BadEntry(f"{name} is not a finite number")
+        if isinstance(value, str) and _has_control(value):
+            raise BadEntry(f"{name} has a control character (it would reach the terminal)")
+    components = data.get("components") or {}
+    for section in ("params", "inputs", "upstream"):
+        if not isinstance(components.get(section, {}), dict):
+            raise BadEntry(f"components.{section} must be an object")
+    return data
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` so readers see the old file or the new one, never a part."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -70,7 +184,6 @@ STAT_TABLE = "file_stat"  # v2 of the stat cache: the signature includes st_ctim
 STAT_COLUMNS = ("path", "size", "mtime_ns", "ctime_ns", "inode", "digest")
 LEGACY_STAT = ("stat", ("path", "size", "mtime_ns", "inode", "digest"))  # v1, dropped on open
 SQLITE_BUSY = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED: another process is writing, nothing is broken
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 logger = logging.getLogger("bmbuild.cache")
 
 
@@ -160,7 +273,7 @@ class StatCache:
         signature = _signature(path.stat())
         row = self._query(f"SELECT size, mtime_ns, ctime_ns, inode, digest FROM {STAT_TABLE} WHERE path=?",
                           (str(path),))
-        if row and tuple(row[:4]) == signature and isinstance(row[4], str) and _SHA256.fullmatch(row[4]):
+        if row and tuple(row[:4]) == signature and is_digest(row[4]):
             return row[4]
         return self._hash(path, signature)
 
@@ -242,8 +355,18 @@ class ActionEntry:
         return dict(self.__dict__)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "ActionEntry":
+    def from_json(cls, data: Any, key: str | None = None) -> "ActionEntry":
+        """An entry read back from a store; BadEntry unless `validate_entry` accepts it."""
+        validate_entry(data, key)
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+    @classmethod
+    def from_bytes(cls, data: Any, key: str) -> "ActionEntry":
+        """The entry stored under `key`, from the bytes of its file; BadEntry when it is not one."""
+        try:
+            return cls.from_json(json.loads(data), key)
+        except (ValueError, TypeError, RecursionError) as exc:  # JSONDecodeError, BadEntry, not bytes
+            raise exc if isinstance(exc, BadEntry) else BadEntry(f"not JSON ({exc})") from None
 
 
 class LocalStore:
@@ -260,10 +383,24 @@ class LocalStore:
         (self.root / "tmp").mkdir(parents=True, exist_ok=True)
 
     def _object_path(self, digest: str) -> Path:
+        digest = checked_digest(digest)  # never a path from anything else (entries are validated too)
         return self.root / "objects" / digest[:2] / digest
 
     def _action_path(self, key: str) -> Path:
+        key = checked_digest(key)
         return self.root / "actions" / key[:2] / f"{key}.json"
+
+    def _clear_folder(self, target: Path) -> None:
+        """A folder where one of the store's files belongs (damage by hand or by a tool) is removed."""
+        if target.is_dir() and not target.is_symlink():
+            warn_once(f"local cache {self.root}: {target.relative_to(self.root)} was a folder; replaced")
+            shutil.rmtree(target, ignore_errors=True)
+
+    def _install(self, tmp: Path, target: Path) -> None:
+        """Move a finished temp file to its name in the store."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self._clear_folder(target)
+        os.replace(tmp, target)
 
     def has_object(self, digest: str) -> bool:
         return self._object_path(digest).is_file()
@@ -273,7 +410,6 @@ class LocalStore:
         target = self._object_path(digest)
         if target.is_file() and target.stat().st_size == src.stat().st_size and file_digest(target) == digest:
             return  # already stored intact (a corrupt object of the same size is replaced)
-        target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.root / "tmp")
         os.close(fd)
         try:
@@ -281,7 +417,7 @@ class LocalStore:
             if file_digest(Path(tmp)) != digest:
                 raise OSError(f"{src} changed while it was being stored")
             os.chmod(tmp, 0o444)
-            os.replace(tmp, target)
+            self._install(Path(tmp), target)
         finally:
             Path(tmp).unlink(missing_ok=True)
 
@@ -305,8 +441,12 @@ class LocalStore:
     def get_action(self, key: str) -> ActionEntry | None:
         path = self._action_path(key)
         try:
-            entry = ActionEntry.from_json(json.loads(path.read_bytes()))
-        except (OSError, ValueError, TypeError):
+            entry = ActionEntry.from_bytes(path.read_bytes(), key)
+        except FileNotFoundError:
+            return None
+        except (OSError, BadEntry) as exc:
+            warn_once(f"local cache {self.root}: entry {key[:12]} is unreadable ({exc}); ignored, "
+                      "the stage runs again and replaces it")
             return None
         try:  # the entry's mtime is its last use: `bmbuild cache gc` drops the least recently used
             os.utime(path)
@@ -315,7 +455,9 @@ class LocalStore:
         return entry
 
     def put_action(self, entry: ActionEntry) -> None:
-        atomic_write_bytes(self._action_path(entry.key), json_bytes(entry.to_json()))
+        path = self._action_path(entry.key)
+        self._clear_folder(path)
+        atomic_write_bytes(path, json_bytes(entry.to_json()))
 
     def has_all(self, entry: ActionEntry) -> bool:
         return all(self.has_object(d) for d in entry.digests)
@@ -338,10 +480,8 @@ class LocalStore:
         try:
             if file_digest(tmp) != digest:
                 return False
-            target = self._object_path(digest)
-            target.parent.mkdir(parents=True, exist_ok=True)
             os.chmod(tmp, 0o444)
-            os.replace(tmp, target)
+            self._install(tmp, self._object_path(digest))
             return True
         finally:
             Path(tmp).unlink(missing_ok=True)

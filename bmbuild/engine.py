@@ -6,9 +6,13 @@ calls our reporter; the executor decides with content keys whether anything must
 
 from __future__ import annotations
 
+import json
+import shutil
+import sqlite3
 import time
 import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from doit.action import BaseAction
@@ -17,6 +21,7 @@ from doit.doit_cmd import DoitMain
 from doit.exceptions import TaskError, TaskFailed
 from doit.task import Task
 
+from bmbuild.cache import warn_once
 from bmbuild.errors import BmbuildError
 from bmbuild.executor import Executor, NodeRecord, Outcome
 from bmbuild.graph import Node
@@ -181,6 +186,44 @@ def settle_up_to_date(nodes: list[Node], executor: Executor) -> tuple[list[Node]
     return pending, decided
 
 
+def doit_db_problem(path: Path) -> str | None:
+    """Why doit could not use its state DB at `path`; None when it can (or there is none yet)."""
+    if not path.exists() and not path.is_symlink():
+        return None
+    try:
+        conn = sqlite3.connect(path)
+        try:
+            check = conn.execute("PRAGMA quick_check").fetchone()
+            if not check or check[0] != "ok":
+                return f"sqlite check: {check[0] if check else 'no answer'}"
+            conn.execute("CREATE TABLE IF NOT EXISTS doit (task_id TEXT NOT NULL PRIMARY KEY, task_data json)")
+            for task_id, data in conn.execute("SELECT task_id, task_data FROM doit"):
+                state = json.loads(data.decode() if isinstance(data, bytes) else data)  # as doit decodes it
+                # bmbuild never marks a task ignored: a row that does would skip a stage silently
+                if not isinstance(state, dict) or state.get("ignore:") or not isinstance(
+                        state.get("_values_:", {}), dict) or not isinstance(state.get("deps:", []), list):
+                    return f"task {task_id!r} has state of the wrong shape"
+        finally:
+            conn.close()
+    except (sqlite3.Error, ValueError, TypeError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def usable_doit_db(path: Path) -> Path:
+    """`path`, after removing a DB doit cannot use (warned once). Nothing is lost: bmbuild decides
+    with content keys, doit's state only schedules, and doit starts a fresh DB."""
+    problem = doit_db_problem(path)
+    if problem is not None:
+        warn_once(f"{path} is corrupt ({problem}); removed, doit's state is rebuilt (build results are unaffected)")
+        for part in (path, *(path.with_name(path.name + suffix) for suffix in ("-journal", "-wal", "-shm"))):
+            if part.is_dir() and not part.is_symlink():
+                shutil.rmtree(part, ignore_errors=True)
+            else:
+                part.unlink(missing_ok=True)
+    return path
+
+
 def run_nodes(nodes: list[Node], workspace: Workspace, console: Any, jobs: int = 1,
               force: bool = False, keep_going: bool = False) -> RunResult:
     """Build `nodes` (already including their dependencies) under the workspace lock."""
@@ -191,7 +234,7 @@ def run_nodes(nodes: list[Node], workspace: Workspace, console: Any, jobs: int =
         executor = Executor(workspace, force=force, on_event=console.node_event, pool=pool)
         reporter = Reporter(console, executor)
         config = {
-            "dep_file": str(workspace.state_dir / "doit.sqlite3"),
+            "dep_file": str(usable_doit_db(workspace.state_dir / "doit.sqlite3")),
             "backend": "sqlite3",
             "reporter": reporter,
             "verbosity": 2,

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bmbuild.cache import ActionEntry, LocalStore, StatCache, action_key, atomic_write_bytes, json_bytes, tree_digest
+from bmbuild.cache import MANIFEST, validate_entry, warn_once
 from bmbuild.errors import BmbuildError, StageFailed
 from bmbuild.graph import Node, input_name
 from bmbuild.stagelog import StageLog, tail_of
@@ -27,7 +28,6 @@ from bmbuild.toolchains.base import Toolchain, load_toolchain, package_version
 from bmbuild.workers import StageJob, WorkerPool, execute_job
 from bmbuild.workspace import Workspace
 
-MANIFEST = ".bmbuild-manifest.json"
 # Environment variables that may change what a stage produces; part of every key.
 KEY_ENV = ("BMBUILD_KEY_SALT",)
 
@@ -84,11 +84,15 @@ class NodeRecord:
 
 
 def read_manifest(folder: Path) -> dict[str, Any] | None:
+    """A published folder's manifest; None when there is none or it is malformed (warned once)."""
+    path = folder / MANIFEST
     try:
-        data = json.loads((folder / MANIFEST).read_bytes())
-    except (OSError, ValueError):
+        return validate_entry(json.loads(path.read_bytes()))
+    except FileNotFoundError:
         return None
-    return data if isinstance(data, dict) and "key" in data and "outputs" in data else None
+    except (OSError, ValueError, RecursionError) as exc:  # BadEntry, JSONDecodeError, UnicodeDecodeError
+        warn_once(f"{path} is malformed ({exc}); ignored, the stage is restored or runs again")
+        return None
 
 
 def explain_change(old: dict[str, Any], new: dict[str, Any]) -> str:
@@ -177,14 +181,25 @@ class Executor:
             reason = explain_change(manifest.get("components", {}), components)
         else:
             changed = self._changed_outputs(folder, manifest["outputs"])
-            failures = node.stage.gate(node.loaded.recipe, manifest.get("metrics", {}))
-            if not changed and not failures:
+            failures = self._stored_gate(node, manifest.get("metrics", {}), str(folder / MANIFEST))
+            if not changed and failures == []:
                 return Decision(Status.UP_TO_DATE, "nothing changed", key, components)
-            reason = f"output {changed[0]} was modified or removed" if changed else "tolerance gate fails"
+            reason = (f"output {changed[0]} was modified or removed" if changed else
+                      "tolerance gate fails" if failures else "output incomplete (metrics unreadable)")
         entry = self.store.get_action(key)
-        if entry is not None and self.store.has_all(entry):
+        if (entry is not None and self.store.has_all(entry)
+                and self._stored_gate(node, entry.metrics, f"cache entry {key[:12]}") is not None):
             return Decision(Status.RESTORE, reason, key, components, entry)
         return Decision(Status.RUN, reason, key, components)
+
+    def _stored_gate(self, node: Node, metrics: dict[str, Any], source: str) -> list[str] | None:
+        """The gate on metrics read back; None (warned once) when they are not of the stage's shape."""
+        try:
+            return node.stage.gate(node.loaded.recipe, metrics)
+        except Exception as exc:
+            warn_once(f"{source}: metrics of the wrong shape ({type(exc).__name__}: {exc}); "
+                      "ignored, the stage is restored or runs again")
+            return None
 
     def _changed_outputs(self, folder: Path, outputs: dict[str, str]) -> list[str]:
         changed = []

@@ -101,7 +101,8 @@ def remember_noop(args: Any, build: Build, lines: dict[str, list[str]], since_ns
     """
     from bmbuild import snapshot
     from bmbuild.compose import defaults_chain
-    from bmbuild.executor import KEY_ENV, MANIFEST
+    from bmbuild.cache import MANIFEST
+    from bmbuild.executor import KEY_ENV
 
     if set(build.toolchains.values()) != {"reference"}:
         return False
@@ -165,6 +166,10 @@ def verify_outputs(build: Build) -> tuple[int, list[CorruptOutput]]:
                     corrupt.append(CorruptOutput(folder / rel, str(expected), actual))
     finally:
         stat.close()
+    if corrupt:  # what the stat signatures cannot see, a remembered no-op cannot either
+        from bmbuild.snapshot import forget
+
+        forget(build.workspace.state_dir)
     return checked, corrupt
 
 

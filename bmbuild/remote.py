@@ -31,9 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
-import sys
 import threading
 import time
 import uuid
@@ -42,10 +40,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
-from bmbuild.cache import CHUNK, ActionEntry, LocalStore, json_bytes
+from bmbuild.cache import CHUNK, ActionEntry, BadEntry, LocalStore, checked_digest, is_digest, json_bytes, warn_once
+from bmbuild.cache import warn_stderr  # noqa: F401  (its home was here; TieredStore's default)
 from bmbuild.errors import BmbuildError
 
-logger = logging.getLogger("bmbuild.remote")
 
 # Filesystems where one PUT is atomic: the object appears complete or not at all.
 ATOMIC_PUT_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "memory"})
@@ -58,7 +56,6 @@ MIN_RATE = 512 * 1024
 UPLOAD_PART = 64 << 20   # the most one upload request carries, for that allowance
 READ_BLOCK = 8 << 20     # bytes per read request when hashing a remote object
 S3_PROTOCOLS = ("s3", "s3a")
-HEX = frozenset("0123456789abcdef")
 
 
 class RemoteUnreachable(BmbuildError):
@@ -241,10 +238,6 @@ def _timestamp(info: dict[str, Any]) -> float:
     return time.time()  # unknown: treat as new, so age-based gc never removes it by mistake
 
 
-def _is_digest(name: str) -> bool:
-    return len(name) == 64 and set(name) <= HEX
-
-
 @dataclass
 class ObjectInfo:
     digest: str
@@ -279,9 +272,11 @@ class RemoteStore:
         return "/".join((self.root, *parts))
 
     def object_path(self, digest: str) -> str:
+        digest = checked_digest(digest)  # never a path from anything else (entries are validated too)
         return self._path("objects", digest[:2], digest)
 
     def action_path(self, key: str) -> str:
+        key = checked_digest(key)
         return self._path("actions", key[:2], f"{key}.json")
 
     # --- reachability ---------------------------------------------------------------------
@@ -345,7 +340,11 @@ class RemoteStore:
             data = self.fs.cat_file(self.action_path(key))
         except FileNotFoundError:
             return None
-        return _parse_entry(data, key)
+        try:
+            return ActionEntry.from_bytes(data, key)
+        except BadEntry as exc:
+            warn_once(f"remote cache {self.url}: entry {key[:12]} is unreadable ({exc}); ignored")
+            return None
 
     def object_size(self, digest: str) -> int | None:
         """Size of a stored object; None when there is none."""
@@ -397,7 +396,7 @@ class RemoteStore:
         objects = {}
         for path, info in self._find("objects").items():
             name = path.rsplit("/", 1)[-1]
-            if _is_digest(name):
+            if is_digest(name):
                 objects[name] = ObjectInfo(name, int(info.get("size") or 0), _timestamp(info))
         return objects
 
@@ -406,7 +405,7 @@ class RemoteStore:
         found = {}
         for path, info in self._find("actions").items():
             name = path.rsplit("/", 1)[-1]
-            if name.endswith(".json") and _is_digest(name[:-5]):
+            if name.endswith(".json") and is_digest(name[:-5]):
                 found[path] = (name[:-5], info)
         contents: dict[str, Any] = {}
         if read and found:
@@ -421,26 +420,27 @@ class RemoteStore:
         return infos
 
     def list_temps(self) -> dict[str, float]:
-        """Leftover temp files (path -> mtime) from interrupted uploads."""
-        return {path: _timestamp(info) for path, info in self._find("tmp").items()}
+        """Leftover temp files (path -> mtime) from interrupted uploads: only files right in tmp/,
+        never through a link (`cache gc` deletes what this returns)."""
+        folder = self._path("tmp")
+        try:
+            if self.fs.info(folder).get("islink"):
+                return {}
+        except FileNotFoundError:
+            return {}
+        return {path: _timestamp(info) for path, info in self._find("tmp").items()
+                if path.rsplit("/", 1)[0] == folder and not info.get("islink")}
 
     def remove_path(self, path: str) -> None:
         self._remove(path, quiet=True)
 
 
 def _parse_entry(data: Any, key: str) -> ActionEntry | None:
+    """A listed entry, or None when it is unreadable (`cache ls` shows it, `cache verify` reports it)."""
     try:
-        entry = ActionEntry.from_json(json.loads(data))
-    except (ValueError, TypeError, AttributeError):
+        return ActionEntry.from_bytes(data, key)
+    except BadEntry:
         return None
-    return entry if entry.key == key and isinstance(entry.outputs, dict) else None
-
-
-def warn_stderr(message: str) -> None:
-    """The user sees it on stderr; logging gets it too (a stage's log, when raised inside one).
-    INFO, so that Python's last-resort handler does not print it a second time."""
-    logger.info("warning: %s", message)
-    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 class TieredStore:

@@ -397,3 +397,28 @@ def test_fresh_process_noop_is_answered(workspace, write_recipe):
     shutil.rmtree(workspace / "build" / "tiny" / "trace")
     again = run_subprocess("run", recipe, "--plain", cwd=workspace)
     assert "restored" in again.stdout and "nothing to do" not in again.stdout
+
+
+def test_corruption_found_by_status_verify_is_never_answered(workspace, write_recipe, run_bmbuild, outcomes,
+                                                             answered):
+    from test_state_faults import _fool_the_stat_cache, flip_byte_keeping_size_and_mtime
+
+    recipe = write_recipe("tiny")
+    assert run_bmbuild("run", recipe, "--plain")[0] == 0
+    expected = build_outputs(workspace, "tiny")
+    onnx = workspace / "build" / "tiny" / "compile_fp32" / "tiny.onnx"
+    good = (workspace / "build" / "tiny" / "compile_fp32" / ".bmbuild-manifest.json").read_text()
+    digest = json.loads(good)["outputs"]["tiny.onnx"]
+    flip_byte_keeping_size_and_mtime(onnx, offset=10)
+    _fool_the_stat_cache(workspace / ".bmbuild" / "stat.sqlite3", onnx, digest)  # bit rot stat cannot see
+    settle()
+    assert "nothing to do" in run_bmbuild("run", recipe, "--plain")[1]  # fooled too: remembered
+    assert snapshot_file(workspace).is_file()
+
+    assert run_bmbuild("status", recipe, "--verify")[0] == 1
+    del answered[:]
+    code, out, err = run_bmbuild("run", recipe, "--plain")
+    assert code == 0, out + err
+    assert answered == [False]
+    assert outcomes("tiny") == {"trace": "up-to-date", "compile_fp32": "restored"}
+    assert build_outputs(workspace, "tiny") == expected
