@@ -186,6 +186,12 @@ def cmd_toolchains(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_toolchains_install(args: argparse.Namespace) -> int:
+    from bmbuild.toolchains.tpu_mlir_env import main_install
+
+    return main_install(args.python)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from bmbuild.report import write_report
 
@@ -297,7 +303,7 @@ def _add_common(parser: argparse.ArgumentParser, paths: str = "+") -> None:
 
 def _add_selection(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stage", action="append", help="build only this stage and what it needs (repeatable)")
-    parser.add_argument("--toolchain", choices=["auto", "reference", "nntc"],
+    parser.add_argument("--toolchain", choices=["auto", "reference", "nntc", "tpu-mlir"],
                         help="override the recipes' toolchain")
     parser.add_argument("--force", action="store_true", help="run every selected stage, ignoring the cache")
     parser.add_argument("--shard", type=_shard, metavar="i/N",
@@ -331,6 +337,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     toolchains = sub.add_parser("toolchains", help="the toolchains, whether each is usable here, and why not")
     toolchains.set_defaults(func=cmd_toolchains)
+    install = toolchains.add_subparsers(dest="toolchains_command").add_parser(
+        "install", help="create a toolchain's managed environment (a no-op when it exists)")
+    install.add_argument("name", choices=["tpu-mlir"])
+    install.add_argument("--python", help="CPython 3.10 to build it with (default: python3.10 on PATH, or pyenv's)")
+    install.set_defaults(func=cmd_toolchains_install)
 
     show = sub.add_parser("show", help="print the fully resolved recipes (defaults, variables, variants)")
     show.add_argument("paths", nargs="+")
@@ -345,13 +356,13 @@ def build_parser() -> argparse.ArgumentParser:
     graph = sub.add_parser("graph", help="the stage graph (text, or Graphviz DOT)")
     _add_common(graph)
     graph.add_argument("--format", choices=["text", "dot"], default="text")
-    graph.add_argument("--toolchain", choices=["auto", "reference", "nntc"])
+    graph.add_argument("--toolchain", choices=["auto", "reference", "nntc", "tpu-mlir"])
     graph.set_defaults(func=cmd_graph, stage=None)
 
     status = sub.add_parser("status", help="state of each stage's outputs")
     _add_common(status)
     _add_remote(status)
-    status.add_argument("--toolchain", choices=["auto", "reference", "nntc"])
+    status.add_argument("--toolchain", choices=["auto", "reference", "nntc", "tpu-mlir"])
     status.add_argument("--verify", action="store_true",
                         help="re-hash every published output, ignoring the stat cache; exit 1 if any is corrupt")
     status.set_defaults(func=cmd_status, stage=None)

@@ -50,12 +50,13 @@ def prepare(paths: list[str], workspace: Workspace, toolchain: str | None = None
     resolved_cache: dict[str, str] = {}
     for loaded in recipes:
         wanted = toolchain or loaded.recipe.toolchain
-        if wanted not in resolved_cache:
-            instance = load_toolchain(wanted)
+        choice = f"{wanted}/{loaded.recipe.target}"
+        if choice not in resolved_cache:
+            instance = load_toolchain(wanted, loaded.recipe.target)
             if check_toolchains:
                 require_usable(instance)
-            resolved_cache[wanted] = instance.name
-        chosen[loaded.name] = resolved_cache[wanted]
+            resolved_cache[choice] = instance.name
+        chosen[loaded.name] = resolved_cache[choice]
     return Build(workspace, recipes, chosen, build_graph(recipes, chosen, stages))
 
 
@@ -300,7 +301,9 @@ def toolchain_statuses() -> tuple[list[ToolchainStatus], str]:
             statuses.append(ToolchainStatus(name, False, "", str(exc)))
             continue
         statuses.append(ToolchainStatus(name, status.usable, status.version, status.reason))
-    return statuses, load_toolchain("auto").name
+    from bmbuild.toolchains.base import AUTO_ORDER
+
+    return statuses, ", ".join(f"{load_toolchain('auto', target).name} for {target}" for target in AUTO_ORDER)
 
 
 @dataclass

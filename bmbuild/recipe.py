@@ -11,13 +11,23 @@ import difflib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator, model_validator
 
 from bmbuild.calib.config import CalibrationConfig
 from bmbuild.errors import RecipeError
-from bmbuild.yamlsource import KeyPath, SourceMap
+from bmbuild.yamlsource import KeyPath, SourceMap, dotted
 
 RECIPE_SUFFIXES = (".yaml", ".yml")
+MAX_NAME = 100  # the name is a folder and a file stem; stays far below the usual 255-byte limit
+
+
+class KeyedValueError(ValueError):
+    """A check across fields that knows which key to blame (pydantic reports such errors at the
+    model itself, with no key)."""
+
+    def __init__(self, message: str, key: KeyPath):
+        super().__init__(message)
+        self.key = key
 
 
 class _Strict(BaseModel):
@@ -37,7 +47,8 @@ class Source(_Strict):
 
     framework: Literal["pytorch", "torchscript", "onnx"] = Field(description="Source framework.")
     model: str = Field(description="pytorch: 'path/to/file.py:callable'; torchscript/onnx: path to the .pt/.onnx file.")
-    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the model callable.")
+    # JSON values only: they are hashed into the trace key (a key of 1 next to "a" cannot be sorted)
+    kwargs: dict[str, JsonValue] = Field(default_factory=dict, description="Keyword arguments for the model callable.")
     weights: Weights | None = Field(None, description="Optional weights loaded with torch.load(weights_only=True), strict keys.")
 
     @field_validator("weights", mode="before")
@@ -105,6 +116,8 @@ class Int8(_Strict):
     per_channel: bool = Field(True, description="Per-channel symmetric int8 weights.")
     fp32_layers: list[str] = Field(default_factory=list, description="Layers kept in float (the vendor's -fpfwd_outputs).")
     cmp_samples: int = Field(16, ge=1, description="Held-out samples compared int8 vs fp32.")
+    cmodel_samples: int = Field(4, ge=1, description="tpu-mlir: held-out samples (and eval samples unless eval.limit "
+                                "is set) run on the cmodel simulator, which takes seconds per inference.")
     tolerance: Tolerance = Field(default_factory=_int8_tolerance, description="Gate on int8 vs fp32.")
 
 
@@ -122,9 +135,11 @@ class Eval(_Strict):
 class Recipe(_Strict):
     """One model and how to build it."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Net name (bmnetp --net_name); also the build folder.")
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=MAX_NAME,
+                      description="Net name (bmnetp --net_name); also the build folder.")
     description: str | None = None
-    toolchain: Literal["auto", "reference", "nntc"] = Field("auto", description="auto: NNTC when installed, else reference.")
+    toolchain: Literal["auto", "reference", "nntc", "tpu-mlir"] = Field(
+        "auto", description="auto: tpu-mlir for BM1684X; for BM1684 NNTC, else tpu-mlir; else reference (first usable).")
     source: Source
     shapes: list[list[int]] = Field(min_length=1, description="Input shapes, batch first, e.g. [[1,3,224,224]].")
     inputs: list[InputSpec] | None = Field(None, description="Input names and dtypes, one per shape.")
@@ -160,9 +175,10 @@ class Recipe(_Strict):
     @model_validator(mode="after")
     def _check_consistency(self) -> "Recipe":
         if self.inputs is not None and len(self.inputs) != len(self.shapes):
-            raise ValueError(f"inputs names {len(self.inputs)} inputs but shapes has {len(self.shapes)}")
+            raise KeyedValueError(f"inputs names {len(self.inputs)} inputs but shapes has {len(self.shapes)}",
+                                  ("inputs",))
         if self.prec == "INT8" and self.calibration is None:
-            raise ValueError("prec INT8 needs a 'calibration' section")
+            raise KeyedValueError("prec INT8 needs a 'calibration' section", ("prec",))
         return self
 
     # --- derived values, used by stages and toolchains ---------------------------------
@@ -197,21 +213,17 @@ class LoadedRecipe(BaseModel):
     def error(self, message: str, key: KeyPath, hint: str | None = None) -> RecipeError:
         """A RecipeError pointing at `key` where it was written (recipe or defaults file)."""
         return RecipeError(message, self.source_map.file_of(key), self.source_map.line_of(key),
-                           _dotted(key), hint)
-
-
-def _dotted(path: KeyPath) -> str:
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
+                           dotted(key), hint)
 
 
 def _data_path(data: Any, loc: tuple[Any, ...]) -> KeyPath:
     """Keep the parts of a pydantic error location that exist in the YAML data."""
-    path: list[str | int] = []
+    path: list[Any] = []
     current = data
     for part in loc:
+        if isinstance(current, dict) and part not in current:
+            # pydantic writes a key that is not a string (1.5, null) as its text
+            part = next((key for key in current if str(key) == str(part)), part)
         if isinstance(current, dict) and part in current:
             path.append(part)
             current = current[part]
@@ -248,12 +260,17 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def _describe(error: dict[str, Any], data: Any) -> tuple[KeyPath, str, str | None]:
+def _describe(error: dict[str, Any], data: Any,
+              model: type[BaseModel] | None = None) -> tuple[KeyPath, str, str | None]:
+    """(key path, message, hint) of one pydantic error on `data`, validated as `model`."""
     path = _data_path(data, error["loc"])
+    keyed = error.get("ctx", {}).get("error")
+    if isinstance(keyed, KeyedValueError):
+        path = _data_path(data, tuple(error["loc"]) + keyed.key)
     kind = error["type"]
     hint = None
     if kind == "extra_forbidden":
-        allowed = _fields_at(Recipe, path[:-1])
+        allowed = _fields_at(model or Recipe, path[:-1])
         close = difflib.get_close_matches(str(path[-1]), allowed, n=1)
         message = "unknown key"
         hint = f"did you mean '{close[0]}'?" if close else (f"allowed: {', '.join(allowed)}" if allowed else None)
@@ -261,46 +278,70 @@ def _describe(error: dict[str, Any], data: Any) -> tuple[KeyPath, str, str | Non
         message = "required key is missing"
     else:
         message = error["msg"].removeprefix("Value error, ")
+        if error["loc"] and error["loc"][-1] == "[key]":
+            message = "keys here must be strings"
         if "input" in error and not isinstance(error["input"], (dict, list)):
-            message += f" (got {error['input']!r})"
+            got = repr(error["input"])
+            message += f" (got {got if len(got) <= 60 else got[:57] + '...'})"
     return path, message, hint
 
 
-def _resolve_paths(model: BaseModel, base: Path) -> None:
+def _resolve_paths(loaded: LoadedRecipe, model: BaseModel, base: Path, path: KeyPath = ()) -> None:
     """Make every Path field absolute, relative to the recipe's folder."""
     for name in type(model).model_fields:
         value = getattr(model, name)
         if isinstance(value, Path) and not value.is_absolute():
-            object.__setattr__(model, name, (base / value).resolve())
+            object.__setattr__(model, name, _resolved(loaded, base / value, path + (name,)))
         elif isinstance(value, BaseModel):
-            _resolve_paths(value, base)
+            _resolve_paths(loaded, value, base, path + (name,))
+
+
+def _resolved(loaded: LoadedRecipe, path: Path, key: KeyPath) -> Path:
+    """`path` made absolute; a path the OS cannot take (a NUL byte, say) is an error at `key`."""
+    try:
+        return path.resolve()
+    except (OSError, ValueError) as exc:
+        raise loaded.error(f"not a usable path: {exc}", loaded.source_map.nearest(key)) from None
 
 
 def _check_files(loaded: LoadedRecipe) -> None:
     recipe, base = loaded.recipe, loaded.file.parent
-    model_file = (base / recipe.source.model_file).resolve()
+    model_file = _resolved(loaded, base / recipe.source.model_file, ("source", "model"))
     if not model_file.is_file():
-        raise loaded.error(f"model file not found: {model_file}", ("source", "model"))
+        raise loaded.error(f"model file not found: {_shown(model_file)}", ("source", "model"))
     if recipe.source.framework == "pytorch":
         name = recipe.source.callable_name or ""
-        if name not in _top_level_names(model_file):
+        tree = _parse_model(model_file)
+        if name not in _top_level_names(tree):
             raise loaded.error(f"no callable {name!r} defined at the top level of {model_file.name}",
                                ("source", "model"))
+        _check_kwargs(loaded, _definition(tree, name))
     if recipe.source.weights and not recipe.source.weights.path.is_file():
-        raise loaded.error(f"weights file not found: {recipe.source.weights.path}", ("source", "weights"))
+        raise loaded.error(f"weights file not found: {_shown(recipe.source.weights.path)}", ("source", "weights"))
     if recipe.calibration and not recipe.calibration.data.exists():
-        raise loaded.error(f"calibration data not found: {recipe.calibration.data}", ("calibration", "data"))
+        raise loaded.error(f"calibration data not found: {_shown(recipe.calibration.data)}", ("calibration", "data"))
     if recipe.eval and not recipe.eval.data.is_file():
-        raise loaded.error(f"evaluation data not found: {recipe.eval.data}", ("eval", "data"))
+        raise loaded.error(f"evaluation data not found: {_shown(recipe.eval.data)}", ("eval", "data"))
 
 
-def _top_level_names(file: Path) -> set[str]:
-    """Names a Python file defines at the top level, found without importing it (no torch)."""
+def _shown(path: Path) -> str:
+    """A path for a one-line message (a newline in it is shown escaped)."""
+    return str(path) if str(path).isprintable() else repr(str(path))
+
+
+def _parse_model(file: Path) -> ast.Module:
+    """A model file's syntax tree: read without importing it (no torch)."""
     try:
-        tree = ast.parse(file.read_bytes(), str(file))  # bytes: honours PEP 263 coding cookies
+        return ast.parse(file.read_bytes(), str(file))  # bytes: honours PEP 263 coding cookies
     except (SyntaxError, ValueError) as exc:
         raise RecipeError(f"syntax error in model file: {getattr(exc, 'msg', exc)}", file,
-                          getattr(exc, "lineno", None)) from None
+                          getattr(exc, "lineno", None) or 1) from None
+    except OSError as exc:
+        raise RecipeError(f"cannot read model file: {exc.strerror or exc}", file, 1) from None
+
+
+def _top_level_names(tree: ast.Module) -> set[str]:
+    """Names a Python file defines at the top level."""
     names: set[str] = set()
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
@@ -314,6 +355,67 @@ def _top_level_names(file: Path) -> set[str]:
     return names
 
 
+def _definition(tree: ast.Module, name: str) -> ast.FunctionDef | ast.ClassDef | None:
+    """The top-level def or class that finally binds `name`; None when something else does."""
+    found: ast.FunctionDef | ast.ClassDef | None = None
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name == name:
+            found = node if not isinstance(node, ast.AsyncFunctionDef) else None
+        elif name in _top_level_names(ast.Module(body=[node], type_ignores=[])):
+            found = None  # assigned or imported: its signature is not in this file
+    return found
+
+
+def _keyword_parameters(node: ast.FunctionDef | ast.ClassDef) -> tuple[list[str], list[str], bool] | None:
+    """(names passable by keyword, required names, takes **kwargs) of a def or a class's __init__;
+    None when the file alone cannot tell (decorators, inherited or custom construction)."""
+    if node.decorator_list:
+        return None
+    if isinstance(node, ast.ClassDef):
+        methods = {n.name: n for n in node.body if isinstance(n, ast.FunctionDef)}
+        init = methods.get("__init__")
+        if init is None or "__new__" in methods or node.keywords or init.decorator_list:
+            return None
+        args = init.args
+        positional = (args.posonlyargs + args.args)[1:]  # self
+    else:
+        args = node.args
+        positional = args.posonlyargs + args.args
+    defaults = [None] * (len(positional) - len(args.defaults)) + list(args.defaults)
+    required = [a.arg for a, d in zip(positional, defaults) if d is None]
+    required += [a.arg for a, d in zip(args.kwonlyargs, args.kw_defaults) if d is None]
+    names = [a.arg for a in positional if a not in args.posonlyargs] + [a.arg for a in args.kwonlyargs]
+    return names, required, args.kwarg is not None
+
+
+def _check_kwargs(loaded: LoadedRecipe, node: ast.FunctionDef | ast.ClassDef | None) -> None:
+    """source.kwargs against the callable's definition, so a typo fails here, not in the trace stage."""
+    params = _keyword_parameters(node) if node is not None else None
+    if params is None:
+        return
+    names, required, takes_any = params
+    source = loaded.recipe.source
+    what = f"{source.callable_name}()"
+    for key in source.kwargs:
+        if not takes_any and key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"it takes: {', '.join(names) or 'no arguments'}"
+            raise loaded.error(f"{what} has no parameter {key!r}", ("source", "kwargs", key), hint)
+    missing = [name for name in required if name not in source.kwargs]
+    if missing:
+        raise loaded.error(f"{what} needs {', '.join(map(repr, missing))}; give it under source.kwargs",
+                           ("source", "kwargs"))
+
+
+def validation_errors(exc: ValidationError, data: Any, source_map: SourceMap,
+                      model: type[BaseModel]) -> "RecipeErrors":
+    """Each pydantic error on YAML `data` as a RecipeError naming file, line and key."""
+    return RecipeErrors([
+        RecipeError(message, source_map.file_of(path), source_map.line_of(path), dotted(path) or None, hint)
+        for path, message, hint in (_describe(e, data, model) for e in exc.errors())
+    ])
+
+
 def parse_recipe(data: Any, file: Path, source_map: SourceMap) -> LoadedRecipe:
     """Validate already-loaded YAML data as a recipe of `file`."""
     if not isinstance(data, dict):
@@ -321,13 +423,9 @@ def parse_recipe(data: Any, file: Path, source_map: SourceMap) -> LoadedRecipe:
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
-        errors = [
-            RecipeError(message, source_map.file_of(path), source_map.line_of(path), _dotted(path) or None, hint)
-            for path, message, hint in (_describe(e, data) for e in exc.errors())
-        ]
-        raise RecipeErrors(errors) from None
-    _resolve_paths(recipe, file.parent.resolve())
+        raise validation_errors(exc, data, source_map, Recipe) from None
     loaded = LoadedRecipe(recipe=recipe, file=file, source_map=source_map)
+    _resolve_paths(loaded, loaded.recipe, file.parent.resolve())
     _check_files(loaded)
     return loaded
 
@@ -346,7 +444,7 @@ def load_recipe(file: str | Path) -> LoadedRecipe:
     """Load and validate a recipe file that stands for exactly one build."""
     loaded = load_recipe_file(file)
     if len(loaded) != 1:
-        raise RecipeError(f"expands into {len(loaded)} variants; name one of them", file)
+        raise loaded[0].error(f"expands into {len(loaded)} variants; name one of them", ("variants",))
     return loaded[0]
 
 

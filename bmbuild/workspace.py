@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from filelock import FileLock, Timeout
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from bmbuild.cache import LocalStore, StatCache
 from bmbuild.errors import BmbuildError, RecipeError, WorkspaceBusy
@@ -61,6 +61,16 @@ class WorkspaceConfig(BaseModel):
                                 "$BMBUILD_REMOTE_TIMEOUT overrides it.")
     jobs: int = Field(1, ge=1, description="Default for `run -j`.")
     vars: dict[str, str] = Field(default_factory=dict, description="${name} variables for recipes, e.g. dataset roots.")
+    toolchains: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Per-toolchain settings, e.g. {tpu-mlir: {path: /opt/tpu-mlir-venv/bin}} for an existing installation.")
+
+    @field_validator("build_dir", "cache_dir", "remote_cache", mode="before")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        if isinstance(value, str) and "\0" in value:
+            raise ValueError("a path cannot contain a NUL character")
+        return value
 
 
 def load_config(root: Path) -> WorkspaceConfig:
@@ -71,12 +81,14 @@ def load_config(root: Path) -> WorkspaceConfig:
             from bmbuild.yamlsource import load_yaml
 
             data, smap = load_yaml(file)
+            if not isinstance(data, dict):
+                raise RecipeError("a workspace config must be a mapping of keys to values", file, 1)
             try:
-                return WorkspaceConfig.model_validate(data or {})
+                return WorkspaceConfig.model_validate(data)
             except ValidationError as exc:
-                first = exc.errors()[0]
-                key = tuple(first["loc"])
-                raise RecipeError(first["msg"], file, smap.line_of(key), ".".join(map(str, key))) from None
+                from bmbuild.recipe import validation_errors
+
+                raise validation_errors(exc, data, smap, WorkspaceConfig) from None
     return WorkspaceConfig()
 
 

@@ -66,6 +66,14 @@ def build_outputs(root: Path, name: str) -> dict[str, str]:
     return out
 
 
+@pytest.fixture(autouse=True)
+def no_managed_toolchains(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No tpu-mlir environment unless a test asks for the shared one (tests/test_tpu_mlir.py): with
+    one installed, `toolchain: auto` would pick tpu-mlir and change what other tests build."""
+    monkeypatch.setenv("BMBUILD_TOOLCHAINS_DIR", str(tmp_path / "toolchains"))
+    monkeypatch.delenv("BMBUILD_TPU_MLIR", raising=False)
+
+
 @pytest.fixture
 def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh workspace folder (the cwd) with its own cache; recipes go in `recipes/`."""

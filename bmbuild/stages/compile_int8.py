@@ -27,6 +27,7 @@ def _params(recipe: Recipe) -> dict[str, Any]:
         "dyn": int8.dyn,
         "cmp": int8.cmp,
         "cmp_samples": int8.cmp_samples,
+        "cmodel_samples": int8.cmodel_samples,
     }
     if recipe.eval:
         params["eval"] = recipe.eval.model_dump(exclude={"data", "max_drop"})

@@ -10,6 +10,7 @@ stack of every traced node) and its random serialization id are made portable be
 from __future__ import annotations
 
 import hashlib
+import inspect
 import io
 import os
 import pickle
@@ -84,6 +85,19 @@ def load_state_dict(path: Path, key: str | None, strip_prefix: str | None) -> di
     return data
 
 
+def _check_kwargs(ctx: StageContext, factory: Any) -> None:
+    """source.kwargs the callable cannot take are a recipe error, not a traceback from its call
+    (validate checks plain defs; this catches what only the imported callable tells)."""
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # no signature to check: the call itself will tell
+        return
+    try:
+        signature.bind(**ctx.recipe.source.kwargs)
+    except TypeError as exc:
+        raise ctx.loaded.error(f"{ctx.recipe.source.callable_name}(): {exc}", ("source", "kwargs")) from None
+
+
 def build_model(ctx: StageContext) -> Any:
     """The recipe's model on CPU, eval mode, weights loaded with strict key matching."""
     import torch
@@ -91,6 +105,7 @@ def build_model(ctx: StageContext) -> Any:
     recipe = ctx.recipe
     factory = load_callable((ctx.loaded.file.parent / recipe.source.model_file).resolve(),
                             recipe.source.callable_name or "")
+    _check_kwargs(ctx, factory)
     model = factory(**recipe.source.kwargs)
     if not isinstance(model, torch.nn.Module):
         raise StageFailed(f"{recipe.source.model} returned {type(model).__name__}, not a torch.nn.Module")

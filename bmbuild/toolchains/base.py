@@ -58,7 +58,10 @@ class Toolchain(Protocol):
 REGISTRY: dict[str, str] = {
     "reference": "bmbuild.toolchains.reference:ReferenceToolchain",
     "nntc": "bmbuild.toolchains.nntc:NntcToolchain",
+    "tpu-mlir": "bmbuild.toolchains.tpu_mlir:TpuMlirToolchain",
 }
+# What `auto` tries per target, first usable wins; the reference toolchain when none is.
+AUTO_ORDER: dict[str, tuple[str, ...]] = {"BM1684": ("nntc", "tpu-mlir"), "BM1684X": ("tpu-mlir",)}
 
 
 def package_version(name: str) -> str:
@@ -78,14 +81,17 @@ def _package_version(name: str, search_path: tuple[str, ...]) -> str:
         return "absent"
 
 
-def load_toolchain(name: str) -> Toolchain:
-    """The toolchain called `name` ('auto' picks NNTC when it is usable, else reference)."""
+def load_toolchain(name: str, target: str | None = None) -> Toolchain:
+    """The toolchain called `name`; 'auto' picks by `target` (AUTO_ORDER; BM1684's when None)."""
     if name == "auto":
-        try:
-            nntc: Toolchain | None = load_toolchain("nntc")
-        except ToolchainError:
-            nntc = None
-        return nntc if nntc is not None and nntc.availability().usable else load_toolchain("reference")
+        for candidate in AUTO_ORDER.get(target or "BM1684", ()):
+            try:
+                toolchain = load_toolchain(candidate)
+            except ToolchainError:
+                continue
+            if toolchain.availability().usable:
+                return toolchain
+        return load_toolchain("reference")
     if name not in REGISTRY:
         raise ToolchainError(f"unknown toolchain {name!r}; known: {', '.join(REGISTRY)}")
     module_name, _, class_name = REGISTRY[name].partition(":")

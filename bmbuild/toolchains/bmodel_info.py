@@ -26,7 +26,7 @@ import re
 from typing import Any
 
 _NET = re.compile(r"net\s+(\d+):\s*\[(?P<name>.*)\]\s*(?P<kind>static|dynamic)\b", re.IGNORECASE)
-_STAGE = re.compile(r"stage\s+(\d+):?\s*$", re.IGNORECASE)
+_STAGE = re.compile(r"stage\s+(\d+)\s*(?::|,[^:]*:\s*\d+)?\s*$", re.IGNORECASE)  # tpu-mlir: "stage 0, core num: 1"
 _TENSOR = re.compile(r"(?P<io>input|output):\s*(?P<name>.*?),\s*\[(?P<shape>[-\d,\s]*)\],\s*(?P<dtype>[A-Za-z0-9_]+)"
                      r"(?P<rest>.*)$")
 _MEM = re.compile(r"(?P<which>device|host) mem size:\s*(?P<total>\d+)\s*(?:\((?P<parts>[^)]*)\))?", re.IGNORECASE)

@@ -1,0 +1,267 @@
+"""The tpu-mlir toolchain with the REAL compiler: a tiny classifier through every stage for BM1684X and
+BM1684, bmodels run on tpu-mlir's cmodel, caching, --dry-run, a model tpu-mlir rejects, and the
+environment (installed once per machine in the shared toolchains dir, found, or missing).
+
+The environment is installed by a session fixture into the shared toolchains dir (not the per-test
+cache), so the first run on a machine pays ~2 minutes and later runs reuse it. Skipped only when no
+CPython 3.10 exists here (tpu-mlir's extension modules are cpython-310).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures" / "int8"))
+from int8_support import Int8Workspace, ws8  # noqa: E402,F401
+
+from bmbuild.errors import ToolchainError  # noqa: E402
+from bmbuild.toolchains import tpu_mlir_env  # noqa: E402
+
+SHARED_DIR = tpu_mlir_env.toolchains_dir()   # $BMBUILD_TOOLCHAINS_DIR or the user cache dir, read at import
+
+
+def _python310() -> str | None:
+    try:
+        return tpu_mlir_env.find_python()
+    except ToolchainError:
+        return None
+
+
+PYTHON310 = _python310()
+needs_python310 = pytest.mark.skipif(
+    PYTHON310 is None, reason="CPython 3.10 is not installed here (no python3.10 on PATH, none in pyenv): "
+                              "tpu-mlir 1.30.2 runs only on 3.10")
+
+TPU_RECIPE: dict[str, Any] = {
+    "toolchain": "tpu-mlir",
+    "batch_sizes": [1, 2],
+    "calibration": {"samples": 8, "method": "minmax"},
+    "int8": {"cmp_samples": 4, "cmodel_samples": 3},
+}
+MEAN_MODEL = '''
+import torch
+
+
+class Mean(torch.nn.Module):
+    def forward(self, x):
+        return x.mean(dim=(2, 3))
+
+
+def mean_model():
+    return Mean()
+'''
+
+
+@pytest.fixture(scope="session")
+def tpu_env() -> Path:
+    """The managed environment in the shared toolchains dir, installed once per machine (a no-op after)."""
+    if PYTHON310 is None:
+        pytest.skip("CPython 3.10 is not installed here: tpu-mlir 1.30.2 runs only on 3.10")
+    patch = pytest.MonkeyPatch()
+    patch.setenv(tpu_mlir_env.DIR_VAR, str(SHARED_DIR))
+    patch.delenv(tpu_mlir_env.ENV_VAR, raising=False)
+    try:
+        env = tpu_mlir_env.install(PYTHON310, say=lambda text: None)
+    finally:
+        patch.undo()
+    return env.bin_dir
+
+
+@pytest.fixture
+def tws(ws8: Int8Workspace, tpu_env: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Int8Workspace]:
+    """An int8 workspace whose builds use the shared tpu-mlir environment."""
+    monkeypatch.setenv(tpu_mlir_env.DIR_VAR, str(SHARED_DIR))
+    monkeypatch.delenv(tpu_mlir_env.ENV_VAR, raising=False)
+    yield ws8
+
+
+def stage_metrics(ws: Int8Workspace, stage: str) -> dict[str, Any]:
+    return ws.metrics(stage)
+
+
+def bmodel_chip(ws: Int8Workspace, stage: str, label: str) -> str:
+    return stage_metrics(ws, stage)["bmodels"][label]["chip"]
+
+
+def input_shapes(info: dict[str, Any]) -> list[list[int]]:
+    return [stage["inputs"][0]["shape"] for net in info["nets"] for stage in net["stages"]]
+
+
+# --- every stage on the real compiler ---------------------------------------------------------------
+@needs_python310
+def test_bm1684x_every_stage_then_noop_then_only_int8_on_method_change(tws: Int8Workspace) -> None:
+    recipe = tws.recipe(**TPU_RECIPE, target="BM1684X")
+    code, out, err = tws.build(recipe)
+    assert code == 0, out + err
+    assert tws.report()["toolchain"] == "tpu-mlir"
+    assert set(tws.outcomes().values()) == {"executed"}
+    fp32, int8 = tws.stage_dir("compile_fp32"), tws.stage_dir("compile_int8")
+    for folder in (fp32 / "1b.fp32.compilation", fp32 / "2b.fp32.compilation", int8 / "1b.compilation",
+                   int8 / "2b.compilation"):
+        assert (folder / "compilation.bmodel").stat().st_size > 1000
+    # model_tool --info of every bmodel: the chip, and the combined bmodel holds both batch sizes
+    assert bmodel_chip(tws, "compile_fp32", "1b") == "BM1684X" == bmodel_chip(tws, "compile_int8", "combined")
+    assert input_shapes(stage_metrics(tws, "compile_int8")["bmodels"]["combined"]) == [[1, 3, 16, 16], [2, 3, 16, 16]]
+    # bmbuild's own metrics from the cmodel: fp32 bmodel == torch; the int8 bmodel is close but not equal
+    fp32_cmp, int8_cmp = stage_metrics(tws, "compile_fp32")["cmp"], stage_metrics(tws, "compile_int8")["cmp"]
+    assert set(fp32_cmp) == set(int8_cmp) == {"b1/output", "b2/output"}
+    assert all(v["cos"] > 0.99999 for v in fp32_cmp.values())
+    assert all(0.9 < v["cos"] < 1.0 and 10 < v["sqnr"] < 100 and "top1" in v for v in int8_cmp.values())
+    assert stage_metrics(tws, "calibrate")["cali_method"] == "max"
+    assert stage_metrics(tws, "quantize")["quantized_nodes"] > 0
+    commands = (tws.root / "build" / "tiny8" / "logs" / "compile_int8.cmd").read_text()
+    assert "model_deploy --mlir tiny8.mlir --quantize INT8 --chip bm1684x" in commands
+    assert "model_runner" in commands and "model_tool --combine" in commands
+
+    code, out, err = tws.build(recipe)
+    assert code == 0 and set(tws.outcomes().values()) == {"up-to-date"}, out + err
+
+    recipe = tws.recipe(**{**TPU_RECIPE, "calibration": {"samples": 8, "method": "kl"}}, target="BM1684X")
+    code, out, err = tws.build(recipe)
+    assert code == 0, out + err
+    assert tws.outcomes() == {"trace": "up-to-date", "compile_fp32": "up-to-date", "calibrate": "executed",
+                              "quantize": "executed", "compile_int8": "executed"}
+    assert stage_metrics(tws, "calibrate")["cali_method"] == "kl"
+
+
+@needs_python310
+def test_bm1684_every_stage_with_a_layer_kept_in_float_and_eval(tws: Int8Workspace) -> None:
+    import numpy as np
+
+    from int8_support import write_npz
+
+    write_npz(tws.recipes / "data" / "eval.npz", 12, seed=5, y=np.arange(12) % 10)
+    recipe = tws.recipe(**{**TPU_RECIPE, "int8": {**TPU_RECIPE["int8"], "fp32_layers": ["output_Gemm"]}},
+                        target="BM1684", eval={"data": "data/eval.npz", "max_drop": 100.0})
+    code, out, err = tws.build(recipe)
+    assert code == 0, out + err
+    assert set(tws.outcomes().values()) == {"executed"}
+    assert bmodel_chip(tws, "compile_fp32", "combined") == "BM1684" == bmodel_chip(tws, "compile_int8", "2b")
+    quantize = stage_metrics(tws, "quantize")
+    assert quantize["fp32_layers"] == ["output_Gemm"] and quantize["float_nodes"] >= 1
+    assert "output_Gemm F32" in (tws.stage_dir("quantize") / "tiny8_qtable").read_text()
+    lowered = (tws.stage_dir("quantize") / "tiny8_bm1684_int8_tpu.mlir").read_text()
+    assert "tpu.Conv2D" in lowered and "quant.uniform<i8" in lowered
+    int8_cmp = stage_metrics(tws, "compile_int8")["cmp"]
+    assert all(0.9 < v["cos"] < 1.0 for v in int8_cmp.values())
+    # eval: int8.cmodel_samples samples through the int8 bmodel of the largest batch size, on the cmodel
+    evaluation = stage_metrics(tws, "compile_int8")["eval"]
+    assert evaluation["samples"] == 3 and 0 <= evaluation["int8"] <= 1 and 0 <= evaluation["fp32"] <= 1
+    commands = (tws.root / "build" / "tiny8" / "logs" / "compile_int8.cmd").read_text()
+    assert commands.count("model_runner") == 3 + 2 + 2     # cmp b1 (3 runs) + b2 (2), eval at batch 2 (2)
+
+
+@needs_python310
+def test_unknown_fp32_layer_names_the_layers(tws: Int8Workspace) -> None:
+    recipe = tws.recipe(**{**TPU_RECIPE, "int8": {"fp32_layers": ["gemm"]}, "batch_sizes": [1]}, target="BM1684X")
+    code, out, err = tws.build(recipe, "--stage", "quantize")
+    assert code == 1
+    assert "no layer named 'gemm'" in out + err and "output_Gemm" in out + err
+
+
+# --- dry run, errors ---------------------------------------------------------------------------------
+@needs_python310
+def test_dry_run_prints_the_tpu_mlir_commands_and_runs_nothing(tws: Int8Workspace) -> None:
+    recipe = tws.recipe(**TPU_RECIPE, target="BM1684")
+    code, out, err = tws.run("run", recipe, "--dry-run")
+    assert code == 0, out + err
+    assert "model_transform --model_name tiny8" in out and "--input_shapes '[[2,3,16,16]]'" in out
+    assert "model_deploy --mlir tiny8.mlir --quantize F32 --chip bm1684" in out
+    assert "run_calibration tiny8.mlir" in out and "--cali_method max" in out
+    assert "--quantize INT8 --chip bm1684 --calibration_table" in out and "--not_gen_bmodel" in out
+    assert "model_tool --combine" in out
+    assert not (tws.root / "build" / "tiny8" / "compile_fp32").exists()
+
+
+@needs_python310
+def test_a_model_tpu_mlir_rejects_fails_with_the_tools_message(tws: Int8Workspace) -> None:
+    (tws.recipes / "mean_model.py").write_text(MEAN_MODEL)
+    recipe = tws.recipe(source={"framework": "pytorch", "model": "mean_model.py:mean_model"}, prec="FP32",
+                        toolchain="tpu-mlir", target="BM1684X", fp32={"opset": 18}, calibration=None)
+    code, out, err = tws.build(recipe)
+    assert code == 1
+    assert "model_transform failed" in out + err
+    assert "Unsupport opset for ReduceMean" in out + err      # the tool's own message, from its output
+    assert "bmbuild/executor.py" not in out + err               # no bmbuild traceback
+
+
+def test_missing_environment_says_how_to_fix_it(ws8: Int8Workspace, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(tpu_mlir_env.DIR_VAR, str(tmp_path / "empty"))
+    monkeypatch.delenv(tpu_mlir_env.ENV_VAR, raising=False)
+    recipe = ws8.recipe(toolchain="tpu-mlir", target="BM1684X")
+    code, out, err = ws8.build(recipe)
+    assert code == 2
+    assert "toolchain 'tpu-mlir' is not usable here" in err and "bmbuild toolchains install tpu-mlir" in err
+    assert "Traceback" not in out + err
+    code, out, _ = ws8.run("toolchains")
+    line = next(line for line in out.splitlines() if line.split()[:1] == ["tpu-mlir"])
+    assert "not usable" in line and "bmbuild toolchains install tpu-mlir" in out
+    assert "auto picks: reference for BM1684, reference for BM1684X" in out
+
+
+def test_a_pointer_to_a_missing_installation_is_an_error(ws8: Int8Workspace, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(tpu_mlir_env.ENV_VAR, str(tmp_path / "nowhere"))
+    code, out, _ = ws8.run("toolchains")
+    assert "$BMBUILD_TPU_MLIR points at" in out and "does not exist" in out
+
+
+def test_a_half_made_environment_is_never_used(ws8: Int8Workspace, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder at the managed path without the install record (a killed or foreign install)."""
+    monkeypatch.setenv(tpu_mlir_env.DIR_VAR, str(tmp_path / "toolchains"))
+    monkeypatch.delenv(tpu_mlir_env.ENV_VAR, raising=False)
+    bin_dir = tpu_mlir_env.managed_path() / "bin"
+    bin_dir.mkdir(parents=True)
+    for tool in tpu_mlir_env.TOOLS:
+        (bin_dir / tool).write_text("#!/bin/sh\n")
+        (bin_dir / tool).chmod(0o755)
+    from bmbuild.toolchains.base import load_toolchain
+
+    status = load_toolchain("tpu-mlir").availability()
+    assert not status.usable and "is not installed" in status.reason
+
+
+# --- found environments: managed, configured, pointed at ---------------------------------------------
+@needs_python310
+def test_toolchains_shows_the_version_and_auto_picks_tpu_mlir(tws: Int8Workspace) -> None:
+    code, out, _ = tws.run("toolchains")
+    assert code == 0
+    line = next(line for line in out.splitlines() if line.split()[:1] == ["tpu-mlir"])
+    assert "usable" in line and "not usable" not in line and "tpu-mlir 1.30.2 (v1.30.2-" in line
+    assert "tpu-mlir for BM1684X" in out
+    from bmbuild.toolchains.base import load_toolchain
+
+    assert load_toolchain("auto", "BM1684X").name == "tpu-mlir"
+    versions = load_toolchain("tpu-mlir").versions()
+    assert versions["tpu_mlir"] == "1.30.2" and versions["build"].startswith("v1.30.2")
+
+
+@needs_python310
+def test_an_installation_named_in_bmbuild_yaml_or_the_environment(tws: Int8Workspace, tpu_env: Path,
+                                                                   tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(tpu_mlir_env.DIR_VAR, str(tmp_path / "empty"))    # no managed environment
+    (tws.root / "bmbuild.yaml").write_text(json.dumps({"toolchains": {"tpu-mlir": {"path": str(tpu_env)}}}))
+    code, out, _ = tws.run("toolchains")
+    line = next(line for line in out.splitlines() if line.split()[:1] == ["tpu-mlir"])
+    assert "not usable" not in line and "bmbuild.yaml" in line and str(tpu_env) in line
+    (tws.root / "bmbuild.yaml").unlink()
+    monkeypatch.setenv(tpu_mlir_env.ENV_VAR, str(tpu_env / "python"))   # its python
+    code, out, _ = tws.run("toolchains")
+    line = next(line for line in out.splitlines() if line.split()[:1] == ["tpu-mlir"])
+    assert "not usable" not in line and "$BMBUILD_TPU_MLIR" in line
+
+
+@needs_python310
+def test_install_again_is_a_no_op(tws: Int8Workspace, tpu_env: Path) -> None:
+    code, _, err = tws.run("toolchains", "install", "tpu-mlir")
+    assert code == 0 and "already installed" in err
+    assert (tpu_env.parent / tpu_mlir_env.INFO_FILE).is_file()
+    assert tpu_mlir_env.managed_path().is_symlink()            # published by an atomic symlink swap
