@@ -62,24 +62,28 @@ def test_package_version_reads_metadata_once(monkeypatch: pytest.MonkeyPatch) ->
         base._package_version.cache_clear()
 
 
-@pytest.mark.skipif(not hasattr(yaml, "CSafeLoader"), reason="PyYAML built without libyaml")
+@pytest.mark.skipif(not yaml.__with_libyaml__, reason="PyYAML built without libyaml")
 def test_recipes_are_parsed_by_libyaml_with_the_same_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from yaml._yaml import CParser
+
+    from bmbuild import yamlsource
+
     file = tmp_path / "r.yaml"
     file.write_text(TRICKY)
-    real = yaml.CSafeLoader
-    with monkeypatch.context() as pure:  # without libyaml: PyYAML's pure-Python loader
-        pure.delattr(yaml, "CSafeLoader")
+    with monkeypatch.context() as pure:  # PyYAML's Python loader: the reference
+        pure.setattr(yamlsource, "_FastLoader", yamlsource._Loader)
         expected_data, expected_map = load_yaml(file)
-    used: list[str] = []
+    used: list[type] = []
+    real = yamlsource._FastLoader
 
     class Spy(real):  # type: ignore[valid-type,misc]
-        def __init__(self, text: str):
-            used.append("libyaml")
-            super().__init__(text)
+        def __init__(self, stream: str, name: Path):
+            used.append(real)
+            super().__init__(stream, name)
 
-    monkeypatch.setattr(yaml, "CSafeLoader", Spy)
+    monkeypatch.setattr(yamlsource, "_FastLoader", Spy)
     data, smap = load_yaml(file)
-    assert used == ["libyaml"]
+    assert used == [real] and issubclass(real, CParser)
     assert data == expected_data
     assert smap.lines == expected_map.lines
     assert smap.lines[("fp32", "tolerance", "euclid")] == 9
