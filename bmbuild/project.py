@@ -98,17 +98,21 @@ def remember_noop(args: Any, build: Build, lines: dict[str, list[str]], since_ns
     so the next run/plan/status of the same selection can answer from stat calls alone.
 
     Only for the reference toolchain, whose versions are Python packages (their folders are
-    tracked); other toolchains read commands and files the snapshot does not follow.
+    tracked); other toolchains read commands and files the snapshot does not follow. Where
+    `toolchain: auto` would find another one is tracked too (PATH and Python folders, the managed
+    tpu-mlir environment).
     """
     from bmbuild import snapshot
-    from bmbuild.compose import defaults_chain
     from bmbuild.cache import MANIFEST
+    from bmbuild.compose import defaults_chain
     from bmbuild.executor import KEY_ENV
+    from bmbuild.toolchains import tpu_mlir_env
 
     if set(build.toolchains.values()) != {"reference"}:
         return False
     ws = build.workspace
-    inputs: set[Path] = {ws.cache_dir / "toolchains"}
+    managed = tpu_mlir_env.managed_path()
+    inputs: set[Path] = {tpu_mlir_env.toolchains_dir(), managed, managed / tpu_mlir_env.INFO_FILE}
     anchors: set[Path] = set()
     outputs: set[Path] = set()
     for loaded in build.recipes:

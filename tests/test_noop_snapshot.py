@@ -422,3 +422,17 @@ def test_corruption_found_by_status_verify_is_never_answered(workspace, write_re
     assert answered == [False]
     assert outcomes("tiny") == {"trace": "up-to-date", "compile_fp32": "restored"}
     assert build_outputs(workspace, "tiny") == expected
+
+
+def test_a_toolchain_that_auto_would_now_pick_is_never_answered(workspace, write_recipe, run_bmbuild, answered):
+    from bmbuild.toolchains import tpu_mlir_env
+
+    recipe = write_recipe("tiny", toolchain="auto")
+    remembered(workspace, run_bmbuild, recipe)
+    managed = tpu_mlir_env.managed_path()  # below $BMBUILD_TOOLCHAINS_DIR, a folder of this test
+    managed.mkdir(parents=True)
+    (managed / tpu_mlir_env.INFO_FILE).write_text(json.dumps({"tpu_mlir": "9.9.9"}))
+    del answered[:]
+    code, out, _ = run_bmbuild("plan", recipe)
+    assert code == 0 and answered == [False]
+    assert plan_rows(out)["tiny:compile_fp32"][0] == "run"  # auto picks tpu-mlir now
