@@ -1,7 +1,9 @@
 """Command line: parse arguments, call one library function, render its result.
 
-Exit codes: 0 success, 1 a stage failed, 2 a user error (bad recipe, bad data, missing toolchain),
-3 an internal error (a bug: printed with its traceback).
+Exit codes (the rule is in errors.py): 0 success; 1 a stage ran and failed (a tool's error, a gate not
+met, the model's code raised or exited); 2 the user's input is wrong (recipe, data, a missing file,
+an unusable toolchain), found before or during a stage; 3 an internal error (a bug: printed with its
+traceback). When several stages fail (--keep-going), the highest code wins.
 """
 
 from __future__ import annotations
@@ -96,7 +98,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         written = write_report(build.workspace.build_dir, Path(args.report_dir), names,
                                not_run=[name for name in names if name not in ran])
         console.print(f"report: {written.paths['html']} (+ summary.json, junit.xml, summary.md)")
-    return 0 if result.ok else 1
+    return result.exit_code
 
 
 def _model_lines(build: Any, records: list[Any]) -> list[str]:
@@ -153,24 +155,30 @@ def _replay(args: argparse.Namespace, entry: dict[str, Any], started: float) -> 
 
 
 def _dry_run(args: argparse.Namespace) -> int:
-    """`run --dry-run`: the commands each stage would run; nothing runs, nothing is written."""
+    """`run --dry-run`: the commands each stage would run; nothing runs, nothing is written.
+
+    The output is a shell script that is safe to paste, whole or line by line: the commands are
+    quoted shell lines, everything else is a `#` comment (`toolchains.commands.paste_safe`).
+    """
     from bmbuild.project import dry_run
     from bmbuild.toolchains.base import load_toolchain
+    from bmbuild.toolchains.commands import comment, paste_safe
 
     build = _prepare(args, check_toolchains=False)
     for name in sorted(set(build.toolchains.values())):
         status = load_toolchain(name).availability()
         if not status.usable:
-            print(f"note: toolchain {name!r} is not usable here ({status.reason}); a real run stops before any stage")
+            print(comment(f"note: toolchain {name!r} is not usable here ({status.reason}); "
+                          "a real run stops before any stage"))
     steps = dry_run(build, force=args.force)
     for step in steps:
-        print(f"{step.node.id}: {step.status.value} ({step.reason})")
+        print(comment(f"{step.node.id}: {step.status.value} ({step.reason})"))
         for line in step.commands:
-            print(f"  {line}")
-        if step.error:
-            print("  error: " + step.error.replace("\n", "\n  "))
+            print(f"  {paste_safe(line)}")
+        for index, line in enumerate(step.error.splitlines()):
+            print("  " + comment(("error: " if index == 0 else "  ") + line))
     would_run = sum(1 for step in steps if step.status.value in ("run", "after upstream"))
-    print(f"dry run: {would_run} of {len(steps)} stage(s) would run; nothing was run")
+    print(comment(f"dry run: {would_run} of {len(steps)} stage(s) would run; nothing was run"))
     return 2 if any(step.error for step in steps) else 0
 
 

@@ -38,7 +38,7 @@ from bmbuild.errors import ToolchainError
 from bmbuild.stages.base import StageContext
 from bmbuild.toolchains.base import Availability, package_version
 from bmbuild.toolchains.bmodel_info import BmodelInfoError, describe, parse_info
-from bmbuild.toolchains.commands import Command, run_command, start_command_file
+from bmbuild.toolchains.commands import Command, quote, run_command, start_command_file
 
 # Bump when this adapter changes the commands it runs or the files it keeps: part of every key.
 IMPLEMENTATION_VERSION = "1"
@@ -379,15 +379,17 @@ class NntcToolchain:
             from bmbuild.stages.compile_fp32 import source_model
 
             lines = [c.shell() for c in self.fp32_commands(ctx)]
-            lines.append(f"[in-process] copy {source_model(ctx)} -> {ctx.out_dir / (name + '.pt')} "
-                         "(the traced model calibrate uses)")
+            lines.append(f"[in-process] copy {quote(str(source_model(ctx)))} -> "
+                         f"{quote(str(ctx.out_dir / (name + '.pt')))} (the traced model calibrate uses)")
             return lines + [self.info_command(ctx, p).shell() for p in self.fp32_bmodels(ctx).values()]
         if stage == "calibrate":
             lines = [c.shell() for c in self.calibrate_commands(ctx)]
-            return lines + [f"[in-process] move {', '.join(calibration_outputs(name))} -> {ctx.out_dir}"]
+            moved = ", ".join(map(quote, calibration_outputs(name)))
+            return lines + [f"[in-process] move {moved} -> {quote(str(ctx.out_dir))}"]
         if stage == "quantize":
-            keep = calibration_outputs(name)[:2]
-            return [f"[in-process] copy {', '.join(keep)} from {ctx.inputs['calibrate']} -> {ctx.out_dir}"]
+            keep = ", ".join(map(quote, calibration_outputs(name)[:2]))
+            source = quote(str(ctx.inputs["calibrate"]))
+            return [f"[in-process] copy {keep} from {source} -> {quote(str(ctx.out_dir))}"]
         if stage == "compile_int8":
             lines = [c.shell() for c in self.int8_commands(ctx)]
             return lines + [self.info_command(ctx, p).shell() for p in self.int8_bmodels(ctx).values()]

@@ -75,17 +75,22 @@ class ReferenceToolchain:
         """What each stage does, for `run --dry-run`: all of it runs in-process (no vendor command)."""
         from bmbuild.stages.calibrate import table_name
         from bmbuild.stages.compile_fp32 import source_model
+        from bmbuild.toolchains.commands import quote
 
         recipe, params, out = ctx.recipe, ctx.params, ctx.out_dir
+
+        def path(value: Path) -> str:  # a description is printed as a comment; paths in it quoted
+            return quote(str(value))
+
         name = recipe.name
         if stage == "compile_fp32":
             dynamic = "dynamic" if params["dyn"] or len(params["batch_sizes"]) > 1 else "static"
-            lines = [f"[in-process] copy {source_model(ctx)} -> {out / (name + '.onnx')}"
-                     if recipe.source.framework == "onnx" else
-                     f"[in-process] torch.onnx.export({source_model(ctx)}, opset {params['opset']}, {dynamic} batch)"
-                     f" -> {out / (name + '.onnx')}",
-                     f"[in-process] onnx.checker.check_model({out / (name + '.onnx')}, full_check=True)",
-                     f"[in-process] onnxruntime {ORT_LEVELS[params['opt']]} -> {out / (name + '.fp32.onnx')}"]
+            source, onnx_file = path(source_model(ctx)), path(out / (name + ".onnx"))
+            lines = [f"[in-process] copy {source} -> {onnx_file}" if recipe.source.framework == "onnx" else
+                     f"[in-process] torch.onnx.export({source}, opset {params['opset']}, {dynamic} batch)"
+                     f" -> {onnx_file}",
+                     f"[in-process] onnx.checker.check_model({onnx_file}, full_check=True)",
+                     f"[in-process] onnxruntime {ORT_LEVELS[params['opt']]} -> {path(out / (name + '.fp32.onnx'))}"]
             if params["cmp"]:
                 lines.append(f"[in-process] cmp source vs onnxruntime on {params['cmp_samples']} seeded input(s) "
                              f"per batch size {params['batch_sizes']}")
@@ -93,25 +98,27 @@ class ReferenceToolchain:
         fp32 = ctx.inputs.get("compile_fp32", out) / f"{name}.onnx"
         if stage == "calibrate":
             cfg = recipe.calibration
-            data = cfg.data if cfg is not None else "?"
-            return [f"[in-process] histograms ({params['bins']} bins) of every float tensor of {fp32} over "
+            data = path(cfg.data) if cfg is not None else "?"
+            return [f"[in-process] histograms ({params['bins']} bins) of every float tensor of {path(fp32)} over "
                     f"{params['samples']} samples of {data} -> {params['method']} thresholds -> "
-                    f"{out / table_name(recipe)}"]
+                    f"{path(out / table_name(recipe))}"]
         if stage == "quantize":
             table = ctx.inputs.get("calibrate", out) / table_name(recipe)
             kept = ", ".join(params["fp32_layers"]) or "none"
-            return [f"[in-process] onnxruntime.quantization.quantize_static({fp32}, thresholds {table}, QDQ, "
+            return [f"[in-process] onnxruntime.quantization.quantize_static({path(fp32)}, thresholds {path(table)}, "
+                    "QDQ, "
                     f"symmetric int8, per_channel={params['per_channel']}, kept in fp32: {kept}) "
-                    f"-> {out / (name + '.int8.onnx')}"]
+                    f"-> {path(out / (name + '.int8.onnx'))}"]
         if stage == "compile_int8":
             lines = [f"[in-process] onnxruntime {ORT_LEVELS[params['opt']]} "
                      f"{'dynamic' if params['dyn'] else 'static'} batch {batch} -> "
-                     f"{out / f'{batch}b.compilation' / (name + '.int8.onnx')}" for batch in params["batch_sizes"]]
+                     f"{path(out / f'{batch}b.compilation' / (name + '.int8.onnx'))}"
+                     for batch in params["batch_sizes"]]
             if params["cmp"]:
                 lines.append(f"[in-process] cmp int8 vs fp32 on {params['cmp_samples']} held-out samples, "
                              "per output and per layer")
             if recipe.eval:
-                lines.append(f"[in-process] {recipe.eval.metric} accuracy fp32 vs int8 on {recipe.eval.data}")
+                lines.append(f"[in-process] {recipe.eval.metric} accuracy fp32 vs int8 on {path(recipe.eval.data)}")
             return lines
         return []
 
