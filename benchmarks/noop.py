@@ -288,6 +288,7 @@ def main() -> None:
             rows.append(row)
             print("\n".join(table([row], [label for label, _ in trees]).splitlines()[2:]), flush=True)
         if args.profile:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             count = max(args.sizes)
             for command, full in (("run", True), ("run", False), ("plan", False)):
                 out = Path(args.out).with_name(f"noop-profile-{command}{'-full' if full else ''}.txt")
