@@ -49,8 +49,10 @@ STATE_DIR = ".bmbuild"
 ENV = ("PATH", "PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "CONDA_PREFIX", "LD_LIBRARY_PATH", "HOME",
        "XDG_CACHE_HOME")
 SELECTION = ("paths", "stage", "toolchain", "shard", "cache_dir", "build_dir", "remote_cache")
-# Options that change only how a no-op looks, never what it decides.
+# Options that change only how a no-op looks, never what it decides; the replay reproduces them.
 DISPLAY = ("command", "func", "plain", "jobs", "keep_going")
+# ... and options the replay reproduces only at these values.
+REPLAYED = {"color": ("auto", "never")}
 
 Signature = list[int] | None
 
@@ -59,9 +61,13 @@ Signature = list[int] | None
 
 def selection_key(args: Any, cwd: Path) -> str | None:
     """A digest of what `args` select, or None when the command may do more than a no-op check
-    (--force, --dry-run, --report-dir, or any option this module does not know, when set)."""
-    if any(value for name, value in vars(args).items() if name not in SELECTION + DISPLAY):
-        return None
+    or print otherwise (--force, --dry-run, --report-dir, --json, -q, -v, --color always, or any
+    option this module does not know, when set)."""
+    for name, value in vars(args).items():
+        if name in REPLAYED and value not in REPLAYED[name]:
+            return None
+        if value and name not in SELECTION + DISPLAY + tuple(REPLAYED):
+            return None
     chosen = {name: getattr(args, name, None) for name in SELECTION}
     chosen["paths"] = [str(Path(p).absolute()) for p in chosen["paths"] or []]
     document = json.dumps([FORMAT, __version__, str(cwd), chosen], sort_keys=True, default=str)
