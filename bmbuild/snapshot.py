@@ -45,6 +45,7 @@ MAX_SELECTIONS = 8
 MARGIN_NS = 20_000_000
 WORKSPACE_FILES = ("bmbuild.yaml", "bmbuild.yml")  # as bmbuild.workspace (importing it costs pydantic)
 STATE_DIR = ".bmbuild"
+DEFAULTS_FILES = ("defaults.yaml", "defaults.yml")  # as bmbuild.compose
 # Environment variables that decide folders, interpreters or keys (every BMBUILD_* as well).
 ENV = ("PATH", "PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "CONDA_PREFIX", "LD_LIBRARY_PATH", "HOME",
        "XDG_CACHE_HOME")
@@ -176,9 +177,19 @@ def forget(state_dir: Path) -> None:
         pass
 
 
-def walk_folders(top: Path) -> list[Path]:
-    """`top` and every folder below it (hidden ones too: recipe discovery sees them)."""
-    return [Path(dirpath) for dirpath, _, _ in os.walk(top)]
+def walk_scanned(top: Path, root: Path) -> list[Path]:
+    """What recipe discovery below `top` depends on: every folder (a new file changes its mtime),
+    every YAML file (one gains a top-level `source:` and is a recipe) and the defaults files above
+    `top` up to the workspace root (one gains `source:` and a `name:`-only YAML file is a recipe)."""
+    found: list[Path] = []
+    for dirpath, _, filenames in os.walk(top):
+        found.append(Path(dirpath))
+        found += [Path(dirpath) / name for name in filenames if name.endswith((".yaml", ".yml"))]
+    for folder in (top, *top.parents):
+        found += [folder / name for name in DEFAULTS_FILES]
+        if folder == root:
+            break
+    return found
 
 
 def overlaps(a: Path, b: Path) -> bool:
@@ -236,7 +247,7 @@ def remember(args: Any, since_ns: int, inputs: Iterable[Path], anchors: Iterable
         if path.is_dir():
             if any(overlaps(path, Path(b)) for b in build_dirs):
                 return False
-            scanned += walk_folders(path)
+            scanned += walk_scanned(path, root)
     tracked: set[Path] = set(scanned) | set(looked) | set(package_files())
     for item in inputs:
         item = Path(item).absolute()

@@ -245,14 +245,30 @@ def test_a_removed_report_is_written_again(workspace, write_recipe, run_bmbuild,
     assert outcomes("tiny") == {"trace": "up-to-date", "compile_fp32": "up-to-date"}
 
 
-@pytest.mark.parametrize("where", ["zoo", "zoo/new", "zoo/.hidden/empty"])
+@pytest.mark.parametrize("where", ["zoo", "zoo/new", "zoo/sub/empty"])
 def test_a_new_recipe_in_a_scanned_folder_is_built(where, workspace, write_recipe, run_bmbuild, outcomes,
                                                    answered):
     recipes = workspace / "recipes"
     write_recipe("a", folder="recipes/zoo")
-    (recipes / "zoo" / ".hidden" / "empty").mkdir(parents=True)  # no recipe below it yet
+    (recipes / "zoo" / "sub" / "empty").mkdir(parents=True)  # no recipe below it yet
     remembered(workspace, run_bmbuild, recipes)
     write_recipe("b", folder=recipes / where)
+    del answered[:]
+    code, out, err = run_bmbuild("run", recipes, "--plain")
+    assert code == 0, out + err
+    assert answered == [False]
+    assert outcomes("b") == {"trace": "executed", "compile_fp32": "executed"}
+
+
+def test_a_yaml_file_that_becomes_a_recipe_is_built(workspace, write_recipe, run_bmbuild, outcomes, answered):
+    recipes = workspace / "recipes"
+    a = write_recipe("a")
+    other = recipes / "ci.yaml"
+    other.write_text("name: b\n")  # not a recipe: no source, and no defaults.yaml gives one
+    remembered(workspace, run_bmbuild, recipes)
+    folder = recipes.stat().st_mtime_ns
+    other.write_text(a.read_text().replace("name: a", "name: b"))  # rewritten in place: now a recipe
+    assert recipes.stat().st_mtime_ns == folder  # the folder says nothing new
     del answered[:]
     code, out, err = run_bmbuild("run", recipes, "--plain")
     assert code == 0, out + err
