@@ -360,10 +360,9 @@ class ClientExecutor(Executor):
     def failed(self, node: Node, result: TaskResult) -> StageFailed:
         """A stage that failed on a worker, recorded here with the worker's log."""
         log_path = self.ws.log_path(node.recipe_name, node.stage.name)
-        if result.log:
-            log_path.parent.mkdir(parents=True, exist_ok=True)
-            log_path.write_bytes(result.log)
         message = result.message if result.worker in result.message else f"{result.message} (on worker {result.worker})"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_path.write_bytes(result.log or f"# {node.id} on worker {result.worker}\nFAILED: {message}\n".encode())
         error = self._fail(node, message, log_path, show_tail=result.show_tail and bool(result.log),
                            seconds=result.seconds, exit_code=result.exit_code)
         self.records[node.id].worker = result.worker
