@@ -1,8 +1,10 @@
 """Cluster builds: a zoo whose stages mostly wait, on 1, 2 and 4 Dask workers, and locally.
 
 Each recipe's model factory sleeps (`--sleep` seconds, in the trace stage), standing in for the
-minutes a vendor compiler takes, so the machine's 2 cores are not what limits the cluster. Every
-build starts from an empty build folder, local cache and remote cache (a folder):
+minutes a vendor compiler takes, so the machine's 2 cores are not what limits the cluster; only
+that stage is built unless `--stages` names more (compile_fp32 is CPU work, which 2 shared cores
+do not scale). Every build starts from an empty build folder, local cache and remote cache (a
+folder):
 
   local -j1     `bmbuild run zoo` on this machine, one stage at a time
   dask N        `bmbuild run zoo --scheduler ...` on a LocalCluster of N worker processes with
@@ -10,10 +12,12 @@ build starts from an empty build folder, local cache and remote cache (a folder)
                 in a long-running cluster)
 
 Reported per row: wall time of the client, speed-up against 1 worker (goal >= 0.8 x workers), and
-the overhead per stage: (wall time - the stages' own run time, summed from report.json) / stages,
-i.e. scheduling, transfers through the shared cache, restoring into the workspace and the
-client's start-up, spread over the stages. Writes benchmarks/results/dask_scale.md.
-Run: `python benchmarks/dask_scale.py [--recipes 12] [--sleep 5] [--workers 1 2 4]`.
+the overhead per stage: (workers x wall time - the stages' own run times, summed from report.json)
+/ stages: scheduling, transfers through the shared cache, restoring into the workspace and the
+client's start-up (and, with several workers, their idle time), spread over the stages. The
+scheduling overhead of the cluster is that of 1 worker minus that of the local run.
+Writes benchmarks/results/dask_scale.md.
+Run: `python benchmarks/dask_scale.py [--recipes 8] [--sleep 10] [--workers 1 2 4] [--stages trace]`.
 """
 
 from __future__ import annotations
@@ -61,7 +65,7 @@ def fresh(ws: Path, *folders: Path) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def build(ws: Path, cache: Path, extra: list[str]) -> dict[str, Any]:
+def build(ws: Path, cache: Path, extra: list[str], workers: int = 1) -> dict[str, Any]:
     """One `bmbuild run zoo` in a fresh process: wall time, stages executed, their summed run time."""
     env = {**os.environ, "BMBUILD_CACHE_DIR": str(cache),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
@@ -76,7 +80,8 @@ def build(ws: Path, cache: Path, extra: list[str]) -> dict[str, Any]:
     executed = [stage for stage in stages if stage["outcome"] == "executed"]
     if len(executed) != len(stages):
         raise SystemExit(f"expected every stage to execute: {[s['outcome'] for s in stages]}")
-    return {"wall": wall, "stages": len(stages), "work": sum(stage["seconds"] for stage in executed),
+    work = sum(stage["seconds"] for stage in executed)
+    return {"wall": wall, "stages": len(stages), "work": work, "overhead": (workers * wall - work) / len(stages),
             "workers": len({stage.get("worker") for stage in executed if stage.get("worker")})}
 
 
@@ -100,7 +105,7 @@ def _preload() -> None:
     onnxruntime.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
 
 
-def on_cluster(ws: Path, tmp: Path, workers: int) -> dict[str, Any]:
+def on_cluster(ws: Path, tmp: Path, workers: int, stages: list[str]) -> dict[str, Any]:
     from distributed import Client, LocalCluster
 
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
@@ -110,34 +115,42 @@ def on_cluster(ws: Path, tmp: Path, workers: int) -> dict[str, Any]:
         client.run(_preload)
         remote = tmp / f"remote-{workers}"
         fresh(ws, remote, tmp / "cache")
-        return build(ws, tmp / "cache", ["--scheduler", cluster.scheduler_address, "--remote-cache", str(remote)])
+        return build(ws, tmp / "cache", ["--scheduler", cluster.scheduler_address, "--remote-cache", str(remote),
+                                         *stage_args(stages)], workers)
 
 
-def table(rows: dict[str, dict[str, Any]], workers: list[int], count: int, sleep: float) -> str:
+def stage_args(stages: list[str]) -> list[str]:
+    return [arg for stage in stages for arg in ("--stage", stage)]
+
+
+def table(rows: dict[str, dict[str, Any]], workers: list[int], count: int, sleep: float, stages: list[str]) -> str:
     base = rows["dask 1"]["wall"] if "dask 1" in rows else None
-    lines = [f"# Cluster builds: {count} recipes (trace + compile_fp32), trace waits {sleep:g}s",
+    lines = [f"# Cluster builds: {count} recipes ({' + '.join(stages)}), trace waits {sleep:g}s",
              "", "| executor | workers | wall s | speed-up vs 1 worker (goal) | stage work s | overhead per stage s |",
              "|---|---:|---:|---:|---:|---:|"]
     for name, row in rows.items():
         n = int(name.split()[1]) if name.startswith("dask") else 0
         speed = f"{base / row['wall']:.2f}x ({0.8 * n:.1f}x)" if base and n else "-"
-        overhead = (row["wall"] - row["work"]) / row["stages"]
         lines.append(f"| {name} | {row['workers'] or '-'} | {row['wall']:.1f} | {speed} | {row['work']:.1f} | "
-                     f"{overhead:.2f} |")
+                     f"{row['overhead']:.2f} |")
+    if "dask 1" in rows:
+        extra = rows["dask 1"]["overhead"] - rows["local -j1"]["overhead"]
+        lines += ["", f"Scheduling overhead of the cluster per stage (1 worker vs local -j1): {extra:+.2f} s."]
     lines += ["", "Every build starts empty (build folder, local and remote cache). Workers: a `LocalCluster` of "
               "processes with 1 thread each, warmed up (imports, a first trace and export); the shared cache is a folder. Stage work is the sum "
-              "of the stages' own run times (report.json); overhead per stage = (wall - stage work) / stages. "
+              "of the stages' own run times (report.json); overhead per stage = (workers x wall - stage work) / stages. "
               "Machine: 2 cores, shared with other jobs.",
               f"Command: `python benchmarks/dask_scale.py --recipes {count} --sleep {sleep:g} "
-              f"--workers {' '.join(map(str, workers))}`"]
+              f"--workers {' '.join(map(str, workers))} --stages {' '.join(stages)}`"]
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recipes", type=int, default=12)
-    parser.add_argument("--sleep", type=float, default=5.0)
+    parser.add_argument("--recipes", type=int, default=8)
+    parser.add_argument("--sleep", type=float, default=10.0)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--stages", nargs="+", default=["trace"], help="the last stages to build (--stage)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "dask_scale.md")
     args = parser.parse_args()
     rows: dict[str, dict[str, Any]] = {}
@@ -146,12 +159,12 @@ def main() -> None:
         ws = tmp / "ws"
         make_workspace(ws, args.recipes, args.sleep)
         fresh(ws, tmp / "cache")
-        rows["local -j1"] = build(ws, tmp / "cache", ["--executor", "local", "-j", "1"])
+        rows["local -j1"] = build(ws, tmp / "cache", ["--executor", "local", "-j", "1", *stage_args(args.stages)])
         print(f"local -j1: {rows['local -j1']['wall']:.1f}s", flush=True)
         for workers in args.workers:
-            rows[f"dask {workers}"] = on_cluster(ws, tmp, workers)
+            rows[f"dask {workers}"] = on_cluster(ws, tmp, workers, args.stages)
             print(f"dask {workers}: {rows[f'dask {workers}']['wall']:.1f}s", flush=True)
-    text = table(rows, args.workers, args.recipes, args.sleep)
+    text = table(rows, args.workers, args.recipes, args.sleep, args.stages)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(text)

@@ -162,7 +162,8 @@ class TaskExecutor(Executor):
         tmp = self.ws.new_temp_dir(node.recipe_name, node.stage.name)
         try:
             if not self._restore(entry, tmp, self.ws.log_path(node.recipe_name, node.stage.name)):
-                raise StageFailed(f"the outputs of {node.id} are missing or corrupt in the remote cache {url}")
+                raise StageFailed(f"the outputs of {node.id} are missing or corrupt in the remote cache {url}"
+                                  + (f" ({self.warnings[-1]})" if self.warnings else ""))
             self._publish(node, tmp, entry)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

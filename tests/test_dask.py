@@ -291,6 +291,29 @@ def test_a_toolchain_unusable_on_the_workers_fails_with_their_reason_and_keep_go
     assert "vendor:compile_fp32" not in folder_entries_by_node(remote)
 
 
+def test_without_keep_going_a_failure_cancels_what_has_not_started_and_running_stages_finish(
+        tmp_path, monkeypatch, cluster, tasks, run_bmbuild):
+    remote = tmp_path / "remote"
+    root = clone(tmp_path, monkeypatch, "a", ())
+    bad_log = root / "build" / "bad" / "logs" / "trace.log"  # written here once bad:trace has failed
+    (root / "recipes" / "bad.yaml").write_text(json.dumps(
+        deep_merge({"name": "bad", **BASE_RECIPE}, {"source": {"model": "tiny_models.py:branchy"}})))
+    (root / "recipes" / "slow.yaml").write_text(json.dumps(
+        deep_merge({"name": "slow", **BASE_RECIPE}, {"source": {"kwargs": {"wait_for": str(bad_log),
+                                                                            "wait_seconds": 120}}})))
+
+    code, out, err = run_bmbuild("run", "recipes", "--plain", "--scheduler", cluster.scheduler_address,
+                                 "--remote-cache", remote)
+
+    assert code == 1, out + err  # the traced model differs from eager: a stage ran and failed
+    assert outcomes_and_workers("bad")["trace"][0] == "failed"
+    assert outcomes_and_workers("bad")["compile_fp32"][0] == "blocked"
+    assert {stage: o for stage, (o, _) in outcomes_and_workers("slow").items()} == {"trace": "executed"}
+    assert "slow:compile_fp32" not in tasks.counts()  # cancelled before it started
+    assert running_lines(out) == {"bad:trace": 1, "slow:trace": 1}  # bad:compile_fp32's task ran nothing
+    assert "data-dependent control flow" in out and "slow:compile_fp32" not in out
+
+
 def test_a_killed_client_corrupts_nothing_and_a_rerun_reuses_what_the_workers_finished(
         tmp_path, monkeypatch, cluster, tasks, run_bmbuild):
     remote = tmp_path / "remote"
