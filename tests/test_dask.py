@@ -346,6 +346,49 @@ def test_a_killed_client_corrupts_nothing_and_a_rerun_reuses_what_the_workers_fi
     assert not list((root / "build" / "slow").glob(".tmp/*"))
 
 
+# --- a worker's own checks, without a cluster (run_task called here) --------------------------------
+def trace_task(root: Path, remote: Path, **expected: Any) -> Any:
+    """The task the client would submit for alpha:trace, with `expected` components overridden."""
+    from bmbuild.cluster import RemoteSettings, StageTask
+    from bmbuild.executor import Executor
+    from bmbuild.project import prepare
+    from bmbuild.workspace import Workspace
+
+    build = prepare([str(root / "recipes" / "alpha.yaml")], Workspace.at(root))
+    node = next(n for n in build.nodes if n.stage.name == "trace")
+    executor = Executor(build.workspace)
+    components = {k: v for k, v in executor.components(node, {}).items() if k != "upstream"}
+    executor.stat.close()
+    return StageTask("test", node.loaded, "trace", node.toolchain, {**components, **expected}, {},
+                     RemoteSettings(str(remote), {}, 30.0))
+
+
+def test_a_worker_that_sees_other_inputs_than_the_client_fails_clearly_and_runs_nothing(tmp_path, monkeypatch):
+    from bmbuild.cluster import run_task
+
+    root = clone(tmp_path, monkeypatch, "a", ("alpha",))
+    task = trace_task(root, tmp_path / "remote", inputs={"tiny_models.py": "0" * 64})
+    result = run_task(task)
+    assert not result.ok and result.exit_code == 2
+    assert "does not see what the client planned with: input tiny_models.py changed" in result.message
+    assert not (tmp_path / "remote" / "actions").exists()
+
+    task = trace_task(root, tmp_path / "remote", toolchain={"name": "torch", "versions": {"torch": "0.1"}})
+    assert "toolchain changed: {'name': 'torch', 'versions': {'torch': '0.1'}}" in run_task(task).message
+
+
+def test_a_worker_that_cannot_see_the_workspace_says_so(tmp_path, monkeypatch):
+    from bmbuild.cluster import run_task
+
+    root = clone(tmp_path, monkeypatch, "a", ("alpha",))
+    task = trace_task(root, tmp_path / "remote")
+    (root / "recipes" / "tiny_models.py").rename(root / "elsewhere.py")  # not there for the "worker"
+    result = run_task(task)
+    assert not result.ok and result.exit_code == 2
+    assert f"cannot read {root / 'recipes' / 'tiny_models.py'}" in result.message
+    assert "workers must see the workspace" in result.message
+
+
 # --- mistakes, without a cluster ----------------------------------------------------------------
 @pytest.mark.parametrize("args, config, message", [
     (["--executor", "dask"], None, "the dask executor needs a scheduler"),
