@@ -8,15 +8,15 @@ from __future__ import annotations
 import hashlib
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bmbuild.cache import atomic_write_bytes, json_bytes
-from bmbuild.errors import BmbuildError
+from bmbuild.errors import BmbuildError, RecipeError
 from bmbuild.executor import Decision, Executor, NodeRecord, Status, read_manifest
 from bmbuild.graph import Node, build_graph
-from bmbuild.recipe import LoadedRecipe, load_recipes
+from bmbuild.recipe import LoadedRecipe, load_recipes, load_recipes_partial
 from bmbuild.toolchains.base import load_toolchain, require_usable
 from bmbuild.workspace import Workspace
 
@@ -29,6 +29,7 @@ class Build:
     recipes: list[LoadedRecipe]
     toolchains: dict[str, str]
     nodes: list[Node]
+    errors: list[RecipeError] = field(default_factory=list)  # broken recipes left out (keep_going)
 
 
 def in_shard(name: str, shard: tuple[int, int] | None) -> bool:
@@ -41,9 +42,20 @@ def in_shard(name: str, shard: tuple[int, int] | None) -> bool:
 
 def prepare(paths: list[str], workspace: Workspace, toolchain: str | None = None,
             stages: list[str] | None = None, check_toolchains: bool = True,
-            shard: tuple[int, int] | None = None) -> Build:
-    """Load recipes below `paths` and turn them into nodes. Never imports torch."""
-    recipes = load_recipes([Path(p) for p in paths], workspace.root, workspace.config.vars)
+            shard: tuple[int, int] | None = None, keep_going: bool = False) -> Build:
+    """Load recipes below `paths` and turn them into nodes. Never imports torch.
+
+    A broken recipe stops everything, unless `keep_going`: then the others are built and the
+    errors are kept in `Build.errors` (none loaded at all is still an error)."""
+    errors: list[RecipeError] = []
+    if keep_going:
+        recipes, errors = load_recipes_partial([Path(p) for p in paths], workspace.root, workspace.config.vars)
+        if not recipes and errors:
+            from bmbuild.recipe import RecipeErrors
+
+            raise RecipeErrors(errors)
+    else:
+        recipes = load_recipes([Path(p) for p in paths], workspace.root, workspace.config.vars)
     recipes = [loaded for loaded in recipes if in_shard(loaded.name, shard)]
     chosen: dict[str, str] = {}
     resolved_cache: dict[str, str] = {}
@@ -56,7 +68,7 @@ def prepare(paths: list[str], workspace: Workspace, toolchain: str | None = None
                 require_usable(instance)
             resolved_cache[choice] = instance.name
         chosen[loaded.name] = resolved_cache[choice]
-    return Build(workspace, recipes, chosen, build_graph(recipes, chosen, stages))
+    return Build(workspace, recipes, chosen, build_graph(recipes, chosen, stages), errors)
 
 
 @dataclass
@@ -183,6 +195,30 @@ def model_summary(records: list[NodeRecord]) -> str:
     return "; ".join(r.summary for r in records if r.summary and r.stage in ("compile_fp32", "compile_int8"))
 
 
+MODEL_SUFFIXES = (".bmodel", ".onnx")
+COMPILE_STAGES = ("compile_fp32", "compile_int8")
+
+
+def built_models(build: Build, records: list[NodeRecord]) -> list[dict[str, Any]]:
+    """Per recipe of a run: did it build, its one-line summary and where its compiled models are
+    (the published .bmodel/.onnx files of its compile stages, from their manifests)."""
+    models = []
+    for loaded in build.recipes:
+        mine = [r for r in records if r.recipe == loaded.name]
+        if not mine:
+            continue
+        ok = all(r.outcome.value in ("executed", "restored", "up-to-date") for r in mine)
+        files = []
+        for record in mine:
+            if record.stage in COMPILE_STAGES and ok:
+                folder = build.workspace.stage_dir(record.recipe, record.stage)
+                outputs = (read_manifest(folder) or {}).get("outputs") or {}
+                files += [str(folder / rel) for rel in sorted(outputs) if rel.endswith(MODEL_SUFFIXES)]
+        models.append({"name": loaded.name, "ok": ok, "summary": model_summary(mine) or None,
+                       "folder": str(build.workspace.build_dir / loaded.name), "files": files})
+    return models
+
+
 def clean(workspace: Workspace, recipe_names: list[str] | None = None) -> list[Path]:
     """Remove build outputs (all, or of the named recipes). The cache is left alone, and so is the
     build folder's lock file: it is held meanwhile, and a new file would be a second lock."""
@@ -204,18 +240,16 @@ def clean(workspace: Workspace, recipe_names: list[str] | None = None) -> list[P
 
 
 def recipe_schema() -> dict[str, Any]:
-    from bmbuild.recipe import Recipe
+    from bmbuild.schemas import recipe_schema as build
 
-    schema = Recipe.model_json_schema()
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "bmbuild recipe"
-    return schema
+    return build()
 
 
-def schema_text() -> str:
-    import json
+def schema_text(kind: str = "recipe") -> str:
+    """A schema of `bmbuild.schemas.SCHEMAS` (recipe, defaults, bmbuild) as committed in schemas/."""
+    from bmbuild.schemas import schema_text as text
 
-    return json.dumps(recipe_schema(), indent=2, sort_keys=True) + "\n"
+    return text(kind)
 
 
 
@@ -242,9 +276,14 @@ def toolchain_statuses() -> tuple[list[ToolchainStatus], str]:
             statuses.append(ToolchainStatus(name, False, "", str(exc)))
             continue
         statuses.append(ToolchainStatus(name, status.usable, status.version, status.reason))
+    return statuses, ", ".join(f"{name} for {target}" for target, name in auto_choices().items())
+
+
+def auto_choices() -> dict[str, str]:
+    """target -> the toolchain `toolchain: auto` picks for it here."""
     from bmbuild.toolchains.base import AUTO_ORDER
 
-    return statuses, ", ".join(f"{load_toolchain('auto', target).name} for {target}" for target in AUTO_ORDER)
+    return {target: load_toolchain("auto", target).name for target in AUTO_ORDER}
 
 
 @dataclass

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ast
 import difflib
+import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,7 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, f
 
 from bmbuild.calib.config import CalibrationConfig
 from bmbuild.errors import RecipeError
+from bmbuild.toolchains.base import REGISTRY
 from bmbuild.yamlsource import KeyPath, SourceMap, dotted
+
+TOOLCHAIN_NAMES = ("auto", *REGISTRY)  # Literal[...] of these: recipe validation and the schema follow the registry
 
 RECIPE_SUFFIXES = (".yaml", ".yml")
 MAX_NAME = 100  # the name is a folder and a file stem; stays far below the usual 255-byte limit
@@ -49,7 +54,10 @@ class Source(_Strict):
     model: str = Field(description="pytorch: 'path/to/file.py:callable'; torchscript/onnx: path to the .pt/.onnx file.")
     # JSON values only: they are hashed into the trace key (a key of 1 next to "a" cannot be sorted)
     kwargs: dict[str, JsonValue] = Field(default_factory=dict, description="Keyword arguments for the model callable.")
-    weights: Weights | None = Field(None, description="Optional weights loaded with torch.load(weights_only=True), strict keys.")
+    weights: Weights | None = Field(None, description="Optional weights loaded with torch.load(weights_only=True), "
+                                    "strict keys; a string is short for {path: ...}.",
+                                    json_schema_extra=lambda schema: schema["anyOf"].insert(
+                                        1, {"type": "string", "description": "Weights file, relative to the recipe."}))
 
     @field_validator("weights", mode="before")
     @classmethod
@@ -86,7 +94,7 @@ class Tolerance(_Strict):
 
 class InputSpec(_Strict):
     name: str = Field(description="Input tensor name.")
-    dtype: Literal["float32", "float16", "int32", "int64"] = "float32"
+    dtype: Literal["float32", "float16", "int32", "int64"] = Field("float32", description="Input element type.")
 
 
 class Fp32(_Strict):
@@ -113,6 +121,7 @@ class Int8(_Strict):
     opt: Literal[0, 1, 2] = Field(2, description="Optimisation level (bmnetu -opt).")
     dyn: bool = Field(False, description="Dynamic shapes (bmnetu -dyn).")
     cmp: bool = Field(True, description="Compare int8 against fp32 on held-out samples.")
+    enable_profile: bool = Field(False, description="bmnetu -enable_profile (NNTC).")
     per_channel: bool = Field(True, description="Per-channel symmetric int8 weights.")
     fp32_layers: list[str] = Field(default_factory=list, description="Layers kept in float (the vendor's -fpfwd_outputs).")
     cmp_samples: int = Field(16, ge=1, description="Held-out samples compared int8 vs fp32.")
@@ -125,11 +134,30 @@ class Eval(_Strict):
     """Accuracy on a labelled set, fp32 and int8, with a maximum allowed drop."""
 
     data: Path = Field(description="A .npz holding preprocessed inputs and integer labels.")
-    x_key: str = "x"
-    y_key: str = "y"
-    metric: Literal["top1", "top5"] = "top1"
+    x_key: str = Field("x", description="Array of the .npz holding the inputs.")
+    y_key: str = Field("y", description="Array of the .npz holding the integer labels.")
+    metric: Literal["top1", "top5"] = Field("top1", description="Accuracy metric: top-1 or top-5 correct.")
     max_drop: float = Field(1.0, ge=0, description="Largest allowed accuracy drop int8 vs fp32, in points.")
     limit: int | None = Field(None, ge=1, description="Evaluate only the first N samples.")
+
+
+class Tvm(_Strict):
+    """Settings of the TVM toolchain (`toolchain: tvm`); the other toolchains ignore them."""
+
+    target: dict[str, Any] = Field(
+        default_factory=lambda: {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64"},
+        description="TVM target as a mapping, e.g. {kind: llvm, mcpu: skylake-avx512}; default: generic x86-64.")
+    latency_runs: int = Field(5, ge=0, le=1000, description="Timed runs per compiled library, the median reported (0: not timed).")
+
+    @field_validator("target", mode="before")
+    @classmethod
+    def _target_mapping(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            raise ValueError("write the target as a mapping, e.g. {kind: llvm, mcpu: skylake}: "
+                             "TVM 0.27 refuses the 'llvm -mcpu=...' string form")
+        if isinstance(value, dict) and not isinstance(value.get("kind"), str):
+            raise ValueError("a TVM target needs a 'kind' (llvm for CPUs)")
+        return value
 
 
 class Recipe(_Strict):
@@ -137,19 +165,20 @@ class Recipe(_Strict):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=MAX_NAME,
                       description="Net name (bmnetp --net_name); also the build folder.")
-    description: str | None = None
-    toolchain: Literal["auto", "reference", "nntc", "tpu-mlir"] = Field(
+    description: str | None = Field(None, description="Free text about the model, shown in reports.")
+    toolchain: Literal[TOOLCHAIN_NAMES] = Field(
         "auto", description="auto: tpu-mlir for BM1684X; for BM1684 NNTC, else tpu-mlir; else reference (first usable).")
-    source: Source
+    source: Source = Field(description="Where the model comes from: framework, file, callable, weights.")
     shapes: list[list[int]] = Field(min_length=1, description="Input shapes, batch first, e.g. [[1,3,224,224]].")
     inputs: list[InputSpec] | None = Field(None, description="Input names and dtypes, one per shape.")
-    target: Literal["BM1684", "BM1684X"] = "BM1684"
+    target: Literal["BM1684", "BM1684X"] = Field("BM1684", description="Sophgo chip the bmodels are built for.")
     prec: Literal["FP32", "INT8"] = Field("FP32", description="FP32 builds trace+compile_fp32; INT8 adds calibrate, quantize, compile_int8.")
     batch_sizes: list[int] | None = Field(None, min_length=1, description="Batch sizes compiled (default: the batch of shapes).")
-    fp32: Fp32 = Field(default_factory=Fp32)
-    calibration: CalibrationConfig | None = None
-    int8: Int8 = Field(default_factory=Int8)
-    eval: Eval | None = None
+    fp32: Fp32 = Field(default_factory=Fp32, description="fp32 compile options (bmnetp) and its gate against the source.")
+    calibration: CalibrationConfig | None = Field(None, description="Calibration data and threshold method (INT8).")
+    int8: Int8 = Field(default_factory=Int8, description="int8 compile options (bmnetu) and its gate against fp32.")
+    eval: Eval | None = Field(None, description="Accuracy of fp32 and int8 on a labelled set, with a maximum drop.")
+    tvm: Tvm | None = Field(None, description="TVM toolchain settings (default target: generic x86-64 LLVM).")
     variants: dict[str, list[Any]] | list[dict[str, Any]] | None = Field(
         None, description="Expand into several builds: {dotted.key: [values]} is a matrix "
                           "(name_<value>...); a list of {dotted.key: value, suffix: s} gives explicit variants.")
@@ -448,21 +477,74 @@ def load_recipe(file: str | Path) -> LoadedRecipe:
     return loaded[0]
 
 
-def find_recipe_files(paths: list[str | Path]) -> list[Path]:
-    """Recipe files named directly, or found below folders (sorted, so builds are stable)."""
+# Folders a search below a folder never enters: tools' and packages' trees, build outputs.
+SKIPPED_FOLDERS = frozenset({"build", "node_modules", "site-packages", "dist-packages", "__pycache__"})
+_TOP_LEVEL_KEY = re.compile(r"""^(["']?)(name|source)\1[ \t]*:""", re.MULTILINE)
+
+
+def find_recipe_files(paths: list[str | Path], skipped: list[Path] | None = None,
+                      root: Path | None = None) -> list[Path]:
+    """Recipe files named directly, or found below folders (sorted, so builds are stable).
+
+    A file named on the command line is always read as a recipe. Below a folder, the search skips
+    hidden folders, virtualenvs (a folder holding pyvenv.cfg), SKIPPED_FOLDERS and symlinked
+    folders; a .yaml/.yml file there is a recipe when it has a top-level `source:` key, or a
+    top-level `name:` key and a defaults.yaml above it (up to the workspace `root`) has `source:`. Other YAML
+    files are not recipes and go to `skipped`: a tree may hold CI configs and packages' data files.
+    """
     found: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*") if p.suffix in RECIPE_SUFFIXES
-                                and p.is_file() and not _is_support_file(p)))
+            found.extend(_search(path, skipped if skipped is not None else [], root or path))
         elif path.is_file():
             found.append(path)
         else:
             raise RecipeError("no such recipe file or folder", path)
     if not found:
-        raise RecipeError("no recipes found", ", ".join(map(str, paths)))
+        hint = (f"{len(skipped)} YAML file(s) without a top-level source: were skipped"
+                if skipped else None)
+        raise RecipeError("no recipes found", ", ".join(map(str, paths)), hint=hint)
     return found
+
+
+def _search(top: Path, skipped: list[Path], root: Path) -> list[Path]:
+    """The recipe files below folder `top` (see find_recipe_files)."""
+    found = []
+    for folder, dirs, files in os.walk(top):
+        dirs[:] = sorted(d for d in dirs if not _skipped_folder(Path(folder) / d))
+        for name in sorted(files):
+            file = Path(folder) / name
+            if file.suffix not in RECIPE_SUFFIXES or name.startswith(".") or _is_support_file(file):
+                continue
+            (found if _looks_like_recipe(file, root) else skipped).append(file)
+    return found
+
+
+def _skipped_folder(folder: Path) -> bool:
+    return (folder.name.startswith(".") or folder.name in SKIPPED_FOLDERS or folder.is_symlink()
+            or (folder / "pyvenv.cfg").is_file())
+
+
+def _top_level_keys(file: Path) -> set[str]:
+    """Which of `name`/`source` a YAML file sets at its top level (a text scan: no YAML parse)."""
+    try:
+        with open(file, encoding="utf-8", errors="replace") as stream:
+            text = stream.read(1 << 20)
+    except OSError:
+        return {"name", "source"}  # unreadable: loading it reports why
+    return {match.group(2) for match in _TOP_LEVEL_KEY.finditer(text)}
+
+
+def _looks_like_recipe(file: Path, root: Path) -> bool:
+    keys = _top_level_keys(file)
+    if "source" in keys:
+        return True
+    if "name" not in keys:
+        return False
+    from bmbuild.compose import defaults_chain
+
+    return any("source" in _top_level_keys(defaults) for defaults in defaults_chain(file, root))
 
 
 def _is_support_file(path: Path) -> bool:
@@ -473,9 +555,20 @@ def _is_support_file(path: Path) -> bool:
 def load_recipes(paths: list[str | Path], root: Path | None = None,
                  variables: dict[str, str] | None = None) -> list[LoadedRecipe]:
     """Load every recipe below `paths`; reports all bad recipes at once; names must be unique."""
+    loaded, errors = load_recipes_partial(paths, root, variables)
+    if errors:
+        raise RecipeErrors(errors)
+    return loaded
+
+
+def load_recipes_partial(paths: list[str | Path], root: Path | None = None,
+                         variables: dict[str, str] | None = None,
+                         skipped: list[Path] | None = None) -> tuple[list[LoadedRecipe], list[RecipeError]]:
+    """The recipes below `paths` that load, and an error for each that does not (for `validate`
+    and `run -k`: one broken recipe does not hide the others); a second use of a name is an error."""
     loaded: list[LoadedRecipe] = []
     errors: list[RecipeError] = []
-    for file in find_recipe_files(paths):
+    for file in find_recipe_files(paths, skipped, root):
         try:
             loaded.extend(load_recipe_file(file, root, variables))
         except RecipeErrors as exc:
@@ -483,13 +576,14 @@ def load_recipes(paths: list[str | Path], root: Path | None = None,
         except RecipeError as exc:
             errors.append(exc)
     seen: dict[str, Path] = {}
+    unique = []
     for item in loaded:
         if item.name in seen:
             errors.append(item.error(f"name {item.name!r} is also used by {seen[item.name]}", ("name",)))
+        else:
+            unique.append(item)
         seen.setdefault(item.name, item.file)
-    if errors:
-        raise RecipeErrors(errors)
-    return loaded
+    return unique, errors
 
 
 class RecipeErrors(RecipeError):

@@ -238,21 +238,26 @@ def compile_int8(ctx: StageContext) -> None:
         ort_session(source, params["opt"], save_to=target)
         deployables[batch] = target
         ctx.log.info(f"wrote {target.relative_to(ctx.out_dir)} (onnxruntime {ORT_LEVELS[params['opt']]})")
+    fp32_deployable = ctx.inputs["compile_fp32"] / f"{recipe.name}.fp32.onnx"
     if params["cmp"]:
-        _compare_int8(ctx, deployables, umodel)
+        compare_int8(ctx, ort_session(fp32_deployable, 0),
+                     {batch: ort_session(path, 0) for batch, path in deployables.items()}, umodel)
     if recipe.eval:
-        _evaluate(ctx, umodel)
+        evaluate(ctx, ort_session(fp32_deployable, 0), ort_session(umodel, params["opt"]))
 
 
-def _compare_int8(ctx: StageContext, deployables: dict[int, Path], umodel: Path) -> None:
-    """int8 vs fp32 on held-out samples: per output for each batch size, then per layer."""
-    fp32 = ort_session(ctx.inputs["compile_fp32"] / f"{ctx.recipe.name}.fp32.onnx", 0)
+def compare_int8(ctx: StageContext, fp32: Any, int8: dict[int, Any], umodel: Path) -> None:
+    """int8 vs fp32 on held-out samples: per output for each batch size, then per layer.
+
+    `fp32` and `int8` (batch size -> session) run the compiled models: onnxruntime sessions, or
+    any runner with the part of their interface used here (get_inputs, get_outputs, run). The
+    per-layer comparison runs the QDQ model in onnxruntime, whichever toolchain compiled it.
+    """
     _, holdout = split(ctx.recipe)
     if not holdout:
         raise StageFailed("int8.cmp needs held-out samples: raise int8.cmp_samples")
     results: dict[str, Any] = {}
-    for batch, path in deployables.items():
-        session = ort_session(path, 0)
+    for batch, session in int8.items():
         names = [o.name for o in session.get_outputs()]
         sims: dict[str, list[Any]] = {n: [] for n in names}
         pairs: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {n: [] for n in names}
@@ -315,8 +320,8 @@ def layer_similarity(ctx: StageContext, umodel: Path, holdout: list[Any]) -> lis
     return layers
 
 
-def _evaluate(ctx: StageContext, umodel: Path) -> None:
-    """fp32 and int8 accuracy on the recipe's labelled set."""
+def evaluate(ctx: StageContext, fp32: Any, int8: Any) -> None:
+    """fp32 and int8 accuracy on the recipe's labelled set, each run by its session (or runner)."""
     evaluation = ctx.recipe.eval
     assert evaluation is not None
     from bmbuild.calib.arrays import open_array
@@ -334,8 +339,6 @@ def _evaluate(ctx: StageContext, umodel: Path) -> None:
         raise DataError(f"{evaluation.x_key} samples have shape {tuple(x.shape[1:])}, the model takes {expected}",
                         evaluation.data)
     k = 1 if evaluation.metric == "top1" else 5
-    fp32 = ort_session(ctx.inputs["compile_fp32"] / f"{ctx.recipe.name}.fp32.onnx", 0)
-    int8 = ort_session(umodel, ctx.params["opt"])
     scores = {}
     for label, session in (("fp32", fp32), ("int8", int8)):
         correct = 0
