@@ -33,12 +33,13 @@ def recipe_problems(loaded: LoadedRecipe, toolchain: str | None = None) -> list[
     """The first problem of each kind (ONNX source, calibration data, evaluation set), then what
     `toolchain` (default: the recipe's own, unless `auto`) says it cannot build."""
     problems = []
-    for check in (_check_onnx_source, _check_calibration, _check_eval):
+    chosen = toolchain or (None if loaded.recipe.toolchain == "auto" else loaded.recipe.toolchain)
+    checks = (lambda item: _check_onnx_source(item, chosen), _check_calibration, _check_eval)
+    for check in checks:
         try:
             check(loaded)
         except RecipeError as exc:
             problems.append(exc)
-    chosen = toolchain or (None if loaded.recipe.toolchain == "auto" else loaded.recipe.toolchain)
     return problems + (toolchain_problems(loaded, chosen) if chosen else [])
 
 
@@ -60,7 +61,12 @@ def toolchain_problems(loaded: LoadedRecipe, name: str) -> list[RecipeError]:
 
 
 # --- an ONNX source --------------------------------------------------------------------------------
-def _check_onnx_source(loaded: LoadedRecipe) -> None:
+# Compilers that take the input shapes on their command line (bmneto --shapes, model_transform
+# --input_shapes) and so compile a fixed-batch ONNX model at any batch size.
+RESHAPING_TOOLCHAINS = frozenset({"nntc", "tpu-mlir"})
+
+
+def _check_onnx_source(loaded: LoadedRecipe, toolchain: str | None = None) -> None:
     recipe = loaded.recipe
     if recipe.source.framework != "onnx":
         return
@@ -89,6 +95,8 @@ def _check_onnx_source(loaded: LoadedRecipe) -> None:
             if not isinstance(dim, int) or dim <= 0:
                 continue  # a named or unknown dimension takes any size
             if axis == spec.batch_axis:
+                if toolchain in RESHAPING_TOOLCHAINS:
+                    continue
                 fixed = [b for b in recipe.resolved_batch_sizes if b != dim]
                 if fixed:
                     raise loaded.error(f"the ONNX model's input {item.name!r} has a fixed batch of {dim} (shape "
