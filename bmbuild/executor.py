@@ -58,6 +58,7 @@ class Decision:
     key: str | None = None
     components: dict[str, Any] | None = None
     entry: ActionEntry | None = None
+    ran_on: str = ""  # `entry` was produced in this run elsewhere (a cluster worker): restoring it is executing
 
 
 @dataclass
@@ -76,6 +77,7 @@ class NodeRecord:
     log: str = ""
     key: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
+    worker: str = ""  # the cluster worker that ran the stage ("" when it ran here)
 
     def to_json(self) -> dict[str, Any]:
         data = dict(self.__dict__)
@@ -258,7 +260,7 @@ class Executor:
                 else:  # a corrupt or missing object: run instead
                     shutil.rmtree(tmp, ignore_errors=True)
                     tmp = self.ws.new_temp_dir(node.recipe_name, node.stage.name)
-            outcome = Outcome.RESTORED if entry is not None else Outcome.EXECUTED
+            outcome = Outcome.RESTORED if entry is not None and not decision.ran_on else Outcome.EXECUTED
             if entry is None:
                 self.on_event("run", node, None)
                 entry = self._run(node, decision, tmp, log_path)
@@ -271,9 +273,10 @@ class Executor:
                 raise self._fail(node, message, log_path, show_tail=False, seconds=time.monotonic() - started)
             self._publish(node, tmp, entry)
             record = NodeRecord(node.id, node.recipe_name, node.stage.name, outcome, decision.reason,
-                                seconds=time.monotonic() - started,
+                                seconds=entry.seconds if decision.ran_on else time.monotonic() - started,
                                 saved_seconds=entry.seconds if outcome is Outcome.RESTORED else 0.0,
-                                summary=entry.summary, log=str(log_path), key=entry.key, metrics=entry.metrics)
+                                summary=entry.summary, log=str(log_path), key=entry.key, metrics=entry.metrics,
+                                worker=decision.ran_on)
             return self._record(node, record)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -2,7 +2,7 @@
 before it starts): mistakes that would otherwise surface minutes later, in calibrate or compile.
 
 - an ONNX source whose inputs differ from `shapes` / `inputs` (count, names, rank, fixed dims,
-  dtypes);
+  dtypes, a batch fixed in the model that `batch_sizes` changes);
 - int8 calibration data: missing, empty or unreadable; images without `preprocess` (or arrays
   with it); arrays of the wrong shape or dtype, or without the array an input needs; inputs whose
   sources hold different numbers of samples or unpaired files; fewer samples than
@@ -33,12 +33,13 @@ def recipe_problems(loaded: LoadedRecipe, toolchain: str | None = None) -> list[
     """The first problem of each kind (ONNX source, calibration data, evaluation set), then what
     `toolchain` (default: the recipe's own, unless `auto`) says it cannot build."""
     problems = []
-    for check in (_check_onnx_source, _check_calibration, _check_eval):
+    chosen = toolchain or (None if loaded.recipe.toolchain == "auto" else loaded.recipe.toolchain)
+    checks = (lambda item: _check_onnx_source(item, chosen), _check_calibration, _check_eval)
+    for check in checks:
         try:
             check(loaded)
         except RecipeError as exc:
             problems.append(exc)
-    chosen = toolchain or (None if loaded.recipe.toolchain == "auto" else loaded.recipe.toolchain)
     return problems + (toolchain_problems(loaded, chosen) if chosen else [])
 
 
@@ -60,7 +61,12 @@ def toolchain_problems(loaded: LoadedRecipe, name: str) -> list[RecipeError]:
 
 
 # --- an ONNX source --------------------------------------------------------------------------------
-def _check_onnx_source(loaded: LoadedRecipe) -> None:
+# Compilers that take the input shapes on their command line (bmneto --shapes, model_transform
+# --input_shapes) and so compile a fixed-batch ONNX model at any batch size.
+RESHAPING_TOOLCHAINS = frozenset({"nntc", "tpu-mlir"})
+
+
+def _check_onnx_source(loaded: LoadedRecipe, toolchain: str | None = None) -> None:
     recipe = loaded.recipe
     if recipe.source.framework != "onnx":
         return
@@ -88,8 +94,15 @@ def _check_onnx_source(loaded: LoadedRecipe) -> None:
         for axis, dim in enumerate(item.dims):
             if not isinstance(dim, int) or dim <= 0:
                 continue  # a named or unknown dimension takes any size
-            # a batch fixed in the model may still be compiled at others (tpu-mlir, bmneto set it)
-            if axis != spec.batch_axis and dim != shape[axis]:
+            if axis == spec.batch_axis:
+                if toolchain in RESHAPING_TOOLCHAINS:
+                    continue
+                fixed = [b for b in recipe.resolved_batch_sizes if b != dim]
+                if fixed:
+                    raise loaded.error(f"the ONNX model's input {item.name!r} has a fixed batch of {dim} (shape "
+                                       f"{_dims(item.dims)}), so it cannot run batch size {fixed[0]}",
+                                       ("batch_sizes",) if recipe.batch_sizes else ("shapes", index))
+            elif dim != shape[axis]:
                 raise loaded.error(f"the ONNX model's input {item.name!r} has shape {_dims(item.dims)}, shapes[{index}] "
                                    f"is {shape}", ("shapes", index))
 

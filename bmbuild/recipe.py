@@ -638,6 +638,9 @@ def load_recipe(file: str | Path) -> LoadedRecipe:
 # Folders a search below a folder never enters: tools' and packages' trees, build outputs.
 SKIPPED_FOLDERS = frozenset({"build", "node_modules", "site-packages", "dist-packages", "__pycache__"})
 _TOP_LEVEL_KEY = re.compile(r"""^(["']?)(name|source)\1[ \t]*:""", re.MULTILINE)
+# A flow-style document (`{"name": ..., "source": {...}}`, JSON being YAML): keys anywhere in it.
+_FLOW_KEY = re.compile(r"""(["']?)\b(name|source)\1[ \t]*:""")
+_FLOW_START = re.compile(r"""\A(?:[ \t]*(?:#[^\n]*)?\n)*[ \t]*(?:---[ \t]*\n[ \t]*)?\{""")
 
 
 def find_recipe_files(paths: list[str | Path], skipped: list[Path] | None = None,
@@ -691,7 +694,8 @@ def _top_level_keys(file: Path) -> set[str]:
             text = stream.read(1 << 20)
     except OSError:
         return {"name", "source"}  # unreadable: loading it reports why
-    return {match.group(2) for match in _TOP_LEVEL_KEY.finditer(text)}
+    pattern = _FLOW_KEY if _FLOW_START.match(text) else _TOP_LEVEL_KEY
+    return {match.group(2) for match in pattern.finditer(text)}
 
 
 def _looks_like_recipe(file: Path, root: Path) -> bool:

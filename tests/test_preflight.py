@@ -166,6 +166,16 @@ def test_onnx_source_dtype(workspace, write_recipe, run_bmbuild):
     assert code == 0, err
 
 
+def test_onnx_source_with_a_fixed_batch_and_other_batch_sizes(workspace, write_recipe, run_bmbuild):
+    _onnx_model(workspace / "recipes" / "m.onnx", ["image", "info"], batch=1)
+    base = {"source": {"framework": "onnx", "model": "m.onnx", "kwargs": None}, "shapes": [[1, 3, 8, 8], [1, 2]],
+            "inputs": [{"name": "image"}, {"name": "info"}], "batch_sizes": [1, 4]}
+    # onnxruntime runs the model as it is: batch 4 cannot run
+    _refused(run_bmbuild, write_recipe("ox", **base), "batch_sizes", "fixed batch of 1", "batch size 4")
+    # tpu-mlir's model_transform sets the shapes itself
+    assert run_bmbuild("validate", write_recipe("ox", **base, toolchain="tpu-mlir"))[0] == 0
+
+
 def test_evaluation_set_that_does_not_match(workspace, write_recipe, run_bmbuild):
     _npy_folder(workspace / "recipes" / "calib", 8)
     np.savez(workspace / "recipes" / "eval.npz", x=np.zeros((10, 3, 8, 8), np.float32), y=np.zeros(9, np.int64))

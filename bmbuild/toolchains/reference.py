@@ -255,7 +255,6 @@ class ReferenceToolchain:
             return lines
         fp32 = ctx.inputs.get("compile_fp32", out) / f"{name}.onnx"
         if stage == "calibrate":
-            cfg = recipe.calibration
             sources = {str(feed.source.data) for feed in input_feeds(recipe) if feed.source is not None}
             data = ", ".join(map(quote, sorted(sources))) or "?"
             return [f"[in-process] histograms ({params['bins']} bins) of every float tensor of {path(fp32)} over "
