@@ -609,8 +609,9 @@ def run_on_cluster(nodes: list[Node], workspace: Workspace, console: Any, config
 
             if not isinstance(run.executor.store, TieredStore):
                 raise ClusterError(f"the remote cache {remote.url} cannot be opened from this client")
-            console.print(f"cluster {config.scheduler}: {workers} worker(s)"
-                          + ("" if workers else " (stages wait for one to join)") + f", shared cache {remote.url}")
+            if not getattr(console, "quiet", False):
+                console.print(f"cluster {config.scheduler}: {workers} worker(s)"
+                              + ("" if workers else " (stages wait for one to join)") + f", shared cache {remote.url}")
             client.subscribe_topic(f"bmbuild-{run.session}", run.on_event)
             console.start(len(nodes))
             try:

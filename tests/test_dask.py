@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+import yaml
 
 from conftest import BASE_RECIPE, TINY_MODELS, bmbuild_command, build_outputs, deep_merge, read_report, subprocess_env
 from test_kill import _kill_group, _wait_for
@@ -44,6 +45,10 @@ def killer(marker: str, seed: int = 0):
         os.kill(os.getpid(), signal.SIGKILL)
     return tiny_cnn(seed=seed)
 '''
+
+
+def yaml_text(data: dict[str, Any]) -> str:
+    return yaml.safe_dump(data, sort_keys=False)
 
 
 # --- the cluster ----------------------------------------------------------------------------
@@ -121,7 +126,7 @@ def write_zoo(root: Path, names: tuple[str, ...] = tuple(ZOO)) -> Path:
     shutil.copyfile(TINY_MODELS, folder / "tiny_models.py")
     for name in names:
         data = deep_merge({"name": name, **BASE_RECIPE}, {"source": {"kwargs": ZOO[name]}})
-        (folder / f"{name}.yaml").write_text(json.dumps(data))
+        (folder / f"{name}.yaml").write_text(yaml_text(data))
     return folder
 
 
@@ -213,7 +218,7 @@ def test_zoo_builds_through_s3_with_the_cluster_set_in_bmbuild_yaml(
         tmp_path, monkeypatch, cluster, tasks, local_build, run_bmbuild, s3):  # noqa: F811
     names = ("alpha", "beta")
     root = clone(tmp_path, monkeypatch, "a", names)
-    (root / "bmbuild.yaml").write_text(json.dumps({
+    (root / "bmbuild.yaml").write_text(yaml_text({
         "remote_cache": s3.url,
         "executor": {"kind": "dask", "scheduler": cluster.scheduler_address,
                      "resources": {"compile_fp32": {"slot": 1}}}}))
@@ -244,7 +249,7 @@ def test_a_worker_killed_mid_stage_is_rescheduled_and_nothing_half_written_is_ca
     marker = tmp_path / "killed-once"
     recipe = deep_merge({"name": "victim", **BASE_RECIPE},
                         {"source": {"model": "killer_models.py:killer", "kwargs": {"marker": str(marker)}}})
-    (root / "recipes" / "victim.yaml").write_text(json.dumps(recipe))
+    (root / "recipes" / "victim.yaml").write_text(yaml_text(recipe))
 
     code, out, err = run_bmbuild("run", "recipes", "--plain", "--scheduler", cluster.scheduler_address,
                                  "--remote-cache", remote)
@@ -275,7 +280,7 @@ def test_a_toolchain_unusable_on_the_workers_fails_with_their_reason_and_keep_go
     root = clone(tmp_path, monkeypatch, "a", ("alpha",))
     activate(monkeypatch, DOUBLE, tmp_path / "double.jsonl")  # NNTC here, on the client only
     recipe = deep_merge({"name": "vendor", **BASE_RECIPE}, {"toolchain": "nntc"})
-    (root / "recipes" / "vendor.yaml").write_text(json.dumps(recipe))
+    (root / "recipes" / "vendor.yaml").write_text(yaml_text(recipe))
 
     code, out, err = run_bmbuild("run", "recipes", "--plain", "-k", "--scheduler", cluster.scheduler_address,
                                  "--remote-cache", remote)
@@ -296,9 +301,9 @@ def test_without_keep_going_a_failure_cancels_what_has_not_started_and_running_s
     remote = tmp_path / "remote"
     root = clone(tmp_path, monkeypatch, "a", ())
     bad_log = root / "build" / "bad" / "logs" / "trace.log"  # written here once bad:trace has failed
-    (root / "recipes" / "bad.yaml").write_text(json.dumps(
+    (root / "recipes" / "bad.yaml").write_text(yaml_text(
         deep_merge({"name": "bad", **BASE_RECIPE}, {"source": {"model": "tiny_models.py:branchy"}})))
-    (root / "recipes" / "slow.yaml").write_text(json.dumps(
+    (root / "recipes" / "slow.yaml").write_text(yaml_text(
         deep_merge({"name": "slow", **BASE_RECIPE}, {"source": {"kwargs": {"wait_for": str(bad_log),
                                                                             "wait_seconds": 120}}})))
 
@@ -321,7 +326,7 @@ def test_a_killed_client_corrupts_nothing_and_a_rerun_reuses_what_the_workers_fi
     marker, release = tmp_path / "started", tmp_path / "release"
     recipe = deep_merge({"name": "slow", **BASE_RECIPE},
                         {"source": {"kwargs": {"marker": str(marker), "wait_for": str(release)}}})
-    (root / "recipes" / "slow.yaml").write_text(json.dumps(recipe))
+    (root / "recipes" / "slow.yaml").write_text(yaml_text(recipe))
     command = bmbuild_command("run", "recipes", "--plain", "--scheduler", cluster.scheduler_address,
                               "--remote-cache", remote)
     proc = subprocess.Popen(command, cwd=root, env=subprocess_env(), stdout=subprocess.DEVNULL,
@@ -401,7 +406,7 @@ def test_a_cluster_build_without_what_it_needs_is_one_clear_error(workspace, wri
                                                                    config, message):
     write_recipe("tiny")
     if config is not None:
-        (workspace / "bmbuild.yaml").write_text(json.dumps(config))
+        (workspace / "bmbuild.yaml").write_text(yaml_text(config))
     code, out, err = run_bmbuild("run", "recipes", "--plain", *args)
     assert code == 2
     assert message in err and "Traceback" not in err
@@ -424,7 +429,7 @@ def test_resources_a_stage_requests():
 def test_a_resource_no_worker_declares_is_refused_before_anything_is_submitted(
         tmp_path, monkeypatch, cluster, tasks, run_bmbuild):
     root = clone(tmp_path, monkeypatch, "a", ("alpha",))
-    (root / "bmbuild.yaml").write_text(json.dumps({"executor": {"resources": {"trace": {"gpu": 1}}}}))
+    (root / "bmbuild.yaml").write_text(yaml_text({"executor": {"resources": {"trace": {"gpu": 1}}}}))
     code, out, err = run_bmbuild("run", "recipes", "--plain", "--scheduler", cluster.scheduler_address,
                                  "--remote-cache", tmp_path / "remote")
     assert code == 2, out + err
