@@ -97,7 +97,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
            "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": os.devnull,
            "AWS_SHARED_CREDENTIALS_FILE": os.devnull, "NO_PROXY": "127.0.0.1,localhost",
            "BMBUILD_TOOLCHAINS_DIR": str(tmp_path_factory.mktemp("toolchains")), "OMP_NUM_THREADS": "1"}
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
                       resources={"slot": 1}, env=env, silence_logs=logging.ERROR) as local:
         local.tasks = task_log(local.scheduler)
         local.scheduler.add_plugin(local.tasks, name="bmbuild-test-tasks")
