@@ -450,13 +450,15 @@ class ClusterRun:
         task = self.task(node, [dep for dep in node.deps if dep.id not in self.futures])
         toolchain = node.toolchain if node.stage.uses_toolchain else None
         resources = stage_resources(node.stage.name, toolchain, self.config.resources, self.declared)
-        self.futures[node.id] = self.client.submit(run_task, task, *pending, key=f"bmbuild-{node.id}-{uuid.uuid4().hex[:8]}",
-                                                   resources=resources or None, pure=False)
+        key = f"bmbuild-{node.id}-{uuid.uuid4().hex[:8]}"
+        self.futures[node.id] = self.client.submit(run_task, task, *pending, key=key, resources=resources or None,
+                                                   pure=False)
 
     def run_now(self, node: Node) -> TaskResult:
         """Run one stage whose upstream is settled here, and wait for it."""
         self.submit(node)
         future = self.futures.pop(node.id)
+        future.exception()  # waits; `result` reads a failure from the future
         return self.result(node, future)
 
     def plan(self, nodes: list[Node]) -> None:

@@ -205,6 +205,26 @@ def test_zoo_builds_on_the_cluster_once_per_stage_and_matches_a_local_build(
         assert {stage: o for stage, (o, _) in outcomes_and_workers(name).items()} == dict.fromkeys(STAGES, "restored")
         assert build_outputs(other, name) == local_build[name]
 
+    # a corrupt object in the shared cache: that stage runs again, on the cluster, and is pushed whole
+    onnx = next(d for rel, d in entries["alpha:compile_fp32"]["outputs"].items() if rel.endswith(".onnx"))
+    corrupt = remote / "objects" / onnx[:2] / onnx
+    corrupt.write_bytes(corrupt.read_bytes()[:-1] + b"!")
+    tasks.clear()
+    third = clone(tmp_path, monkeypatch, "c")
+    code, out, err = run_bmbuild("run", "recipes", "--plain", "--scheduler", cluster.scheduler_address,
+                                 "--remote-cache", remote)
+    assert code == 0, out + err
+    assert "does not match its digest" in err
+    assert tasks.counts() == {"alpha:compile_fp32": 1}
+    assert outcomes_and_workers("alpha")["compile_fp32"] == ("executed", started_on_now(tasks, "alpha:compile_fp32"))
+    for name in ZOO:
+        assert build_outputs(third, name) == local_build[name]
+    assert_folder_remote_consistent(remote)
+
+
+def started_on_now(tasks: TaskLog, node_id: str) -> str:
+    return next(worker for node, worker, _ in tasks.started if node == node_id)
+
 
 def folder_entries_by_node(remote: Path) -> dict[str, dict[str, Any]]:
     entries = {}
