@@ -12,11 +12,12 @@ import argparse
 import difflib
 import re
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from bmbuild import __version__
+from bmbuild import __version__, snapshot
 from bmbuild.errors import BmbuildError
 from bmbuild.toolchains.base import REGISTRY
 
@@ -69,7 +70,7 @@ def _shard(text: str) -> tuple[int, int]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from bmbuild.cluster import cluster_config
-    from bmbuild.console import BuildConsole
+    from bmbuild.console import BuildConsole, format_record
     from bmbuild.engine import run_nodes
     from bmbuild.executor import Outcome
     from bmbuild.project import built_models, write_reports
@@ -77,13 +78,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.dry_run:
         return _dry_run(args)
+    since_ns = snapshot.clock()
     build = _prepare(args)
     console = BuildConsole(stream=sys.stderr if args.json else None, force_plain=args.plain,
                            quiet=args.quiet, verbose=args.verbose, color=args.color)
     toolchains = sorted(set(build.toolchains.values()))
+    header = (f"bmbuild {__version__}: {len(build.recipes)} recipe(s), {len(build.nodes)} stage(s), "
+              f"toolchain {', '.join(toolchains)}, cache {build.workspace.cache_dir}")
     if not args.quiet:
-        console.print(f"bmbuild {__version__}: {len(build.recipes)} recipe(s), {len(build.nodes)} stage(s), "
-                      f"toolchain {', '.join(toolchains)}, cache {build.workspace.cache_dir}")
+        console.print(header)
     if "nntc" in toolchains:
         from bmbuild.stages.trace import torch_note
         from bmbuild.toolchains.base import package_version
@@ -102,15 +105,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     executed, restored = result.count(Outcome.EXECUTED), result.count(Outcome.RESTORED)
     uptodate = result.count(Outcome.UP_TO_DATE)
     models = built_models(build, result.records)
+    model_lines = []
     for model in models:
-        if model["ok"] and not args.quiet:
-            console.print(f"{model['name']}: {model['summary'] or 'built'}")
+        if model["ok"]:
+            model_lines.append(f"{model['name']}: {model['summary'] or 'built'}")
             if model["files"]:
-                console.print(f"  models: {', '.join(_relative(Path(f)) for f in model['files'])}")
+                model_lines.append(f"  models: {', '.join(_relative(Path(f)) for f in model['files'])}")
+    for line in model_lines if not args.quiet else []:
+        console.print(line)
     for error in result.errors:
         console.print(error, style="red")
     if executed == 0 and restored == 0 and result.ok and not build.errors:
-        console.print(f"nothing to do: {uptodate} stage(s) up to date ({result.seconds:.2f}s)")
+        console.print(_nothing_to_do(uptodate, result.seconds))
+        _remember_noop(args, build, result.records, [header, *map(format_record, result.records), *model_lines],
+                       since_ns)
     else:
         failed = result.count(Outcome.FAILED) + result.count(Outcome.BLOCKED)
         console.print(f"{executed} executed, {restored} restored from cache, {uptodate} up to date, "
@@ -159,6 +167,48 @@ def _ci_output(args: argparse.Namespace, build: Any, result: Any) -> None:
         text = markdown(collect(files, [n for n in names if n not in ran])) if files else "no model was built\n"
         if ci.append_step_summary(text) is None:
             print("note: --step-summary: $GITHUB_STEP_SUMMARY is not set; no job summary written", file=sys.stderr)
+
+
+def _nothing_to_do(stages: int, seconds: float) -> str:
+    return f"nothing to do: {stages} stage(s) up to date ({seconds:.2f}s)"
+
+
+def _plan_line(status: str, node_id: str, reason: str) -> str:
+    return f"  {status:<14} {node_id:<36} {reason}"
+
+
+def _plan_footer(pending: int, total: int) -> str:
+    return f"{pending} of {total} stage(s) would run or be restored"
+
+
+def _status_line(node_id: str, state: str, summary: str) -> str:
+    return f"  {node_id:<36} {state:<12} {summary}".rstrip()
+
+
+def _remember_noop(args: argparse.Namespace, build: Any, records: list[Any], run_lines: list[str],
+                   since_ns: int) -> None:
+    """Let the next run/plan/status of this selection answer from stat calls (bmbuild.snapshot),
+    with what they print by default."""
+    from bmbuild.project import remember_noop
+
+    lines = {"run": run_lines,
+             "plan": [_plan_line("up-to-date", r.node_id, r.reason) for r in records]
+             + [_plan_footer(0, len(records))],
+             "status": [_status_line(r.node_id, "up-to-date", r.summary) for r in records]}
+    remember_noop(args, build, lines, since_ns)
+
+
+def _replay(args: argparse.Namespace, entry: dict[str, Any], started: float) -> int:
+    """Print what the full no-op check printed for this selection (bmbuild.snapshot.lookup)."""
+    lines = entry["lines"][args.command]
+    if args.command == "run" and args.color == "auto" and not args.plain and sys.stdout.isatty():
+        stages = entry["stages"]  # rich dims the up-to-date lines on a terminal
+        lines = [lines[0], *(f"\x1b[2m{line}\x1b[0m" for line in lines[1:1 + stages]), *lines[1 + stages:]]
+    text = "\n".join(lines)
+    if args.command == "run":
+        text += "\n" + _nothing_to_do(entry["stages"], time.monotonic() - started)
+    print(text)
+    return 0
 
 
 def _relative(path: Path) -> str:
@@ -260,8 +310,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         return 0
     for row in rows:
         if not (args.quiet and row.status.value == "up-to-date"):
-            print(f"  {row.status.value:<14} {row.node.id:<36} {row.reason}")
-    print(f"{pending} of {len(rows)} stage(s) would run or be restored")
+            print(_plan_line(row.status.value, row.node.id, row.reason))
+    print(_plan_footer(pending, len(rows)))
     return 0
 
 
@@ -300,7 +350,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         if args.quiet and item["state"] == "up-to-date":
             continue
         state = f"stale ({item['reason']})" if item["state"] == "stale" else item["state"]
-        print(f"  {item['id']:<36} {state:<12} {item['summary'] or ''}".rstrip())
+        print(_status_line(item["id"], state, item["summary"] or ""))
     if not args.verify:
         return 0
     for item in corrupt:
@@ -573,9 +623,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    started = time.monotonic()
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
+        if args.command in ("run", "plan", "status"):
+            entry = snapshot.lookup(args)
+            if entry is not None:  # nothing changed since a complete no-op of this selection
+                return _replay(args, entry, started)
         return func(args)
     except BmbuildError as exc:
         from bmbuild import ci, jsonout

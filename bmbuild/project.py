@@ -6,6 +6,7 @@ Each function takes plain values and returns data; `cli.py` only parses and rend
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -104,6 +105,51 @@ def plan(build: Build, force: bool = False) -> list[PlanRow]:
     return rows
 
 
+def remember_noop(args: Any, build: Build, lines: dict[str, list[str]], since_ns: int) -> bool:
+    """After a run where every node was up to date: record what decided that (bmbuild.snapshot),
+    so the next run/plan/status of the same selection can answer from stat calls alone.
+
+    Only for the reference toolchain, whose versions are Python packages (their folders are
+    tracked); other toolchains read commands and files the snapshot does not follow. Where
+    `toolchain: auto` would find another one is tracked too (PATH and Python folders, the managed
+    tpu-mlir environment).
+    """
+    from bmbuild import snapshot
+    from bmbuild.cache import MANIFEST
+    from bmbuild.compose import defaults_chain
+    from bmbuild.executor import KEY_ENV
+    from bmbuild.toolchains import tpu_mlir_env
+
+    if set(build.toolchains.values()) != {"reference"} or snapshot.selection_key(args, Path.cwd()) is None:
+        return False
+    ws = build.workspace
+    managed = tpu_mlir_env.managed_path()
+    inputs: set[Path] = {tpu_mlir_env.toolchains_dir(), managed, managed / tpu_mlir_env.INFO_FILE}
+    anchors: set[Path] = set()
+    outputs: set[Path] = set()
+    for loaded in build.recipes:
+        recipe = loaded.recipe
+        inputs.update([loaded.file, *defaults_chain(loaded.file, ws.root),
+                       (loaded.file.parent / recipe.source.model_file).resolve()])
+        named = [recipe.source.weights.path if recipe.source.weights else None,
+                 recipe.calibration.data if recipe.calibration else None,
+                 recipe.eval.data if recipe.eval else None]
+        for path in filter(None, named):
+            inputs.add(path)
+            if path.is_dir():
+                anchors.add(path)
+    for node in build.nodes:
+        inputs.update(node.stage.external_inputs(node.loaded))
+        folder = ws.stage_dir(node.recipe_name, node.stage.name)
+        manifest = read_manifest(folder)
+        if manifest is None:
+            return False
+        outputs.update([folder / MANIFEST, *(folder / rel for rel in manifest["outputs"])])
+    reports = [ws.report_path(loaded.name) for loaded in build.recipes]
+    return snapshot.remember(args, since_ns, inputs, anchors, outputs, reports,
+                             [ws.build_dir, ws.state_dir, ws.cache_dir], lines, len(build.nodes), KEY_ENV)
+
+
 @dataclass
 class CorruptOutput:
     """A published output whose content is not what its manifest says (`status --verify`)."""
@@ -137,6 +183,10 @@ def verify_outputs(build: Build) -> tuple[int, list[CorruptOutput]]:
                     corrupt.append(CorruptOutput(folder / rel, str(expected), actual))
     finally:
         stat.close()
+    if corrupt:  # what the stat signatures cannot see, a remembered no-op cannot either
+        from bmbuild.snapshot import forget
+
+        forget(build.workspace.state_dir)
     return checked, corrupt
 
 
@@ -152,9 +202,19 @@ def write_reports(build: Build, records: list[NodeRecord]) -> list[Path]:
             continue
         report = recipe_report(build, loaded, mine)
         path = build.workspace.report_path(loaded.name)
-        atomic_write_bytes(path, json_bytes(report))
+        if not _same_report(path, report):  # a repeated no-op leaves its reports (and their fsyncs) alone
+            atomic_write_bytes(path, json_bytes(report))
         written.append(path)
     return written
+
+
+def _same_report(path: Path, report: dict[str, Any]) -> bool:
+    """Whether `path` already holds `report`, but for the time it was generated."""
+    try:
+        old = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(old, dict) and {**old, "generated": None} == {**report, "generated": None}
 
 
 def recipe_report(build: Build, loaded: LoadedRecipe, records: list[NodeRecord]) -> dict[str, Any]:
@@ -222,8 +282,11 @@ def built_models(build: Build, records: list[NodeRecord]) -> list[dict[str, Any]
 def clean(workspace: Workspace, recipe_names: list[str] | None = None) -> list[Path]:
     """Remove build outputs (all, or of the named recipes). The cache is left alone, and so is the
     build folder's lock file: it is held meanwhile, and a new file would be a second lock."""
+    from bmbuild.snapshot import forget
+
     removed = []
     with workspace.locked():
+        forget(workspace.state_dir)
         if recipe_names:
             targets = [workspace.build_dir / name for name in recipe_names]
         else:

@@ -7,7 +7,9 @@ reason and fails only when a stage needs it.
 
 from __future__ import annotations
 
+import functools
 import importlib
+import sys
 from dataclasses import dataclass
 from importlib import metadata
 from typing import TYPE_CHECKING, Protocol
@@ -64,7 +66,16 @@ AUTO_ORDER: dict[str, tuple[str, ...]] = {"BM1684": ("nntc", "tpu-mlir"), "BM168
 
 
 def package_version(name: str) -> str:
-    """An installed distribution's version without importing it ('absent' when missing)."""
+    """An installed distribution's version without importing it ('absent' when missing).
+
+    Remembered per search path: reading a distribution's METADATA costs milliseconds, and every
+    node's key asks for the same few versions.
+    """
+    return _package_version(name, tuple(sys.path))
+
+
+@functools.lru_cache(maxsize=256)
+def _package_version(name: str, search_path: tuple[str, ...]) -> str:
     try:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
