@@ -41,6 +41,7 @@ from bmbuild.errors import BmbuildError, StageFailed, ToolchainError
 from bmbuild.executor import Decision, Executor, NodeRecord, Outcome, Status, explain_change, read_manifest
 from bmbuild.graph import Node
 from bmbuild.recipe import LoadedRecipe
+from bmbuild.snapshot import forget
 from bmbuild.workspace import ExecutorConfig, Workspace, WorkspaceConfig
 
 # Requested by a stage of these toolchains when some worker declares the resource (`dask worker
@@ -601,6 +602,7 @@ def run_on_cluster(nodes: list[Node], workspace: Workspace, console: Any, config
     remote = remote_settings(workspace)
     with workspace.locked():
         workspace.clear_temp()
+        forget(workspace.state_dir)  # no remembered no-op survives a run that may change things
         client = _connect(config.scheduler)
         run: ClusterRun | None = None
         try:
