@@ -73,13 +73,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bmbuild.console import BuildConsole, format_record
     from bmbuild.engine import run_nodes
     from bmbuild.executor import Outcome
-    from bmbuild.project import built_models, write_reports
+    from bmbuild.project import built_models, preflight, write_reports
     from bmbuild.recipe import RecipeErrors
 
     if args.dry_run:
         return _dry_run(args)
     since_ns = snapshot.clock()
-    build = _prepare(args)
+    build = preflight(_prepare(args), args.keep_going)  # data, ONNX inputs, toolchain limits: before any stage
     console = BuildConsole(stream=sys.stderr if args.json else None, force_plain=args.plain,
                            quiet=args.quiet, verbose=args.verbose, color=args.color)
     toolchains = sorted(set(build.toolchains.values()))
@@ -386,11 +386,15 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from bmbuild.preflight import recipe_problems
     from bmbuild.recipe import RecipeErrors, load_recipes_partial
 
     workspace = _workspace(args)
     skipped: list[Path] = []
     recipes, errors = load_recipes_partial(args.paths, workspace.root, workspace.config.vars, skipped)
+    checked = {loaded.name: recipe_problems(loaded) for loaded in recipes}  # the files each names (headers only)
+    errors += [problem for found in checked.values() for problem in found]
+    recipes = [loaded for loaded in recipes if not checked[loaded.name]]
     code = RecipeErrors(errors).exit_code if errors else 0
     if args.json:
         from bmbuild import jsonout

@@ -38,21 +38,29 @@ def torch_note(version: str) -> str:
     return f"torch {release}, NNTC recommends {NNTC_TORCH}"
 
 
-def _params(recipe: Recipe) -> dict[str, Any]:
+def model_params(recipe: Recipe) -> dict[str, Any]:
+    """What builds the model from its source besides the files (`source_files`)."""
     source = recipe.source
     return {
-        "net_name": recipe.name,  # outputs are named after it
         "callable": source.callable_name,
         "kwargs": source.kwargs,
         "weights_key": source.weights.key if source.weights else None,
         "strip_prefix": source.weights.strip_prefix if source.weights else None,
+    }
+
+
+def _params(recipe: Recipe) -> dict[str, Any]:
+    return {
+        "net_name": recipe.name,  # outputs are named after it
+        **model_params(recipe),
         "shapes": recipe.shapes,
-        "inputs": [spec.model_dump() for spec in recipe.input_specs],
+        "inputs": recipe.inputs_key(),
         "batch_sizes": recipe.resolved_batch_sizes,
     }
 
 
-def _inputs(loaded: LoadedRecipe) -> list[Path]:
+def source_files(loaded: LoadedRecipe) -> list[Path]:
+    """The model file, the local modules it imports and its weights."""
     recipe = loaded.recipe
     model_file = (loaded.file.parent / recipe.source.model_file).resolve()
     files = [model_file, *local_imports(model_file)]
@@ -124,16 +132,20 @@ def build_model(ctx: StageContext) -> Any:
 
 
 def example_inputs(recipe: Recipe, batch: int, seed: int) -> list[Any]:
-    """Seeded inputs of the recipe's shapes and dtypes at one batch size (numpy arrays)."""
+    """Seeded inputs of the recipe's shapes and dtypes at one batch size (numpy arrays); inputs
+    with a constant value get that value."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
     arrays = []
     for shape, spec in zip(recipe.shapes_for_batch(batch), recipe.input_specs):
-        if spec.dtype.startswith("float"):
-            arrays.append(rng.standard_normal(shape).astype(spec.dtype))
+        if spec.value is not None:
+            # np.array, not np.ascontiguousarray: that makes a 0-d value 1-d
+            arrays.append(np.array(np.broadcast_to(np.asarray(spec.value, dtype=spec.dtype), tuple(shape))))
+        elif spec.dtype.startswith("float"):
+            arrays.append(np.asarray(rng.standard_normal(shape), dtype=spec.dtype))
         else:
-            arrays.append(rng.integers(0, 10, size=shape).astype(spec.dtype))
+            arrays.append(np.asarray(rng.integers(0, 10, size=shape), dtype=spec.dtype))
     return arrays
 
 
@@ -439,7 +451,7 @@ STAGE = Stage(
     upstream=(),
     applies=lambda recipe: recipe.source.framework == "pytorch",
     params=_params,
-    external_inputs=_inputs,
+    external_inputs=source_files,
     run=run,
     summary=lambda m: f"traced == eager (max rel {m.get('trace_vs_eager_max_rel', 0):.2g})",
     uses_toolchain=False,
