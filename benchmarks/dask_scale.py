@@ -108,7 +108,7 @@ def _preload() -> None:
 def on_cluster(ws: Path, tmp: Path, workers: int, stages: list[str]) -> dict[str, Any]:
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
                       env={"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}) as cluster, \
             Client(cluster, set_as_default=False) as client:
         client.wait_for_workers(workers)

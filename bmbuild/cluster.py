@@ -41,6 +41,7 @@ from bmbuild.errors import BmbuildError, StageFailed, ToolchainError
 from bmbuild.executor import Decision, Executor, NodeRecord, Outcome, Status, explain_change, read_manifest
 from bmbuild.graph import Node
 from bmbuild.recipe import LoadedRecipe
+from bmbuild.snapshot import forget
 from bmbuild.workspace import ExecutorConfig, Workspace, WorkspaceConfig
 
 # Requested by a stage of these toolchains when some worker declares the resource (`dask worker
@@ -450,13 +451,15 @@ class ClusterRun:
         task = self.task(node, [dep for dep in node.deps if dep.id not in self.futures])
         toolchain = node.toolchain if node.stage.uses_toolchain else None
         resources = stage_resources(node.stage.name, toolchain, self.config.resources, self.declared)
-        self.futures[node.id] = self.client.submit(run_task, task, *pending, key=f"bmbuild-{node.id}-{uuid.uuid4().hex[:8]}",
-                                                   resources=resources or None, pure=False)
+        key = f"bmbuild-{node.id}-{uuid.uuid4().hex[:8]}"
+        self.futures[node.id] = self.client.submit(run_task, task, *pending, key=key, resources=resources or None,
+                                                   pure=False)
 
     def run_now(self, node: Node) -> TaskResult:
         """Run one stage whose upstream is settled here, and wait for it."""
         self.submit(node)
         future = self.futures.pop(node.id)
+        future.exception()  # waits; `result` reads a failure from the future
         return self.result(node, future)
 
     def plan(self, nodes: list[Node]) -> None:
@@ -599,6 +602,7 @@ def run_on_cluster(nodes: list[Node], workspace: Workspace, console: Any, config
     remote = remote_settings(workspace)
     with workspace.locked():
         workspace.clear_temp()
+        forget(workspace.state_dir)  # no remembered no-op survives a run that may change things
         client = _connect(config.scheduler)
         run: ClusterRun | None = None
         try:
@@ -609,8 +613,9 @@ def run_on_cluster(nodes: list[Node], workspace: Workspace, console: Any, config
 
             if not isinstance(run.executor.store, TieredStore):
                 raise ClusterError(f"the remote cache {remote.url} cannot be opened from this client")
-            console.print(f"cluster {config.scheduler}: {workers} worker(s)"
-                          + ("" if workers else " (stages wait for one to join)") + f", shared cache {remote.url}")
+            if not getattr(console, "quiet", False):
+                console.print(f"cluster {config.scheduler}: {workers} worker(s)"
+                              + ("" if workers else " (stages wait for one to join)") + f", shared cache {remote.url}")
             client.subscribe_topic(f"bmbuild-{run.session}", run.on_event)
             console.start(len(nodes))
             try:

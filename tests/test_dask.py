@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+import yaml
 
 from conftest import BASE_RECIPE, TINY_MODELS, bmbuild_command, build_outputs, deep_merge, read_report, subprocess_env
 from test_kill import _kill_group, _wait_for
@@ -44,6 +45,10 @@ def killer(marker: str, seed: int = 0):
         os.kill(os.getpid(), signal.SIGKILL)
     return tiny_cnn(seed=seed)
 '''
+
+
+def yaml_text(data: dict[str, Any]) -> str:
+    return yaml.safe_dump(data, sort_keys=False)
 
 
 # --- the cluster ----------------------------------------------------------------------------
@@ -92,7 +97,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
            "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": os.devnull,
            "AWS_SHARED_CREDENTIALS_FILE": os.devnull, "NO_PROXY": "127.0.0.1,localhost",
            "BMBUILD_TOOLCHAINS_DIR": str(tmp_path_factory.mktemp("toolchains")), "OMP_NUM_THREADS": "1"}
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
                       resources={"slot": 1}, env=env, silence_logs=logging.ERROR) as local:
         local.tasks = task_log(local.scheduler)
         local.scheduler.add_plugin(local.tasks, name="bmbuild-test-tasks")
@@ -121,7 +126,7 @@ def write_zoo(root: Path, names: tuple[str, ...] = tuple(ZOO)) -> Path:
     shutil.copyfile(TINY_MODELS, folder / "tiny_models.py")
     for name in names:
         data = deep_merge({"name": name, **BASE_RECIPE}, {"source": {"kwargs": ZOO[name]}})
-        (folder / f"{name}.yaml").write_text(json.dumps(data))
+        (folder / f"{name}.yaml").write_text(yaml_text(data))
     return folder
 
 
@@ -136,7 +141,20 @@ def local_build(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str,
         patch.setenv("BMBUILD_CACHE_DIR", str(root.parent / "cache"))
         patch.chdir(root)
         assert main(["run", "recipes", "--plain"]) == 0
-    return {name: build_outputs(root, name) for name in ZOO}
+    return {name: stage_outputs(root, name) for name in ZOO}
+
+
+def stage_outputs(root: Path, name: str) -> dict[str, str]:
+    """Digests of a recipe's stage outputs and each stage's key. The manifests' metrics are left
+    out: they measure floating point, which the threads of the process measuring it may change."""
+    outputs = {}
+    for rel, digest in build_outputs(root, name).items():
+        stage, _, file = rel.partition("/")
+        if file == ".bmbuild-manifest.json":
+            outputs[f"{stage} key"] = json.loads((root / "build" / name / rel).read_text())["key"]
+        else:
+            outputs[rel] = digest
+    return outputs
 
 
 def outcomes_and_workers(name: str) -> dict[str, tuple[str, str]]:
@@ -174,7 +192,7 @@ def test_zoo_builds_on_the_cluster_once_per_stage_and_matches_a_local_build(
         report = outcomes_and_workers(name)
         assert {stage: outcome for stage, (outcome, _) in report.items()} == dict.fromkeys(STAGES, "executed")
         assert {worker for _, worker in report.values()} <= workers
-        assert build_outputs(root, name) == local_build[name]      # byte-identical to a local build
+        assert stage_outputs(root, name) == local_build[name]      # byte-identical to a local build
     started_on = {node: worker for node, worker, _ in tasks.started}
     assert {started_on[f"{name}:{stage}"] for name in ZOO for stage in STAGES} <= workers
     assert f"executed   alpha:trace" in out and f"on {started_on['alpha:trace']}" in out
@@ -198,7 +216,27 @@ def test_zoo_builds_on_the_cluster_once_per_stage_and_matches_a_local_build(
     assert tasks.counts() == {} and running_lines(out) == {}
     for name in ZOO:
         assert {stage: o for stage, (o, _) in outcomes_and_workers(name).items()} == dict.fromkeys(STAGES, "restored")
-        assert build_outputs(other, name) == local_build[name]
+        assert stage_outputs(other, name) == local_build[name]
+
+    # a corrupt object in the shared cache: that stage runs again, on the cluster, and is pushed whole
+    onnx = next(d for rel, d in entries["alpha:compile_fp32"]["outputs"].items() if rel.endswith(".onnx"))
+    corrupt = remote / "objects" / onnx[:2] / onnx
+    corrupt.write_bytes(corrupt.read_bytes()[:-1] + b"!")
+    tasks.clear()
+    third = clone(tmp_path, monkeypatch, "c")
+    code, out, err = run_bmbuild("run", "recipes", "--plain", "--scheduler", cluster.scheduler_address,
+                                 "--remote-cache", remote)
+    assert code == 0, out + err
+    assert "does not match its digest" in err
+    assert tasks.counts() == {"alpha:compile_fp32": 1}
+    assert outcomes_and_workers("alpha")["compile_fp32"] == ("executed", started_on_now(tasks, "alpha:compile_fp32"))
+    for name in ZOO:
+        assert stage_outputs(third, name) == local_build[name]
+    assert_folder_remote_consistent(remote)
+
+
+def started_on_now(tasks: TaskLog, node_id: str) -> str:
+    return next(worker for node, worker, _ in tasks.started if node == node_id)
 
 
 def folder_entries_by_node(remote: Path) -> dict[str, dict[str, Any]]:
@@ -213,7 +251,7 @@ def test_zoo_builds_through_s3_with_the_cluster_set_in_bmbuild_yaml(
         tmp_path, monkeypatch, cluster, tasks, local_build, run_bmbuild, s3):  # noqa: F811
     names = ("alpha", "beta")
     root = clone(tmp_path, monkeypatch, "a", names)
-    (root / "bmbuild.yaml").write_text(json.dumps({
+    (root / "bmbuild.yaml").write_text(yaml_text({
         "remote_cache": s3.url,
         "executor": {"kind": "dask", "scheduler": cluster.scheduler_address,
                      "resources": {"compile_fp32": {"slot": 1}}}}))
@@ -227,7 +265,7 @@ def test_zoo_builds_through_s3_with_the_cluster_set_in_bmbuild_yaml(
         f"{name}:{stage}": ({"slot": 1} if stage == "compile_fp32" else {}) for name in names for stage in STAGES}
     for name in names:
         assert {stage: o for stage, (o, _) in outcomes_and_workers(name).items()} == dict.fromkeys(STAGES, "executed")
-        assert build_outputs(root, name) == local_build[name]
+        assert stage_outputs(root, name) == local_build[name]
     assert {(e["recipe"], e["stage"]) for e in s3_entries(s3)} == {tuple(n.split(":")) for n in nodes}
     s3.assert_consistent()
 
@@ -244,7 +282,7 @@ def test_a_worker_killed_mid_stage_is_rescheduled_and_nothing_half_written_is_ca
     marker = tmp_path / "killed-once"
     recipe = deep_merge({"name": "victim", **BASE_RECIPE},
                         {"source": {"model": "killer_models.py:killer", "kwargs": {"marker": str(marker)}}})
-    (root / "recipes" / "victim.yaml").write_text(json.dumps(recipe))
+    (root / "recipes" / "victim.yaml").write_text(yaml_text(recipe))
 
     code, out, err = run_bmbuild("run", "recipes", "--plain", "--scheduler", cluster.scheduler_address,
                                  "--remote-cache", remote)
@@ -275,7 +313,7 @@ def test_a_toolchain_unusable_on_the_workers_fails_with_their_reason_and_keep_go
     root = clone(tmp_path, monkeypatch, "a", ("alpha",))
     activate(monkeypatch, DOUBLE, tmp_path / "double.jsonl")  # NNTC here, on the client only
     recipe = deep_merge({"name": "vendor", **BASE_RECIPE}, {"toolchain": "nntc"})
-    (root / "recipes" / "vendor.yaml").write_text(json.dumps(recipe))
+    (root / "recipes" / "vendor.yaml").write_text(yaml_text(recipe))
 
     code, out, err = run_bmbuild("run", "recipes", "--plain", "-k", "--scheduler", cluster.scheduler_address,
                                  "--remote-cache", remote)
@@ -296,9 +334,9 @@ def test_without_keep_going_a_failure_cancels_what_has_not_started_and_running_s
     remote = tmp_path / "remote"
     root = clone(tmp_path, monkeypatch, "a", ())
     bad_log = root / "build" / "bad" / "logs" / "trace.log"  # written here once bad:trace has failed
-    (root / "recipes" / "bad.yaml").write_text(json.dumps(
+    (root / "recipes" / "bad.yaml").write_text(yaml_text(
         deep_merge({"name": "bad", **BASE_RECIPE}, {"source": {"model": "tiny_models.py:branchy"}})))
-    (root / "recipes" / "slow.yaml").write_text(json.dumps(
+    (root / "recipes" / "slow.yaml").write_text(yaml_text(
         deep_merge({"name": "slow", **BASE_RECIPE}, {"source": {"kwargs": {"wait_for": str(bad_log),
                                                                             "wait_seconds": 120}}})))
 
@@ -321,7 +359,7 @@ def test_a_killed_client_corrupts_nothing_and_a_rerun_reuses_what_the_workers_fi
     marker, release = tmp_path / "started", tmp_path / "release"
     recipe = deep_merge({"name": "slow", **BASE_RECIPE},
                         {"source": {"kwargs": {"marker": str(marker), "wait_for": str(release)}}})
-    (root / "recipes" / "slow.yaml").write_text(json.dumps(recipe))
+    (root / "recipes" / "slow.yaml").write_text(yaml_text(recipe))
     command = bmbuild_command("run", "recipes", "--plain", "--scheduler", cluster.scheduler_address,
                               "--remote-cache", remote)
     proc = subprocess.Popen(command, cwd=root, env=subprocess_env(), stdout=subprocess.DEVNULL,
@@ -401,7 +439,7 @@ def test_a_cluster_build_without_what_it_needs_is_one_clear_error(workspace, wri
                                                                    config, message):
     write_recipe("tiny")
     if config is not None:
-        (workspace / "bmbuild.yaml").write_text(json.dumps(config))
+        (workspace / "bmbuild.yaml").write_text(yaml_text(config))
     code, out, err = run_bmbuild("run", "recipes", "--plain", *args)
     assert code == 2
     assert message in err and "Traceback" not in err
@@ -424,7 +462,7 @@ def test_resources_a_stage_requests():
 def test_a_resource_no_worker_declares_is_refused_before_anything_is_submitted(
         tmp_path, monkeypatch, cluster, tasks, run_bmbuild):
     root = clone(tmp_path, monkeypatch, "a", ("alpha",))
-    (root / "bmbuild.yaml").write_text(json.dumps({"executor": {"resources": {"trace": {"gpu": 1}}}}))
+    (root / "bmbuild.yaml").write_text(yaml_text({"executor": {"resources": {"trace": {"gpu": 1}}}}))
     code, out, err = run_bmbuild("run", "recipes", "--plain", "--scheduler", cluster.scheduler_address,
                                  "--remote-cache", tmp_path / "remote")
     assert code == 2, out + err
