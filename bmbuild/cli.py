@@ -69,16 +69,17 @@ def _shard(text: str) -> tuple[int, int]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from bmbuild.cluster import cluster_config
     from bmbuild.console import BuildConsole, format_record
     from bmbuild.engine import run_nodes
     from bmbuild.executor import Outcome
-    from bmbuild.project import built_models, write_reports
+    from bmbuild.project import built_models, preflight, write_reports
     from bmbuild.recipe import RecipeErrors
 
     if args.dry_run:
         return _dry_run(args)
     since_ns = snapshot.clock()
-    build = _prepare(args)
+    build = preflight(_prepare(args), args.keep_going)  # data, ONNX inputs, toolchain limits: before any stage
     console = BuildConsole(stream=sys.stderr if args.json else None, force_plain=args.plain,
                            quiet=args.quiet, verbose=args.verbose, color=args.color)
     toolchains = sorted(set(build.toolchains.values()))
@@ -94,8 +95,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         if note:
             console.print(f"note: {note} for tracing; bmnetp may reject operators that newer torch emits")
     jobs = args.jobs or build.workspace.config.jobs
+    cluster = cluster_config(build.workspace.config.executor, args.executor, args.scheduler)
     result = run_nodes(build.nodes, build.workspace, console, jobs=jobs, force=args.force,
-                       keep_going=args.keep_going)
+                       keep_going=args.keep_going, cluster=cluster)
     write_reports(build, result.records)
     for error in build.errors:  # broken recipes left out under --keep-going
         console.print(f"error: {error.render()}", style="red")
@@ -384,11 +386,15 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from bmbuild.preflight import recipe_problems
     from bmbuild.recipe import RecipeErrors, load_recipes_partial
 
     workspace = _workspace(args)
     skipped: list[Path] = []
     recipes, errors = load_recipes_partial(args.paths, workspace.root, workspace.config.vars, skipped)
+    checked = {loaded.name: recipe_problems(loaded) for loaded in recipes}  # the files each names (headers only)
+    errors += [problem for found in checked.values() for problem in found]
+    recipes = [loaded for loaded in recipes if not checked[loaded.name]]
     code = RecipeErrors(errors).exit_code if errors else 0
     if args.json:
         from bmbuild import jsonout
@@ -525,6 +531,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_remote(run)
     run.add_argument("-j", "--jobs", type=int, default=None, help="stages run in parallel (default: bmbuild.yaml jobs, else 1)")
     run.add_argument("-k", "--keep-going", action="store_true", help="continue other models after a failure")
+    run.add_argument("--executor", choices=["local", "dask"], default=None,
+                     help="where stages run: this machine (default), or a Dask cluster (needs --scheduler and a "
+                          "shared --remote-cache; default: bmbuild.yaml executor.kind)")
+    run.add_argument("--scheduler", metavar="ADDRESS",
+                     help="the Dask scheduler, e.g. tcp://host:8786 (implies --executor dask; default: "
+                          "bmbuild.yaml executor.scheduler)")
     run.add_argument("--plain", action="store_true", help="plain lines even on a terminal")
     run.add_argument("--report-dir", metavar="DIR",
                      help="also write summary.json, junit.xml, summary.md and report.html of this run to DIR")

@@ -60,9 +60,9 @@ class BuildConsole:
         elif self._progress is not None:
             with self._lock:
                 verb = "restoring" if event == "restore" else "running"
-                self._progress.update(self._task, description=f"{verb} {node.id}")
+                self._progress.update(self._task, description=f"{verb} {node.id}{_where(record)}")
         elif event == "run" and not self.quiet:
-            self.print(f"  running    {node.id}")
+            self.print(f"  running    {node.id}{_where(record)}")
 
     def node_done(self, record: NodeRecord) -> None:
         if self._progress is not None:
@@ -89,6 +89,11 @@ def make_console(stream: Any, color: str = "auto", interactive: bool | None = No
                    no_color=color == "never" or not interactive)
 
 
+def _where(record: NodeRecord | None) -> str:
+    """' on <worker>' for a stage that runs on a cluster worker."""
+    return f" on {record.worker}" if record is not None and record.worker else ""
+
+
 def format_record(record: NodeRecord) -> str:
     """One line per node: outcome, id, time, summary (and time saved by the cache)."""
     line = f"  {record.outcome.value:<10} {record.node_id:<36}"
@@ -96,6 +101,8 @@ def format_record(record: NodeRecord) -> str:
         line += f" {record.seconds:7.2f}s"
     if record.outcome is Outcome.RESTORED and record.saved_seconds:
         line += f" (saved {record.saved_seconds:.1f}s)"
+    if record.outcome is Outcome.EXECUTED and record.worker:
+        line += f" on {record.worker}"
     if record.summary and record.outcome is not Outcome.FAILED:
         line += f"  {record.summary}"
     if record.outcome is Outcome.BLOCKED:

@@ -244,8 +244,13 @@ def usable_doit_db(path: Path) -> Path:
 
 
 def run_nodes(nodes: list[Node], workspace: Workspace, console: Any, jobs: int = 1,
-              force: bool = False, keep_going: bool = False) -> RunResult:
-    """Build `nodes` (already including their dependencies) under the workspace lock."""
+              force: bool = False, keep_going: bool = False, cluster: Any = None) -> RunResult:
+    """Build `nodes` (already including their dependencies) under the workspace lock; on a Dask
+    cluster when `cluster` (a bmbuild.cluster.ClusterConfig) is given."""
+    if cluster is not None:
+        from bmbuild.cluster import run_on_cluster
+
+        return run_on_cluster(nodes, workspace, console, cluster, force=force, keep_going=keep_going)
     started = time.monotonic()
     with workspace.locked():
         workspace.clear_temp()

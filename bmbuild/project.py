@@ -72,6 +72,25 @@ def prepare(paths: list[str], workspace: Workspace, toolchain: str | None = None
     return Build(workspace, recipes, chosen, build_graph(recipes, chosen, stages), errors)
 
 
+def preflight(build: Build, keep_going: bool = False) -> Build:
+    """The build after checking each recipe against the files it names and its toolchain
+    (bmbuild.preflight), before any stage runs. A recipe with problems stops everything, unless
+    `keep_going`: then it is left out like a broken recipe and the others are built."""
+    from bmbuild.preflight import recipe_problems
+    from bmbuild.recipe import RecipeErrors
+
+    found = {loaded.name: recipe_problems(loaded, build.toolchains.get(loaded.name)) for loaded in build.recipes}
+    problems = [problem for name in found for problem in found[name]]
+    if not problems:
+        return build
+    kept = [loaded for loaded in build.recipes if not found[loaded.name]]
+    if not keep_going or not kept:
+        raise RecipeErrors(build.errors + problems)
+    names = {loaded.name for loaded in kept}
+    return Build(build.workspace, kept, {n: t for n, t in build.toolchains.items() if n in names},
+                 [node for node in build.nodes if node.recipe_name in names], build.errors + problems)
+
+
 @dataclass
 class PlanRow:
     node: Node
@@ -200,8 +219,9 @@ def write_reports(build: Build, records: list[NodeRecord]) -> list[Path]:
         mine = by_recipe.get(loaded.name)
         if not mine:
             continue
-        report = recipe_report(build, loaded, mine)
         path = build.workspace.report_path(loaded.name)
+        report = recipe_report(build, loaded, mine)
+        keep_timings(report, read_report(path))
         if not _same_report(path, report):  # a repeated no-op leaves its reports (and their fsyncs) alone
             atomic_write_bytes(path, json_bytes(report))
         written.append(path)
@@ -233,6 +253,32 @@ def recipe_report(build: Build, loaded: LoadedRecipe, records: list[NodeRecord])
                              "outputs": output_sizes(build.workspace, r)}
                    for r in records},
     }
+
+
+def read_report(path: Path) -> dict[str, Any]:
+    """A recipe's last report.json ({} when there is none or it is not one: it is read back, untrusted)."""
+    import json
+
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return data if isinstance(data, dict) and isinstance(data.get("stages"), dict) else {}
+
+
+def keep_timings(report: dict[str, Any], previous: dict[str, Any]) -> None:
+    """Up-to-date stages keep the timings of the run that built their outputs (same key), so a
+    no-op run does not leave a report of zero seconds; `timing_from` says when they were measured."""
+    for stage, entry in report["stages"].items():
+        before = previous["stages"].get(stage) if previous else None
+        if entry["outcome"] != "up-to-date" or not isinstance(before, dict) or before.get("key") != entry["key"]:
+            continue
+        seconds, saved = before.get("seconds"), before.get("saved_seconds", 0.0)
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < float("inf")
+                   for v in (seconds, saved)):
+            continue
+        when = before.get("timing_from") or previous.get("generated")
+        entry.update({"seconds": seconds, "saved_seconds": saved, "timing_from": when if isinstance(when, str) else None})
 
 
 def output_sizes(workspace: Workspace, record: NodeRecord) -> dict[str, int]:

@@ -66,3 +66,14 @@ def test_keep_going_reports_a_broken_recipe_and_builds_the_others(workspace, wri
     assert code == 2
     assert "broken.yaml:" in out and "fp32.opt" in out and "1 broken recipe(s) left out" in out
     assert outcomes("good") == {"trace": "executed", "compile_fp32": "executed"}
+
+
+def test_a_flow_style_recipe_is_found_below_a_folder(tmp_path):
+    """JSON is YAML: a recipe written as one flow mapping is a recipe like any other."""
+    from bmbuild.recipe import find_recipe_files
+
+    (tmp_path / "json_recipe.yaml").write_text('{"name": "x", "source": {"model": "m.py:f"}}\n')
+    (tmp_path / "ci.yaml").write_text("jobs: {build: {name: b}}\n")
+    skipped: list = []
+    assert find_recipe_files([tmp_path], skipped) == [tmp_path / "json_recipe.yaml"]
+    assert skipped == [tmp_path / "ci.yaml"]

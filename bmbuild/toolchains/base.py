@@ -30,8 +30,15 @@ class Toolchain(Protocol):
     """What a toolchain does for the stages that differ between vendors."""
 
     name: str
+    # compile_fp32 builds a PyTorch model from its source (to export ONNX from the eager module), so
+    # the source is part of its key; False for a toolchain that compiles the traced file only.
+    # Read with getattr(toolchain, "exports_eager", True).
+    exports_eager: bool
 
     def availability(self) -> Availability: ...
+
+    # Optional: `preflight(loaded)` raises a RecipeError for what this toolchain cannot build, so
+    # `validate` and `run` say it before any stage runs (bmbuild.preflight calls it when defined).
 
     def versions(self) -> dict[str, str]:
         """Versions that go into every action key (cheap: no heavy imports)."""
