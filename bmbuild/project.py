@@ -308,9 +308,12 @@ COMPILE_STAGES = ("compile_fp32", "compile_int8")
 def built_models(build: Build, records: list[NodeRecord]) -> list[dict[str, Any]]:
     """Per recipe of a run: did it build, its one-line summary and where its compiled models are
     (the published .bmodel/.onnx files of its compile stages, from their manifests)."""
+    by_recipe: dict[str, list[NodeRecord]] = {}
+    for record in records:  # grouped once: scanning every record per recipe was quadratic
+        by_recipe.setdefault(record.recipe, []).append(record)
     models = []
     for loaded in build.recipes:
-        mine = [r for r in records if r.recipe == loaded.name]
+        mine = by_recipe.get(loaded.name, [])
         if not mine:
             continue
         ok = all(r.outcome.value in ("executed", "restored", "up-to-date") for r in mine)

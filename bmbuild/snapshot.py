@@ -29,7 +29,6 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -274,6 +273,7 @@ def remember(args: Any, since_ns: int, inputs: Iterable[Path], anchors: Iterable
 
 def _write(path: Path, data: bytes) -> None:
     """Replace `path` in one step (readers see the old file or the new one)."""
+    import tempfile
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

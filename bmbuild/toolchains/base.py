@@ -11,7 +11,6 @@ import functools
 import importlib
 import sys
 from dataclasses import dataclass
-from importlib import metadata
 from typing import TYPE_CHECKING, Protocol
 
 from bmbuild.errors import ToolchainError
@@ -83,6 +82,8 @@ def package_version(name: str) -> str:
 
 @functools.lru_cache(maxsize=256)
 def _package_version(name: str, search_path: tuple[str, ...]) -> str:
+    from importlib import metadata  # 60 ms of imports (email parsing): not for a no-op answered by the snapshot
+
     try:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
