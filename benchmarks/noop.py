@@ -26,7 +26,6 @@ them), and each command runs once untimed before it is timed. Writes benchmarks/
 from __future__ import annotations
 
 import argparse
-import cProfile
 import hashlib
 import os
 import pstats

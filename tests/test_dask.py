@@ -195,7 +195,7 @@ def test_zoo_builds_on_the_cluster_once_per_stage_and_matches_a_local_build(
         assert stage_outputs(root, name) == local_build[name]      # byte-identical to a local build
     started_on = {node: worker for node, worker, _ in tasks.started}
     assert {started_on[f"{name}:{stage}"] for name in ZOO for stage in STAGES} <= workers
-    assert f"executed   alpha:trace" in out and f"on {started_on['alpha:trace']}" in out
+    assert "executed   alpha:trace" in out and f"on {started_on['alpha:trace']}" in out
     entries = folder_entries_by_node(remote)
     assert set(entries) == nodes
     assert_folder_remote_consistent(remote)
