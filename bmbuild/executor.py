@@ -122,7 +122,7 @@ class Executor:
     """Decides and runs nodes. Thread-safe: doit may call `execute` from worker threads."""
 
     def __init__(self, workspace: Workspace, force: bool = False,
-                 on_event: Callable[[str, Node, NodeRecord | None], None] | None = None,
+                 on_event: Callable[[str, Node, Any], None] | None = None,
                  pool: WorkerPool | None = None):
         self.ws = workspace
         self.force = force
@@ -132,6 +132,7 @@ class Executor:
         self._decisions: dict[str, Decision] = {}
         self._toolchains: dict[str, Toolchain] = {}
         self._lock = threading.Lock()
+        # (event, node, NodeRecord | None); "progress" events carry a bmbuild.progress.StageProgress
         self.on_event = on_event or (lambda event, node, record: None)
         self.pool = pool  # with -j > 1, stage work runs in worker processes
 
@@ -285,6 +286,7 @@ class Executor:
         stage = node.stage
         work_dir = out_dir.parent / f"{out_dir.name}.work"
         work_dir.mkdir(parents=True, exist_ok=True)
+        progress_path = out_dir.parent / f"{out_dir.name}.progress"  # a worker's progress (bmbuild.progress)
         log = StageLog(log_path)
         log.info(f"# {node.id} ({decision.reason})")
         cmd_path = log_path.with_suffix(".cmd")
@@ -294,13 +296,15 @@ class Executor:
             params = dict(decision.components["params"])
             inputs = {dep.stage.name: self.ws.stage_dir(node.recipe_name, dep.stage.name) for dep in node.deps}
             job = StageJob(node.loaded, stage.name, node.toolchain if stage.uses_toolchain else None,
-                           params, inputs, out_dir, work_dir, log_path)
+                           params, inputs, out_dir, work_dir, log_path, progress_path)
+            on_progress = lambda progress: self.on_event("progress", node, progress)  # noqa: E731
             if self.pool is not None:
                 log.close()  # the worker appends to the log; so does this process afterwards
-                metrics = self.pool.run(job)
+                metrics = self.pool.run(job, on_progress)
                 log = StageLog(log_path, append=True)
             else:
-                metrics = execute_job(job, log, self.toolchain(job.toolchain) if job.toolchain else None)
+                metrics = execute_job(job, log, self.toolchain(job.toolchain) if job.toolchain else None,
+                                      on_progress)
             outputs = {str(p.relative_to(out_dir)): self.stat.digest(p)
                        for p in sorted(out_dir.rglob("*")) if p.is_file()}
             if not outputs:
@@ -321,6 +325,7 @@ class Executor:
                              seconds=time.monotonic() - started) from None
         finally:
             shutil.rmtree(work_dir, ignore_errors=True)
+            progress_path.unlink(missing_ok=True)
         seconds = time.monotonic() - started
         log.info(f"# done in {seconds:.2f}s")
         log.close()
