@@ -245,8 +245,9 @@ class Executor:
         try:
             if decision is None:
                 decision = self.decide(node)
-        except BmbuildError as exc:
-            raise self._fail(node, str(exc), log_path, exit_code=exc.exit_code) from None
+        except BmbuildError as exc:  # nothing ran: the log there is an older run's, not this failure's
+            raise self._fail(node, str(exc), log_path, show_tail=False, exit_code=exc.exit_code,
+                             ran=False) from None
         if decision.status is Status.UP_TO_DATE:
             return self.records[node.id] if node.id in self.records else self._record(
                 node, NodeRecord(node.id, node.recipe_name, node.stage.name, Outcome.UP_TO_DATE, decision.reason))
@@ -269,9 +270,13 @@ class Executor:
             if failures:
                 message = "tolerance not met:\n" + "\n".join(f"  {f}" for f in failures)
                 log = StageLog(log_path, append=True)  # the log says why the stage failed, like the console
+                if outcome is Outcome.RESTORED:  # the lines above are an earlier run's: say so
+                    log.info(f"# {time.strftime('%Y-%m-%d %H:%M:%S')}: this run restored the result above from the "
+                             f"cache (key {entry.key[:12]}, {decision.reason}) and checked it against the gate")
                 log.info(f"FAILED: {message}")
                 log.close()
-                raise self._fail(node, message, log_path, show_tail=False, seconds=time.monotonic() - started)
+                raise self._fail(node, message, log_path, show_tail=False, seconds=time.monotonic() - started,
+                                 metrics=entry.metrics)  # the report shows what was measured
             self._publish(node, tmp, entry)
             record = NodeRecord(node.id, node.recipe_name, node.stage.name, outcome, decision.reason,
                                 seconds=entry.seconds if decision.ran_on else time.monotonic() - started,
@@ -374,17 +379,22 @@ class Executor:
             self.stat.digest(final / rel)
 
     def _fail(self, node: Node, message: str, log_path: Path, show_tail: bool = True,
-              seconds: float = 0.0, exit_code: int = 1) -> StageFailed:
-        """The failure of `node`, recorded; its exit code is the cause's (errors.py: 2 for bad input)."""
+              seconds: float = 0.0, exit_code: int = 1, metrics: dict[str, Any] | None = None,
+              ran: bool = True) -> StageFailed:
+        """The failure of `node`, recorded (with the metrics measured, when a gate failed); its exit
+        code is the cause's (errors.py: 2 for bad input). `ran`: the stage ran (or was restored), so
+        the log at `log_path` is this failure's."""
         tail = tail_of(log_path, 15) if show_tail else ""
         text = f"{node.id} failed: {message}"
         if tail:
             text += "\n  log tail:\n" + "\n".join("    " + line for line in tail.splitlines())
-        text += f"\n  full log: {log_path}"
+        if ran:
+            text += f"\n  full log: {log_path}"
         error = StageFailed(text)
         error.exit_code = exit_code
         self._record(node, NodeRecord(node.id, node.recipe_name, node.stage.name, Outcome.FAILED,
-                                      seconds=seconds, error=message, log=str(log_path)))
+                                      seconds=seconds, error=message, log=str(log_path) if ran else "",
+                                      metrics=metrics or {}))
         return error
 
     def _record(self, node: Node, record: NodeRecord) -> NodeRecord:
