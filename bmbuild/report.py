@@ -132,6 +132,7 @@ def model_summary(report: dict[str, Any]) -> dict[str, Any]:
         "fp32": _similarity(metrics.get("compile_fp32", {}).get("cmp")),
         "int8": _int8(metrics.get("compile_int8", {}), report.get("int8_tolerance")),
         "accuracy": metrics.get("compile_int8", {}).get("eval") or None,
+        "params": report.get("params") if isinstance(report.get("params"), dict) else {},  # bmbuild diff
     }
 
 
