@@ -325,6 +325,13 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_completion(args: argparse.Namespace) -> int:
+    from bmbuild.completion import SHELLS
+
+    sys.stdout.write(SHELLS[args.shell](build_parser()))
+    return 0
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     from bmbuild.project import plan
 
@@ -647,6 +654,12 @@ def build_parser() -> argparse.ArgumentParser:
     diff_parser.add_argument("--all", action="store_true", help="every metric, not only those that changed")
     _add_json(diff_parser)
     diff_parser.set_defaults(func=cmd_diff)
+
+    completion = sub.add_parser("completion", help="print a shell completion script",
+                                description='Load it from your shell\'s rc file: eval "$(bmbuild completion bash)" '
+                                            '(bash) or eval "$(bmbuild completion zsh)" (zsh).')
+    completion.add_argument("shell", choices=["bash", "zsh"], help="the shell to complete in")
+    completion.set_defaults(func=cmd_completion)
 
     importer = sub.add_parser("import", help="turn another tool's model zoo into recipes")
     formats = importer.add_subparsers(dest="format", required=True)
