@@ -325,6 +325,28 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    from bmbuild.init import init
+
+    written = init(args.model, Path(args.out), args.name, args.shape, args.force)
+    for path in written:
+        print(f"wrote {_relative(path)}")
+    print(f"next: bmbuild validate {_relative(written[-1])} && bmbuild run {_relative(written[-1])}")
+    return 0
+
+
+def _shape(text: str) -> list[int]:
+    """'1,3,224,224' -> [1, 3, 224, 224]."""
+    try:
+        dims = [int(part) for part in text.replace("x", ",").split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, e.g. 1,3,224,224, got {text!r}") \
+            from None
+    if not dims or min(dims) < 1:
+        raise argparse.ArgumentTypeError(f"dimensions must be positive integers, got {text!r}")
+    return dims
+
+
 def cmd_completion(args: argparse.Namespace) -> int:
     from bmbuild.completion import SHELLS
 
@@ -654,6 +676,17 @@ def build_parser() -> argparse.ArgumentParser:
     diff_parser.add_argument("--all", action="store_true", help="every metric, not only those that changed")
     _add_json(diff_parser)
     diff_parser.set_defaults(func=cmd_diff)
+
+    init_parser = sub.add_parser("init", help="start a workspace: bmbuild.yaml, schemas/ and a recipe for a model",
+                                 description="Writes bmbuild.yaml and schemas/ (when missing) and a recipe for MODEL "
+                                             "with its input shapes read from the model.")
+    init_parser.add_argument("model", help="path/model.py:callable (PyTorch) or path/model.onnx")
+    init_parser.add_argument("--name", help="the recipe's name (default: the callable's or the file's)")
+    init_parser.add_argument("--shape", type=_shape, action="append", metavar="1,3,224,224",
+                             help="an input shape, instead of the one read from the model (repeat per input)")
+    init_parser.add_argument("--out", default="recipes", help="the recipe's folder (default: %(default)s)")
+    init_parser.add_argument("--force", action="store_true", help="overwrite an existing recipe of that name")
+    init_parser.set_defaults(func=cmd_init)
 
     completion = sub.add_parser("completion", help="print a shell completion script",
                                 description='Load it from your shell\'s rc file: eval "$(bmbuild completion bash)" '
