@@ -59,3 +59,29 @@ def test_a_model_failing_its_int8_gate_gets_per_layer_data_and_its_own_log_tail(
     error_lines = len(stage["error"].splitlines())
     assert tail[-error_lines] == f"FAILED: {stage['error'].splitlines()[0]}"
     assert "this run restored the result above from the cache" in tail[-error_lines - 1]
+
+
+def test_a_failure_before_the_stage_ran_shows_no_older_log(workspace, write_recipe, run_bmbuild, monkeypatch,
+                                                           outcomes) -> None:
+    from bmbuild.errors import BmbuildError
+    from bmbuild.executor import Executor
+
+    recipe = write_recipe("tiny")
+    assert run_bmbuild("run", recipe, "--plain")[0] == 0
+    old_log = workspace / "build" / "tiny" / "logs" / "compile_fp32.log"
+    assert "# done in" in old_log.read_text()
+    real = Executor.decide
+
+    def decide(self, node, upstream_outputs=None):  # e.g. an upstream output gone, a toolchain broken
+        if node.stage.name == "compile_fp32":
+            raise BmbuildError("cannot decide")
+        return real(self, node, upstream_outputs)
+
+    monkeypatch.setattr(Executor, "decide", decide)
+    code, out, err = run_bmbuild("run", recipe, "--plain", "--force", "--report-dir", "out")
+    assert code == 2 and "tiny:compile_fp32 failed: cannot decide" in out
+    assert "log tail" not in out and "full log" not in out and "# done in" not in out
+    model = json.loads((workspace / "out" / "summary.json").read_text())["models"][0]
+    stage = next(s for s in model["stages"] if s["stage"] == "compile_fp32")
+    assert stage["outcome"] == "failed" and stage["log"] == "" and stage["log_tail"] == ""
+    assert "# done in" not in (workspace / "out" / "report.html").read_text()
