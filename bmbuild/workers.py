@@ -272,6 +272,7 @@ class WorkerPool:
         self.size = size
         self._pool: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
+        self._shutdown_lock = threading.Lock()
 
     def _new_pool(self, size: int) -> ProcessPoolExecutor:
         threads = max(1, (os.cpu_count() or 1) // self.size)
@@ -302,7 +303,8 @@ class WorkerPool:
         with self._lock:
             if self._pool is pool:
                 self._pool = None
-        pool.shutdown(wait=True, cancel_futures=True)
+        with self._shutdown_lock:  # every stage of a broken pool gets here; concurrent shutdowns close twice
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _run_alone(self, job: StageJob, on_progress: "Callable[[StageProgress], None] | None" = None) -> JobResult:
         """The stage again, from empty folders, in a worker of its own."""
