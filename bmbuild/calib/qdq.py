@@ -369,22 +369,36 @@ def plan(graph: GraphView, table: Mapping[str, tuple[float, float, float]], chip
             if node.op_type in WEIGHTED and len(node.input) > 1 and node.input[1] in graph.constants \
                     and graph.constants[node.input[1]] is not None:
                 result.weights[node.input[1]] = _weight_axis(graph, node, per_channel)
+    kinds = {index: layer.kind for layer in grouped for index in layer.nodes}
     for name in _tensors_in_order(graph):
         if name not in wanted:
             continue
+        if _on_grid(graph, name, kinds, result.tensors):
+            continue  # a copy or selection of values already quantized: on their grid
         stats = table.get(name)
         if stats is None:
             result.kept_float[name] = "no calibration statistics"
             continue
         threshold, low, high = (float(v) for v in stats)
         if not (high > low):
-            result.kept_float[name] = f"constant during calibration ({low:g})"
+            result.kept_float[name] = f"constant during calibration ({low + 0.0:g})"
             continue
         if wanted[name]:  # a bounded op's whole range is meaningful: no clipping
             threshold = max(abs(low), abs(high))
         unsigned = low >= 0.0
         result.tensors[name] = TensorQuant(threshold / (255.0 if unsigned else 127.0), unsigned)
     return result
+
+
+def _on_grid(graph: GraphView, tensor: str, kinds: Mapping[int, Kind], quantized: Mapping[str, TensorQuant]) -> bool:
+    """Whether `tensor` is made by pass-through ops from a quantized tensor."""
+    while True:
+        parent = graph.producer.get(tensor)
+        if parent is None or kinds.get(parent) is not Kind.PASS or not graph.nodes[parent].input:
+            return False
+        tensor = graph.nodes[parent].input[0]
+        if tensor in quantized:
+            return True
 
 
 def _bounding_op(graph: GraphView, tensor: str) -> str:

@@ -51,6 +51,7 @@ def _single_input(ctx: StageContext) -> None:
 
 
 PREPARED_OPSET = 13
+KEEP_STRUCTURE = ("MatMulAddFusion", "TransposeOptimizer")
 
 
 def prepared_model(ctx: StageContext) -> Path:
@@ -75,7 +76,10 @@ def prepared_model(ctx: StageContext) -> Path:
         except Exception as exc:  # the converter lacks an adapter: weights fall back to per tensor
             ctx.log.warning(f"cannot convert opset {opset} to {PREPARED_OPSET} ({type(exc).__name__}: {exc}); "
                             "weights are quantized per tensor")
-    ort_session(source, 1, save_to=target)
+    # the graph keeps the exporter's structure, which is what tpu-mlir sees: MatMulAddFusion
+    # would make a 3-D MatMul + bias a Gemm between Reshapes (BM1684 runs the first in float and
+    # the second in int8), TransposeOptimizer moves Transposes into a LayerNorm's pieces
+    ort_session(source, 1, save_to=target, disabled_optimizers=KEEP_STRUCTURE)
     return target
 
 

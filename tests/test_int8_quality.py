@@ -1,0 +1,134 @@
+"""Int8 quality (issue 11): the reference toolchain quantizes what BM1684/BM1684X run in int8 and
+keeps the rest in float, and is at least as close to fp32 as onnxruntime's quantize_static on
+the same fp32 ONNX and samples; constant tensors are neither quantized nor reported."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures" / "int8"))
+from int8_support import Int8Workspace, write_npz, ws8  # noqa: E402,F401
+
+HEAD = {"source": {"framework": "pytorch", "model": "int8_models.py:attention_head"},
+        "calibration": {"method": "kl", "samples": 24}, "int8": {"cmp_samples": 12}}
+MOVES = ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze")
+
+
+def build_head(ws: Int8Workspace, target: str) -> Path:
+    write_npz(ws.recipes / "data" / "calib.npz", 36)
+    recipe = ws.recipe("head", target=target, **HEAD)
+    code, out, err = ws.build(recipe)
+    assert code == 0, out + err
+    return recipe
+
+
+def ort_metrics(ws: Int8Workspace, recipe: Path) -> dict[str, Any]:
+    """Per-sample metrics of onnxruntime quantize_static (defaults) on the same fp32 ONNX,
+    calibration samples and held-out samples."""
+    from onnxruntime.quantization import CalibrationDataReader, quantize_static
+
+    from bmbuild.calib.dataset import iter_batches
+    from bmbuild.compare import per_sample, sample_rows
+    from bmbuild.recipe import load_recipe
+    from bmbuild.stages.int8_common import split
+    from bmbuild.toolchains.reference import ort_session, run_session
+
+    loaded = load_recipe(recipe).recipe
+    calib_refs, holdout_refs = split(loaded)
+    cfg, shape = loaded.calibration, tuple(loaded.shapes[0][1:])
+    calib = np.concatenate(list(iter_batches(calib_refs, cfg, shape, 1)))
+    holdout = np.concatenate(list(iter_batches(holdout_refs, cfg, shape, 1)))
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.rows = iter([{"input": calib[i:i + 1]} for i in range(len(calib))])
+
+        def get_next(self) -> dict[str, Any] | None:
+            return next(self.rows, None)
+
+    fp32_dir = ws.stage_dir("compile_fp32", "head")
+    quantize_static(str(fp32_dir / "head.onnx"), str(ws.root / "ort.int8.onnx"), Reader())
+    fp32, int8 = ort_session(fp32_dir / "head.fp32.onnx", 0), ort_session(ws.root / "ort.int8.onnx", 0)
+    pairs = []
+    for i in range(len(holdout)):
+        row = holdout[i:i + 1]
+        pairs += sample_rows(run_session(fp32, [row])[0], run_session(int8, [row])[0], 1)
+    return per_sample(pairs)
+
+
+def dequantized(qdq: Any, tensor: str) -> bool:
+    """Whether `tensor` holds int8 values: a DequantizeLinear output, or one moved by reshapes."""
+    producers = {out: node for node in qdq.graph.node for out in node.output}
+    while tensor in producers and producers[tensor].op_type in MOVES:
+        tensor = producers[tensor].input[0]
+    return tensor.endswith("_DequantizeLinear_Output")
+
+
+def qdq_model(ws: Int8Workspace) -> Any:
+    import onnx
+
+    return onnx.load(str(ws.stage_dir("quantize", "head") / "head.int8.onnx"))
+
+
+@pytest.mark.parametrize("target", ["BM1684X", "BM1684"])
+def test_int8_is_at_least_as_close_to_fp32_as_onnxruntime(ws8: Int8Workspace, target: str) -> None:
+    recipe = build_head(ws8, target)
+    cmp = ws8.metrics("compile_int8", "head")["cmp"]["b1/output"]
+    theirs = ort_metrics(ws8, recipe)
+    assert cmp["cos"] >= theirs["cos"] and cmp["sqnr"] >= theirs["sqnr"], (cmp, theirs)
+    assert cmp["worst"]["cos"] >= theirs["worst"]["cos"], (cmp, theirs)
+
+
+def test_layernorm_softmax_and_zero_tensors_stay_float_on_bm1684(ws8: Int8Workspace) -> None:
+    import onnx
+
+    build_head(ws8, "BM1684")
+    qdq = qdq_model(ws8)
+    producers = {out: node for node in qdq.graph.node for out in node.output}
+    quantized = [node.input[0] for node in qdq.graph.node if node.op_type == "QuantizeLinear"]
+    ops = {name: producers[name].op_type for name in quantized if name in producers}
+    # inside the LayerNorm (nine ONNX nodes under /norm/) nothing is quantized, its output is
+    assert ops and [t for t in ops if t.startswith("/norm/")] == ["/norm/Add_1_output_0"], ops
+    assert "Softmax" not in ops.values()  # Softmax and the attention MatMuls run in F32 on BM1684
+    attention = [n for n in qdq.graph.node if n.op_type == "MatMul" and n.input[1] not in
+                 {i.name for i in qdq.graph.initializer}]
+    assert attention and not [n.name for n in attention if any(dequantized(qdq, i) for i in n.input)]
+    # the all-zero tensor (relu(-relu(x))) is left alone and named
+    kept = ws8.metrics("quantize", "head")["kept_float"]
+    assert any("constant during calibration" in why for why in kept.values()), kept
+    assert not [t for t in kept if t in ops]
+    layers = ws8.metrics("compile_int8", "head")["layers"]
+    assert layers and all(layer["sqnr"] < 200 and layer["name"] not in kept for layer in layers)
+    floats = json.loads((ws8.stage_dir("quantize", "head") / "head_float_layers.json").read_text())
+    assert {"LayerNorm", "Softmax"} <= {layer["op"] for layer in floats}
+    fp32_weights = [i for i in qdq.graph.initializer if i.data_type == onnx.TensorProto.INT8]
+    assert fp32_weights  # convolution weights are stored as int8
+
+
+def test_bm1684x_quantizes_the_attention_matmuls(ws8: Int8Workspace) -> None:
+    build_head(ws8, "BM1684X")
+    qdq = qdq_model(ws8)
+    matmuls = [n for n in qdq.graph.node if n.op_type == "MatMul"]
+    assert matmuls and all(dequantized(qdq, i) for n in matmuls for i in n.input)
+    producers = {out: node for node in qdq.graph.node for out in node.output}
+    quantized = {node.input[0] for node in qdq.graph.node if node.op_type == "QuantizeLinear"}
+    assert "Softmax" in {producers[t].op_type for t in quantized if t in producers}  # uint8 into the MatMul
+    assert [t for t in quantized if t.startswith("/norm/")] == ["/norm/Add_1_output_0"]
+
+
+def test_compiled_int8_model_keeps_int8_weights(ws8: Int8Workspace) -> None:
+    """Item 9: onnxruntime's constant folding turned every int8 weight back into float."""
+    import onnx
+
+    write_npz(ws8.recipes / "data" / "calib.npz")
+    code, out, err = ws8.build(ws8.recipe())
+    assert code == 0, out + err
+    compiled = onnx.load(str(ws8.stage_dir("compile_int8") / "1b.compilation" / "tiny8.int8.onnx"))
+    weights = {i.name: i.data_type for i in compiled.graph.initializer if len(i.dims) == 4}
+    assert weights and set(weights.values()) == {onnx.TensorProto.INT8}, weights
