@@ -206,7 +206,7 @@ CORPUS: list[ZooModel] = [
 
 
 # --- building ----------------------------------------------------------------------------------------
-def write_recipe(model: ZooModel, work: Path, target: str, toolchain: str = "reference") -> Path:
+def write_recipe(model: ZooModel, work: Path, target: str, method: str = "kl", toolchain: str = "reference") -> Path:
     data = work / "data" / f"{model.name}.npz"
     if not data.exists():
         data.parent.mkdir(parents=True, exist_ok=True)
@@ -216,7 +216,7 @@ def write_recipe(model: ZooModel, work: Path, target: str, toolchain: str = "ref
         "toolchain": toolchain,
         "prec": "INT8", "batch_sizes": [1],
         "fp32": {"opset": model.opset, "tolerance": {"cos": 0.99, "euclid": 0.9}},
-        "calibration": {"data": str(data), "key": "x", "samples": CALIB, "method": "kl"},
+        "calibration": {"data": str(data), "key": "x", "samples": CALIB, "method": method},
         "int8": {"cmp_samples": HOLDOUT, "tolerance": {"cos": -1, "euclid": -100}},
     }
     path = work / "recipes" / f"{model.name}.yaml"
@@ -326,8 +326,8 @@ def _f(value: Any, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def table(rows: list[dict[str, Any]], target: str) -> str:
-    lines = [f"target {target}; {CALIB} calibration and {HOLDOUT} held-out samples; per-sample mean cos / worst cos / "
+def table(rows: list[dict[str, Any]], target: str, method: str) -> str:
+    lines = [f"target {target}, calibration {method}; {CALIB} calibration and {HOLDOUT} held-out samples; per-sample mean cos / worst cos / "
              "mean SQNR (dB) / decision agreement against fp32", "",
              "| model | weights | stages | fp32 cos | bmbuild int8 cos (worst) | SQNR | agree "
              "| ORT int8 cos (worst) | SQNR | agree | bmbuild >= ORT |",
@@ -356,6 +356,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="", help="comma-separated names (default: all)")
     parser.add_argument("--target", default="BM1684X", choices=("BM1684X", "BM1684"))
+    parser.add_argument("--method", default="kl", choices=("kl", "minmax", "percentile", "mse"))
     parser.add_argument("--work", default="/tmp/bmbuild-zoo", help="workspace (data, recipes, build)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "zoo.md"))
     args = parser.parse_args()
@@ -367,16 +368,16 @@ def main() -> None:
         if m not in available:
             print(f"skipped {m.name}: pip install the package providing {m.package!r} (see the docstring)")
     start = time.time()
-    recipes = [write_recipe(m, work, args.target) for m in available]
+    recipes = [write_recipe(m, work, args.target, args.method) for m in available]
     build(recipes, work)
     rows = [measure(m, work) for m in available]
-    text = table(rows, args.target)
+    text = table(rows, args.target, args.method)
     print(text)
     print(f"({time.time() - start:.0f} s)")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(f"# Model zoo: bmbuild reference int8 vs onnxruntime quantize_static\n\n"
-                   f"Made by `python benchmarks/zoo.py --target {args.target}` (see its docstring).\n\n" + text)
+                   f"Made by `python benchmarks/zoo.py --target {args.target} --method {args.method}` (see its docstring).\n\n" + text)
     (work / "zoo.json").write_text(json.dumps(rows, indent=1))
 
 

@@ -1,7 +1,9 @@
 """PyTorch models of the zoo benchmark (benchmarks/zoo.py), named by its recipes.
 
 - `timm_model`: a timm architecture with seeded-random weights whose BatchNorm statistics are
-  measured on seeded random images (recipes/models/mobilenet.py explains why). timm imports
+  measured on the repo's photographs (recipes/models/mobilenet.py explains why statistics must
+  be measured; measured on noise, the activations of a random network still swing 100x in
+  scale from one photograph to the next, and an int8 comparison measures that). timm imports
   torchvision at import time (FrozenBatchNorm2d, transforms) but creating and running a model
   uses none of it; torchvision has no CPU build for this torch, so a stand-in module that
   fails on any use is registered before timm is imported.
@@ -65,16 +67,33 @@ def _import_timm() -> types.ModuleType:
     return timm
 
 
-def estimate_batchnorm(model: nn.Module, shape: list[int], batches: int = 4) -> None:
-    """Running statistics of every BatchNorm measured on seeded random inputs."""
+PHOTOS = Path(__file__).resolve().parent.parent / "recipes" / "data" / "photos"
+
+
+def photo_batch(size: int, count: int = 32) -> torch.Tensor:
+    """`count` of the repo's photographs, size x size, ImageNet-normalised, NCHW."""
+    import numpy as np
+    from PIL import Image
+
+    files = sorted(PHOTOS.glob("*.jpg"))[::-1][:count]  # the zoo calibrates on the first ones
+    images = [np.asarray(Image.open(f).convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.float32)
+              for f in files]
+    x = np.stack(images).transpose(0, 3, 1, 2) / 255.0
+    mean = np.asarray((0.485, 0.456, 0.406), np.float32)[:, None, None]
+    std = np.asarray((0.229, 0.224, 0.225), np.float32)[:, None, None]
+    return torch.from_numpy(((x - mean) / std).astype(np.float32))
+
+
+def estimate_batchnorm(model: nn.Module, images: torch.Tensor, batch: int = 8) -> None:
+    """Running statistics of every BatchNorm measured on `images`."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     for module in norms:
         module.reset_running_stats()
         module.momentum = None
     model.train()
     with torch.no_grad():
-        for _ in range(batches):
-            model(torch.randn(8, *shape[1:]))
+        for start in range(0, len(images), batch):
+            model(images[start:start + batch])
     model.eval()
 
 
@@ -83,7 +102,7 @@ def timm_model(arch: str, image_size: int = 160, seed: int = 0) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = timm.create_model(arch, pretrained=False, num_classes=1000)
-        estimate_batchnorm(model, [1, 3, image_size, image_size])
+        estimate_batchnorm(model, photo_batch(image_size))
     return model.eval()
 
 
