@@ -132,3 +132,21 @@ def test_compiled_int8_model_keeps_int8_weights(ws8: Int8Workspace) -> None:
     compiled = onnx.load(str(ws8.stage_dir("compile_int8") / "1b.compilation" / "tiny8.int8.onnx"))
     weights = {i.name: i.data_type for i in compiled.graph.initializer if len(i.dims) == 4}
     assert weights and set(weights.values()) == {onnx.TensorProto.INT8}, weights
+
+
+def test_int8_metrics_are_per_sample_and_the_same_for_every_batch_size(ws8: Int8Workspace) -> None:
+    """Issue 11 item 7: the worst value was taken over batches, so batch 1 reported the worst
+    sample and batch 4 the worst group of four. Now: per-sample mean and worst, same for both
+    (10 held-out samples: batch 4's short last batch is padded, not dropped)."""
+    write_npz(ws8.recipes / "data" / "calib.npz", 26)
+    recipe = ws8.recipe(batch_sizes=[1, 4], calibration={"samples": 16}, int8={"cmp_samples": 10})
+    code, out, err = ws8.build(recipe)
+    assert code == 0, out + err
+    cmp = ws8.metrics("compile_int8")["cmp"]
+    one, four = cmp["b1/output"], cmp["b4/output"]
+    assert one["samples"] == four["samples"] == 10
+    for key in ("cos", "euclid", "sqnr", "top1"):
+        assert one[key] == pytest.approx(four[key], abs=1e-6), key
+    for key in ("cos", "euclid", "sqnr"):
+        assert one["worst"][key] == pytest.approx(four["worst"][key], abs=1e-6), key
+        assert one["worst"][key] <= one[key]
