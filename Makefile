@@ -9,7 +9,7 @@ TOOLCHAIN ?=
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[reference,test]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[reference,tvm,test]'
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bmbuild.errors import BmbuildError
+from bmbuild.toolchains.base import REGISTRY
 
 if TYPE_CHECKING:
     from bmbuild.cache import ActionEntry, LocalStore
@@ -392,7 +393,7 @@ def add_parser(sub: Any) -> None:
     pull_parser = common(actions.add_parser("pull", help="download remote entries and objects, verified"))
     pull_parser.add_argument("paths", nargs="*",
                              help="only the current stages of these recipes (default: everything)")
-    pull_parser.add_argument("--toolchain", choices=["auto", "reference", "nntc", "tpu-mlir"])
+    pull_parser.add_argument("--toolchain", choices=["auto", *REGISTRY])
     ls = common(actions.add_parser("ls", help="list cached entries (newest first)"))
     ls.add_argument("--remote", action="store_true", help="list the remote cache instead of the local one")
     ls.add_argument("--json", action="store_true", help="one JSON document instead of a table")

@@ -1,7 +1,9 @@
 """Command line: parse arguments, call one library function, render its result.
 
-Exit codes: 0 success, 1 a stage failed, 2 a user error (bad recipe, bad data, missing toolchain),
-3 an internal error (a bug: printed with its traceback).
+Exit codes (the rule is in errors.py): 0 success; 1 a stage ran and failed (a tool's error, a gate not
+met, the model's code raised or exited); 2 the user's input is wrong (recipe, data, a missing file,
+an unusable toolchain), found before or during a stage; 3 an internal error (a bug: printed with its
+traceback). When several stages fail (--keep-going), the highest code wins.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from typing import Any, Callable
 
 from bmbuild import __version__
 from bmbuild.errors import BmbuildError
+from bmbuild.toolchains.base import REGISTRY
 
 DEFAULT_SCHEMA = Path("schemas/recipe.schema.json")
+TOOLCHAIN_CHOICES = ["auto", *REGISTRY]
 
 
 def _workspace(args: argparse.Namespace) -> Any:
@@ -92,28 +96,34 @@ def cmd_run(args: argparse.Namespace) -> int:
         written = write_report(build.workspace.build_dir, Path(args.report_dir), names,
                                not_run=[name for name in names if name not in ran])
         console.print(f"report: {written.paths['html']} (+ summary.json, junit.xml, summary.md)")
-    return 0 if result.ok else 1
+    return result.exit_code
 
 
 def _dry_run(args: argparse.Namespace) -> int:
-    """`run --dry-run`: the commands each stage would run; nothing runs, nothing is written."""
+    """`run --dry-run`: the commands each stage would run; nothing runs, nothing is written.
+
+    The output is a shell script that is safe to paste, whole or line by line: the commands are
+    quoted shell lines, everything else is a `#` comment (`toolchains.commands.paste_safe`).
+    """
     from bmbuild.project import dry_run
     from bmbuild.toolchains.base import load_toolchain
+    from bmbuild.toolchains.commands import comment, paste_safe
 
     build = _prepare(args, check_toolchains=False)
     for name in sorted(set(build.toolchains.values())):
         status = load_toolchain(name).availability()
         if not status.usable:
-            print(f"note: toolchain {name!r} is not usable here ({status.reason}); a real run stops before any stage")
+            print(comment(f"note: toolchain {name!r} is not usable here ({status.reason}); "
+                          "a real run stops before any stage"))
     steps = dry_run(build, force=args.force)
     for step in steps:
-        print(f"{step.node.id}: {step.status.value} ({step.reason})")
+        print(comment(f"{step.node.id}: {step.status.value} ({step.reason})"))
         for line in step.commands:
-            print(f"  {line}")
-        if step.error:
-            print("  error: " + step.error.replace("\n", "\n  "))
+            print(f"  {paste_safe(line)}")
+        for index, line in enumerate(step.error.splitlines()):
+            print("  " + comment(("error: " if index == 0 else "  ") + line))
     would_run = sum(1 for step in steps if step.status.value in ("run", "after upstream"))
-    print(f"dry run: {would_run} of {len(steps)} stage(s) would run; nothing was run")
+    print(comment(f"dry run: {would_run} of {len(steps)} stage(s) would run; nothing was run"))
     return 2 if any(step.error for step in steps) else 0
 
 
@@ -240,6 +250,19 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_tpu_perf(args: argparse.Namespace) -> int:
+    from bmbuild.importers.tpu_perf import ImportIncomplete, import_zoo, render_report, write_import
+
+    result = import_zoo(Path(args.path), Path(args.out), args.target, Path(args.root) if args.root else None)
+    print("\n".join(render_report(result)))
+    if args.strict and result.problems:
+        raise ImportIncomplete(f"--strict: {result.problems} config(s) not imported completely; nothing written")
+    written = write_import(result)
+    print(f"wrote {len(written)} file(s) under {result.out}; run bmbuild from there (its bmbuild.yaml holds "
+          "the dataset variables)")
+    return 0
+
+
 def _add_common(parser: argparse.ArgumentParser, paths: str = "+") -> None:
     parser.add_argument("paths", nargs=paths, help="recipe files or folders of recipes")
     parser.add_argument("--cache-dir", help="action cache and object store (default: $BMBUILD_CACHE_DIR or the user cache dir)")
@@ -248,7 +271,7 @@ def _add_common(parser: argparse.ArgumentParser, paths: str = "+") -> None:
 
 def _add_selection(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stage", action="append", help="build only this stage and what it needs (repeatable)")
-    parser.add_argument("--toolchain", choices=["auto", "reference", "nntc", "tpu-mlir"],
+    parser.add_argument("--toolchain", choices=TOOLCHAIN_CHOICES,
                         help="override the recipes' toolchain")
     parser.add_argument("--force", action="store_true", help="run every selected stage, ignoring the cache")
     parser.add_argument("--shard", type=_shard, metavar="i/N",
@@ -301,13 +324,13 @@ def build_parser() -> argparse.ArgumentParser:
     graph = sub.add_parser("graph", help="the stage graph (text, or Graphviz DOT)")
     _add_common(graph)
     graph.add_argument("--format", choices=["text", "dot"], default="text")
-    graph.add_argument("--toolchain", choices=["auto", "reference", "nntc", "tpu-mlir"])
+    graph.add_argument("--toolchain", choices=TOOLCHAIN_CHOICES)
     graph.set_defaults(func=cmd_graph, stage=None)
 
     status = sub.add_parser("status", help="state of each stage's outputs")
     _add_common(status)
     _add_remote(status)
-    status.add_argument("--toolchain", choices=["auto", "reference", "nntc", "tpu-mlir"])
+    status.add_argument("--toolchain", choices=TOOLCHAIN_CHOICES)
     status.add_argument("--verify", action="store_true",
                         help="re-hash every published output, ignoring the stat cache; exit 1 if any is corrupt")
     status.set_defaults(func=cmd_status, stage=None)
@@ -329,6 +352,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(report, paths="*")
     report.add_argument("--out", metavar="DIR", help="where to write them (default: build/reports)")
     report.set_defaults(func=cmd_report)
+
+    importer = sub.add_parser("import", help="turn another tool's model zoo into recipes")
+    formats = importer.add_subparsers(dest="format", required=True)
+    tpu_perf = formats.add_parser("tpu-perf", help="a tpu-perf zoo (config.yaml per model, as sophgo/model-zoo)")
+    tpu_perf.add_argument("path", help="the zoo's root folder, a folder inside it, or one config file")
+    tpu_perf.add_argument("--out", default="recipes/imported", help="where the recipes go (default: %(default)s)")
+    tpu_perf.add_argument("--target", choices=["BM1684", "BM1684X"], default="BM1684",
+                          help="tpu-perf's --target: selects per-target blocks and $(target) (default: %(default)s)")
+    tpu_perf.add_argument("--root", help="the zoo's root folder (default: found above PATH)")
+    tpu_perf.add_argument("--strict", action="store_true",
+                          help="fail (exit 2, nothing written) if any config is skipped or partly translated")
+    tpu_perf.set_defaults(func=cmd_import_tpu_perf)
 
     from bmbuild.cache_cmd import add_parser as add_cache_parser
 

@@ -163,3 +163,18 @@ def check_all(results: dict[str, dict[str, Any]], tolerance: Any) -> GateResult:
         sim = Similarity(**{k: values.get(k) for k in ("cos", "euclid", "sqnr", "max_abs", "top1")})
         gate.failures.extend(check(label, sim, tolerance).failures)
     return gate
+
+
+def latency_summary(latency: dict[str, dict[str, Any]] | None) -> str:
+    """'latency b1 2.31ms (onnxruntime 0.412ms)' from a stage's `latency` metrics ('' without)."""
+    if not latency:
+        return ""
+    parts = [f"{label} {_ms(values['ms'])}" + (f" (onnxruntime {_ms(values['onnxruntime_ms'])})"
+                                                if "onnxruntime_ms" in values else "")
+             for label, values in latency.items()]
+    return "latency " + ", ".join(parts)
+
+
+def _ms(value: float) -> str:
+    """3 significant digits, without an exponent: 0.0437ms, 2.31ms, 213ms, 8662ms."""
+    return f"{value:.0f}ms" if value >= 100 else f"{value:.3g}ms"

@@ -48,7 +48,9 @@ class StageAction(BaseAction):
         try:
             record = self.executor.execute(self.node)
         except BmbuildError as exc:
-            return TaskFailed(str(exc))
+            failed = TaskFailed(str(exc))
+            failed.exit_code = exc.exit_code  # read back by Reporter.add_failure
+            return failed
         except Exception as exc:  # a bug in bmbuild: keep the traceback
             return TaskError(f"internal error in {self.node.id}: {exc}\n{traceback.format_exc()}")
         self.result = record.outcome.value
@@ -92,6 +94,7 @@ class Reporter:
         self.console = console
         self.executor = executor
         self.errors: list[str] = []
+        self.exit_codes: list[int] = []
 
     def initialize(self, tasks: Any, selected_tasks: Any) -> None:
         pass
@@ -117,6 +120,7 @@ class Reporter:
             self.console.node_done(record)
         if record.outcome is Outcome.FAILED:
             self.errors.append(fail.get_msg().strip())
+            self.exit_codes.append(failure_exit_code(fail))
 
     def add_success(self, task: Task) -> None:
         pass
@@ -140,17 +144,32 @@ class Reporter:
         pass
 
 
+def failure_exit_code(fail: Any) -> int:
+    """A failed stage's exit code: its error's (errors.py), 3 for a bug in bmbuild (doit's TaskError)."""
+    if isinstance(fail, TaskFailed):
+        return int(getattr(fail, "exit_code", 1))
+    return 3 if isinstance(fail, TaskError) else 1
+
+
 @dataclass
 class RunResult:
     records: list[NodeRecord]
     seconds: float
     doit_code: int
     errors: list[str] = field(default_factory=list)
+    exit_codes: list[int] = field(default_factory=list)  # one per failed stage
 
     @property
     def ok(self) -> bool:
         return self.doit_code == 0 and not any(r.outcome in (Outcome.FAILED, Outcome.BLOCKED)
                                                for r in self.records)
+
+    @property
+    def exit_code(self) -> int:
+        """0 when everything built; else the highest code of the failures (3 > 2 > 1, errors.py)."""
+        if self.ok:
+            return 0
+        return max(self.exit_codes, default=1)
 
     def count(self, outcome: Outcome) -> int:
         return sum(1 for r in self.records if r.outcome is outcome)
@@ -228,4 +247,4 @@ def run_nodes(nodes: list[Node], workspace: Workspace, console: Any, jobs: int =
             executor.records[node.id] = NodeRecord(node.id, node.recipe_name, node.stage.name, Outcome.BLOCKED,
                                                    error="upstream failed")
     records = [executor.records[n.id] for n in nodes if n.id in executor.records]
-    return RunResult(records, time.monotonic() - started, code, reporter.errors)
+    return RunResult(records, time.monotonic() - started, code, reporter.errors, reporter.exit_codes)

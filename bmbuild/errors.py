@@ -1,5 +1,12 @@
 """The error types bmbuild raises. The CLI turns each into a message and an exit code;
-only an error outside this hierarchy is a bug and gets a traceback."""
+only an error outside this hierarchy is a bug and gets a traceback.
+
+Exit codes, one rule (README "Exit codes"): 2 when the user's input is wrong and no build could
+have succeeded — a recipe, data, a missing or unreadable file, a toolchain that cannot be used
+here — whether found before any stage or while one runs (a DataError raised by calibrate is 2);
+1 when a stage ran and failed — a tool exited non-zero, a check or tolerance gate failed, the
+model's code raised or exited; 3 for a bug in bmbuild. Several failures: the highest code wins.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +17,9 @@ class BmbuildError(Exception):
     """Root of every error a user can cause or fix. Printed without a traceback."""
 
     exit_code = 2
+    # when a stage fails with this error, the console shows the tail of the stage's log under
+    # the message; False when the message already holds what matters (a tool's output tail)
+    shows_log_tail = True
 
 
 class RecipeError(BmbuildError):
@@ -46,13 +56,16 @@ class DataError(BmbuildError):
 
 
 class ToolchainError(BmbuildError):
-    """An external tool failed or a toolchain cannot be used here."""
+    """An external tool failed (exit code 1: it ran, with an exit status) or a toolchain cannot be
+    used here: unknown, not installed, a tool that cannot be started (exit code 2)."""
 
     def __init__(self, message: str, command: list[str] | str | None = None,
                  returncode: int | None = None, output_tail: str = ""):
         self.command = command
         self.returncode = returncode
         self.output_tail = output_tail
+        self.exit_code = 1 if returncode is not None else 2
+        self.shows_log_tail = not output_tail
         text = message
         if command is not None:
             cmd = command if isinstance(command, str) else " ".join(map(str, command))
@@ -68,6 +81,16 @@ class StageFailed(BmbuildError):
     """A stage ran and did not do its job (a check or an accuracy gate failed)."""
 
     exit_code = 1
+
+
+class UserCodeError(StageFailed):
+    """Code a stage ran (the model's, or a library it calls) raised or tried to end the process.
+
+    The message holds the exception and the frames of the user's own files; the full traceback
+    is in the stage's log (so the console does not show the log's tail).
+    """
+
+    shows_log_tail = False
 
 
 class WorkspaceBusy(BmbuildError):

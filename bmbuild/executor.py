@@ -239,7 +239,7 @@ class Executor:
             if decision is None:
                 decision = self.decide(node)
         except BmbuildError as exc:
-            raise self._fail(node, str(exc), log_path) from None
+            raise self._fail(node, str(exc), log_path, exit_code=exc.exit_code) from None
         if decision.status is Status.UP_TO_DATE:
             return self.records[node.id] if node.id in self.records else self._record(
                 node, NodeRecord(node.id, node.recipe_name, node.stage.name, Outcome.UP_TO_DATE, decision.reason))
@@ -300,11 +300,9 @@ class Executor:
                 log = StageLog(log_path, append=True)
             log.info(f"FAILED: {exc}")
             log.close()
-            # a tool's error already carries its output tail; the log tail would repeat it
-            has_tail = bool(getattr(exc, "output_tail", ""))
-            raise self._fail(node, str(exc), log_path, show_tail=not has_tail,
-                             seconds=time.monotonic() - started) from None
-        except Exception as exc:  # user model code or a library raised: keep the traceback in the log
+            raise self._fail(node, str(exc), log_path, show_tail=exc.shows_log_tail,
+                             seconds=time.monotonic() - started, exit_code=exc.exit_code) from None
+        except Exception as exc:  # bmbuild's own code around the stage raised: keep the traceback in the log
             if log.closed:
                 log = StageLog(log_path, append=True)
             log.write_raw(traceback.format_exc())
@@ -361,13 +359,15 @@ class Executor:
             self.stat.digest(final / rel)
 
     def _fail(self, node: Node, message: str, log_path: Path, show_tail: bool = True,
-              seconds: float = 0.0) -> StageFailed:
+              seconds: float = 0.0, exit_code: int = 1) -> StageFailed:
+        """The failure of `node`, recorded; its exit code is the cause's (errors.py: 2 for bad input)."""
         tail = tail_of(log_path, 15) if show_tail else ""
         text = f"{node.id} failed: {message}"
         if tail:
             text += "\n  log tail:\n" + "\n".join("    " + line for line in tail.splitlines())
         text += f"\n  full log: {log_path}"
         error = StageFailed(text)
+        error.exit_code = exit_code
         self._record(node, NodeRecord(node.id, node.recipe_name, node.stage.name, Outcome.FAILED,
                                       seconds=seconds, error=message, log=str(log_path)))
         return error

@@ -8,8 +8,14 @@ see each other's module, even in one bmbuild process.
 from __future__ import annotations
 
 import ast
+import functools
+import importlib.util
+import linecache
+import os
 import sys
+import sysconfig
 import threading
+import traceback
 import types
 from pathlib import Path
 from typing import Any
@@ -17,6 +23,10 @@ from typing import Any
 # torch's tracer and its TorchScript ONNX exporter keep process-wide state
 # (GLOBALS.in_onnx_export); with `-j` stages run on threads, so those calls take turns.
 TORCH_LOCK = threading.RLock()
+
+# the model files loaded in this process: the name compiled into their code -> the file
+_SOURCES: dict[str, Path] = {}
+USER_FRAMES_SHOWN = 8
 
 
 def _module_file(folder: Path, dotted: str) -> list[Path]:
@@ -95,7 +105,9 @@ def load_callable(file: Path, name: str) -> Any:
 
     module = types.ModuleType(f"bmbuild_model_{file.stem}")
     module.__file__ = str(file)
-    code = compile(file.read_bytes(), str(file), "exec", dont_inherit=True)
+    source = file.read_bytes()
+    code = compile(source, str(file), "exec", dont_inherit=True)
+    _register_source(str(file), file, source)
     purge()
     sys.path.insert(0, str(folder))
     dont_write = sys.dont_write_bytecode
@@ -111,3 +123,60 @@ def load_callable(file: Path, name: str) -> Any:
 
         raise StageFailed(f"{file} defines no {name!r}")
     return getattr(module, name)
+
+
+def _register_source(name: str, file: Path, source: bytes) -> None:
+    """Tracebacks show the model's lines and its real path although its code is named `name`.
+
+    linecache keeps an entry without an mtime as it is (the exact bytes that were compiled).
+    """
+    _SOURCES[name] = file
+    lines = importlib.util.decode_source(source).splitlines(keepends=True)
+    linecache.cache[name] = (len(source), None, lines, str(file))
+
+
+def _library_file(filename: str) -> bool:
+    """A frame of bmbuild itself, the standard library or an installed package (torch, doit...)."""
+    if filename.startswith("<"):  # <frozen importlib._bootstrap>, <string>
+        return True
+    if filename in _SOURCES or not os.path.isabs(filename):
+        return False
+    path = Path(filename).resolve()
+    if "site-packages" in path.parts or "dist-packages" in path.parts:
+        return True
+    return any(path.is_relative_to(root) for root in _library_roots())
+
+
+@functools.cache
+def _library_roots() -> tuple[Path, ...]:
+    """bmbuild's package folder and the standard library's."""
+    stdlib = {Path(sysconfig.get_paths()[key]).resolve() for key in ("stdlib", "platstdlib")}
+    return (Path(__file__).resolve().parent, *sorted(stdlib))
+
+
+def _shown_path(filename: str) -> str:
+    path = _SOURCES.get(filename, Path(filename))
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def user_traceback(exc: BaseException) -> str:
+    """The frames of `exc`'s traceback in the user's own files (model files and what they import),
+    formatted like Python's traceback; '' when it has none.
+
+    bmbuild's, the standard library's and installed packages' frames are left out: they say
+    nothing the user can change. The full traceback goes to the stage's log.
+    """
+    frames = [frame for frame in traceback.extract_tb(exc.__traceback__) if not _library_file(frame.filename)]
+    if not frames:
+        return ""
+    lines = ["in your code (most recent call last):"]
+    if len(frames) > USER_FRAMES_SHOWN:
+        lines.append(f"  ... {len(frames) - USER_FRAMES_SHOWN} earlier frame(s)")
+    for frame in frames[-USER_FRAMES_SHOWN:]:
+        lines.append(f'  File "{_shown_path(frame.filename)}", line {frame.lineno}, in {frame.name}')
+        if frame.line:
+            lines.append(f"    {frame.line.strip()}")
+    return "\n".join(lines)

@@ -15,7 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, f
 
 from bmbuild.calib.config import CalibrationConfig
 from bmbuild.errors import RecipeError
+from bmbuild.toolchains.base import REGISTRY
 from bmbuild.yamlsource import KeyPath, SourceMap, dotted
+
+TOOLCHAIN_NAMES = ("auto", *REGISTRY)  # Literal[...] of these: recipe validation and the schema follow the registry
 
 RECIPE_SUFFIXES = (".yaml", ".yml")
 MAX_NAME = 100  # the name is a folder and a file stem; stays far below the usual 255-byte limit
@@ -113,6 +116,7 @@ class Int8(_Strict):
     opt: Literal[0, 1, 2] = Field(2, description="Optimisation level (bmnetu -opt).")
     dyn: bool = Field(False, description="Dynamic shapes (bmnetu -dyn).")
     cmp: bool = Field(True, description="Compare int8 against fp32 on held-out samples.")
+    enable_profile: bool = Field(False, description="bmnetu -enable_profile (NNTC).")
     per_channel: bool = Field(True, description="Per-channel symmetric int8 weights.")
     fp32_layers: list[str] = Field(default_factory=list, description="Layers kept in float (the vendor's -fpfwd_outputs).")
     cmp_samples: int = Field(16, ge=1, description="Held-out samples compared int8 vs fp32.")
@@ -132,13 +136,32 @@ class Eval(_Strict):
     limit: int | None = Field(None, ge=1, description="Evaluate only the first N samples.")
 
 
+class Tvm(_Strict):
+    """Settings of the TVM toolchain (`toolchain: tvm`); the other toolchains ignore them."""
+
+    target: dict[str, Any] = Field(
+        default_factory=lambda: {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64"},
+        description="TVM target as a mapping, e.g. {kind: llvm, mcpu: skylake-avx512}; default: generic x86-64.")
+    latency_runs: int = Field(5, ge=0, le=1000, description="Timed runs per compiled library, the median reported (0: not timed).")
+
+    @field_validator("target", mode="before")
+    @classmethod
+    def _target_mapping(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            raise ValueError("write the target as a mapping, e.g. {kind: llvm, mcpu: skylake}: "
+                             "TVM 0.27 refuses the 'llvm -mcpu=...' string form")
+        if isinstance(value, dict) and not isinstance(value.get("kind"), str):
+            raise ValueError("a TVM target needs a 'kind' (llvm for CPUs)")
+        return value
+
+
 class Recipe(_Strict):
     """One model and how to build it."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=MAX_NAME,
                       description="Net name (bmnetp --net_name); also the build folder.")
     description: str | None = None
-    toolchain: Literal["auto", "reference", "nntc", "tpu-mlir"] = Field(
+    toolchain: Literal[TOOLCHAIN_NAMES] = Field(
         "auto", description="auto: tpu-mlir for BM1684X; for BM1684 NNTC, else tpu-mlir; else reference (first usable).")
     source: Source
     shapes: list[list[int]] = Field(min_length=1, description="Input shapes, batch first, e.g. [[1,3,224,224]].")
@@ -150,6 +173,7 @@ class Recipe(_Strict):
     calibration: CalibrationConfig | None = None
     int8: Int8 = Field(default_factory=Int8)
     eval: Eval | None = None
+    tvm: Tvm | None = Field(None, description="TVM toolchain settings (default target: generic x86-64 LLVM).")
     variants: dict[str, list[Any]] | list[dict[str, Any]] | None = Field(
         None, description="Expand into several builds: {dotted.key: [values]} is a matrix "
                           "(name_<value>...); a list of {dotted.key: value, suffix: s} gives explicit variants.")

@@ -157,7 +157,7 @@ def test_kwargs_the_imported_callable_rejects_fail_the_trace_stage_cleanly(works
     recipe = write_text_recipe("alias.yaml", GOOD.replace("tiny_models.py:tiny_cnn",
                                                           "alias.py:net\n  kwargs: {bogus: 1}"))
     code, out, err = run_bmbuild("run", recipe, "--plain")
-    assert code == 1
+    assert code == 2  # the recipe is wrong, found by the stage: a user error (README, exit codes)
     assert "Traceback" not in out + err
     assert f"tiny:trace failed: {recipe}:6: source.kwargs: net(): got an unexpected keyword argument 'bogus'" \
         in out + err

@@ -19,7 +19,7 @@ IMAGES = {"data": "data/images", "key": None, "samples": 16,
 
 def failed(ws: Int8Workspace, code: int, out: str, err: str, stage: str, *needles: str) -> None:
     text = out + err
-    assert code == 1, text
+    assert code == 2, text  # bad data is a user error, also when a stage finds it (errors.py: exit codes)
     assert ws.outcomes()[stage] == "failed", ws.outcomes()
     for needle in needles:
         assert needle in text, (needle, text)

@@ -63,3 +63,9 @@ def toolchain_step(name: str) -> Callable[[StageContext], None]:
 
     run.__name__ = f"toolchain_{name}"
     return run
+
+
+def tvm_params(recipe: Recipe) -> dict[str, Any]:
+    """The recipe's `tvm` settings for the compile stages' keys; absent when the recipe has none,
+    so recipes without them keep their keys (the TVM toolchain keys its defaults itself)."""
+    return {"tvm": recipe.tvm.model_dump()} if recipe.tvm is not None else {}

@@ -7,9 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bmbuild.compare import check_all
+from bmbuild.compare import check_all, latency_summary
 from bmbuild.recipe import LoadedRecipe, Recipe
-from bmbuild.stages.base import Stage, StageContext, toolchain_step
+from bmbuild.stages.base import Stage, StageContext, toolchain_step, tvm_params
 
 
 def _params(recipe: Recipe) -> dict[str, Any]:
@@ -27,6 +27,7 @@ def _params(recipe: Recipe) -> dict[str, Any]:
         "opset": fp32.opset,
         "cmp_samples": fp32.cmp_samples,
         "seed": fp32.seed,
+        **tvm_params(recipe),
     }
 
 
@@ -52,6 +53,10 @@ def _gate(recipe: Recipe, metrics: dict[str, Any]) -> list[str]:
 
 
 def _summary(metrics: dict[str, Any]) -> str:
+    return "; ".join(part for part in (_cmp_summary(metrics), latency_summary(metrics.get("latency"))) if part)
+
+
+def _cmp_summary(metrics: dict[str, Any]) -> str:
     cmp = metrics.get("cmp")
     if not cmp:
         bmodels = metrics.get("bmodels")

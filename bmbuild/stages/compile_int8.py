@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bmbuild.compare import check_all
+from bmbuild.compare import check_all, latency_summary
 from bmbuild.recipe import LoadedRecipe, Recipe
-from bmbuild.stages.base import Stage, toolchain_step
+from bmbuild.stages.base import Stage, toolchain_step, tvm_params
 from bmbuild.stages.int8_common import dataset_files, dataset_params, is_int8
 
 
@@ -29,6 +29,9 @@ def _params(recipe: Recipe) -> dict[str, Any]:
         "cmp_samples": int8.cmp_samples,
         "cmodel_samples": int8.cmodel_samples,
     }
+    params.update(tvm_params(recipe))
+    if int8.enable_profile:  # only when set: keys of recipes without it are unchanged
+        params["enable_profile"] = True
     if recipe.eval:
         params["eval"] = recipe.eval.model_dump(exclude={"data", "max_drop"})
     return params
@@ -89,6 +92,10 @@ def summary(metrics: dict[str, Any]) -> str:
     if evaluation:
         parts.append(f"{evaluation['metric']} fp32 {100 * evaluation['fp32']:.2f}% "
                      f"int8 {100 * evaluation['int8']:.2f}%")
+    if metrics.get("latency"):
+        parts.append(latency_summary(metrics["latency"]))
+    if metrics.get("note"):
+        parts.append(metrics["note"])
     if not parts and metrics.get("bmodels"):
         parts.append(f"{len(metrics['bmodels'])} int8 bmodel(s) compiled")
     return "; ".join(parts) or "compiled"

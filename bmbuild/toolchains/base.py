@@ -57,6 +57,7 @@ REGISTRY: dict[str, str] = {
     "reference": "bmbuild.toolchains.reference:ReferenceToolchain",
     "nntc": "bmbuild.toolchains.nntc:NntcToolchain",
     "tpu-mlir": "bmbuild.toolchains.tpu_mlir:TpuMlirToolchain",
+    "tvm": "bmbuild.toolchains.tvm:TvmToolchain",
 }
 # What `auto` tries per target, first usable wins; the reference toolchain when none is.
 AUTO_ORDER: dict[str, tuple[str, ...]] = {"BM1684": ("nntc", "tpu-mlir"), "BM1684X": ("tpu-mlir",)}

@@ -8,6 +8,11 @@ naming the command, its exit code and the tail of its output:
 - a non-zero exit status;
 - no `# Store bmodel of BMCompiler.` banner from bmnetp/bmnetu (their documented success line);
 - exit status 0 but a promised output file missing.
+
+Every line bmbuild prints for a user to paste (`<stage>.cmd`, `run --dry-run`) is safe to paste:
+each word is quoted (`quote`), descriptions and comments are `#` comments (`comment`), and no line
+ever holds a raw newline, carriage return or other character that is not printable, so a path
+cannot end a comment or a quoted word early and start a command of its own.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from bmbuild.errors import ToolchainError
 
 if TYPE_CHECKING:
     from bmbuild.stagelog import StageLog
+
+IN_PROCESS = "[in-process]"  # how `Toolchain.commands()` describes work done in Python
 
 # bmnetp.md / bmnetu.md: a successful compile ends its log with this line (between '#' rules).
 BMCOMPILER_BANNER = "# Store bmodel of BMCompiler."
@@ -45,10 +52,56 @@ class Command:
         """One shell line a user can paste anywhere: `[VAR=value ...] argv...  # cwd: <dir>`.
 
         Every path in argv is absolute, so the working folder (the stage's private work folder,
-        removed after the stage) is only recorded, in a trailing comment.
+        removed after the stage) is only recorded, in a trailing comment (quoted like the words).
         """
-        assignments = [f"{name}={shlex.quote(value)}" for name, value in self.env.items()]
-        return " ".join([*assignments, shlex.join(self.argv)]) + f"  # cwd: {self.cwd}"
+        assignments = [f"{name}={quote(value)}" for name, value in self.env.items()]
+        words = " ".join([*assignments, *map(quote, self.argv)])
+        return f"{words}  {comment('cwd: ' + quote(str(self.cwd)))}"
+
+
+def quote(word: str) -> str:
+    """`word` as one shell word whose printed form is a single line of printable characters.
+
+    `shlex.quote` when every character is printable; otherwise bash's `$'...'` with each character
+    that is not printable as `\\xHH` escapes of its bytes (shlex.quote would keep a newline raw:
+    correct for a shell, but it splits the printed line, and a terminal runs a pasted carriage return).
+    """
+    if word.isprintable():
+        return shlex.quote(word)
+    return "$'" + "".join(_ansi_c(char) for char in word) + "'"
+
+
+def _ansi_c(char: str) -> str:
+    """One character inside `$'...'` (a quote as `\\x27`: no `'` inside, for bash's history expansion too)."""
+    if char == "\\":
+        return "\\\\"
+    if char.isprintable() and char != "'":
+        return char
+    try:  # a path's undecodable bytes come back as surrogate escapes: print the original bytes
+        data = char.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        data = char.encode("utf-8", "surrogatepass")
+    return "".join(f"\\x{byte:02x}" for byte in data)
+
+
+def printable(text: str) -> str:
+    """`text` with every character that is not printable written as its Python escape (`\\n`)."""
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+
+
+def comment(text: str) -> str:
+    """A `#` comment line: pasted, it runs nothing (no character in it can end the comment)."""
+    return "# " + printable(text)
+
+
+def paste_safe(line: str) -> str:
+    """A line of `Toolchain.commands()` as printed: a shell line from `Command.shell()` unchanged,
+    everything else (`[in-process] ...` descriptions, anything not printable) as a comment."""
+    if line.startswith("#"):
+        return comment(line[1:].lstrip())
+    if line.startswith(IN_PROCESS) or not line.isprintable():
+        return comment(line)
+    return line
 
 
 def command_file(log: "StageLog") -> Path:
@@ -58,7 +111,7 @@ def command_file(log: "StageLog") -> Path:
 
 def start_command_file(log: "StageLog", header: str) -> None:
     """A fresh `.cmd` for this run of the stage (commands are appended as they start)."""
-    command_file(log).write_text(f"# {header}\n", encoding="utf-8")
+    command_file(log).write_text(comment(header) + "\n", encoding="utf-8")
 
 
 def run_command(command: Command, log: "StageLog", capture: bool = False, hint: str = "") -> str:

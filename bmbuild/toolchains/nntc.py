@@ -1,7 +1,7 @@
 """The NNTC toolchain (SophonSDK 3.x, BM1684): the vendor's own tools, driven from the same recipes.
 
-    compile_fp32  python3 -m bmnetp ...                       -> <N>b.fp32.compilation/compilation.bmodel
-    calibrate     LMDB (ufwio) + python3 -m ufw.tools.pt_to_umodel + calibration_use_pb quantize
+    compile_fp32  python3 -m bmnetp ... (bmneto for ONNX)     -> <N>b.fp32.compilation/compilation.bmodel
+    calibrate     LMDB (ufwio) + python3 -m ufw.tools.pt_to_umodel (on_to_umodel) + calibration_use_pb quantize
     quantize      <name>_bmnetp.int8umodel + <name>_bmnetp_deploy_int8_unique_top.prototxt
     compile_int8  bmnetu -prec=INT8 ...                        -> <N>b.compilation/compilation.bmodel
                   (+ tpu_model --combine of the batch sizes  -> combined.bmodel)
@@ -38,11 +38,12 @@ from bmbuild.errors import ToolchainError
 from bmbuild.stages.base import StageContext
 from bmbuild.toolchains.base import Availability, package_version
 from bmbuild.toolchains.bmodel_info import BmodelInfoError, describe, parse_info
-from bmbuild.toolchains.commands import Command, run_command, start_command_file
+from bmbuild.toolchains.commands import Command, quote, run_command, start_command_file
 
 # Bump when this adapter changes the commands it runs or the files it keeps: part of every key.
 IMPLEMENTATION_VERSION = "1"
 PY_MODULES = ("bmnetp", "bmnetu", "ufw", "ufwio")
+OPTIONAL_MODULES = ("bmneto",)      # ONNX sources only; in the versions when installed
 EXECUTABLES = ("bmnetu", "calibration_use_pb", "tpu_model")
 TARGETS = ("BM1684",)               # NNTC 3.x; BM1684X is tpu-mlir's
 # recipe calibration.method -> calibration_use_pb -th_method (its documented choices:
@@ -53,15 +54,26 @@ SDK_HINT = ("install the SophonSDK 3.x and `source` its environment script (envs
             "envsetup_pcie.sh) in this shell, with the Python that runs bmbuild")
 
 
+# source framework -> NNTC front end: compiler module, ufw.tools converter to an fp32 umodel, and the
+# suffix of the model copy compile_fp32 keeps for calibration. ONNX goes through bmneto/on_to_umodel
+# (their files are <name>_bmneto..., as in the vendor's zoo configs); TorchScript through bmnetp.
+FRONT_ENDS = {"onnx": ("bmneto", "on_to_umodel", ".onnx")}
+PYTORCH_FRONT_END = ("bmnetp", "pt_to_umodel", ".pt")
+
+
+def front_end(ctx: StageContext) -> tuple[str, str, str]:
+    return FRONT_ENDS.get(ctx.recipe.source.framework, PYTORCH_FRONT_END)
+
+
 # --- file names (sophgo-toolchains.md) ---------------------------------------------------------
-def umodel_stem(name: str) -> str:
-    """pt_to_umodel -n <name> writes <name>_bmnetp.fp32umodel; calibration keeps the stem."""
-    return f"{name}_bmnetp"
+def umodel_stem(name: str, compiler: str = "bmnetp") -> str:
+    """pt_to_umodel -n <name> writes <name>_bmnetp.fp32umodel (on_to_umodel: _bmneto); calibration keeps the stem."""
+    return f"{name}_{compiler}"
 
 
-def calibration_outputs(name: str) -> tuple[str, str, str]:
+def calibration_outputs(name: str, compiler: str = "bmnetp") -> tuple[str, str, str]:
     """What calibration_use_pb writes next to -weights: int8 umodel, int8 and fp32 deploy prototxts."""
-    stem = umodel_stem(name)
+    stem = umodel_stem(name, compiler)
     return (f"{stem}.int8umodel", f"{stem}_deploy_int8_unique_top.prototxt",
             f"{stem}_deploy_fp32_unique_top.prototxt")
 
@@ -226,7 +238,8 @@ class NntcToolchain:
     def versions(self) -> dict[str, str]:
         """Package versions of the SDK's Python modules and content digests of its commands."""
         if self._versions is None:
-            found = {m: _distribution_version(m) for m in PY_MODULES}
+            modules = PY_MODULES + tuple(m for m in OPTIONAL_MODULES if _spec_origin(m) is not None)
+            found = {m: _distribution_version(m) for m in modules}
             absent = [m for m, v in found.items() if v is None and _spec_origin(m) is not None]
             probed = _probe_versions(absent) if absent else {}
             versions = {"implementation": IMPLEMENTATION_VERSION}
@@ -245,9 +258,6 @@ class NntcToolchain:
         if recipe.target not in TARGETS:
             raise loaded.error(f"NNTC (SophonSDK 3.x) compiles for {', '.join(TARGETS)} only; "
                                f"{recipe.target} needs tpu-mlir", ("target",))
-        if recipe.source.framework == "onnx":
-            raise loaded.error("the NNTC toolchain compiles PyTorch models with bmnetp; an ONNX source would "
-                               "need bmneto, which bmbuild does not drive", ("source", "framework"))
 
     @staticmethod
     def _single_input(ctx: StageContext) -> None:
@@ -257,21 +267,22 @@ class NntcToolchain:
 
     # --- command lines ------------------------------------------------------------------------
     def fp32_commands(self, ctx: StageContext) -> list[Command]:
-        """One bmnetp per batch size, into <N>b.fp32.compilation/."""
+        """One bmnetp (bmneto for ONNX) per batch size, into <N>b.fp32.compilation/."""
         from bmbuild.stages.compile_fp32 import source_model
 
         self._check_recipe(ctx)
         params, model = ctx.params, source_model(ctx)
+        compiler = front_end(ctx)[0]
         commands = []
         for batch in params["batch_sizes"]:
             outdir = ctx.out_dir / fp32_folder(batch)
-            argv = [sys.executable, "-m", "bmnetp", f"--model={model}",
+            argv = [sys.executable, "-m", compiler, f"--model={model}",
                     f"--shapes={shapes_nested(ctx.recipe.shapes_for_batch(batch))}",
                     f"--net_name={params['net_name']}", f"--target={params['target']}", f"--opt={params['opt']}",
                     f"--dyn={py_bool(params['dyn'])}", f"--cmp={py_bool(params['cmp'])}", f"--outdir={outdir}"]
             if params["enable_profile"]:
                 argv.append("--enable_profile=True")
-            commands.append(Command("bmnetp", tuple(argv), ctx.work_dir, outputs=(outdir / "compilation.bmodel",),
+            commands.append(Command(compiler, tuple(argv), ctx.work_dir, outputs=(outdir / "compilation.bmodel",),
                                     banner=True))
         return commands
 
@@ -292,10 +303,11 @@ class NntcToolchain:
             sys.executable, "-m", "bmbuild.toolchains.nntc_lmdb", "--calibration", cfg.model_dump_json(),
             "--holdout", str(params["holdout"]), "--input-shape", ",".join(map(str, input_shape)), str(lmdb)),
             work, env={"PYTHONPATH": pythonpath}, outputs=(lmdb / "data.mdb",))
-        stem = umodel_dir / umodel_stem(name)
+        compiler, converter, _ = front_end(ctx)
+        stem = umodel_dir / umodel_stem(name, compiler)
         prototxt, fp32umodel = Path(f"{stem}_test_fp32.prototxt"), Path(f"{stem}.fp32umodel")
-        to_umodel = Command("pt_to_umodel", (
-            sys.executable, "-m", "ufw.tools.pt_to_umodel", "-m", str(self.traced_model(ctx)),
+        to_umodel = Command(converter, (
+            sys.executable, "-m", f"ufw.tools.{converter}", "-m", str(self.traced_model(ctx)),
             "-s", shape_tuple(input_shape), "-d", str(umodel_dir), "-D", str(lmdb), "-n", name),
             work, outputs=(prototxt, fp32umodel))
         argv = ["calibration_use_pb", "quantize", f"-model={prototxt}", f"-weights={fp32umodel}",
@@ -306,14 +318,14 @@ class NntcToolchain:
         if "per_channel" in params:  # only when the calibrate stage keys it
             argv.append(f"-per_channel={gflags_bool(params['per_channel'])}")
         quantize = Command("calibration_use_pb", tuple(argv), work,
-                           outputs=tuple(umodel_dir / f for f in calibration_outputs(name)))
+                           outputs=tuple(umodel_dir / f for f in self.outputs(ctx)))
         return [write, to_umodel, quantize]
 
     def int8_commands(self, ctx: StageContext) -> list[Command]:
         """One bmnetu -prec=INT8 per batch size, then tpu_model --combine when there are several."""
         self._check_recipe(ctx)
-        params, name = ctx.params, ctx.recipe.name
-        int8umodel, deploy, _ = calibration_outputs(name)
+        params = ctx.params
+        int8umodel, deploy, _ = self.outputs(ctx)
         source = ctx.inputs["quantize"]
         commands = []
         for batch in params["batch_sizes"]:
@@ -322,6 +334,8 @@ class NntcToolchain:
                     f"-shapes={shapes_flat(ctx.recipe.shapes_for_batch(batch))}", f"-net_name={params['net_name']}",
                     f"-opt={params['opt']}", f"-dyn={py_bool(params['dyn'])}", f"-cmp={py_bool(params['cmp'])}",
                     f"-outdir={outdir}", f"-target={params['target']}")
+            if params.get("enable_profile"):
+                argv += ("-enable_profile=True",)
             commands.append(Command("bmnetu", argv, ctx.work_dir, outputs=(outdir / "compilation.bmodel",),
                                     banner=True))
         bmodels = self.int8_bmodels(ctx)
@@ -338,8 +352,12 @@ class NntcToolchain:
 
     @staticmethod
     def traced_model(ctx: StageContext) -> Path:
-        """The traced model compile_fp32 keeps for calibration (pt_to_umodel's -m)."""
-        return ctx.inputs["compile_fp32"] / f"{ctx.recipe.name}.pt"
+        """The model compile_fp32 keeps for calibration (pt_to_umodel's / on_to_umodel's -m)."""
+        return ctx.inputs["compile_fp32"] / f"{ctx.recipe.name}{front_end(ctx)[2]}"
+
+    @staticmethod
+    def outputs(ctx: StageContext) -> tuple[str, str, str]:
+        return calibration_outputs(ctx.recipe.name, front_end(ctx)[0])
 
     @staticmethod
     def _th_method(ctx: StageContext) -> str:
@@ -379,15 +397,17 @@ class NntcToolchain:
             from bmbuild.stages.compile_fp32 import source_model
 
             lines = [c.shell() for c in self.fp32_commands(ctx)]
-            lines.append(f"[in-process] copy {source_model(ctx)} -> {ctx.out_dir / (name + '.pt')} "
-                         "(the traced model calibrate uses)")
+            lines.append(f"[in-process] copy {quote(str(source_model(ctx)))} -> "
+                         f"{quote(str(ctx.out_dir / (name + front_end(ctx)[2])))} (the model calibrate uses)")
             return lines + [self.info_command(ctx, p).shell() for p in self.fp32_bmodels(ctx).values()]
         if stage == "calibrate":
             lines = [c.shell() for c in self.calibrate_commands(ctx)]
-            return lines + [f"[in-process] move {', '.join(calibration_outputs(name))} -> {ctx.out_dir}"]
+            moved = ", ".join(map(quote, self.outputs(ctx)))
+            return lines + [f"[in-process] move {moved} -> {quote(str(ctx.out_dir))}"]
         if stage == "quantize":
-            keep = calibration_outputs(name)[:2]
-            return [f"[in-process] copy {', '.join(keep)} from {ctx.inputs['calibrate']} -> {ctx.out_dir}"]
+            keep = ", ".join(map(quote, self.outputs(ctx)[:2]))
+            source = quote(str(ctx.inputs["calibrate"]))
+            return [f"[in-process] copy {keep} from {source} -> {quote(str(ctx.out_dir))}"]
         if stage == "compile_int8":
             lines = [c.shell() for c in self.int8_commands(ctx)]
             return lines + [self.info_command(ctx, p).shell() for p in self.int8_bmodels(ctx).values()]
@@ -398,11 +418,11 @@ class NntcToolchain:
         from bmbuild.stages.compile_fp32 import source_model
 
         commands = self.fp32_commands(ctx)
-        start_command_file(ctx.log, f"{ctx.recipe.name} compile_fp32 (nntc): bmnetp once per batch size")
-        hint = torch_hint()
+        start_command_file(ctx.log, f"{ctx.recipe.name} compile_fp32 (nntc): {front_end(ctx)[0]} once per batch size")
+        hint = torch_hint() if front_end(ctx)[0] == "bmnetp" else ""
         for command in commands:
             run_command(command, ctx.log, hint=f" ({hint})" if hint else "")
-        shutil.copyfile(source_model(ctx), ctx.out_dir / f"{ctx.recipe.name}.pt")
+        shutil.copyfile(source_model(ctx), ctx.out_dir / f"{ctx.recipe.name}{front_end(ctx)[2]}")
         ctx.metrics["bmodels"] = self._bmodel_infos(ctx, self.fp32_bmodels(ctx))
 
     def calibrate(self, ctx: StageContext) -> None:
@@ -414,7 +434,7 @@ class NntcToolchain:
         produced = commands[-1].outputs
         for path in produced:
             shutil.move(str(path), str(ctx.out_dir / path.name))
-        deploy = parse_prototxt(ctx.out_dir / calibration_outputs(ctx.recipe.name)[1])
+        deploy = parse_prototxt(ctx.out_dir / self.outputs(ctx)[1])
         ctx.metrics.update({"method": ctx.params["method"], "th_method": self._th_method(ctx),
                             "samples": ctx.params["samples"], "iterations": ctx.params["samples"],
                             "fp32_layers": self._fp32_layers(ctx), "tensors": len(deploy["tops"])})
@@ -424,17 +444,17 @@ class NntcToolchain:
     def quantize(self, ctx: StageContext) -> None:
         start_command_file(ctx.log, f"{ctx.recipe.name} quantize (nntc): no command; keeps calibration_use_pb's "
                                     "int8 umodel and deploy prototxt")
-        for file_name in calibration_outputs(ctx.recipe.name)[:2]:
+        for file_name in self.outputs(ctx)[:2]:
             source = ctx.inputs["calibrate"] / file_name
             if not source.is_file():
                 raise ToolchainError(f"calibrate's output {source} is missing")
             shutil.copyfile(source, ctx.out_dir / file_name)
-        deploy = parse_prototxt(ctx.out_dir / calibration_outputs(ctx.recipe.name)[1])
+        deploy = parse_prototxt(ctx.out_dir / self.outputs(ctx)[1])
         fp32_layers = list(ctx.params["fp32_layers"])
         quantized = [layer for layer in deploy["layers"]
                      if layer["type"] != "Input" and not set(layer["tops"]) <= set(fp32_layers)]
         ctx.metrics.update({"quantized_nodes": len(quantized), "fp32_layers": fp32_layers,
-                            "files": list(calibration_outputs(ctx.recipe.name)[:2])})
+                            "files": list(self.outputs(ctx)[:2])})
         ctx.log.info(f"int8 umodel: {len(quantized)} layer(s) int8, kept in float: {fp32_layers or 'none'}")
 
     def compile_int8(self, ctx: StageContext) -> None:

@@ -57,6 +57,95 @@ def onnx_names(recipe: Any) -> list[str]:
     return [spec.name for spec in recipe.input_specs]
 
 
+def onnx_lines(ctx: StageContext) -> list[str]:
+    """`run --dry-run` lines of `write_onnx`."""
+    from bmbuild.stages.compile_fp32 import source_model
+
+    from bmbuild.toolchains.commands import quote
+
+    recipe, params = ctx.recipe, ctx.params
+    exported = quote(str(ctx.out_dir / f"{recipe.name}.onnx"))
+    source = quote(str(source_model(ctx)))
+    dynamic = "dynamic" if params["dyn"] or len(params["batch_sizes"]) > 1 else "static"
+    first = (f"[in-process] copy {source} -> {exported}" if recipe.source.framework == "onnx" else
+             f"[in-process] torch.onnx.export({source}, opset {params['opset']}, {dynamic} batch)"
+             f" -> {exported}")
+    return [first, f"[in-process] onnx.checker.check_model({exported}, full_check=True)"]
+
+
+def write_onnx(ctx: StageContext) -> tuple[Path, Path]:
+    """(source model, `<name>.onnx` in the stage's output): the recipe's ONNX file copied, or the
+    traced model exported; checked either way. The int8 stages calibrate and quantize this file."""
+    import onnx
+
+    from bmbuild.stages.compile_fp32 import source_model
+
+    exported = ctx.out_dir / f"{ctx.recipe.name}.onnx"
+    source = source_model(ctx)
+    if ctx.recipe.source.framework == "onnx":
+        shutil.copyfile(source, exported)
+    else:
+        _export(ctx, source, exported)
+    try:
+        onnx.checker.check_model(str(exported), full_check=True)
+    except Exception as exc:  # onnx raises ValidationError and shape-inference errors
+        raise StageFailed(f"onnx.checker rejected {exported.name}: {exc}") from None
+    return source, exported
+
+
+def _export(ctx: StageContext, traced_file: Path, target: Path) -> None:
+    import torch
+
+    from bmbuild.stages.trace import example_inputs, run_torch
+
+    recipe, params = ctx.recipe, ctx.params
+    module = torch.jit.load(str(traced_file), map_location="cpu")
+    arrays = example_inputs(recipe, recipe.resolved_batch_sizes[0], seed=0)
+    n_outputs = len(run_torch(module, arrays))
+    inputs = onnx_names(recipe)
+    outputs = ["output"] if n_outputs == 1 else [f"output{i}" for i in range(n_outputs)]
+    dynamic = params["dyn"] or len(params["batch_sizes"]) > 1
+    axes = {name: {0: "batch"} for name in inputs + outputs} if dynamic else None
+    ctx.log.info(f"exporting to ONNX opset {params['opset']} ({'dynamic' if dynamic else 'static'} batch)")
+    try:
+        with TORCH_LOCK:
+            torch.onnx.export(module, tuple(torch.from_numpy(a) for a in arrays), str(target),
+                              dynamo=False, opset_version=params["opset"], input_names=inputs,
+                              output_names=outputs, dynamic_axes=axes, do_constant_folding=True)
+    except Exception as exc:  # exporter errors are about the user's model
+        raise StageFailed(f"ONNX export failed: {type(exc).__name__}: {exc}") from None
+
+
+def compare_fp32(ctx: StageContext, source: Path, exported: Path, sessions: dict[int, Any]) -> None:
+    """The compiled model (`sessions`: batch size -> a session running it) against the source on
+    seeded inputs; the worst similarity per batch size and output goes to `ctx.metrics["cmp"]`."""
+    from bmbuild.stages.trace import example_inputs, run_torch
+
+    recipe, params = ctx.recipe, ctx.params
+    if recipe.source.framework == "onnx":
+        reference_session = ort_session(exported, 0)
+        reference = lambda arrays: run_session(reference_session, arrays)  # noqa: E731
+    else:
+        import torch
+
+        module = torch.jit.load(str(source), map_location="cpu")
+        reference = lambda arrays: run_torch(module, arrays)  # noqa: E731
+    results: dict[str, Any] = {}
+    for batch, session in sessions.items():
+        names = [o.name for o in session.get_outputs()]
+        per_output: dict[str, list[Similarity]] = {name: [] for name in names}
+        for sample in range(params["cmp_samples"]):
+            arrays = example_inputs(recipe, batch, seed=params["seed"] * 1000 + sample + 1)
+            expected, actual = reference(arrays), run_session(session, arrays)
+            for name, ref, test in zip(names, expected, actual):
+                per_output[name].append(similarity(ref, test))
+        for name, sims in per_output.items():
+            results[f"b{batch}/{name}"] = worst(sims).to_json()
+    ctx.metrics["cmp"] = results
+    for label, values in results.items():
+        ctx.log.info(f"cmp {label}: {Similarity(**values)}")
+
+
 class ReferenceToolchain:
     """ONNX + onnxruntime: runs everywhere, and is how the pipeline is tested."""
 
@@ -75,18 +164,17 @@ class ReferenceToolchain:
     def commands(self, stage: str, ctx: StageContext) -> list[str]:
         """What each stage does, for `run --dry-run`: all of it runs in-process (no vendor command)."""
         from bmbuild.stages.calibrate import table_name
-        from bmbuild.stages.compile_fp32 import source_model
+        from bmbuild.toolchains.commands import quote
 
         recipe, params, out = ctx.recipe, ctx.params, ctx.out_dir
+
+        def path(value: Path) -> str:  # a description is printed as a comment; paths in it quoted
+            return quote(str(value))
+
         name = recipe.name
         if stage == "compile_fp32":
-            dynamic = "dynamic" if params["dyn"] or len(params["batch_sizes"]) > 1 else "static"
-            lines = [f"[in-process] copy {source_model(ctx)} -> {out / (name + '.onnx')}"
-                     if recipe.source.framework == "onnx" else
-                     f"[in-process] torch.onnx.export({source_model(ctx)}, opset {params['opset']}, {dynamic} batch)"
-                     f" -> {out / (name + '.onnx')}",
-                     f"[in-process] onnx.checker.check_model({out / (name + '.onnx')}, full_check=True)",
-                     f"[in-process] onnxruntime {ORT_LEVELS[params['opt']]} -> {out / (name + '.fp32.onnx')}"]
+            lines = [*onnx_lines(ctx),
+                     f"[in-process] onnxruntime {ORT_LEVELS[params['opt']]} -> {path(out / (name + '.fp32.onnx'))}"]
             if params["cmp"]:
                 lines.append(f"[in-process] cmp source vs onnxruntime on {params['cmp_samples']} seeded input(s) "
                              f"per batch size {params['batch_sizes']}")
@@ -94,101 +182,40 @@ class ReferenceToolchain:
         fp32 = ctx.inputs.get("compile_fp32", out) / f"{name}.onnx"
         if stage == "calibrate":
             cfg = recipe.calibration
-            data = cfg.data if cfg is not None else "?"
-            return [f"[in-process] histograms ({params['bins']} bins) of every float tensor of {fp32} over "
+            data = path(cfg.data) if cfg is not None else "?"
+            return [f"[in-process] histograms ({params['bins']} bins) of every float tensor of {path(fp32)} over "
                     f"{params['samples']} samples of {data} -> {params['method']} thresholds -> "
-                    f"{out / table_name(recipe)}"]
+                    f"{path(out / table_name(recipe))}"]
         if stage == "quantize":
             table = ctx.inputs.get("calibrate", out) / table_name(recipe)
             kept = ", ".join(params["fp32_layers"]) or "none"
-            return [f"[in-process] onnxruntime.quantization.quantize_static({fp32}, thresholds {table}, QDQ, "
+            return [f"[in-process] onnxruntime.quantization.quantize_static({path(fp32)}, thresholds {path(table)}, "
+                    "QDQ, "
                     f"symmetric int8, per_channel={params['per_channel']}, kept in fp32: {kept}) "
-                    f"-> {out / (name + '.int8.onnx')}"]
+                    f"-> {path(out / (name + '.int8.onnx'))}"]
         if stage == "compile_int8":
             lines = [f"[in-process] onnxruntime {ORT_LEVELS[params['opt']]} "
                      f"{'dynamic' if params['dyn'] else 'static'} batch {batch} -> "
-                     f"{out / f'{batch}b.compilation' / (name + '.int8.onnx')}" for batch in params["batch_sizes"]]
+                     f"{path(out / f'{batch}b.compilation' / (name + '.int8.onnx'))}"
+                     for batch in params["batch_sizes"]]
             if params["cmp"]:
                 lines.append(f"[in-process] cmp int8 vs fp32 on {params['cmp_samples']} held-out samples, "
                              "per output and per layer")
             if recipe.eval:
-                lines.append(f"[in-process] {recipe.eval.metric} accuracy fp32 vs int8 on {recipe.eval.data}")
+                lines.append(f"[in-process] {recipe.eval.metric} accuracy fp32 vs int8 on {path(recipe.eval.data)}")
             return lines
         return []
 
     # --- compile_fp32 -------------------------------------------------------------------
     def compile_fp32(self, ctx: StageContext) -> None:
-        import onnx
-
-        from bmbuild.stages.compile_fp32 import source_model
-
-        recipe, params = ctx.recipe, ctx.params
-        exported = ctx.out_dir / f"{recipe.name}.onnx"
-        deployable = ctx.out_dir / f"{recipe.name}.fp32.onnx"
-        source = source_model(ctx)
-        if recipe.source.framework == "onnx":
-            shutil.copyfile(source, exported)
-        else:
-            self._export(ctx, source, exported)
-        try:
-            onnx.checker.check_model(str(exported), full_check=True)
-        except Exception as exc:  # onnx raises ValidationError and shape-inference errors
-            raise StageFailed(f"onnx.checker rejected {exported.name}: {exc}") from None
+        params = ctx.params
+        source, exported = write_onnx(ctx)
+        deployable = ctx.out_dir / f"{ctx.recipe.name}.fp32.onnx"
         ort_session(exported, params["opt"], save_to=deployable)
         ctx.log.info(f"wrote {deployable.name} (onnxruntime {ORT_LEVELS[params['opt']]})")
         if params["cmp"]:
-            ctx.metrics["cmp"] = self._compare_fp32(ctx, source, exported, deployable)
-            for label, values in ctx.metrics["cmp"].items():
-                ctx.log.info(f"cmp {label}: {Similarity(**values)}")
-
-    def _export(self, ctx: StageContext, traced_file: Path, target: Path) -> None:
-        import torch
-
-        from bmbuild.stages.trace import example_inputs, run_torch
-
-        recipe, params = ctx.recipe, ctx.params
-        module = torch.jit.load(str(traced_file), map_location="cpu")
-        arrays = example_inputs(recipe, recipe.resolved_batch_sizes[0], seed=0)
-        n_outputs = len(run_torch(module, arrays))
-        inputs = onnx_names(recipe)
-        outputs = ["output"] if n_outputs == 1 else [f"output{i}" for i in range(n_outputs)]
-        dynamic = params["dyn"] or len(params["batch_sizes"]) > 1
-        axes = {name: {0: "batch"} for name in inputs + outputs} if dynamic else None
-        ctx.log.info(f"exporting to ONNX opset {params['opset']} ({'dynamic' if dynamic else 'static'} batch)")
-        try:
-            with TORCH_LOCK:
-                torch.onnx.export(module, tuple(torch.from_numpy(a) for a in arrays), str(target),
-                                  dynamo=False, opset_version=params["opset"], input_names=inputs,
-                                  output_names=outputs, dynamic_axes=axes, do_constant_folding=True)
-        except Exception as exc:  # exporter errors are about the user's model
-            raise StageFailed(f"ONNX export failed: {type(exc).__name__}: {exc}") from None
-
-    def _compare_fp32(self, ctx: StageContext, source: Path, exported: Path,
-                      deployable: Path) -> dict[str, Any]:
-        from bmbuild.stages.trace import example_inputs, run_torch
-
-        recipe, params = ctx.recipe, ctx.params
-        if recipe.source.framework == "onnx":
-            reference_session = ort_session(exported, 0)
-            reference = lambda arrays: run_session(reference_session, arrays)  # noqa: E731
-        else:
-            import torch
-
-            module = torch.jit.load(str(source), map_location="cpu")
-            reference = lambda arrays: run_torch(module, arrays)  # noqa: E731
-        session = ort_session(deployable, 0)
-        names = [o.name for o in session.get_outputs()]
-        results: dict[str, Any] = {}
-        for batch in params["batch_sizes"]:
-            per_output: dict[str, list[Similarity]] = {name: [] for name in names}
-            for sample in range(params["cmp_samples"]):
-                arrays = example_inputs(recipe, batch, seed=params["seed"] * 1000 + sample + 1)
-                expected, actual = reference(arrays), run_session(session, arrays)
-                for name, ref, test in zip(names, expected, actual):
-                    per_output[name].append(similarity(ref, test))
-            for name, sims in per_output.items():
-                results[f"b{batch}/{name}"] = worst(sims).to_json()
-        return results
+            session = ort_session(deployable, 0)
+            compare_fp32(ctx, source, exported, {batch: session for batch in params["batch_sizes"]})
 
     # --- int8 stages: see bmbuild/toolchains/reference_int8.py ---------------------------
     def calibrate(self, ctx: StageContext) -> None:

@@ -283,7 +283,7 @@ def compile_int8(ctx: StageContext) -> None:
         compare_int8(ctx, ort_session(fp32_deployable, 0),
                      {batch: ort_session(path, 0) for batch, path in deployables.items()}, umodel)
     if recipe.eval:
-        _evaluate(ctx, umodel)
+        evaluate(ctx, ort_session(fp32_deployable, 0), ort_session(umodel, params["opt"]))
 
 
 KEEP_INT8_WEIGHTS = ("ConstantFolding",)
@@ -294,7 +294,10 @@ def compare_int8(ctx: StageContext, fp32: Any, int8: dict[int, Any], umodel: Pat
 
     Metrics are per sample (mean and worst over the held-out set, `compare.per_sample`): a
     short last batch is padded, so every batch size sees the same samples and reports the
-    same numbers.
+    same numbers. `fp32` and `int8` (batch size -> session) run the compiled models:
+    onnxruntime sessions, or any runner with the part of their interface used here
+    (get_inputs, get_outputs, run). The per-layer comparison runs the QDQ model in
+    onnxruntime, whichever toolchain compiled it.
     """
     _, holdout = split(ctx.recipe)
     if not holdout:
@@ -363,8 +366,8 @@ def layer_similarity(ctx: StageContext, umodel: Path, holdout: list[Any]) -> lis
     return layers
 
 
-def _evaluate(ctx: StageContext, umodel: Path) -> None:
-    """fp32 and int8 accuracy on the recipe's labelled set."""
+def evaluate(ctx: StageContext, fp32: Any, int8: Any) -> None:
+    """fp32 and int8 accuracy on the recipe's labelled set, each run by its session (or runner)."""
     evaluation = ctx.recipe.eval
     assert evaluation is not None
     from bmbuild.calib.arrays import open_array
@@ -382,8 +385,6 @@ def _evaluate(ctx: StageContext, umodel: Path) -> None:
         raise DataError(f"{evaluation.x_key} samples have shape {tuple(x.shape[1:])}, the model takes {expected}",
                         evaluation.data)
     k = 1 if evaluation.metric == "top1" else 5
-    fp32 = ort_session(ctx.inputs["compile_fp32"] / f"{ctx.recipe.name}.fp32.onnx", 0)
-    int8 = ort_session(umodel, ctx.params["opt"])
     scores = {}
     for label, session in (("fp32", fp32), ("int8", int8)):
         correct = 0

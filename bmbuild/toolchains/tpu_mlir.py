@@ -285,7 +285,9 @@ class TpuMlirToolchain:
         self.chip(ctx)
         start_command_file(ctx.log, f"{ctx.recipe.name} compile_fp32 (tpu-mlir): model_transform + model_deploy "
                                     "F32 per batch size")
-        export_onnx(ctx, ctx.out_dir / f"{ctx.recipe.name}.onnx")
+        from bmbuild.toolchains.reference import write_onnx
+
+        write_onnx(ctx)  # the legacy exporter at the recipe's opset (tpu-mlir rejects dynamo's opset 18)
         for command in self.fp32_commands(ctx):
             self.run(ctx, command)
             if command.tool == "model_deploy":
@@ -417,19 +419,6 @@ def quantize_fp32_layers(ctx: StageContext, known: list[str] | None = None) -> l
                               + (f" (did you mean {', '.join(close)}?)" if close
                                  else f" (its layers: {', '.join(known[:6])}{', ...' if len(known) > 6 else ''})"))
     return layers
-
-
-def export_onnx(ctx: StageContext, target: Path) -> None:
-    """The model as ONNX for model_transform: the legacy exporter at the recipe's opset (tpu-mlir
-    rejects dynamo's opset 18), or the recipe's own ONNX file."""
-    from bmbuild.stages.compile_fp32 import source_model
-    from bmbuild.toolchains.reference import ReferenceToolchain
-
-    source = source_model(ctx)
-    if ctx.recipe.source.framework == "onnx":
-        shutil.copyfile(source, target)
-    else:
-        ReferenceToolchain()._export(ctx, source, target)
 
 
 def chunks(items: list[Any], size: int) -> Iterator[list[Any]]:

@@ -1,4 +1,7 @@
-"""bmnetp double: `python3 -m bmnetp --key=value ...` and `bmnetp.compile(...)` (bmnetp.md)."""
+"""bmnetp double: `python3 -m bmnetp --key=value ...` and `bmnetp.compile(...)` (bmnetp.md).
+
+bmneto (ONNX) is the same front end with the same documented flags (fp32-bmodel.md lists both);
+its model must be an ONNX file instead of a TorchScript archive."""
 import os
 
 from . import files
@@ -6,6 +9,7 @@ from .common import (DoubleError, check_name, execute, parse_bool, parse_choice_
                      parse_shapes_nested)
 
 PROG = "python3 -m bmnetp"
+MODEL_CHECKS = {"bmnetp": files.check_torchscript, "bmneto": files.check_onnx}
 TARGETS = ("BM1682", "BM1684")  # bmnetp.md: "target ... Option: BM1682, BM1684" (no BM1684X in NNTC 3.x docs)
 KNOWN = ("model", "shapes", "net_name", "opt", "dyn", "outdir", "target", "cmp", "mode", "enable_profile", "list_ops")
 # bmnetp.md marks model, shapes, net_name, outdir and target "Necessary". target also has a default
@@ -16,21 +20,22 @@ OPS = ("aten::_convolution", "aten::add", "aten::adaptive_avg_pool2d", "aten::ba
 FAKE_OUTPUT_DIMS = [1000]  # the double runs nothing: every net gets one output [N, 1000]
 
 
-def _semantic_checks(o):
-    files.check_torchscript(o["model"], "bmnetp: error", 1)
-    check_name(o["net_name"], "bmnetp: error", 1)
+def _semantic_checks(o, tool="bmnetp"):
+    MODEL_CHECKS[tool](o["model"], f"{tool}: error", 1)
+    check_name(o["net_name"], f"{tool}: error", 1)
     if not o["outdir"]:
-        raise DoubleError("bmnetp: error: outdir is empty", 1)
-    return o
+        raise DoubleError(f"{tool}: error: outdir is empty", 1)
+    return dict(o, tool=tool)
 
 
-def check_cli(argv):
-    a = parse_dashdash(PROG, argv, KNOWN, no_value=("list_ops",), required=REQUIRED)
+def check_cli(argv, tool="bmnetp"):
+    prog = f"python3 -m {tool}"
+    a = parse_dashdash(prog, argv, KNOWN, no_value=("list_ops",), required=REQUIRED)
     if a.get("list_ops"):
         return {"list_ops": True}
 
     def err(key, msg=None):
-        return f"{PROG}: error: argument --{key}" + (f": {msg}" if msg else "")
+        return f"{prog}: error: argument --{key}" + (f": {msg}" if msg else "")
 
     bools = {}
     for key, default in (("dyn", False), ("cmp", True), ("enable_profile", False)):
@@ -41,7 +46,7 @@ def check_cli(argv):
     if mode == "GenUmodel":
         # Documented value, but the docs do not say what it writes; bmbuild makes umodels with
         # ufw.tools.pt_to_umodel. Refused rather than inventing outputs.
-        raise DoubleError(f"{PROG}: error: --mode=GenUmodel is not modelled by the NNTC test double", 1)
+        raise DoubleError(f"{prog}: error: --mode=GenUmodel is not modelled by the NNTC test double", 1)
     if mode != "compile":
         raise DoubleError(err("mode", f"invalid choice: {mode!r} (choose from compile, GenUmodel)"), 2)
     return _semantic_checks({
@@ -49,7 +54,7 @@ def check_cli(argv):
         "shapes": parse_shapes_nested(a["shapes"], err("shapes")),
         "opt": parse_choice_int(a.get("opt", "1"), (0, 1, 2), err("opt"), 2),
         **bools,
-    })
+    }, tool)
 
 
 def check_api(kw):
@@ -75,22 +80,23 @@ def produce(o):
     if o.get("list_ops"):
         print("\n".join(OPS))
         return
-    print(f"BMNETP (NNTC test double): compiling {o['model']} as {o['net_name']} for {o['target']}", flush=True)
+    tool = o.get("tool", "bmnetp")
+    print(f"{tool.upper()} (NNTC test double): compiling {o['model']} as {o['net_name']} for {o['target']}", flush=True)
     shapes = o["shapes"]
     stage = {
         "inputs": [{"name": f"input.{i + 1}", "shape": s, "dtype": "float32", "scale": 1}
                    for i, s in enumerate(shapes)],
         "outputs": [{"name": "output.1", "shape": [shapes[0][0]] + FAKE_OUTPUT_DIMS, "dtype": "float32", "scale": 1}],
     }
-    source = {"tool": "bmnetp", "model": os.path.abspath(o["model"]), "model_sha256": files.sha256(o["model"]),
+    source = {"tool": tool, "model": os.path.abspath(o["model"]), "model_sha256": files.sha256(o["model"]),
               "opt": o["opt"], "cmp": o["cmp"], "enable_profile": o["enable_profile"]}
     bm = files.new_bmodel(o["target"], o["net_name"], o["dyn"], "FP32", stage,
                           os.path.getsize(o["model"]), source)
     files.write_compile_outputs(o["outdir"], bm, o["cmp"])
 
 
-def cli_main(argv):
-    return execute("bmnetp", argv, lambda: check_cli(argv), produce, banner="--list_ops" not in argv)
+def cli_main(argv, tool="bmnetp"):
+    return execute(tool, argv, lambda: check_cli(argv, tool), produce, banner="--list_ops" not in argv)
 
 
 def api_compile(kw):

@@ -6,9 +6,10 @@ from . import files
 from .common import DoubleError, check_name, execute, parse_bool, parse_choice_int, parse_gflags, parse_shapes_flat
 
 PROG = "bmnetu"
-# bmnetu.md's table, plus -target/-max_n/-input_as_fp32 from the reference command line.
+# bmnetu.md's table, plus -target/-max_n/-input_as_fp32 from the reference command line and
+# -enable_profile, which the vendor's own zoo (tpu-perf bmnetu_options) passes to bmnetu.
 KNOWN = ("model", "weight", "shapes", "net_name", "opt", "dyn", "prec", "outdir", "cmp", "mode", "use_wino",
-         "target", "max_n", "input_as_fp32")
+         "target", "max_n", "input_as_fp32", "enable_profile")
 # model/weight/outdir are "Necessary" in bmnetu.md. -target is not in the table; the reference command
 # line always passes it and its default is undocumented, so the double requires it.
 REQUIRED = ("model", "weight", "outdir", "target")
@@ -48,6 +49,7 @@ def check_cli(argv):
         "net_name": a.get("net_name"),
         "opt": parse_choice_int(a.get("opt", "1"), (0, 1, 2), f"{PROG}: ERROR: -opt", 1),  # CLI default 1
         "dyn": boolean("dyn", False), "cmp": boolean("cmp", True), "use_wino": boolean("use_wino", None),
+        "enable_profile": boolean("enable_profile", False),
         "max_n": max_n,
         "input_as_fp32": a["input_as_fp32"].split(",") if "input_as_fp32" in a else None,
     }
@@ -123,7 +125,8 @@ def produce(o):
     }
     source = {"tool": "bmnetu", "model": os.path.abspath(o["model"]), "weight": os.path.abspath(o["weight"]),
               "weight_sha256": files.sha256(o["weight"]), "prec": o["prec"], "opt": o["opt"], "cmp": o["cmp"],
-              "use_wino": o["use_wino"], "calibration": um.get("calibration")}
+              "use_wino": o["use_wino"], "enable_profile": o.get("enable_profile", False),
+              "calibration": um.get("calibration")}
     bm = files.new_bmodel(o["target"], o["net_name"], o["dyn"], o["prec"], stage, um["coeff"], source)
     files.write_compile_outputs(o["outdir"], bm, o["cmp"])
 

@@ -5,7 +5,7 @@ import os
 import re
 import sys
 
-TOOLS = ("bmnetp", "bmnetu", "pt_to_umodel", "calibration_use_pb", "tpu_model")
+TOOLS = ("bmnetp", "bmneto", "bmnetu", "pt_to_umodel", "on_to_umodel", "calibration_use_pb", "tpu_model")
 SWITCHES = ("NNTC_DOUBLE_FAIL", "NNTC_DOUBLE_NO_BANNER", "NNTC_DOUBLE_NO_OUTPUT")
 
 # bmnetp.md and bmnetu.md: "bmnetp/bmnetu 若成功，输出的 log 最后会看到以下信息" (exact text).

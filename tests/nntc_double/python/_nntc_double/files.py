@@ -51,6 +51,17 @@ def check_torchscript(path, what, code):
                           "(no <name>/data.pkl or <name>/code/ entry)", code)
 
 
+def check_onnx(path, what, code):
+    """bmneto takes an ONNX file: a serialized ModelProto, whose first field is ir_version (field 1,
+    varint: byte 0x08). The double requires that byte (the real tool parses the whole protobuf)."""
+    if not os.path.isfile(path):
+        raise DoubleError(f"{what}: model file {path!r} does not exist", code)
+    with open(path, "rb") as f:
+        head = f.read(1)
+    if head != b"\x08":
+        raise DoubleError(f"{what}: {path!r} is not an ONNX model (no ModelProto ir_version field first)", code)
+
+
 # ---------------------------------------------------------------- bmodel
 
 def write_bmodel(path, doc):

@@ -1,0 +1,1 @@
+"""Importers: other build systems' model zoos turned into bmbuild recipes (`bmbuild import ...`)."""

@@ -1,0 +1,693 @@
+"""`bmbuild import tpu-perf`: tpu-perf model zoos (sophgo/model-zoo) as bmbuild recipes.
+
+The corpus in tests/fixtures/tpu_perf/model-zoo holds real configs (SOURCE.md there); the
+round-trip tests compare the commands tpu-perf would run for a config (its strings, expanded here
+independently of the importer) flag by flag with what `bmbuild run --dry-run --toolchain nntc`
+(or `tpu-mlir`) prints for the imported recipe.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from bmbuild.importers.tpu_perf import import_zoo, write_import
+from conftest import FIXTURES
+
+CORPUS = FIXTURES / "tpu_perf" / "model-zoo"
+ONNX_BYTES = b"\x08\x07\x12\x07pytorch"          # starts like a serialized ModelProto (ir_version)
+
+
+# --- helpers ------------------------------------------------------------------------------------
+def zoo(tmp_path: Path, configs: dict[str, Any], root: dict[str, Any] | None = None) -> Path:
+    """A tpu-perf tree: root config.yaml + {relative config path: data (dict) or text}."""
+    folder = tmp_path / "zoo"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump(root if root is not None else
+                                                       {"cali_set": "$(root)/dataset/cali"}))
+    for rel, data in configs.items():
+        path = folder / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False))
+    return folder
+
+
+def nntc_config(name: str = "net", **extra: Any) -> dict[str, Any]:
+    config = {"name": name, "model": "$(home)/net.pt",
+              "fp_compile_options": "python3 -m bmnetp --model $(model) --shapes [1,3,8,8] --net_name $(name) "
+                                    "--target $(target)",
+              "cali": "python3 -m ufw.cali.cali_model --model $(model) --net_name $(name) --cali_iterations 20 "
+                      "--cali_image_path $(cali_set) --input_shapes [1,3,8,8] "
+                      "--cali_image_preprocess 'resize_h=8,resize_w=8;mean_value=1:2:3,scale=0.5'",
+              "bmnetu_options": "--model $(workdir)/$(name)_bmnetp_deploy_int8_unique_top.prototxt "
+                                "--weight $(workdir)/$(name)_bmnetp.int8umodel --target $(target)",
+              "bmnetu_batch_sizes": [1, 4]}
+    config.update(extra)
+    return config
+
+
+def one(result: Any, name: str | None = None) -> Any:
+    found = [t for t in result.translations if name is None or t.name == name]
+    assert len(found) == 1, [t.name for t in result.translations]
+    return found[0]
+
+
+def imported(folder: Path, tmp_path: Path, **kwargs: Any) -> Any:
+    return import_zoo(folder, tmp_path / "out", **kwargs)
+
+
+# --- reading the tree: variables, target blocks, +key, shapes ---------------------------------------
+def test_variables_expand_and_dataset_variables_become_workspace_vars(tmp_path):
+    folder = zoo(tmp_path, {"cls/net/config.yaml": nntc_config(
+        int8_model="$(workdir)/$(name)_bmnetp_deploy_int8_unique_top.prototxt",
+        shape_text="[1,3,8,8]",
+        fp_compile_options="python3 -m bmnetp --model $(model) --shapes $(shape_text) --target $(target)")},
+        root={"cali_set": "$(root)/dataset/cali", "other_set": "$(cali_set)/more", "iter_opt": "--calculate_times"})
+    result = imported(folder, tmp_path)
+    t = one(result)
+    assert t.status == "imported", t.untranslated
+    recipe = t.recipe
+    assert recipe["shapes"] == [[1, 3, 8, 8]]                         # $(shape_text), a config key
+    assert recipe["calibration"]["data"] == "${cali_set}"              # a root variable stays a variable
+    out_recipe = tmp_path / "out" / "cls" / "net" / "net.yaml"
+    assert (out_recipe.parent / recipe["source"]["model"]).resolve() == folder / "cls" / "net" / "net.pt"
+    root = folder.resolve()
+    assert result.zoo.variables == {"tpu_perf_root": str(root), "cali_set": f"{root}/dataset/cali",
+                                    "other_set": f"{root}/dataset/cali/more"}   # recursive, iter_opt is not data
+
+
+def test_unknown_and_cyclic_variables_skip_the_config_with_the_name(tmp_path):
+    folder = zoo(tmp_path, {
+        "a/config.yaml": nntc_config("a", cali="python3 -m ufw.cali.cali_model --cali_image_path $(nowhere)"),
+        "b/config.yaml": nntc_config("b", model="$(x)", x="$(model)/y")})
+    result = imported(folder, tmp_path)
+    assert one(result, "a").status == "skipped" and "unknown variable $(nowhere)" in one(result, "a").skipped
+    assert one(result, "b").status == "skipped" and "cyclic variable" in one(result, "b").skipped
+
+
+def test_target_blocks_override_for_the_chosen_target_only(tmp_path):
+    config = nntc_config(BM1684={"bmnetu_batch_sizes": [2]},
+                         BM1684X={"bmnetu_batch_sizes": [8]},
+                         **{"BM1684/BM1684X": {"fp_compile_options":
+                                               "python3 -m bmnetp --model $(model) --shapes [1,3,8,8] --opt 2"}})
+    folder = zoo(tmp_path, {"net/config.yaml": config})
+    bm1684 = one(imported(folder, tmp_path)).recipe
+    assert bm1684["batch_sizes"] == [1, 2] and bm1684["fp32"]["opt"] == 2
+    bm1684x = one(imported(folder, tmp_path, target="BM1684X")).recipe
+    assert bm1684x["batch_sizes"] == [1, 8] and bm1684x["fp32"]["opt"] == 2
+    assert "target" not in bm1684x              # defaults.yaml holds the shared target
+    result = imported(folder, tmp_path, target="BM1684X")
+    write_import(result)
+    assert yaml.safe_load((tmp_path / "out" / "defaults.yaml").read_text()) == {"target": "BM1684X"}
+
+
+def test_plus_keys_append_in_target_blocks_and_from_the_folder_context(tmp_path):
+    folder = zoo(tmp_path, {
+        "group/config.yaml": {"+bmnetu_batch_sizes": [16]},        # context of every model below group/
+        "group/net/config.yaml": nntc_config(BM1684={"+bmnetu_batch_sizes": [8]}),
+        "bad/config.yaml": nntc_config("bad", BM1684={"+fp_compile_options": ["x"]})})
+    result = imported(folder, tmp_path)
+    assert one(result, "net").recipe["batch_sizes"] == [1, 4, 8, 16]
+    assert "appends to a list" in one(result, "bad").skipped
+
+
+def test_multi_shape_configs_become_batch_sizes_or_variants(tmp_path):
+    def mlir(name: str, shapes: list[Any], gops: list[float]) -> dict[str, Any]:
+        return {"name": name, "shapes": shapes, "gops": gops,
+                "mlir_transform": "model_transform.py --model_name $(name) --model_def $(home)/m.onnx "
+                                  "--input_shapes [$(shape_param)] --mlir $(workdir)/t.mlir",
+                "deploy": ["model_deploy.py --mlir $(workdir)/t.mlir --quantize F32 --chip bm1684x "
+                           "--model $(workdir)/$(name)_f32.bmodel"]}
+    folder = zoo(tmp_path, {
+        "batches/config.yaml": mlir("batches", [[1, 3, 224, 224], [4, 3, 224, 224]], [1.0, 4.0]),
+        "sizes/config.yaml": mlir("sizes", [[1, 3, 224, 224], [1, 3, 320, 320]], [1.0, 2.0]),
+        "gops/config.yaml": mlir("gops", [[1, 3, 224, 224], [4, 3, 224, 224]], [1.0])})
+    result = imported(folder, tmp_path, target="BM1684X")
+    batches = one(result, "batches").recipe
+    assert batches["shapes"] == [[1, 3, 224, 224]] and batches["batch_sizes"] == [1, 4]
+    sizes = one(result, "sizes").recipe
+    assert sizes["shapes"] == [[1, 3, 224, 224]]
+    assert sizes["variants"] == [{"suffix": "1x3x224x224"}, {"suffix": "1x3x320x320", "shapes": [[1, 3, 320, 320]]}]
+    assert "one value per entry of shapes" in one(result, "gops").skipped
+    write_import(result)
+    from bmbuild.recipe import load_recipe_file
+
+    (tmp_path / "zoo" / "sizes" / "m.onnx").write_bytes(ONNX_BYTES)
+    loaded = load_recipe_file(tmp_path / "out" / "sizes" / "sizes.yaml", tmp_path / "out")
+    assert [(x.name, x.recipe.shapes) for x in loaded] == [("sizes_1x3x224x224", [[1, 3, 224, 224]]),
+                                                          ("sizes_1x3x320x320", [[1, 3, 320, 320]])]
+
+
+def test_ignored_configs_and_configs_for_other_targets(tmp_path):
+    folder = zoo(tmp_path, {"off/config.yaml": nntc_config("off", ignore=True),
+                            "x/config.yaml": {"name": "x", "BM1684X": {"fp_compile_options": "python3 -m bmnetp"}}})
+    result = imported(folder, tmp_path)
+    assert one(result, "off").status == "ignored" and one(result, "off").skipped == "ignore: true"
+    assert one(result, "x").status == "ignored"
+    assert one(result, "x").skipped == "no NNTC or tpu-mlir commands for BM1684 (blocks for BM1684X only)"
+
+
+# --- what cannot be translated --------------------------------------------------------------------
+@pytest.mark.parametrize("command, framework", [
+    ("bmnetc --model $(home)/a.prototxt --weight $(home)/a.caffemodel --shapes [1,3,8,8]", "Caffe (bmnetc)"),
+    ("python3 -m bmnett --model $(home)/a.pb --shapes [1,8,8,3]", "TensorFlow (bmnett)"),
+    ("python3 -m bmpaddle --model $(home)/a/ --shapes [[1,3,8,8]]", "PaddlePaddle (bmpaddle)"),
+    ("python3 -m bmnetm --model $(home)/a.json --shapes [1,3,8,8]", "MXNet (bmnetm)"),
+])
+def test_frameworks_bmbuild_does_not_build_are_skipped(tmp_path, command, framework):
+    folder = zoo(tmp_path, {"a/config.yaml": {"name": "a", "fp_compile_options": command}})
+    t = one(imported(folder, tmp_path))
+    assert (t.status, t.skipped, t.recipe) == ("skipped", f"unsupported framework: {framework}", None)
+
+
+def test_tpu_mlir_model_formats_bmbuild_does_not_build_are_skipped(tmp_path):
+    folder = zoo(tmp_path, {"t/config.yaml": {
+        "name": "t", "mlir_transform": "model_transform.py --model_def $(home)/m.tflite --input_shapes [[1,3,8,8]]"}})
+    t = one(imported(folder, tmp_path))
+    assert t.skipped == "unsupported framework: TFLite (model_transform --model_def m.tflite)"
+
+
+def test_unknown_flags_and_keys_are_named(tmp_path):
+    config = nntc_config(
+        fp_compile_options="python3 -m bmnetp --model $(model) --shapes [1,3,8,8] --frobnicate 3 --cmp 0",
+        bmnetu_options="--model x --weight y --seed 42 --input_as_fp32 data",
+        build_env=["BMCOMPILER_X=1"], mystery={"a": 1})
+    config["cali"] += " --try_cali_accuracy_opt='-th_method=ADMM;-per_channel=false' --debug_cmd 'odd_thing'"
+    folder = zoo(tmp_path, {"net/config.yaml": config})
+    result = imported(folder, tmp_path)
+    t = one(result)
+    assert t.status == "partial"
+    assert t.untranslated == [
+        "fp_compile_options --frobnicate 3: no bmbuild equivalent for bmnetp --frobnicate",
+        "cali --try_cali_accuracy_opt -th_method=ADMM: -th_method ADMM: bmbuild calibrates with kl, minmax (MAX), "
+        "mse or percentile (PERCENTILE9999)",
+        "cali --debug_cmd odd_thing: no bmbuild equivalent",
+        "bmnetu_options --seed 42: no bmbuild equivalent for bmnetu --seed",
+        "bmnetu_options --input_as_fp32 data: no bmbuild equivalent for bmnetu --input_as_fp32",
+        "build_env: BMCOMPILER_X=1: compiler environment variables have no recipe key"]
+    assert "mystery: not read by tpu-perf's build" in t.notes
+    assert t.recipe["fp32"] == {"cmp": False} and t.recipe["int8"] == {"per_channel": False}
+    write_import(result)
+    text = (tmp_path / "out" / "net" / "net.yaml").read_text()
+    assert "#   - fp_compile_options --frobnicate 3: no bmbuild equivalent" in text   # in the recipe too
+
+
+def test_cli_summary_and_strict(tmp_path, run_bmbuild, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    folder = zoo(tmp_path, {"good/config.yaml": nntc_config("good"),
+                            "caffe/config.yaml": {"name": "c", "fp_compile_options": "bmnetc --model x"},
+                            "odd/config.yaml": nntc_config("odd", bmnetu_options="--model x --seed 1")})
+    code, out, err = run_bmbuild("import", "tpu-perf", folder, "--out", "strict", "--strict")
+    assert code == 2 and "--strict: 2 config(s) not imported completely; nothing written" in err
+    assert not (tmp_path / "strict").exists()
+    assert "3 config(s): 1 imported, 1 partial, 1 skipped" in out
+    assert "skipped   caffe/config.yaml: unsupported framework: Caffe (bmnetc)" in out
+    assert "untranslated: bmnetu_options --seed 1: no bmbuild equivalent for bmnetu --seed" in out
+    code, out, err = run_bmbuild("import", "tpu-perf", folder, "--out", "lenient")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "lenient").rglob("*.yaml")) == [
+        "bmbuild.yaml", "defaults.yaml", "good.yaml", "odd.yaml"]
+    code, out, err = run_bmbuild("import", "tpu-perf", folder / "good", "--out", "one", "--strict")
+    assert code == 0 and "1 config(s): 1 imported, 0 partial, 0 skipped" in out
+
+
+def test_reimport_keeps_workspace_vars_the_user_changed(tmp_path):
+    folder = zoo(tmp_path, {"net/config.yaml": nntc_config()})
+    write_import(imported(folder, tmp_path))
+    workspace = tmp_path / "out" / "bmbuild.yaml"
+    data = yaml.safe_load(workspace.read_text())
+    data["vars"]["cali_set"] = "/data/moved"
+    data["jobs"] = 3
+    workspace.write_text(yaml.safe_dump(data))
+    write_import(imported(folder, tmp_path))
+    again = yaml.safe_load(workspace.read_text())
+    assert again["vars"]["cali_set"] == "/data/moved" and again["jobs"] == 3
+
+
+# --- translations ---------------------------------------------------------------------------------
+def test_tpu_mlir_calibration_and_deploys_translate(tmp_path):
+    qtable = "# op_name quantize_mode\nhead F32\nneck F32\nbody F16\n"
+    config = {
+        "name": "det", "shapes": [[1, 3, 224, 224]],
+        "mlir_transform": "model_transform.py --model_name $(name) --model_def $(home)/det.onnx "
+                          "--input_shapes [$(shape_param)] --resize_dims 256,256 --mean 1,2,3 --scale 0.5,0.25,0.125 "
+                          "--pixel_format bgr --test_input $(root)/cat.jpg --mlir $(workdir)/t.mlir",
+        "mlir_calibration": "run_calibration.py $(workdir)/t.mlir --dataset $(cali_set) --input_num 50 "
+                            "--cali_method mse -o $(workdir)/$(name).calitable",
+        "deploy": ["model_deploy.py --mlir $(workdir)/t.mlir --quantize F32 --chip bm1684x --tolerance 0.99,0.98 "
+                   "--model $(workdir)/f32.bmodel",
+                   "model_deploy.py --mlir $(workdir)/t.mlir --quantize INT8 --chip bm1684x "
+                   "--calibration_table $(workdir)/$(name).calitable --quantize_table $(home)/qtable "
+                   "--tolerance 0.9,0.6 --model $(workdir)/int8.bmodel",
+                   "model_deploy.py --mlir $(workdir)/t.mlir --quantize BF16 --chip bm1684x --model x.bmodel"]}
+    folder = zoo(tmp_path, {"det/config.yaml": config, "det/qtable": qtable})
+    t = one(imported(folder, tmp_path))
+    assert t.recipe["target"] == "BM1684X" and t.recipe["prec"] == "INT8"
+    assert t.recipe["source"]["framework"] == "onnx"
+    assert t.recipe["fp32"] == {"tolerance": {"cos": 0.99, "euclid": 0.98}}
+    assert t.recipe["int8"] == {"tolerance": {"cos": 0.9, "euclid": 0.6}, "fp32_layers": ["head", "neck"]}
+    assert t.recipe["calibration"] == {
+        "data": "${cali_set}", "samples": 50, "method": "mse",
+        "preprocess": {"resize": [256, 256], "center_crop": [224, 224], "mean": [1.0, 2.0, 3.0],
+                       "scale": [0.5, 0.25, 0.125], "bgr2rgb": False}}
+    assert t.untranslated == [
+        "deploy[2] --quantize BF16: bmbuild builds one F32 and one symmetric INT8 bmodel per batch size",
+        "deploy[1] --quantize_table $(home)/qtable (body F16): only F32 layers have a bmbuild equivalent "
+        "(int8.fp32_layers)".replace("$(home)", str(folder.resolve() / "det"))]
+
+
+def test_example_configs_translate(tmp_path):
+    """The three example configs of the issue (identical to their sophgo/model-zoo originals)."""
+    result = import_zoo(CORPUS, tmp_path / "out")
+    eff = one(result, "efficientnetv2")
+    assert eff.status == "imported"
+    assert {k: v for k, v in eff.recipe.items() if k not in ("source", "description")} == {
+        "name": "efficientnetv2", "shapes": [[1, 3, 288, 288]], "prec": "INT8", "batch_sizes": [1, 3],
+        "fp32": {"enable_profile": True, "cmp": False},
+        "calibration": {"data": "${imagenet2012_cali_set}", "samples": 100, "method": "mse",
+                        "preprocess": {"resize": [288, 288], "mean": [123.675, 116.28, 103.53],
+                                       "scale": [0.0171, 0.0175, 0.0174], "bgr2rgb": True}},
+        "int8": {"fp32_layers": ["1643", "1290", "1283", "1284"], "cmp": False, "enable_profile": True}}
+    assert eff.recipe["source"]["framework"] == "onnx"
+
+    vgg = one(result, "vgg11")
+    assert vgg.status == "partial"
+    assert vgg.recipe["fp32"] == {"enable_profile": True, "opt": 1, "cmp": True}
+    assert vgg.recipe["int8"] == {"opt": 2, "cmp": False, "enable_profile": True}
+    assert "prec" not in vgg.recipe and "batch_sizes" not in vgg.recipe
+    assert vgg.hint == {"prec": "INT8", "batch_sizes": [1, 4, 8, 16],
+                        "calibration": {"data": "<folder of calibration images>"}}
+    assert [u.split(":")[0] for u in vgg.untranslated] == ["time_only_cali", "bmnetu_options --seed 42"]
+
+    yolo = one(result, "yolov5s")
+    # tpu-mlir flags against the translated keys (the dry-run round trip is test_tpu_mlir_dry_run_...)
+    assert yolo.recipe["target"] == "BM1684X"                                 # --chip bm1684x
+    assert yolo.recipe["shapes"] == [[1, 3, 640, 640]]                        # --input_shapes [$(shape_param)]
+    assert yolo.recipe["source"]["framework"] == "onnx"                       # --model_def yolov5s.onnx
+    assert yolo.recipe["fp32"] == {"tolerance": {"cos": 0.99, "euclid": 0.99}}  # F32 --tolerance
+    assert yolo.recipe["int8"] == {"tolerance": {"cos": 0.95, "euclid": 0.68}}  # INT8 --tolerance
+    assert yolo.hint["calibration"]["preprocess"] == {                        # --mean --scale --pixel_format
+        "resize": [640, 640], "mean": [0.0, 0.0, 0.0], "scale": [0.0039216] * 3, "bgr2rgb": True}
+    assert [u.split(":")[0] for u in yolo.untranslated] == [
+        "mlir_transform --output_names 350,498,646", "deploy[2] --asymmetric",
+        f"deploy[1] --calibration_table {CORPUS.resolve()}/vision/detection/yolov5/cali_table",
+        "deploy[1] --quant_input", "deploy[1] --quant_output"]
+    assert any(n.startswith("mlir_transform --keep_aspect_ratio: letterbox") for n in yolo.notes)
+
+
+EXPECTED_CORPUS = {
+    "vision/classification/efficientnetv2/config.yaml": ("imported", "efficientnetv2"),
+    "vision/classification/vgg11-torch/config.yaml": ("partial", "vgg11"),
+    "vision/classification/mm_resnet50/config.yaml": ("partial", "resnet50"),
+    "vision/classification/resnet50-v2/config.yaml": ("partial", "resnet50-v2"),
+    "vision/classification/efficientnet-lite4/config.yaml": ("partial", "efficientnet-lite4"),
+    "vision/classification/ResNet50-Caffe/config.yaml": ("skipped", "unsupported framework: Caffe (bmnetc)"),
+    "vision/classification/inception_v4/mlir.tflite.config.yaml": ("skipped", "unsupported framework: TFLite"),
+    "vision/detection/yolov5/yolov5s.config.yaml": ("partial", "yolov5s"),
+    "vision/detection/yolov5/yolov5s5.config.yaml": ("imported", "yolov5s-5"),
+    "vision/detection/ultralytics-yolov3/config.yaml": ("imported", "ultralytics_yolov3"),
+    "vision/segmentation/unet_plusplus/config.yaml": ("skipped", "unsupported framework: PaddlePaddle (bmpaddle)"),
+    "vision/recognition/facenet/config.yaml": ("skipped", "unsupported framework: TensorFlow (bmnett)"),
+    "language/asr/conformer/ConformerEncoder.config.yaml": ("ignored", "blocks for BM1684X only"),
+    "language/nlp/bert/config.yaml": ("ignored", "blocks for BM1684X only"),
+}
+
+
+def test_corpus_imports_with_a_status_per_config(tmp_path):
+    result = import_zoo(CORPUS, tmp_path / "out")
+    got = {str(t.config.relative_to(CORPUS.resolve())): t for t in result.translations}
+    assert set(got) == set(EXPECTED_CORPUS)
+    for rel, (status, detail) in EXPECTED_CORPUS.items():
+        t = got[rel]
+        assert t.status == status, (rel, t.skipped, t.untranslated)
+        assert detail == t.name if t.recipe else detail in t.skipped, (rel, t.name, t.skipped)
+    bm1684x = {str(t.config.relative_to(CORPUS.resolve())): t
+               for t in import_zoo(CORPUS, tmp_path / "x", target="BM1684X").translations}
+    conformer = bm1684x["language/asr/conformer/ConformerEncoder.config.yaml"]
+    assert conformer.recipe["shapes"] == [[1, 458, 256], [1, 458, 256], [1, 1, 458]]
+    assert conformer.recipe["fp32"] == {"enable_profile": True, "opt": 2, "dyn": True, "cmp": False}
+    assert bm1684x["language/nlp/bert/config.yaml"].untranslated[0].startswith("fp_loops[1]: another build")
+    yolo = bm1684x["vision/detection/yolov5/yolov5s5.config.yaml"]
+    assert any("-asym_threshold=true" in u for u in yolo.untranslated)
+
+
+def test_a_flat_folder_of_example_configs_and_a_single_config_file(tmp_path):
+    """A folder of `<model>.config.yaml` files whose root config has another name (as the issue's
+    examples are kept) imports with that root config's variables; so does one config file."""
+    flat = tmp_path / "examples"
+    flat.mkdir()
+    shutil.copyfile(CORPUS / "config.yaml", flat / "root.config.yaml")
+    shutil.copyfile(CORPUS / "vision/classification/efficientnetv2/config.yaml", flat / "efficientnetv2.config.yaml")
+    shutil.copyfile(CORPUS / "vision/classification/vgg11-torch/config.yaml", flat / "vgg11-torch.config.yaml")
+    result = import_zoo(flat, tmp_path / "out")
+    assert sorted(t.name for t in result.translations) == ["efficientnetv2", "vgg11"]
+    assert one(result, "efficientnetv2").recipe["calibration"]["data"] == "${imagenet2012_cali_set}"
+    single = import_zoo(flat / "vgg11-torch.config.yaml", tmp_path / "one")
+    assert [t.name for t in single.translations] == ["vgg11"] and single.zoo.root == flat.resolve()
+
+
+def test_missing_model_files_import_and_fail_validate_with_the_path(tmp_path, run_bmbuild, monkeypatch):
+    result = import_zoo(CORPUS / "vision" / "classification" / "efficientnetv2", tmp_path / "out")
+    t = one(result)
+    missing = CORPUS.resolve() / "vision" / "classification" / "efficientnetv2" / "efficientnetv2.onnx"
+    assert t.status == "imported" and any(n.startswith(f"model: {missing} is not present") for n in t.notes)
+    write_import(result)
+    monkeypatch.chdir(tmp_path / "out")
+    code, out, err = run_bmbuild("validate", ".")
+    assert code == 2 and f"model file not found: {missing}" in err
+
+
+def test_git_lfs_pointers_are_noted(tmp_path):
+    folder = zoo(tmp_path, {"net/config.yaml": nntc_config(),
+                            "net/net.pt": "version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 9\n"})
+    t = one(imported(folder, tmp_path))
+    assert any("is a Git LFS pointer: run `git lfs pull`" in n for n in t.notes)
+
+
+# --- round trip: tpu-perf's commands vs bmbuild's NNTC dry run ---------------------------------------
+def corpus_copy(tmp_path: Path, model: str) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """The corpus root config and one model's folder, with placeholder model files and a calibration
+    image folder for every dataset variable; returns (model folder, model config, root variables)."""
+    root = tmp_path / "zoo"
+    shutil.copytree(CORPUS / model, root / model)
+    shutil.copyfile(CORPUS / "config.yaml", root / "config.yaml")
+    config = yaml.safe_load(next((root / model).glob("*config.yaml")).read_text())
+    variables = {k: str(v).replace("$(root)", str(root.resolve()))
+                 for k, v in yaml.safe_load((root / "config.yaml").read_text()).items() if isinstance(v, str)}
+    for key, value in variables.items():
+        if key.endswith("_set") and not Path(value).suffix:
+            Path(value).mkdir(parents=True, exist_ok=True)
+            (Path(value) / "a.jpg").write_bytes(b"\xff\xd8 placeholder")
+    for file in (root / model).glob("*config.yaml"):
+        for path in re.findall(r"\$\(home\)/([\w.-]+\.(?:pt|onnx))", file.read_text()):
+            (root / model / path).write_bytes(ONNX_BYTES)
+    return root / model, config, variables
+
+
+def expand(text: str, scope: dict[str, Any]) -> str:
+    """tpu-perf's $(var) expansion, written here independently of the importer."""
+    for _ in range(10):
+        text, before = re.sub(r"\$\((\w+)\)", lambda m: str(scope[m.group(1)]), text), text
+        if text == before:
+            break
+    return text
+
+
+def flags(words: list[str]) -> dict[str, str | None]:
+    """--key=value / -key=value / --key value; try_cali_accuracy_opt always takes the next word."""
+    out: dict[str, str | None] = {}
+    i = 0
+    while i < len(words):
+        match = re.fullmatch(r"--?([A-Za-z_]\w*)(?:=(.*))?", words[i], re.DOTALL)
+        if match:
+            name, value = match.group(1), match.group(2)
+            if value is None and i + 1 < len(words) and (
+                    name == "try_cali_accuracy_opt" or not re.match(r"--?[A-Za-z_]", words[i + 1])):
+                value, i = words[i + 1], i + 1
+            out[name] = value
+        i += 1
+    return out
+
+
+def dry_run_commands(stdout: str) -> list[list[str]]:
+    commands = []
+    for line in stdout.splitlines():
+        if line.startswith("  ") and not line.strip().startswith(("#", "[in-process]", "error:")):
+            words = shlex.split(line, comments=True)
+            commands.append([w for w in words if not re.fullmatch(r"[A-Z_]+=.*", w)])
+    return commands
+
+
+def shapes(text: str) -> list[list[int]]:
+    return [[int(d) for d in group.split(",")] for group in re.findall(r"\[([\d,\s]+)\]", text)]
+
+
+BOOLEAN_FLAGS = ("dyn", "cmp", "enable_profile")
+
+
+def norm(flag: str, value: str | None) -> Any:
+    """Booleans as the tools accept them (True/true/1); other values as written."""
+    text = str(value)
+    if flag in BOOLEAN_FLAGS:
+        return {"true": True, "1": True, "false": False, "0": False}[text.lower()]
+    return text
+
+
+BMNETP_DEFAULTS = {"opt": "1", "dyn": False, "cmp": True, "enable_profile": False}     # bmnetp.md
+BMNETU_ADDED = {"prec": "INT8", "opt": "2", "dyn": False, "cmp": True, "enable_profile": False}  # bmnetu.compile()
+
+
+def same_flags(tpu_perf: dict[str, Any], bmbuild: dict[str, Any], name: str, defaults: dict[str, Any],
+               paths: tuple[str, ...]) -> None:
+    for flag, value in tpu_perf.items():
+        assert flag in bmbuild, (flag, bmbuild)
+        if flag in paths:
+            continue
+        if flag == "shapes":
+            assert [s[1:] for s in shapes(bmbuild[flag])] == [s[1:] for s in shapes(value)]
+        else:
+            assert norm(flag, bmbuild[flag]) == norm(flag, value), (flag, bmbuild[flag], value)
+    for flag in set(bmbuild) - set(tpu_perf) - {"outdir", "shapes"}:
+        assert (flag == "net_name" and bmbuild[flag] == name) or norm(flag, bmbuild[flag]) == defaults.get(flag), flag
+
+
+@pytest.mark.parametrize("model", ["vision/classification/efficientnetv2", "vision/classification/vgg11-torch",
+                                   "vision/detection/yolov5/yolov5s5", "vision/detection/ultralytics-yolov3"])
+def test_nntc_dry_run_matches_the_configs_commands(tmp_path, run_bmbuild, monkeypatch, model):
+    if model.endswith("yolov5s5"):   # one config of a folder with several: copy the folder, keep that one
+        folder, config, variables = corpus_copy(tmp_path, "vision/detection/yolov5")
+        for other in folder.glob("*config.yaml"):
+            if other.name != "yolov5s5.config.yaml":
+                other.unlink()
+        config = yaml.safe_load((folder / "yolov5s5.config.yaml").read_text())
+        config.update(config.pop("BM1684"))
+    else:
+        folder, config, variables = corpus_copy(tmp_path, model)
+    result = import_zoo(folder, tmp_path / "out")
+    t = one(result)
+    write_import(result)
+    monkeypatch.chdir(tmp_path / "out")
+    code, out, err = run_bmbuild("run", ".", "--dry-run", "--toolchain", "nntc")
+    assert code == 0, out + err
+    commands = dry_run_commands(out)
+    name = config["name"]
+    scope = {**variables, **config, "home": str(folder.resolve()), "workdir": "/WORKDIR", "target": "BM1684",
+             "root": str((tmp_path / "zoo").resolve()), "name": name}
+
+    # fp_compile_options: the same compiler, flags and values (tpu-perf adds --outdir)
+    fp_words = shlex.split(expand(config["fp_compile_options"], scope))
+    tool = fp_words[2]
+    fp = flags(fp_words[3:])
+    ours = [flags(c[3:]) for c in commands if c[1:3] == ["-m", tool]]
+    batch = shapes(fp["shapes"])[0][0]
+    (mine,) = [f for f in ours if shapes(f["shapes"])[0][0] == batch]
+    same_flags(fp, mine, name, BMNETP_DEFAULTS, paths=("model",))
+    assert Path(mine["model"]).resolve() == Path(fp["model"]).resolve()      # the config's model file itself
+
+    if "cali" not in config:     # time_only_cali: an FP32 import, no calibration, no bmnetu
+        assert t.recipe.get("prec") is None and not any(c[0] == "bmnetu" for c in commands)
+        return
+    # cali: ufw.cali.cali_model's flags against the LMDB writer, the umodel converter and calibration_use_pb
+    cali = flags(shlex.split(expand(config["cali"], scope))[3:])
+    converter = "on_to_umodel" if fp["model"].endswith(".onnx") else "pt_to_umodel"
+    (to_umodel,) = [flags(c[3:]) for c in commands if c[1:3] == ["-m", f"ufw.tools.{converter}"]]
+    assert to_umodel["s"] == "(" + ",".join(map(str, shapes(cali["input_shapes"])[0])) + ")"
+    assert to_umodel["n"] == cali["net_name"] == name
+    (lmdb,) = [c for c in commands if c[1:3] == ["-m", "bmbuild.toolchains.nntc_lmdb"]]
+    calibration = json.loads(lmdb[lmdb.index("--calibration") + 1])
+    assert Path(calibration["data"]).resolve() == Path(cali["cali_image_path"]).resolve()
+    assert calibration["samples"] == int(cali["cali_iterations"])
+    items = dict(part.split("=") for part in re.split(r"[;,]", cali["cali_image_preprocess"]) if part)
+    pre = calibration["preprocess"]
+    assert pre["resize"] == [int(items["resize_h"]), int(items["resize_w"])]
+    assert pre["bgr2rgb"] == (items.get("bgr2rgb") == "True")
+    scale = [float(s) for s in items["scale"].split(":")]
+    assert (pre["scale"] if isinstance(pre["scale"], list) else [pre["scale"]]) == scale
+    assert pre["mean"] == ([float(m) for m in items["mean_value"].split(":")] if "mean_value" in items else [0.0] * 3)
+    (quantize,) = [flags(c[2:]) for c in commands if c[0] == "calibration_use_pb"]
+    assert quantize["iterations"] == cali["cali_iterations"]
+    options = dict(o.lstrip("-").split("=", 1) for o in (cali.get("try_cali_accuracy_opt") or "").split(";") if o)
+    assert quantize["th_method"] == options.get("th_method", "KL")
+    layers = cali.get("fp32_layer_list") or options.get("fpfwd_outputs")
+    assert quantize.get("fpfwd_outputs") == layers
+
+    # bmnetu_options: one bmnetu per bmnetu_batch_sizes entry (tpu-perf adds --max_n <b> --outdir)
+    base = flags(shlex.split(expand("python3 -m bmnetu " + config["bmnetu_options"], scope))[3:])
+    ours = [flags(c[1:]) for c in commands if c[0] == "bmnetu"]
+    for b in config["bmnetu_batch_sizes"]:
+        (mine,) = [f for f in ours if shapes(f["shapes"])[0][0] == b]
+        same_flags(base, mine, name, BMNETU_ADDED, paths=("model", "weight"))
+        for flag in ("model", "weight"):      # the files cali_model would have written, by name
+            assert Path(mine[flag]).name == Path(base[flag]).name
+
+
+# --- what the imported recipes need from the NNTC toolchain: bmneto and bmnetu -enable_profile -------
+def tiny_onnx(path: Path) -> None:
+    """A 1-conv ONNX model with input [1,3,8,8] (onnx.helper; the double only checks the format)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["input", "w"], ["output"], pads=[1, 1, 1, 1])], "tiny",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 4, 8, 8])], [weight])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+
+
+def test_onnx_recipes_build_with_bmneto_and_on_to_umodel(workspace, write_recipe, run_bmbuild, monkeypatch, outcomes):
+    import numpy as np
+    from test_nntc_toolchain import activate, by_tool
+
+    log = workspace.parent / "double.jsonl"
+    activate(monkeypatch, Path(__file__).resolve().parent / "nntc_double", log)
+    tiny_onnx(workspace / "recipes" / "tiny.onnx")
+    np.savez(workspace / "recipes" / "calib.npz", x=np.random.default_rng(0).standard_normal((12, 3, 8, 8),
+                                                                                          dtype=np.float32))
+    recipe = write_recipe("tiny", toolchain="nntc", prec="INT8", batch_sizes=[1, 2],
+                          source={"framework": "onnx", "model": "tiny.onnx", "kwargs": None},
+                          calibration={"data": "calib.npz", "key": "x", "samples": 8},
+                          int8={"cmp_samples": 4, "enable_profile": True})
+    code, out, err = run_bmbuild("run", recipe, "--plain")
+    assert code == 0, out + err
+    assert outcomes("tiny") == {s: "executed" for s in ("compile_fp32", "calibrate", "quantize", "compile_int8")}
+    build = workspace.resolve() / "build" / "tiny"
+    first, _ = by_tool(log, "bmneto")
+    assert first[0] == f"--model={workspace.resolve()}/recipes/tiny.onnx" and first[1] == "--shapes=[[1,3,8,8]]"
+    assert by_tool(log, "bmnetp") == []
+    (to_umodel,) = by_tool(log, "on_to_umodel")
+    assert to_umodel[:2] == ["-m", f"{build}/compile_fp32/tiny.onnx"] and to_umodel[-2:] == ["-n", "tiny"]
+    assert sorted(p.name for p in (build / "quantize").iterdir() if not p.name.startswith(".")) == [
+        "tiny_bmneto.int8umodel", "tiny_bmneto_deploy_int8_unique_top.prototxt"]
+    for argv in by_tool(log, "bmnetu"):
+        assert argv[0] == f"-model={build}/quantize/tiny_bmneto_deploy_int8_unique_top.prototxt"
+        assert argv[-1] == "-enable_profile=True"
+
+
+def test_enable_profile_changes_the_int8_key_only_when_set(workspace, write_recipe):
+    """Recipes without int8.enable_profile keep their compile_int8 parameters (and cached results)."""
+    from bmbuild.recipe import load_recipe
+    from bmbuild.stages.compile_int8 import STAGE
+
+    base = {"prec": "INT8", "calibration": {"data": "calib.npz"}}
+    (workspace / "recipes" / "calib.npz").write_bytes(b"")
+    plain = STAGE.params(load_recipe(write_recipe("a", **base)).recipe)
+    profiled = STAGE.params(load_recipe(write_recipe("b", **base, int8={"enable_profile": True})).recipe)
+    assert "enable_profile" not in plain
+    assert {k: v for k, v in profiled.items() if k != "net_name"} == {
+        **{k: v for k, v in plain.items() if k != "net_name"}, "enable_profile": True}
+
+
+def test_the_first_fp_loop_is_the_build_imported_and_the_others_are_named(tmp_path):
+    """tpu-perf expands fp_compile_options once per fp_loops entry, with the entry's keys as variables."""
+    config = nntc_config(
+        fp_compile_options="python3 -m bmnetp --model $(model) --shapes [1,3,8,8] --opt $(opt) --dyn $(dyn)",
+        fp_loops=[{"opt": 2, "dyn": "True", "fp_outdir_template": "a.{}b"},
+                  {"opt": 1, "dyn": "False", "build_env": ["BMCOMPILER_LAYER_DTYPE_MODE=auto"], "prec": "FP16"}])
+    folder = zoo(tmp_path, {"net/config.yaml": config})
+    t = one(imported(folder, tmp_path))
+    assert t.recipe["fp32"] == {"opt": 2, "dyn": True}
+    assert t.untranslated == ["fp_loops[1]: another build with opt=1, dyn=False, "
+                              "build_env=['BMCOMPILER_LAYER_DTYPE_MODE=auto'], prec=FP16: no bmbuild equivalent"]
+
+
+# --- round trip: tpu-perf's tpu-mlir commands vs bmbuild's tpu-mlir dry run ------------------------
+MLIR_PREPROCESS = ("mean", "scale", "pixel_format", "resize_dims", "channel_format", "keep_aspect_ratio")
+MLIR_TEST_DATA = ("test_input", "test_result", "test_reference", "mlir", "model", "correctness")
+
+
+def tool_commands(commands: list[list[str]], tool: str) -> list[dict[str, Any]]:
+    return [flags(c[1:]) for c in commands if c and Path(c[0]).name == tool]
+
+
+def mlir_case(tmp_path: Path, model: str) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    if model != "int8":
+        folder, config, variables = corpus_copy(tmp_path, model)
+        for other in folder.glob("*config.yaml"):
+            if yaml.safe_load(other.read_text()).get("name") != "yolov5s" and model.endswith("yolov5"):
+                other.unlink()
+        return folder, yaml.safe_load(next(folder.glob("*config.yaml")).read_text()), variables
+    # no corpus config calibrates (theirs use a prebuilt table): one that does, with a quantize table
+    folder, _, variables = corpus_copy(tmp_path, "vision/classification/resnet50-v2")
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    config["mlir_calibration"] = ("run_calibration.py $(workdir)/transformed.mlir "
+                                  "--dataset $(imagenet2012_mlir_cali_set) --input_num 100 --cali_method mse "
+                                  "-o $(workdir)/$(name).calitable")
+    int8 = config["deploy"][1].replace("$(home)/cali_table", "$(workdir)/$(name).calitable")
+    config["deploy"] = [config["deploy"][0], int8.replace("--quant_input", "--quantize_table $(home)/qtable")
+                        .replace("--quant_output", "")]
+    (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (folder / "qtable").write_text("resnetv24_dense0_fwd F32\n")
+    return folder, config, variables
+
+
+@pytest.mark.parametrize("model", ["vision/detection/yolov5", "vision/classification/resnet50-v2",
+                                   "vision/classification/efficientnet-lite4", "int8"])
+def test_tpu_mlir_dry_run_matches_the_configs_commands(tmp_path, run_bmbuild, monkeypatch, model):
+    folder, config, variables = mlir_case(tmp_path, model)
+    result = import_zoo(folder, tmp_path / "out")
+    t = one(result)
+    write_import(result)
+    monkeypatch.chdir(tmp_path / "out")
+    code, out, err = run_bmbuild("run", ".", "--dry-run", "--toolchain", "tpu-mlir")
+    assert code == 0, out + err
+    commands = dry_run_commands(out)
+    name, recipe = config["name"], t.recipe
+    scope = {**variables, **config, "home": str(folder.resolve()), "workdir": "/WORKDIR", "target": "bm1684",
+             "root": str((tmp_path / "zoo").resolve())}
+    ours = tool_commands(commands, "model_transform")
+    preprocess = (recipe.get("calibration") or (t.hint or {}).get("calibration") or {}).get("preprocess", {})
+    for shape in config["shapes"]:
+        param = ",".join("[" + ",".join(map(str, s)) + "]" for s in ([shape] if isinstance(shape[0], int) else shape))
+        theirs = flags(shlex.split(expand(config["mlir_transform"], {**scope, "shape_param": param}))[1:])
+        matching = [f for f in ours if shapes(f["input_shapes"]) == shapes(theirs["input_shapes"])]
+        assert matching                              # (INT8: calibrate transforms batch 1 again)
+        for mine in matching:
+            assert mine["model_name"] == theirs["model_name"] == name
+            assert Path(mine["model_def"]).suffix == Path(theirs["model_def"]).suffix == ".onnx"
+        for flag, value in theirs.items():
+            if flag in ("model_name", "model_def", "input_shapes") + MLIR_TEST_DATA:
+                continue
+            if flag == "mean":
+                assert preprocess["mean"] == [float(v) for v in value.split(",")]
+            elif flag == "scale":
+                assert preprocess["scale"] == [float(v) for v in value.split(",")]
+            elif flag == "pixel_format":
+                assert preprocess["bgr2rgb"] == (value == "rgb")
+            elif flag == "resize_dims":
+                assert preprocess["resize"] == [int(v) for v in value.split(",")]
+            elif flag == "channel_format":
+                assert preprocess["layout"] == value.upper()
+            else:                                  # --output_names, --keep_aspect_ratio: named as lost
+                assert any(line.startswith(f"mlir_transform --{flag}") for line in t.untranslated + t.notes), flag
+    deploys = [flags(shlex.split(expand(d, scope))[1:]) for d in config["deploy"]]
+    mine = {q: tool_commands(commands, "model_deploy") for q in ("F32", "INT8")}
+    for theirs in deploys:
+        quantize = theirs["quantize"]
+        if quantize == "INT8" and ("asymmetric" in theirs or recipe.get("prec") != "INT8"):
+            assert any(u.startswith("deploy[") for u in t.untranslated)      # named, not built
+            continue
+        built = [f for f in mine[quantize] if f["quantize"] == quantize and "not_gen_bmodel" not in f]
+        assert len(built) == len(recipe.get("batch_sizes") or [1])            # one per batch size
+        for f in built:
+            assert f["chip"] == theirs["chip"]
+            assert ("calibration_table" in f) == (quantize == "INT8") == ("calibration_table" in theirs)
+        role = "fp32" if quantize == "F32" else "int8"
+        cos, euclid = (float(v) for v in theirs["tolerance"].split(","))
+        assert recipe[role]["tolerance"] == {"cos": cos, "euclid": euclid}      # bmbuild's own gate
+        if "quantize_table" in theirs:
+            assert all("quantize_table" in f for f in built)
+            layers = [line.split()[0] for line in Path(theirs["quantize_table"]).read_text().splitlines()]
+            assert recipe["int8"]["fp32_layers"] == layers
+    if "mlir_calibration" in config:
+        theirs = flags(shlex.split(expand(config["mlir_calibration"], scope))[2:])
+        (cali,) = tool_commands(commands, "run_calibration")
+        assert cali["input_num"] == theirs["input_num"] and cali["cali_method"] == theirs["cali_method"]
+        assert recipe["calibration"]["data"] == "${imagenet2012_mlir_cali_set}"
