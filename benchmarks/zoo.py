@@ -226,7 +226,8 @@ def write_recipe(model: ZooModel, work: Path, target: str, method: str = "kl", t
 
 
 def build(recipes: list[Path], work: Path) -> None:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    # a private cache: results restored from another checkout's cache would not measure this code
+    env = dict(os.environ, PYTHONPATH=str(REPO), BMBUILD_CACHE_DIR=str(work / "cache"))
     (work / "bmbuild.yaml").write_text("build_dir: build\n")
     command = [sys.executable, "-m", "bmbuild", "run", *map(str, recipes), "--keep-going", "--plain", "-j", "1"]
     with open(work / "build.log", "w") as log:
