@@ -150,3 +150,18 @@ def test_int8_metrics_are_per_sample_and_the_same_for_every_batch_size(ws8: Int8
     for key in ("cos", "euclid", "sqnr"):
         assert one["worst"][key] == pytest.approx(four["worst"][key], abs=1e-6), key
         assert one["worst"][key] <= one[key]
+
+
+def test_calibration_names_tensors_it_cannot_calibrate_and_goes_on(ws8: Int8Workspace) -> None:
+    """Issue 11 item 2: a NaN tensor stopped calibration (and an empty one crashed with 'no values
+    were recorded for this tensor', no name); now each is named in the log and stays float."""
+    write_npz(ws8.recipes / "data" / "calib.npz")
+    recipe = ws8.recipe("nan", source={"framework": "pytorch", "model": "int8_models.py:nan_inside"},
+                        fp32={"tolerance": {"cos": 0.9, "euclid": 0.5}}, int8={"tolerance": {"cos": 0.5, "euclid": -1}})
+    code, out, err = ws8.build(recipe)
+    assert code == 0, out + err
+    skipped = ws8.metrics("calibrate", "nan")["skipped"]
+    assert any("non-finite" in why for why in skipped.values()), skipped
+    log = (ws8.root / "build" / "nan" / "logs" / "calibrate.log").read_text()
+    for name in skipped:
+        assert f"tensor {name!r}" in log and "not calibrated" in log

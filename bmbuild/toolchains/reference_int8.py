@@ -74,7 +74,7 @@ def prepared_model(ctx: StageContext) -> Path:
             onnx.save(model, str(source))
             ctx.log.info(f"converted the model from opset {opset} to {PREPARED_OPSET} for per-channel weights")
         except Exception as exc:  # the converter lacks an adapter: weights fall back to per tensor
-            ctx.log.warning(f"cannot convert opset {opset} to {PREPARED_OPSET} ({type(exc).__name__}: {exc}); "
+            ctx.log.info(f"warning: cannot convert opset {opset} to {PREPARED_OPSET} ({type(exc).__name__}: {exc}); "
                             "weights are quantized per tensor")
     # the graph keeps the exporter's structure, which is what tpu-mlir sees: MatMulAddFusion
     # would make a 3-D MatMul + bias a Gemm between Reshapes (BM1684 runs the first in float and
@@ -176,7 +176,7 @@ def calibrate(ctx: StageContext) -> None:
     rows = collector.thresholds(params["method"], params["percentile"])
     rows = {name: rows[name] for name in [input_name] + tensors if name in rows}
     for name, reason in collector.skipped.items():
-        ctx.log.warning(f"tensor {name!r} {reason}: not calibrated (it stays in float)")
+        ctx.log.info(f"warning: tensor {name!r} {reason}: not calibrated (it stays in float)")
     header = {"method": params["method"], "samples": str(seen), "net_name": ctx.recipe.name}
     if params["method"] == "percentile":
         header["percentile"] = str(params["percentile"])
