@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv clean bench browser tpu-mlir
+.PHONY: demo test venv clean bench browser tpu-mlir ajv
 TOOLCHAIN ?=
 
 $(STAMP): pyproject.toml constraints.txt
@@ -18,7 +18,7 @@ venv: $(STAMP)
 demo: $(STAMP) $(if $(filter tpu-mlir,$(TOOLCHAIN)),tpu-mlir)
 	$(BIN)/bmbuild run recipes/resnet.yaml $(if $(TOOLCHAIN),--toolchain $(TOOLCHAIN))
 
-test: $(STAMP) browser tpu-mlir
+test: $(STAMP) browser tpu-mlir ajv
 	$(BIN)/python -m pytest -q -n 2
 
 # tpu-mlir's Python 3.10 environment, in the user cache dir (outside the clone, reused by later runs;
@@ -32,6 +32,12 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1 || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
 		echo "chromium could not be installed: the browser test will be skipped"
+
+# ajv (strict JSON-schema validation of schemas/) for tests/test_schema.py, when npm is there; else that test skips.
+ajv: $(STAMP)
+	@[ -d $(VENV)/node_modules/ajv ] || ! command -v npm >/dev/null 2>&1 || \
+		npm install --prefix $(VENV) --no-save --no-audit --no-fund --silent ajv@8 || \
+		echo "ajv could not be installed: the ajv schema test will be skipped"
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/plan_scale.py

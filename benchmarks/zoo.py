@@ -32,7 +32,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -262,14 +262,15 @@ def agreement(spec: tuple[str, float] | None, ref: np.ndarray, test: np.ndarray)
     return float(np.mean((ref > value) == (test > value)))
 
 
-def evaluate(fp32: Any, int8: Any, holdout: np.ndarray, spec: tuple[str, float] | None) -> dict[str, Any]:
+def evaluate(fp32: Any, int8: Any, holdout: np.ndarray, spec: tuple[str, float] | None,
+             feeds: list[Any]) -> dict[str, Any]:
     from bmbuild.compare import per_sample, sample_rows
     from bmbuild.toolchains.reference_int8 import run_rows
 
     pairs, agrees = [], []
     for i in range(len(holdout)):
         chunk = holdout[i:i + 1]
-        expected, actual = run_rows(fp32, chunk), run_rows(int8, chunk)
+        expected, actual = run_rows(fp32, [chunk], feeds), run_rows(int8, [chunk], feeds)
         for ref, test in zip(expected, actual):
             pairs += sample_rows(ref, test, 1)
             value = agreement(spec, ref, test)
@@ -282,9 +283,8 @@ def evaluate(fp32: Any, int8: Any, holdout: np.ndarray, spec: tuple[str, float] 
 
 def measure(model: ZooModel, work: Path) -> dict[str, Any]:
     from bmbuild.recipe import load_recipe
-    from bmbuild.stages.int8_common import split
-    from bmbuild.toolchains.reference import ort_session
-    from bmbuild.toolchains.reference_int8 import batches
+    from bmbuild.stages.int8_common import input_feeds, split
+    from bmbuild.toolchains.reference import deployable_fp32, ort_session
     from bmbuild.calib.dataset import iter_batches
 
     build_dir = work / "build" / model.name
@@ -298,25 +298,26 @@ def measure(model: ZooModel, work: Path) -> dict[str, Any]:
     fp32_cmp = stages.get("compile_fp32", {}).get("metrics", {}).get("cmp", {})
     if fp32_cmp:
         row["fp32_cos"] = min(v["cos"] for v in fp32_cmp.values())
-    fp32_path = build_dir / "compile_fp32" / f"{model.name}.fp32.onnx"
+    fp32_path = deployable_fp32(build_dir / "compile_fp32", model.name)
     if not fp32_path.exists():
         return row
     recipe = load_recipe(work / "recipes" / f"{model.name}.yaml").recipe
     calib_refs, holdout_refs = split(recipe)
     cfg = recipe.calibration
-    shape = tuple(recipe.shapes[0][1:])
+    shape = recipe.sample_shape(0)
+    feeds = input_feeds(recipe)
     calib = np.concatenate(list(iter_batches(calib_refs, cfg, shape, 8)))
     holdout = np.concatenate(list(iter_batches(holdout_refs, cfg, shape, 8)))
     fp32 = ort_session(fp32_path, 0)
     bm_int8 = build_dir / "compile_int8" / "1b.compilation" / f"{model.name}.int8.onnx"
     if bm_int8.exists():
-        row["bmbuild"] = evaluate(fp32, ort_session(bm_int8, 0), holdout, model.agree)
+        row["bmbuild"] = evaluate(fp32, ort_session(bm_int8, 0), holdout, model.agree, feeds)
     ort_int8 = work / "ort" / f"{model.name}.int8.onnx"
     try:
         ort_int8.parent.mkdir(exist_ok=True)
         if not ort_int8.exists():
             ort_quantize(build_dir / "compile_fp32" / f"{model.name}.onnx", calib, ort_int8)
-        row["ort"] = evaluate(fp32, ort_session(ort_int8, 0), holdout, model.agree)
+        row["ort"] = evaluate(fp32, ort_session(ort_int8, 0), holdout, model.agree, feeds)
     except Exception as exc:  # onnxruntime's quantizer failing is a result too
         row["ort_error"] = f"{type(exc).__name__}: {str(exc)[:120]}"
     return row

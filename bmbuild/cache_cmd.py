@@ -393,7 +393,8 @@ def add_parser(sub: Any) -> None:
     pull_parser = common(actions.add_parser("pull", help="download remote entries and objects, verified"))
     pull_parser.add_argument("paths", nargs="*",
                              help="only the current stages of these recipes (default: everything)")
-    pull_parser.add_argument("--toolchain", choices=["auto", *REGISTRY])
+    pull_parser.add_argument("--toolchain", choices=["auto", *REGISTRY],
+                             help="override the recipes' toolchain when picking their stages")
     ls = common(actions.add_parser("ls", help="list cached entries (newest first)"))
     ls.add_argument("--remote", action="store_true", help="list the remote cache instead of the local one")
     ls.add_argument("--json", action="store_true", help="one JSON document instead of a table")
@@ -402,7 +403,7 @@ def add_parser(sub: Any) -> None:
     gc_parser.add_argument("--max-age", type=float, metavar="DAYS", help="remove entries unused for DAYS days")
     gc_parser.add_argument("--max-size", type=parse_size, metavar="SIZE",
                            help="keep the most recently used entries that fit in SIZE (0, 500M, 10G, 2GiB)")
-    gc_parser.add_argument("--remote", action="store_true", help="also collect the remote cache")
+    gc_parser.add_argument("--remote", action="store_true", help="collect the remote cache instead of the local one")
     gc_parser.add_argument("--dry-run", action="store_true", help="only say what would be removed")
     verify_parser = common(actions.add_parser("verify", help="re-hash every object; delete and report corrupt ones"))
     verify_parser.add_argument("--remote", action="store_true", help="verify the remote cache instead of the local one")
@@ -457,11 +458,12 @@ def cmd_cache(args: argparse.Namespace) -> int:
               f"in {store.url}")
         return 0
     if command == "gc":
-        stores = [local_view(workspace.cache_dir)]
-        if args.remote:
+        if args.remote:  # --remote means the same in ls, gc and verify: that store instead of the local one
             remote = workspace.open_remote()
             remote.probe(write=not args.dry_run)
-            stores.append(remote)
+            stores = [remote]
+        else:
+            stores = [local_view(workspace.cache_dir)]
         verb = "would remove" if args.dry_run else "removed"
         for store in stores:
             result = gc(store, args.max_age, args.max_size, dry_run=args.dry_run)

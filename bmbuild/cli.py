@@ -9,17 +9,36 @@ traceback). When several stages fail (--keep-going), the highest code wins.
 from __future__ import annotations
 
 import argparse
+import difflib
+import re
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from bmbuild import __version__
+from bmbuild import __version__, snapshot
 from bmbuild.errors import BmbuildError
 from bmbuild.toolchains.base import REGISTRY
 
 DEFAULT_SCHEMA = Path("schemas/recipe.schema.json")
 TOOLCHAIN_CHOICES = ["auto", *REGISTRY]
+DESCRIPTION = "Declarative, incremental, cached builds of Sophgo bmodels from YAML recipes."
+EPILOG = """\
+examples:
+  bmbuild run recipes/resnet.yaml        build one model (again: nothing to do)
+  bmbuild run recipes/ -j 2 -k           every recipe below a folder; go on after a failure
+  bmbuild plan recipes/                  what run would do, and why
+  bmbuild validate recipes/ --json       check recipes, machine-readable
+  bmbuild toolchains                     which toolchains work here, and why not
+
+exit codes:
+  0  success
+  1  a stage ran and failed (a tool's error, a tolerance not met, the model's code raised)
+  2  the input is wrong (recipe, data, a missing file, an unusable toolchain)
+  3  an internal error (a bug in bmbuild: printed with its traceback)
+  with --keep-going the highest code of all failures wins
+"""
 
 
 def _workspace(args: argparse.Namespace) -> Any:
@@ -35,7 +54,7 @@ def _prepare(args: argparse.Namespace, check_toolchains: bool = True) -> Any:
 
     return prepare(args.paths, _workspace(args), getattr(args, "toolchain", None),
                    getattr(args, "stage", None), check_toolchains=check_toolchains,
-                   shard=getattr(args, "shard", None))
+                   shard=getattr(args, "shard", None), keep_going=getattr(args, "keep_going", False))
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -50,18 +69,24 @@ def _shard(text: str) -> tuple[int, int]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from bmbuild.console import BuildConsole
+    from bmbuild.cluster import cluster_config
+    from bmbuild.console import BuildConsole, format_record
     from bmbuild.engine import run_nodes
     from bmbuild.executor import Outcome
-    from bmbuild.project import model_summary, write_reports
+    from bmbuild.project import built_models, preflight, write_reports
+    from bmbuild.recipe import RecipeErrors
 
     if args.dry_run:
         return _dry_run(args)
-    build = _prepare(args)
-    console = BuildConsole(force_plain=args.plain)
+    since_ns = snapshot.clock()
+    build = preflight(_prepare(args), args.keep_going)  # data, ONNX inputs, toolchain limits: before any stage
+    console = BuildConsole(stream=sys.stderr if args.json else None, force_plain=args.plain,
+                           quiet=args.quiet, verbose=args.verbose, color=args.color)
     toolchains = sorted(set(build.toolchains.values()))
-    console.print(f"bmbuild {__version__}: {len(build.recipes)} recipe(s), {len(build.nodes)} stage(s), "
-                  f"toolchain {', '.join(toolchains)}, cache {build.workspace.cache_dir}")
+    header = (f"bmbuild {__version__}: {len(build.recipes)} recipe(s), {len(build.nodes)} stage(s), "
+              f"toolchain {', '.join(toolchains)}, cache {build.workspace.cache_dir}")
+    if not args.quiet:
+        console.print(header)
     if "nntc" in toolchains:
         from bmbuild.stages.trace import torch_note
         from bmbuild.toolchains.base import package_version
@@ -70,24 +95,37 @@ def cmd_run(args: argparse.Namespace) -> int:
         if note:
             console.print(f"note: {note} for tracing; bmnetp may reject operators that newer torch emits")
     jobs = args.jobs or build.workspace.config.jobs
+    cluster = cluster_config(build.workspace.config.executor, args.executor, args.scheduler)
     result = run_nodes(build.nodes, build.workspace, console, jobs=jobs, force=args.force,
-                       keep_going=args.keep_going)
+                       keep_going=args.keep_going, cluster=cluster)
     write_reports(build, result.records)
+    for error in build.errors:  # broken recipes left out under --keep-going
+        console.print(f"error: {error.render()}", style="red")
+    exit_code = max([result.exit_code] + [error.exit_code for error in build.errors])
     executed, restored = result.count(Outcome.EXECUTED), result.count(Outcome.RESTORED)
     uptodate = result.count(Outcome.UP_TO_DATE)
-    for loaded in build.recipes:
-        mine = [r for r in result.records if r.recipe == loaded.name]
-        summary = model_summary(mine)
-        if summary and all(r.outcome.value not in ("failed", "blocked") for r in mine):
-            console.print(f"{loaded.name}: {summary}")
+    models = built_models(build, result.records)
+    model_lines = []
+    for model in models:
+        if model["ok"]:
+            model_lines.append(f"{model['name']}: {model['summary'] or 'built'}")
+            if model["files"]:
+                model_lines.append(f"  models: {', '.join(_relative(Path(f)) for f in model['files'])}")
+    for line in model_lines if not args.quiet else []:
+        console.print(line)
     for error in result.errors:
         console.print(error, style="red")
-    if executed == 0 and restored == 0 and result.ok:
-        console.print(f"nothing to do: {uptodate} stage(s) up to date ({result.seconds:.2f}s)")
+    if executed == 0 and restored == 0 and result.ok and not build.errors:
+        console.print(_nothing_to_do(uptodate, result.seconds))
+        _remember_noop(args, build, result.records, [header, *map(format_record, result.records), *model_lines],
+                       since_ns)
     else:
         failed = result.count(Outcome.FAILED) + result.count(Outcome.BLOCKED)
         console.print(f"{executed} executed, {restored} restored from cache, {uptodate} up to date, "
-                      f"{failed} failed or blocked ({result.seconds:.2f}s)")
+                      f"{failed} failed or blocked ({result.seconds:.2f}s)"
+                      + (f"; {len(build.errors)} broken recipe(s) left out" if build.errors else ""))
+    _ci_output(args, build, result)
+    report = None
     if args.report_dir:
         from bmbuild.report import write_report
 
@@ -95,8 +133,90 @@ def cmd_run(args: argparse.Namespace) -> int:
         ran = {record.recipe for record in result.records}
         written = write_report(build.workspace.build_dir, Path(args.report_dir), names,
                                not_run=[name for name in names if name not in ran])
-        console.print(f"report: {written.paths['html']} (+ summary.json, junit.xml, summary.md)")
-    return result.exit_code
+        report = written.paths['html']
+        console.print(f"report: {report} (+ summary.json, junit.xml, summary.md)")
+    if args.json:
+        from bmbuild import jsonout
+
+        counts = {outcome.value: result.count(outcome) for outcome in Outcome}
+        print(jsonout.dumps(jsonout.document(
+            "run", ok=exit_code == 0, exit_code=exit_code, seconds=round(result.seconds, 3), counts=counts,
+            models=models, stages=[{"id": r.node_id, **{k: v for k, v in r.to_json().items() if k != "node_id"}}
+                                   for r in result.records],
+            errors=[jsonout.message_item(error) for error in result.errors]
+            + (jsonout.error_items(RecipeErrors(build.errors)) if build.errors else []), report=report)))
+    return exit_code
+
+
+def _ci_output(args: argparse.Namespace, build: Any, result: Any) -> None:
+    """On GitHub Actions: an annotation per failure and broken recipe; with --step-summary the
+    run's summary.md goes to the job summary."""
+    from bmbuild import ci, jsonout
+    from bmbuild.recipe import RecipeErrors
+
+    if ci.on_github_actions():
+        items = [jsonout.message_item(error) for error in result.errors]
+        items += jsonout.error_items(RecipeErrors(build.errors)) if build.errors else []
+        ci.annotate(items, sys.stderr if args.json else sys.stdout)
+    if args.step_summary:
+        from bmbuild.report import collect, markdown, report_files
+
+        names = [loaded.name for loaded in build.recipes]
+        ran = {record.recipe for record in result.records}
+        files = report_files(build.workspace.build_dir, names)
+        text = markdown(collect(files, [n for n in names if n not in ran])) if files else "no model was built\n"
+        if ci.append_step_summary(text) is None:
+            print("note: --step-summary: $GITHUB_STEP_SUMMARY is not set; no job summary written", file=sys.stderr)
+
+
+def _nothing_to_do(stages: int, seconds: float) -> str:
+    return f"nothing to do: {stages} stage(s) up to date ({seconds:.2f}s)"
+
+
+def _plan_line(status: str, node_id: str, reason: str) -> str:
+    return f"  {status:<14} {node_id:<36} {reason}"
+
+
+def _plan_footer(pending: int, total: int) -> str:
+    return f"{pending} of {total} stage(s) would run or be restored"
+
+
+def _status_line(node_id: str, state: str, summary: str) -> str:
+    return f"  {node_id:<36} {state:<12} {summary}".rstrip()
+
+
+def _remember_noop(args: argparse.Namespace, build: Any, records: list[Any], run_lines: list[str],
+                   since_ns: int) -> None:
+    """Let the next run/plan/status of this selection answer from stat calls (bmbuild.snapshot),
+    with what they print by default."""
+    from bmbuild.project import remember_noop
+
+    lines = {"run": run_lines,
+             "plan": [_plan_line("up-to-date", r.node_id, r.reason) for r in records]
+             + [_plan_footer(0, len(records))],
+             "status": [_status_line(r.node_id, "up-to-date", r.summary) for r in records]}
+    remember_noop(args, build, lines, since_ns)
+
+
+def _replay(args: argparse.Namespace, entry: dict[str, Any], started: float) -> int:
+    """Print what the full no-op check printed for this selection (bmbuild.snapshot.lookup)."""
+    lines = entry["lines"][args.command]
+    if args.command == "run" and args.color == "auto" and not args.plain and sys.stdout.isatty():
+        stages = entry["stages"]  # rich dims the up-to-date lines on a terminal
+        lines = [lines[0], *(f"\x1b[2m{line}\x1b[0m" for line in lines[1:1 + stages]), *lines[1 + stages:]]
+    text = "\n".join(lines)
+    if args.command == "run":
+        text += "\n" + _nothing_to_do(entry["stages"], time.monotonic() - started)
+    print(text)
+    return 0
+
+
+def _relative(path: Path) -> str:
+    """`path` relative to the current folder when it is below it (shorter lines), else as is."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _dry_run(args: argparse.Namespace) -> int:
@@ -116,6 +236,13 @@ def _dry_run(args: argparse.Namespace) -> int:
             print(comment(f"note: toolchain {name!r} is not usable here ({status.reason}); "
                           "a real run stops before any stage"))
     steps = dry_run(build, force=args.force)
+    if args.json:
+        from bmbuild import jsonout
+
+        print(jsonout.dumps(jsonout.document("run", dry_run=True, steps=[
+            {"id": s.node.id, "recipe": s.node.recipe_name, "stage": s.node.stage.name, "status": s.status.value,
+             "reason": s.reason, "commands": s.commands, "error": s.error or None} for s in steps])))
+        return 2 if any(step.error for step in steps) else 0
     for step in steps:
         print(comment(f"{step.node.id}: {step.status.value} ({step.reason})"))
         for line in step.commands:
@@ -131,7 +258,18 @@ def cmd_toolchains(args: argparse.Namespace) -> int:
     from bmbuild.project import toolchain_statuses
 
     statuses, auto = toolchain_statuses()
+    if args.json:
+        from dataclasses import asdict
+
+        from bmbuild import jsonout
+        from bmbuild.project import auto_choices
+
+        print(jsonout.dumps(jsonout.document("toolchains", toolchains=[asdict(s) for s in statuses],
+                                             auto=auto_choices())))
+        return 0
     for status in statuses:
+        if args.quiet and not status.usable:
+            continue
         print(f"  {status.name:<10} {'usable' if status.usable else 'not usable':<11} {status.version}".rstrip())
         if status.reason:
             print(f"             why: {status.reason}")
@@ -162,10 +300,18 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from bmbuild.project import plan
 
     rows = plan(_prepare(args), force=args.force)
-    for row in rows:
-        print(f"  {row.status.value:<14} {row.node.id:<36} {row.reason}")
     pending = sum(1 for r in rows if r.status.value != "up-to-date")
-    print(f"{pending} of {len(rows)} stage(s) would run or be restored")
+    if args.json:
+        from bmbuild import jsonout
+
+        print(jsonout.dumps(jsonout.document("plan", pending=pending, stages=[
+            {"id": r.node.id, "recipe": r.node.recipe_name, "stage": r.node.stage.name, "status": r.status.value,
+             "reason": r.reason} for r in rows])))
+        return 0
+    for row in rows:
+        if not (args.quiet and row.status.value == "up-to-date"):
+            print(_plan_line(row.status.value, row.node.id, row.reason))
+    print(_plan_footer(pending, len(rows)))
     return 0
 
 
@@ -183,19 +329,35 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     build = _prepare(args)
     checked, corrupt = verify_outputs(build) if args.verify else (0, [])  # first: the plan then sees it
+    stages = []
     for row in plan(build):
         folder = build.workspace.stage_dir(row.node.recipe_name, row.node.stage.name)
         manifest = read_manifest(folder) or {}
-        state = "up-to-date" if row.status.value == "up-to-date" else (
-            "missing" if not manifest else f"stale ({row.reason})")
-        print(f"  {row.node.id:<36} {state:<12} {manifest.get('summary', '')}".rstrip())
+        state = "up-to-date" if row.status.value == "up-to-date" else ("missing" if not manifest else "stale")
+        stages.append({"id": row.node.id, "recipe": row.node.recipe_name, "stage": row.node.stage.name,
+                       "state": state, "reason": None if state == "up-to-date" else row.reason,
+                       "summary": manifest.get("summary") or None, "folder": str(folder)})
+    code = 1 if corrupt else 0
+    if args.json:
+        from bmbuild import jsonout
+
+        verified = {"checked": checked, "corrupt": [{"path": str(c.path), "expected": c.expected, "actual": c.actual}
+                                                    for c in corrupt]} if args.verify else None
+        print(jsonout.dumps(jsonout.document("status", ok=code == 0, exit_code=code, stages=stages,
+                                             verify=verified)))
+        return code
+    for item in stages:
+        if args.quiet and item["state"] == "up-to-date":
+            continue
+        state = f"stale ({item['reason']})" if item["state"] == "stale" else item["state"]
+        print(_status_line(item["id"], state, item["summary"] or ""))
     if not args.verify:
         return 0
     for item in corrupt:
         print(f"corrupt: {item.path}: expected {item.expected}, found {item.actual or 'nothing (missing)'}")
     print(f"verified {checked} published output(s): {len(corrupt)} corrupt"
           + ("; `bmbuild run` restores or rebuilds them" if corrupt else ""))
-    return 1 if corrupt else 0
+    return code
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -224,29 +386,60 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from bmbuild.recipe import load_recipes
+    from bmbuild.preflight import recipe_problems
+    from bmbuild.recipe import RecipeErrors, load_recipes_partial
 
     workspace = _workspace(args)
-    recipes = load_recipes(args.paths, workspace.root, workspace.config.vars)
-    for loaded in recipes:
-        print(f"  ok  {loaded.file}  ({loaded.name})")
-    print(f"{len(recipes)} recipe(s) valid")
-    return 0
+    skipped: list[Path] = []
+    recipes, errors = load_recipes_partial(args.paths, workspace.root, workspace.config.vars, skipped)
+    checked = {loaded.name: recipe_problems(loaded) for loaded in recipes}  # the files each names (headers only)
+    errors += [problem for found in checked.values() for problem in found]
+    recipes = [loaded for loaded in recipes if not checked[loaded.name]]
+    code = RecipeErrors(errors).exit_code if errors else 0
+    if args.json:
+        from bmbuild import jsonout
+
+        print(jsonout.dumps(jsonout.document(
+            "validate", ok=not errors, exit_code=code,
+            recipes=[{"name": r.name, "file": str(r.file)} for r in recipes],
+            errors=jsonout.error_items(RecipeErrors(errors)) if errors else [])))
+        return code
+    if not args.quiet:
+        for loaded in recipes:
+            print(f"  ok  {loaded.file}  ({loaded.name})")
+    if args.verbose:
+        for file in skipped:
+            print(f"  skipped  {file}  (not a recipe: no top-level source:)")
+    if errors:  # the same lines as any other command's recipe errors
+        from bmbuild import ci, jsonout
+
+        if ci.on_github_actions():
+            ci.annotate(jsonout.error_items(RecipeErrors(errors)), sys.stdout)
+        print(f"error: {RecipeErrors(errors)}", file=sys.stderr)
+    print(f"{len(recipes)} recipe(s) valid" + (f", {len(errors)} error(s)" if errors else ""))
+    return code
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from bmbuild.project import schema_text
+    from bmbuild.schemas import SCHEMAS, schema_text
 
-    text = schema_text()
-    target = Path(args.output)
-    if args.check:
-        if not target.is_file() or target.read_text() != text:
-            raise BmbuildError(f"{target} is stale: run `bmbuild schema`")
-        print(f"{target} is current")
+    kinds = [args.kind] if args.kind else (["recipe"] if args.output else list(SCHEMAS))
+    if args.output == "-":
+        if args.check:
+            raise BmbuildError("--check needs a file, not -o -")
+        sys.stdout.write(schema_text(kinds[0]))
         return 0
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(text)
-    print(f"wrote {target}")
+    targets = {Path(args.output) if args.output else DEFAULT_SCHEMA.parent / SCHEMAS[kind][0]: schema_text(kind)
+               for kind in kinds}
+    for target, text in targets.items():
+        if args.check:
+            if not target.is_file() or target.read_text() != text:
+                raise BmbuildError(f"{target} is stale: run `bmbuild schema`")
+            print(f"{target} is current")
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+        print(f"wrote {target}")
     return 0
 
 
@@ -263,9 +456,11 @@ def cmd_import_tpu_perf(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_common(parser: argparse.ArgumentParser, paths: str = "+") -> None:
+def _add_common(parser: argparse.ArgumentParser, paths: str = "+", cache: bool = True) -> None:
     parser.add_argument("paths", nargs=paths, help="recipe files or folders of recipes")
-    parser.add_argument("--cache-dir", help="action cache and object store (default: $BMBUILD_CACHE_DIR or the user cache dir)")
+    if cache:
+        parser.add_argument("--cache-dir",
+                            help="action cache and object store (default: $BMBUILD_CACHE_DIR or the user cache dir)")
     parser.add_argument("--build-dir", help="build outputs (default: build/ in the workspace)")
 
 
@@ -285,8 +480,48 @@ def _add_remote(parser: argparse.ArgumentParser) -> None:
                              "bmbuild.yaml remote_cache (storage options: $BMBUILD_REMOTE_OPTIONS, JSON)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a "did you mean" for a mistyped command or choice."""
+
+    def error(self, message: str) -> Any:
+        match = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if match:
+            choices = [choice.strip(" '") for choice in match.group(2).split(",")]
+            close = difflib.get_close_matches(match.group(1), choices, n=1)
+            if close:
+                message += f"; did you mean '{close[0]}'?"
+        super().error(message)
+
+
+def _add_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON document on stdout (schema_version 1, see docs/json.md); "
+                             "progress and messages go to stderr")
+
+
+def _add_output_options(parser: argparse.ArgumentParser, top: bool = False) -> None:
+    """-q/-v/--color on `parser` and every subcommand below it: `bmbuild -q run` and `bmbuild run -q`
+    both work (below the top, defaults are SUPPRESS so they do not overwrite the top's value)."""
+    present = set(parser._option_string_actions)
+    default: Any = (lambda value: value) if top else (lambda value: argparse.SUPPRESS)
+    if "-q" not in present:
+        parser.add_argument("-q", "--quiet", action="store_true", default=default(False),
+                            help="print only what needs attention (failures, stale stages) and the final line")
+    if "-v" not in present:
+        parser.add_argument("-v", "--verbose", action="count", default=default(0),
+                            help="say more: why each stage ran and its log (run), skipped files (validate)")
+    if "--color" not in present:
+        parser.add_argument("--color", choices=["auto", "always", "never"], default=default("auto"),
+                            help="colours: auto (on a terminal, unless $NO_COLOR is set), always, never")
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                _add_output_options(child)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bmbuild", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="bmbuild", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"bmbuild {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -296,56 +531,75 @@ def build_parser() -> argparse.ArgumentParser:
     _add_remote(run)
     run.add_argument("-j", "--jobs", type=int, default=None, help="stages run in parallel (default: bmbuild.yaml jobs, else 1)")
     run.add_argument("-k", "--keep-going", action="store_true", help="continue other models after a failure")
+    run.add_argument("--executor", choices=["local", "dask"], default=None,
+                     help="where stages run: this machine (default), or a Dask cluster (needs --scheduler and a "
+                          "shared --remote-cache; default: bmbuild.yaml executor.kind)")
+    run.add_argument("--scheduler", metavar="ADDRESS",
+                     help="the Dask scheduler, e.g. tcp://host:8786 (implies --executor dask; default: "
+                          "bmbuild.yaml executor.scheduler)")
     run.add_argument("--plain", action="store_true", help="plain lines even on a terminal")
     run.add_argument("--report-dir", metavar="DIR",
                      help="also write summary.json, junit.xml, summary.md and report.html of this run to DIR")
     run.add_argument("--dry-run", action="store_true",
                      help="print the commands each stage would run, without running anything")
+    _add_json(run)
+    run.add_argument("--step-summary", action="store_true",
+                     help="append this run's summary.md to $GITHUB_STEP_SUMMARY (the GitHub Actions job summary)")
     run.set_defaults(func=cmd_run)
 
     toolchains = sub.add_parser("toolchains", help="the toolchains, whether each is usable here, and why not")
+    _add_json(toolchains)
     toolchains.set_defaults(func=cmd_toolchains)
     install = toolchains.add_subparsers(dest="toolchains_command").add_parser(
         "install", help="create a toolchain's managed environment (a no-op when it exists)")
-    install.add_argument("name", choices=["tpu-mlir"])
+    install.add_argument("name", choices=["tpu-mlir"], help="the toolchain to install")
     install.add_argument("--python", help="CPython 3.10 to build it with (default: python3.10 on PATH, or pyenv's)")
     install.set_defaults(func=cmd_toolchains_install)
 
     show = sub.add_parser("show", help="print the fully resolved recipes (defaults, variables, variants)")
-    show.add_argument("paths", nargs="+")
+    show.add_argument("paths", nargs="+", help="recipe files or folders of recipes")
     show.set_defaults(func=cmd_show)
 
     plan_parser = sub.add_parser("plan", help="what run would do, and why")
     _add_common(plan_parser)
     _add_selection(plan_parser)
     _add_remote(plan_parser)
+    _add_json(plan_parser)
     plan_parser.set_defaults(func=cmd_plan)
 
     graph = sub.add_parser("graph", help="the stage graph (text, or Graphviz DOT)")
     _add_common(graph)
-    graph.add_argument("--format", choices=["text", "dot"], default="text")
-    graph.add_argument("--toolchain", choices=TOOLCHAIN_CHOICES)
+    graph.add_argument("--format", choices=["text", "dot"], default="text",
+                       help="text (default) or Graphviz DOT (`| dot -Tsvg`)")
+    graph.add_argument("--toolchain", choices=TOOLCHAIN_CHOICES,
+                       help="override the recipes' toolchain")
     graph.set_defaults(func=cmd_graph, stage=None)
 
     status = sub.add_parser("status", help="state of each stage's outputs")
     _add_common(status)
     _add_remote(status)
-    status.add_argument("--toolchain", choices=TOOLCHAIN_CHOICES)
+    status.add_argument("--toolchain", choices=TOOLCHAIN_CHOICES,
+                        help="override the recipes' toolchain")
     status.add_argument("--verify", action="store_true",
                         help="re-hash every published output, ignoring the stat cache; exit 1 if any is corrupt")
+    _add_json(status)
     status.set_defaults(func=cmd_status, stage=None)
 
     clean_parser = sub.add_parser("clean", help="remove build outputs (not the cache)")
-    _add_common(clean_parser, paths="*")
+    _add_common(clean_parser, paths="*", cache=False)
     clean_parser.set_defaults(func=cmd_clean)
 
     validate = sub.add_parser("validate", help="check recipes")
-    validate.add_argument("paths", nargs="+")
+    validate.add_argument("paths", nargs="+", help="recipe files or folders of recipes")
+    _add_json(validate)
     validate.set_defaults(func=cmd_validate)
 
-    schema = sub.add_parser("schema", help="write the recipe JSON schema")
-    schema.add_argument("-o", "--output", default=str(DEFAULT_SCHEMA))
-    schema.add_argument("--check", action="store_true", help="fail if the file is stale")
+    schema = sub.add_parser("schema", help="write the JSON schemas of recipes, defaults.yaml and bmbuild.yaml")
+    schema.add_argument("--kind", choices=["recipe", "defaults", "bmbuild"],
+                        help="only this schema (default: all three into schemas/; the recipe one with -o)")
+    schema.add_argument("-o", "--output", metavar="FILE",
+                        help="write to FILE instead of schemas/<kind>.schema.json; - prints it on stdout")
+    schema.add_argument("--check", action="store_true", help="exit 2 if a written schema is stale, write nothing")
     schema.set_defaults(func=cmd_schema)
 
     report = sub.add_parser("report", help="summary.json, junit.xml, summary.md and report.html of built models")
@@ -368,15 +622,27 @@ def build_parser() -> argparse.ArgumentParser:
     from bmbuild.cache_cmd import add_parser as add_cache_parser
 
     add_cache_parser(sub)  # bmbuild cache push|pull|ls|gc|verify
+    _add_output_options(parser, top=True)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    started = time.monotonic()
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
+        if args.command in ("run", "plan", "status"):
+            entry = snapshot.lookup(args)
+            if entry is not None:  # nothing changed since a complete no-op of this selection
+                return _replay(args, entry, started)
         return func(args)
     except BmbuildError as exc:
+        from bmbuild import ci, jsonout
+
+        if getattr(args, "json", False):
+            print(jsonout.dumps(jsonout.error_document(args.command, exc)))
+        if ci.on_github_actions():
+            ci.annotate(jsonout.error_items(exc), sys.stderr if getattr(args, "json", False) else sys.stdout)
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except BrokenPipeError:  # output piped into `head` and closed early

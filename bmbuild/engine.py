@@ -25,6 +25,7 @@ from bmbuild.cache import warn_once
 from bmbuild.errors import BmbuildError
 from bmbuild.executor import Executor, NodeRecord, Outcome
 from bmbuild.graph import Node
+from bmbuild.snapshot import forget
 from bmbuild.workers import WorkerPool
 from bmbuild.workspace import Workspace
 
@@ -62,25 +63,34 @@ class StageAction(BaseAction):
 
 
 class NodeLoader(TaskLoader2):
-    """Hands doit one task per node."""
+    """Hands doit one task per node that is not already known to be up to date.
 
-    def __init__(self, nodes: list[Node], executor: Executor, config: dict[str, Any]):
+    `decided` names the nodes whose decision (run or restore) was taken up front; the executor
+    keeps it for `execute`. The others are checked by doit's `uptodate` hook once their upstream
+    stages have run.
+    """
+
+    def __init__(self, nodes: list[Node], executor: Executor, config: dict[str, Any],
+                 decided: set[str] | None = None):
         super().__init__()
         self.nodes = nodes
         self.executor = executor
         self.doit_config = config
+        self.decided = decided or set()
 
     def load_doit_config(self) -> dict[str, Any]:
         return self.doit_config
 
     def load_tasks(self, cmd: Any, pos_args: list[str]) -> list[Task]:
         tasks = []
+        ids = {node.id for node in self.nodes}
         for node in self.nodes:
+            decided = node.id in self.decided  # known to need work: no second up-to-date check
             tasks.append(Task(
                 node.id,
                 actions=[StageAction(self.executor, node)],
-                task_dep=[dep.id for dep in node.deps],
-                uptodate=[(self.executor.is_up_to_date, (node,), {})],
+                task_dep=[dep.id for dep in node.deps if dep.id in ids],
+                uptodate=[] if decided else [(self.executor.is_up_to_date, (node,), {})],
                 verbosity=2,
                 doc=f"{node.stage.name} of {node.loaded.file}",
             ))
@@ -175,6 +185,26 @@ class RunResult:
         return sum(1 for r in self.records if r.outcome is outcome)
 
 
+def settle_up_to_date(nodes: list[Node], executor: Executor) -> tuple[list[Node], set[str]]:
+    """Decide, in dependency order, every node whose upstream is already up to date.
+
+    Up-to-date nodes are recorded now and never reach doit, so a no-op costs one decision per
+    node and no scheduling. Returns the nodes doit must still handle, and which of those were
+    decided here (to run or restore: the executor keeps that decision for `execute`).
+    """
+    settled: set[str] = set()
+    decided: set[str] = set()
+    pending: list[Node] = []
+    for node in nodes:
+        if all(dep.id in settled for dep in node.deps):
+            if executor.is_up_to_date(node):
+                settled.add(node.id)
+                continue
+            decided.add(node.id)
+        pending.append(node)
+    return pending, decided
+
+
 def doit_db_problem(path: Path) -> str | None:
     """Why doit could not use its state DB at `path`; None when it can (or there is none yet)."""
     if not path.exists() and not path.is_symlink():
@@ -214,8 +244,13 @@ def usable_doit_db(path: Path) -> Path:
 
 
 def run_nodes(nodes: list[Node], workspace: Workspace, console: Any, jobs: int = 1,
-              force: bool = False, keep_going: bool = False) -> RunResult:
-    """Build `nodes` (already including their dependencies) under the workspace lock."""
+              force: bool = False, keep_going: bool = False, cluster: Any = None) -> RunResult:
+    """Build `nodes` (already including their dependencies) under the workspace lock; on a Dask
+    cluster when `cluster` (a bmbuild.cluster.ClusterConfig) is given."""
+    if cluster is not None:
+        from bmbuild.cluster import run_on_cluster
+
+        return run_on_cluster(nodes, workspace, console, cluster, force=force, keep_going=keep_going)
     started = time.monotonic()
     with workspace.locked():
         workspace.clear_temp()
@@ -233,8 +268,12 @@ def run_nodes(nodes: list[Node], workspace: Workspace, console: Any, jobs: int =
         }
         console.start(len(nodes))
         try:
-            code = DoitMain(NodeLoader(nodes, executor, config), config_filenames=()).run(
-                ["run"] + [node.id for node in nodes])
+            pending, decided = settle_up_to_date(nodes, executor)
+            code = 0
+            if pending:  # doit schedules only what may have to run
+                forget(workspace.state_dir)  # no "nothing changed" answer survives a run that changes things
+                code = DoitMain(NodeLoader(pending, executor, config, decided), config_filenames=()).run(
+                    ["run"] + [node.id for node in pending])
         finally:
             console.stop()
             if pool is not None:

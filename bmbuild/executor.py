@@ -58,6 +58,7 @@ class Decision:
     key: str | None = None
     components: dict[str, Any] | None = None
     entry: ActionEntry | None = None
+    ran_on: str = ""  # `entry` was produced in this run elsewhere (a cluster worker): restoring it is executing
 
 
 @dataclass
@@ -76,6 +77,7 @@ class NodeRecord:
     log: str = ""
     key: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
+    worker: str = ""  # the cluster worker that ran the stage ("" when it ran here)
 
     def to_json(self) -> dict[str, Any]:
         data = dict(self.__dict__)
@@ -143,17 +145,21 @@ class Executor:
     def components(self, node: Node, upstream_outputs: dict[str, dict[str, str]]) -> dict[str, Any]:
         """Everything a stage's result depends on; hashed by `action_key`."""
         stage, loaded = node.stage, node.loaded
+        params, files = stage.params(loaded.recipe), stage.external_inputs(loaded)
         if stage.uses_toolchain:
             toolchain = self.toolchain(node.toolchain)
             tc: dict[str, Any] = {"name": toolchain.name, "versions": toolchain.versions()}
+            if stage.toolchain_inputs is not None:
+                more_params, more_files = stage.toolchain_inputs(loaded, toolchain)
+                params, files = {**params, **more_params}, [*files, *more_files]
         else:
             tc = {"name": "torch", "versions": {"torch": package_version("torch")}}
         return {
             "stage": stage.name,
             "stage_version": stage.version,
             "toolchain": tc,
-            "params": stage.params(loaded.recipe),
-            "inputs": {input_name(p, loaded): self.stat.digest(p) for p in stage.external_inputs(loaded)},
+            "params": params,
+            "inputs": {input_name(p, loaded): self.stat.digest(p) for p in files},
             "upstream": {name: tree_digest(outputs) for name, outputs in sorted(upstream_outputs.items())},
             "env": {name: os.environ.get(name) for name in KEY_ENV},
         }
@@ -254,19 +260,23 @@ class Executor:
                 else:  # a corrupt or missing object: run instead
                     shutil.rmtree(tmp, ignore_errors=True)
                     tmp = self.ws.new_temp_dir(node.recipe_name, node.stage.name)
-            outcome = Outcome.RESTORED if entry is not None else Outcome.EXECUTED
+            outcome = Outcome.RESTORED if entry is not None and not decision.ran_on else Outcome.EXECUTED
             if entry is None:
                 self.on_event("run", node, None)
                 entry = self._run(node, decision, tmp, log_path)
             failures = node.stage.gate(node.loaded.recipe, entry.metrics)
             if failures:
-                raise self._fail(node, "tolerance not met:\n" + "\n".join(f"  {f}" for f in failures), log_path,
-                                 show_tail=False, seconds=time.monotonic() - started)
+                message = "tolerance not met:\n" + "\n".join(f"  {f}" for f in failures)
+                log = StageLog(log_path, append=True)  # the log says why the stage failed, like the console
+                log.info(f"FAILED: {message}")
+                log.close()
+                raise self._fail(node, message, log_path, show_tail=False, seconds=time.monotonic() - started)
             self._publish(node, tmp, entry)
             record = NodeRecord(node.id, node.recipe_name, node.stage.name, outcome, decision.reason,
-                                seconds=time.monotonic() - started,
+                                seconds=entry.seconds if decision.ran_on else time.monotonic() - started,
                                 saved_seconds=entry.seconds if outcome is Outcome.RESTORED else 0.0,
-                                summary=entry.summary, log=str(log_path), key=entry.key, metrics=entry.metrics)
+                                summary=entry.summary, log=str(log_path), key=entry.key, metrics=entry.metrics,
+                                worker=decision.ran_on)
             return self._record(node, record)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -6,17 +6,18 @@ Each function takes plain values and returns data; `cli.py` only parses and rend
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bmbuild.cache import atomic_write_bytes, json_bytes
-from bmbuild.errors import BmbuildError
+from bmbuild.errors import BmbuildError, RecipeError
 from bmbuild.executor import Decision, Executor, NodeRecord, Status, read_manifest
 from bmbuild.graph import Node, build_graph
-from bmbuild.recipe import LoadedRecipe, load_recipes
+from bmbuild.recipe import LoadedRecipe, load_recipes, load_recipes_partial
 from bmbuild.toolchains.base import load_toolchain, require_usable
 from bmbuild.workspace import Workspace
 
@@ -29,6 +30,7 @@ class Build:
     recipes: list[LoadedRecipe]
     toolchains: dict[str, str]
     nodes: list[Node]
+    errors: list[RecipeError] = field(default_factory=list)  # broken recipes left out (keep_going)
 
 
 def in_shard(name: str, shard: tuple[int, int] | None) -> bool:
@@ -41,9 +43,20 @@ def in_shard(name: str, shard: tuple[int, int] | None) -> bool:
 
 def prepare(paths: list[str], workspace: Workspace, toolchain: str | None = None,
             stages: list[str] | None = None, check_toolchains: bool = True,
-            shard: tuple[int, int] | None = None) -> Build:
-    """Load recipes below `paths` and turn them into nodes. Never imports torch."""
-    recipes = load_recipes([Path(p) for p in paths], workspace.root, workspace.config.vars)
+            shard: tuple[int, int] | None = None, keep_going: bool = False) -> Build:
+    """Load recipes below `paths` and turn them into nodes. Never imports torch.
+
+    A broken recipe stops everything, unless `keep_going`: then the others are built and the
+    errors are kept in `Build.errors` (none loaded at all is still an error)."""
+    errors: list[RecipeError] = []
+    if keep_going:
+        recipes, errors = load_recipes_partial([Path(p) for p in paths], workspace.root, workspace.config.vars)
+        if not recipes and errors:
+            from bmbuild.recipe import RecipeErrors
+
+            raise RecipeErrors(errors)
+    else:
+        recipes = load_recipes([Path(p) for p in paths], workspace.root, workspace.config.vars)
     recipes = [loaded for loaded in recipes if in_shard(loaded.name, shard)]
     chosen: dict[str, str] = {}
     resolved_cache: dict[str, str] = {}
@@ -56,7 +69,26 @@ def prepare(paths: list[str], workspace: Workspace, toolchain: str | None = None
                 require_usable(instance)
             resolved_cache[choice] = instance.name
         chosen[loaded.name] = resolved_cache[choice]
-    return Build(workspace, recipes, chosen, build_graph(recipes, chosen, stages))
+    return Build(workspace, recipes, chosen, build_graph(recipes, chosen, stages), errors)
+
+
+def preflight(build: Build, keep_going: bool = False) -> Build:
+    """The build after checking each recipe against the files it names and its toolchain
+    (bmbuild.preflight), before any stage runs. A recipe with problems stops everything, unless
+    `keep_going`: then it is left out like a broken recipe and the others are built."""
+    from bmbuild.preflight import recipe_problems
+    from bmbuild.recipe import RecipeErrors
+
+    found = {loaded.name: recipe_problems(loaded, build.toolchains.get(loaded.name)) for loaded in build.recipes}
+    problems = [problem for name in found for problem in found[name]]
+    if not problems:
+        return build
+    kept = [loaded for loaded in build.recipes if not found[loaded.name]]
+    if not keep_going or not kept:
+        raise RecipeErrors(build.errors + problems)
+    names = {loaded.name for loaded in kept}
+    return Build(build.workspace, kept, {n: t for n, t in build.toolchains.items() if n in names},
+                 [node for node in build.nodes if node.recipe_name in names], build.errors + problems)
 
 
 @dataclass
@@ -92,6 +124,51 @@ def plan(build: Build, force: bool = False) -> list[PlanRow]:
     return rows
 
 
+def remember_noop(args: Any, build: Build, lines: dict[str, list[str]], since_ns: int) -> bool:
+    """After a run where every node was up to date: record what decided that (bmbuild.snapshot),
+    so the next run/plan/status of the same selection can answer from stat calls alone.
+
+    Only for the reference toolchain, whose versions are Python packages (their folders are
+    tracked); other toolchains read commands and files the snapshot does not follow. Where
+    `toolchain: auto` would find another one is tracked too (PATH and Python folders, the managed
+    tpu-mlir environment).
+    """
+    from bmbuild import snapshot
+    from bmbuild.cache import MANIFEST
+    from bmbuild.compose import defaults_chain
+    from bmbuild.executor import KEY_ENV
+    from bmbuild.toolchains import tpu_mlir_env
+
+    if set(build.toolchains.values()) != {"reference"} or snapshot.selection_key(args, Path.cwd()) is None:
+        return False
+    ws = build.workspace
+    managed = tpu_mlir_env.managed_path()
+    inputs: set[Path] = {tpu_mlir_env.toolchains_dir(), managed, managed / tpu_mlir_env.INFO_FILE}
+    anchors: set[Path] = set()
+    outputs: set[Path] = set()
+    for loaded in build.recipes:
+        recipe = loaded.recipe
+        inputs.update([loaded.file, *defaults_chain(loaded.file, ws.root),
+                       (loaded.file.parent / recipe.source.model_file).resolve()])
+        named = [recipe.source.weights.path if recipe.source.weights else None,
+                 recipe.calibration.data if recipe.calibration else None,
+                 recipe.eval.data if recipe.eval else None]
+        for path in filter(None, named):
+            inputs.add(path)
+            if path.is_dir():
+                anchors.add(path)
+    for node in build.nodes:
+        inputs.update(node.stage.external_inputs(node.loaded))
+        folder = ws.stage_dir(node.recipe_name, node.stage.name)
+        manifest = read_manifest(folder)
+        if manifest is None:
+            return False
+        outputs.update([folder / MANIFEST, *(folder / rel for rel in manifest["outputs"])])
+    reports = [ws.report_path(loaded.name) for loaded in build.recipes]
+    return snapshot.remember(args, since_ns, inputs, anchors, outputs, reports,
+                             [ws.build_dir, ws.state_dir, ws.cache_dir], lines, len(build.nodes), KEY_ENV)
+
+
 @dataclass
 class CorruptOutput:
     """A published output whose content is not what its manifest says (`status --verify`)."""
@@ -125,6 +202,10 @@ def verify_outputs(build: Build) -> tuple[int, list[CorruptOutput]]:
                     corrupt.append(CorruptOutput(folder / rel, str(expected), actual))
     finally:
         stat.close()
+    if corrupt:  # what the stat signatures cannot see, a remembered no-op cannot either
+        from bmbuild.snapshot import forget
+
+        forget(build.workspace.state_dir)
     return checked, corrupt
 
 
@@ -138,11 +219,22 @@ def write_reports(build: Build, records: list[NodeRecord]) -> list[Path]:
         mine = by_recipe.get(loaded.name)
         if not mine:
             continue
-        report = recipe_report(build, loaded, mine)
         path = build.workspace.report_path(loaded.name)
-        atomic_write_bytes(path, json_bytes(report))
+        report = recipe_report(build, loaded, mine)
+        keep_timings(report, read_report(path))
+        if not _same_report(path, report):  # a repeated no-op leaves its reports (and their fsyncs) alone
+            atomic_write_bytes(path, json_bytes(report))
         written.append(path)
     return written
+
+
+def _same_report(path: Path, report: dict[str, Any]) -> bool:
+    """Whether `path` already holds `report`, but for the time it was generated."""
+    try:
+        old = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(old, dict) and {**old, "generated": None} == {**report, "generated": None}
 
 
 def recipe_report(build: Build, loaded: LoadedRecipe, records: list[NodeRecord]) -> dict[str, Any]:
@@ -161,6 +253,32 @@ def recipe_report(build: Build, loaded: LoadedRecipe, records: list[NodeRecord])
                              "outputs": output_sizes(build.workspace, r)}
                    for r in records},
     }
+
+
+def read_report(path: Path) -> dict[str, Any]:
+    """A recipe's last report.json ({} when there is none or it is not one: it is read back, untrusted)."""
+    import json
+
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return data if isinstance(data, dict) and isinstance(data.get("stages"), dict) else {}
+
+
+def keep_timings(report: dict[str, Any], previous: dict[str, Any]) -> None:
+    """Up-to-date stages keep the timings of the run that built their outputs (same key), so a
+    no-op run does not leave a report of zero seconds; `timing_from` says when they were measured."""
+    for stage, entry in report["stages"].items():
+        before = previous["stages"].get(stage) if previous else None
+        if entry["outcome"] != "up-to-date" or not isinstance(before, dict) or before.get("key") != entry["key"]:
+            continue
+        seconds, saved = before.get("seconds"), before.get("saved_seconds", 0.0)
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < float("inf")
+                   for v in (seconds, saved)):
+            continue
+        when = before.get("timing_from") or previous.get("generated")
+        entry.update({"seconds": seconds, "saved_seconds": saved, "timing_from": when if isinstance(when, str) else None})
 
 
 def output_sizes(workspace: Workspace, record: NodeRecord) -> dict[str, int]:
@@ -183,11 +301,41 @@ def model_summary(records: list[NodeRecord]) -> str:
     return "; ".join(r.summary for r in records if r.summary and r.stage in ("compile_fp32", "compile_int8"))
 
 
+MODEL_SUFFIXES = (".bmodel", ".onnx")
+COMPILE_STAGES = ("compile_fp32", "compile_int8")
+
+
+def built_models(build: Build, records: list[NodeRecord]) -> list[dict[str, Any]]:
+    """Per recipe of a run: did it build, its one-line summary and where its compiled models are
+    (the published .bmodel/.onnx files of its compile stages, from their manifests)."""
+    by_recipe: dict[str, list[NodeRecord]] = {}
+    for record in records:  # grouped once: scanning every record per recipe was quadratic
+        by_recipe.setdefault(record.recipe, []).append(record)
+    models = []
+    for loaded in build.recipes:
+        mine = by_recipe.get(loaded.name, [])
+        if not mine:
+            continue
+        ok = all(r.outcome.value in ("executed", "restored", "up-to-date") for r in mine)
+        files = []
+        for record in mine:
+            if record.stage in COMPILE_STAGES and ok:
+                folder = build.workspace.stage_dir(record.recipe, record.stage)
+                outputs = (read_manifest(folder) or {}).get("outputs") or {}
+                files += [str(folder / rel) for rel in sorted(outputs) if rel.endswith(MODEL_SUFFIXES)]
+        models.append({"name": loaded.name, "ok": ok, "summary": model_summary(mine) or None,
+                       "folder": str(build.workspace.build_dir / loaded.name), "files": files})
+    return models
+
+
 def clean(workspace: Workspace, recipe_names: list[str] | None = None) -> list[Path]:
     """Remove build outputs (all, or of the named recipes). The cache is left alone, and so is the
     build folder's lock file: it is held meanwhile, and a new file would be a second lock."""
+    from bmbuild.snapshot import forget
+
     removed = []
     with workspace.locked():
+        forget(workspace.state_dir)
         if recipe_names:
             targets = [workspace.build_dir / name for name in recipe_names]
         else:
@@ -204,18 +352,16 @@ def clean(workspace: Workspace, recipe_names: list[str] | None = None) -> list[P
 
 
 def recipe_schema() -> dict[str, Any]:
-    from bmbuild.recipe import Recipe
+    from bmbuild.schemas import recipe_schema as build
 
-    schema = Recipe.model_json_schema()
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "bmbuild recipe"
-    return schema
+    return build()
 
 
-def schema_text() -> str:
-    import json
+def schema_text(kind: str = "recipe") -> str:
+    """A schema of `bmbuild.schemas.SCHEMAS` (recipe, defaults, bmbuild) as committed in schemas/."""
+    from bmbuild.schemas import schema_text as text
 
-    return json.dumps(recipe_schema(), indent=2, sort_keys=True) + "\n"
+    return text(kind)
 
 
 
@@ -242,9 +388,14 @@ def toolchain_statuses() -> tuple[list[ToolchainStatus], str]:
             statuses.append(ToolchainStatus(name, False, "", str(exc)))
             continue
         statuses.append(ToolchainStatus(name, status.usable, status.version, status.reason))
+    return statuses, ", ".join(f"{name} for {target}" for target, name in auto_choices().items())
+
+
+def auto_choices() -> dict[str, str]:
+    """target -> the toolchain `toolchain: auto` picks for it here."""
     from bmbuild.toolchains.base import AUTO_ORDER
 
-    return statuses, ", ".join(f"{load_toolchain('auto', target).name} for {target}" for target in AUTO_ORDER)
+    return {target: load_toolchain("auto", target).name for target in AUTO_ORDER}
 
 
 @dataclass

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import ast
 import difflib
+import math
+import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -52,7 +55,10 @@ class Source(_Strict):
     model: str = Field(description="pytorch: 'path/to/file.py:callable'; torchscript/onnx: path to the .pt/.onnx file.")
     # JSON values only: they are hashed into the trace key (a key of 1 next to "a" cannot be sorted)
     kwargs: dict[str, JsonValue] = Field(default_factory=dict, description="Keyword arguments for the model callable.")
-    weights: Weights | None = Field(None, description="Optional weights loaded with torch.load(weights_only=True), strict keys.")
+    weights: Weights | None = Field(None, description="Optional weights loaded with torch.load(weights_only=True), "
+                                    "strict keys; a string is short for {path: ...}.",
+                                    json_schema_extra=lambda schema: schema["anyOf"].insert(
+                                        1, {"type": "string", "description": "Weights file, relative to the recipe."}))
 
     @field_validator("weights", mode="before")
     @classmethod
@@ -88,8 +94,55 @@ class Tolerance(_Strict):
 
 
 class InputSpec(_Strict):
+    """One model input: its name and dtype, which axis of its shape is the batch, or a constant."""
+
     name: str = Field(description="Input tensor name.")
-    dtype: Literal["float32", "float16", "int32", "int64"] = "float32"
+    dtype: Literal["float32", "float16", "int32", "int64"] = Field("float32", description="Input element type.")
+    batch_axis: int | None = Field(
+        0, ge=0, description="Axis of this input's shape that is the batch (set to each batch size); null: the "
+                             "input has no batch axis (a recurrent state shared by the batch, a scalar). Default 0, "
+                             "and null for a scalar (shape []).")
+    value: JsonValue = Field(
+        None, description="A constant fed to this input everywhere (tracing, comparisons, calibration, evaluation) "
+                          "instead of random or calibration data: a number, broadcast to the input's shape (e.g. a "
+                          "sample rate 16000, or 0 for an initial state), or nested lists broadcastable to it.")
+
+    @field_validator("value")
+    @classmethod
+    def _numbers_only(cls, value: Any) -> Any:
+        if value is not None:
+            value_shape(value)  # raises ValueError for anything but numbers and regular nested lists
+        return value
+
+    def key_dump(self) -> dict[str, Any]:
+        """What an action key holds of this input: name and dtype, plus the batch axis and the value
+        only when they differ from the defaults (so recipes that never set them keep their keys)."""
+        data: dict[str, Any] = {"name": self.name, "dtype": self.dtype}
+        if self.batch_axis != 0:
+            data["batch_axis"] = self.batch_axis
+        if self.value is not None:
+            data["value"] = self.value
+        return data
+
+
+def value_shape(value: Any) -> tuple[int, ...]:
+    """The shape of a constant (a number, or regular nested lists of numbers); ValueError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, list)):
+        raise ValueError(f"a constant value is a number or nested lists of numbers, not {type(value).__name__}")
+    if not isinstance(value, list):
+        if not math.isfinite(value):
+            raise ValueError(f"a constant value must be finite, not {value}")
+        return ()
+    if not value:
+        raise ValueError("a constant value cannot be an empty list")
+    shapes = {value_shape(item) for item in value}
+    if len(shapes) != 1:
+        raise ValueError("a constant value's nested lists must all have the same shape")
+    return (len(value), *shapes.pop())
+
+
+def _flat_values(value: Any) -> list[Any]:
+    return [v for item in value for v in _flat_values(item)] if isinstance(value, list) else [value]
 
 
 class Fp32(_Strict):
@@ -99,7 +152,10 @@ class Fp32(_Strict):
     dyn: bool = Field(False, description="Dynamic shapes (bmnetp --dyn); dynamic batch in ONNX.")
     cmp: bool = Field(True, description="Compare the compiled model against the source (bmnetp --cmp).")
     enable_profile: bool = Field(False, description="bmnetp --enable_profile.")
-    opset: int = Field(13, ge=7, le=21, description="ONNX opset of the reference toolchain's export.")
+    # 17: attention exports (scaled_dot_product_attention needs 14; 13 failed every timm transformer),
+    # LayerNorm is one op, and tpu-mlir takes it from the legacy exporter (it rejects dynamo's 18)
+    opset: int = Field(17, ge=7, le=21, description="ONNX opset of the export (legacy TorchScript exporter) "
+                                                    "for the toolchains that compile ONNX.")
     cmp_samples: int = Field(3, ge=1, description="Seeded random inputs compared per batch size.")
     seed: int = Field(0, description="Seed of the comparison inputs.")
     tolerance: Tolerance = Field(default_factory=Tolerance, description="Gate on fp32 vs source.")
@@ -129,9 +185,9 @@ class Eval(_Strict):
     """Accuracy on a labelled set, fp32 and int8, with a maximum allowed drop."""
 
     data: Path = Field(description="A .npz holding preprocessed inputs and integer labels.")
-    x_key: str = "x"
-    y_key: str = "y"
-    metric: Literal["top1", "top5"] = "top1"
+    x_key: str = Field("x", description="Array of the .npz holding the inputs.")
+    y_key: str = Field("y", description="Array of the .npz holding the integer labels.")
+    metric: Literal["top1", "top5"] = Field("top1", description="Accuracy metric: top-1 or top-5 correct.")
     max_drop: float = Field(1.0, ge=0, description="Largest allowed accuracy drop int8 vs fp32, in points.")
     limit: int | None = Field(None, ge=1, description="Evaluate only the first N samples.")
 
@@ -160,19 +216,22 @@ class Recipe(_Strict):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=MAX_NAME,
                       description="Net name (bmnetp --net_name); also the build folder.")
-    description: str | None = None
+    description: str | None = Field(None, description="Free text about the model, shown in reports.")
     toolchain: Literal[TOOLCHAIN_NAMES] = Field(
         "auto", description="auto: tpu-mlir for BM1684X; for BM1684 NNTC, else tpu-mlir; else reference (first usable).")
-    source: Source
-    shapes: list[list[int]] = Field(min_length=1, description="Input shapes, batch first, e.g. [[1,3,224,224]].")
-    inputs: list[InputSpec] | None = Field(None, description="Input names and dtypes, one per shape.")
-    target: Literal["BM1684", "BM1684X"] = "BM1684"
+    source: Source = Field(description="Where the model comes from: framework, file, callable, weights.")
+    shapes: list[list[int]] = Field(min_length=1, description="Input shapes at the first batch size, e.g. "
+                                    "[[1,3,224,224]]; the batch is axis 0 unless inputs[i].batch_axis says otherwise; "
+                                    "[] is a scalar.")
+    inputs: list[InputSpec] | None = Field(None, description="Per input, in the order of shapes: name, dtype, batch "
+                                           "axis, or a constant value.")
+    target: Literal["BM1684", "BM1684X"] = Field("BM1684", description="Sophgo chip the bmodels are built for.")
     prec: Literal["FP32", "INT8"] = Field("FP32", description="FP32 builds trace+compile_fp32; INT8 adds calibrate, quantize, compile_int8.")
     batch_sizes: list[int] | None = Field(None, min_length=1, description="Batch sizes compiled (default: the batch of shapes).")
-    fp32: Fp32 = Field(default_factory=Fp32)
-    calibration: CalibrationConfig | None = None
-    int8: Int8 = Field(default_factory=Int8)
-    eval: Eval | None = None
+    fp32: Fp32 = Field(default_factory=Fp32, description="fp32 compile options (bmnetp) and its gate against the source.")
+    calibration: CalibrationConfig | None = Field(None, description="Calibration data and threshold method (INT8).")
+    int8: Int8 = Field(default_factory=Int8, description="int8 compile options (bmnetu) and its gate against fp32.")
+    eval: Eval | None = Field(None, description="Accuracy of fp32 and int8 on a labelled set, with a maximum drop.")
     tvm: Tvm | None = Field(None, description="TVM toolchain settings (default target: generic x86-64 LLVM).")
     variants: dict[str, list[Any]] | list[dict[str, Any]] | None = Field(
         None, description="Expand into several builds: {dotted.key: [values]} is a matrix "
@@ -182,7 +241,7 @@ class Recipe(_Strict):
     @classmethod
     def _positive_dims(cls, shapes: list[list[int]]) -> list[list[int]]:
         for shape in shapes:
-            if not shape or any(d <= 0 for d in shape):
+            if any(d <= 0 for d in shape):
                 raise ValueError(f"every dimension must be a positive integer, got {shape}")
         return shapes
 
@@ -203,22 +262,118 @@ class Recipe(_Strict):
                                   ("inputs",))
         if self.prec == "INT8" and self.calibration is None:
             raise KeyedValueError("prec INT8 needs a 'calibration' section", ("prec",))
+        self._check_inputs()
+        self._check_batch()
+        if self.prec == "INT8":
+            self._check_calibration_inputs()
+        if self.eval is not None and len(self.data_inputs) != 1:
+            raise KeyedValueError(f"eval feeds one input from eval.data, and the model has {len(self.data_inputs)} "
+                                  "inputs without a constant value", ("eval",))
         return self
+
+    def _check_inputs(self) -> None:
+        names = [spec.name for spec in self.input_specs]
+        for index, (spec, shape) in enumerate(zip(self.inputs or [], self.shapes)):
+            if names.index(spec.name) != index:
+                raise KeyedValueError(f"input name {spec.name!r} is used twice", ("inputs", index, "name"))
+            if not shape and "batch_axis" in spec.model_fields_set and spec.batch_axis is not None:
+                raise KeyedValueError("a scalar input (shape []) has no batch axis: write batch_axis: null",
+                                      ("inputs", index, "batch_axis"))
+            if spec.batch_axis is not None and shape and spec.batch_axis >= len(shape):
+                raise KeyedValueError(f"batch_axis {spec.batch_axis} is out of range for shape {shape}",
+                                      ("inputs", index, "batch_axis"))
+            if spec.value is not None:
+                _check_value(spec, shape, self.input_specs[index].batch_axis, ("inputs", index, "value"))
+
+    def _check_batch(self) -> None:
+        batched = [(i, spec.batch_axis) for i, spec in enumerate(self.input_specs) if spec.batch_axis is not None]
+        dims = {self.shapes[i][axis] for i, axis in batched}
+        if len(dims) > 1:
+            where = ", ".join(f"shapes[{i}][{axis}] = {self.shapes[i][axis]}" for i, axis in batched)
+            raise KeyedValueError(f"the inputs disagree on the batch size: {where}", ("shapes",))
+        if not batched and self.batch_sizes not in (None, [1]):
+            raise KeyedValueError("no input has a batch axis (every batch_axis is null): the model has no batch "
+                                  "size to compile several of", ("batch_sizes",))
+
+    def _check_calibration_inputs(self) -> None:
+        cfg = self.calibration
+        assert cfg is not None
+        data_names = [spec.name for spec in self.data_inputs]
+        if not data_names:
+            raise KeyedValueError("every input has a constant value: int8 calibration needs data for at least one",
+                                  ("inputs",))
+        for name in cfg.inputs:
+            if name not in data_names:
+                what = "has a constant value" if name in [s.name for s in self.input_specs] else "is not an input"
+                raise KeyedValueError(f"{name!r} {what}; calibration.inputs names the inputs fed from data: "
+                                      f"{', '.join(data_names)}", ("calibration", "inputs", name))
+        for name in data_names:
+            if cfg.data is None and (name not in cfg.inputs or cfg.inputs[name].data is None):
+                raise KeyedValueError(f"no calibration data for input {name!r}: set calibration.data, or "
+                                      f"calibration.inputs.{name}.data", ("calibration", "data"))
+        if len(data_names) > 1 and cfg.key is not None:
+            raise KeyedValueError("with several inputs, each input's array is named after the input; set a "
+                                  "different one per input under calibration.inputs.<name>.key", ("calibration", "key"))
+        unbatched = [spec.name for spec in self.data_inputs if spec.batch_axis is None]
+        if unbatched and self.resolved_batch_sizes != [1]:
+            raise KeyedValueError(f"input {unbatched[0]!r} has no batch axis and no constant value: a batch of "
+                                  "several calibration samples cannot carry one value each; give it a value or a "
+                                  "batch_axis, or compile batch size 1 only", ("batch_sizes",))
 
     # --- derived values, used by stages and toolchains ---------------------------------
     @property
     def resolved_batch_sizes(self) -> list[int]:
-        return list(self.batch_sizes) if self.batch_sizes else [self.shapes[0][0]]
+        if self.batch_sizes:
+            return list(self.batch_sizes)
+        for shape, spec in zip(self.shapes, self.input_specs):
+            if spec.batch_axis is not None:
+                return [shape[spec.batch_axis]]
+        return [1]
 
     @property
     def input_specs(self) -> list[InputSpec]:
+        """One spec per input, batch axes resolved (null for scalars unless written)."""
         if self.inputs is not None:
-            return list(self.inputs)
-        names = ["input"] if len(self.shapes) == 1 else [f"input{i}" for i in range(len(self.shapes))]
-        return [InputSpec(name=n) for n in names]
+            specs = list(self.inputs)
+        else:
+            names = ["input"] if len(self.shapes) == 1 else [f"input{i}" for i in range(len(self.shapes))]
+            specs = [InputSpec(name=n) for n in names]
+        return [spec if shape or spec.batch_axis is None else spec.model_copy(update={"batch_axis": None})
+                for spec, shape in zip(specs, self.shapes)]
+
+    @property
+    def data_inputs(self) -> list[InputSpec]:
+        """The inputs fed from data (calibration, evaluation): those without a constant value."""
+        return [spec for spec in self.input_specs if spec.value is None]
+
+    def inputs_key(self) -> list[dict[str, Any]]:
+        """The inputs as action keys hold them."""
+        return [spec.key_dump() for spec in self.input_specs]
 
     def shapes_for_batch(self, batch: int) -> list[list[int]]:
-        return [[batch, *shape[1:]] for shape in self.shapes]
+        """Every input's shape at batch size `batch` (inputs without a batch axis keep theirs)."""
+        return [shape if spec.batch_axis is None else
+                [*shape[:spec.batch_axis], batch, *shape[spec.batch_axis + 1:]]
+                for shape, spec in zip(self.shapes, self.input_specs)]
+
+    def sample_shape(self, index: int) -> tuple[int, ...]:
+        """One sample of input `index`: its shape without the batch axis (all of it when it has none)."""
+        shape, axis = self.shapes[index], self.input_specs[index].batch_axis
+        return tuple(shape if axis is None else [*shape[:axis], *shape[axis + 1:]])
+
+
+def _check_value(spec: InputSpec, shape: list[int], batch_axis: int | None, key: KeyPath) -> None:
+    """A constant broadcasts to the input's shape at every batch size and fits its dtype."""
+    vshape = value_shape(spec.value)
+    if len(vshape) > len(shape):
+        raise KeyedValueError(f"a value of shape {list(vshape)} does not fit input shape {shape}", key)
+    offset = len(shape) - len(vshape)
+    for axis, dim in enumerate(vshape, start=offset):
+        if dim != 1 and (dim != shape[axis] or axis == batch_axis):
+            raise KeyedValueError(f"a value of shape {list(vshape)} does not broadcast to input shape {shape}"
+                                  + (" (its batch axis takes 1)" if axis == batch_axis else ""), key)
+    if spec.dtype.startswith("int") and not all(isinstance(v, int) or v.is_integer() for v in _flat_values(spec.value)):
+        raise KeyedValueError(f"input {spec.name!r} is {spec.dtype}: its value must hold integers", key)
 
 
 class LoadedRecipe(BaseModel):
@@ -318,6 +473,10 @@ def _resolve_paths(loaded: LoadedRecipe, model: BaseModel, base: Path, path: Key
             object.__setattr__(model, name, _resolved(loaded, base / value, path + (name,)))
         elif isinstance(value, BaseModel):
             _resolve_paths(loaded, value, base, path + (name,))
+        elif isinstance(value, dict):  # calibration.inputs: name -> model
+            for key, item in value.items():
+                if isinstance(item, BaseModel):
+                    _resolve_paths(loaded, item, base, path + (name, key))
 
 
 def _resolved(loaded: LoadedRecipe, path: Path, key: KeyPath) -> Path:
@@ -342,8 +501,12 @@ def _check_files(loaded: LoadedRecipe) -> None:
         _check_kwargs(loaded, _definition(tree, name))
     if recipe.source.weights and not recipe.source.weights.path.is_file():
         raise loaded.error(f"weights file not found: {_shown(recipe.source.weights.path)}", ("source", "weights"))
-    if recipe.calibration and not recipe.calibration.data.exists():
-        raise loaded.error(f"calibration data not found: {_shown(recipe.calibration.data)}", ("calibration", "data"))
+    cfg = recipe.calibration
+    if cfg and cfg.data is not None and not cfg.data.exists():
+        raise loaded.error(f"calibration data not found: {_shown(cfg.data)}", ("calibration", "data"))
+    for name, own in (cfg.inputs.items() if cfg else ()):
+        if own.data is not None and not own.data.exists():
+            raise loaded.error(f"calibration data not found: {_shown(own.data)}", ("calibration", "inputs", name, "data"))
     if recipe.eval and not recipe.eval.data.is_file():
         raise loaded.error(f"evaluation data not found: {_shown(recipe.eval.data)}", ("eval", "data"))
 
@@ -472,21 +635,78 @@ def load_recipe(file: str | Path) -> LoadedRecipe:
     return loaded[0]
 
 
-def find_recipe_files(paths: list[str | Path]) -> list[Path]:
-    """Recipe files named directly, or found below folders (sorted, so builds are stable)."""
+# Folders a search below a folder never enters: tools' and packages' trees, build outputs.
+SKIPPED_FOLDERS = frozenset({"build", "node_modules", "site-packages", "dist-packages", "__pycache__"})
+_TOP_LEVEL_KEY = re.compile(r"""^(["']?)(name|source)\1[ \t]*:""", re.MULTILINE)
+# A flow-style document (`{"name": ..., "source": {...}}`, JSON being YAML): keys anywhere in it.
+_FLOW_KEY = re.compile(r"""(["']?)\b(name|source)\1[ \t]*:""")
+_FLOW_START = re.compile(r"""\A(?:[ \t]*(?:#[^\n]*)?\n)*[ \t]*(?:---[ \t]*\n[ \t]*)?\{""")
+
+
+def find_recipe_files(paths: list[str | Path], skipped: list[Path] | None = None,
+                      root: Path | None = None) -> list[Path]:
+    """Recipe files named directly, or found below folders (sorted, so builds are stable).
+
+    A file named on the command line is always read as a recipe. Below a folder, the search skips
+    hidden folders, virtualenvs (a folder holding pyvenv.cfg), SKIPPED_FOLDERS and symlinked
+    folders; a .yaml/.yml file there is a recipe when it has a top-level `source:` key, or a
+    top-level `name:` key and a defaults.yaml above it (up to the workspace `root`) has `source:`. Other YAML
+    files are not recipes and go to `skipped`: a tree may hold CI configs and packages' data files.
+    """
     found: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*") if p.suffix in RECIPE_SUFFIXES
-                                and p.is_file() and not _is_support_file(p)))
+            found.extend(_search(path, skipped if skipped is not None else [], root or path))
         elif path.is_file():
             found.append(path)
         else:
             raise RecipeError("no such recipe file or folder", path)
     if not found:
-        raise RecipeError("no recipes found", ", ".join(map(str, paths)))
+        hint = (f"{len(skipped)} YAML file(s) without a top-level source: were skipped"
+                if skipped else None)
+        raise RecipeError("no recipes found", ", ".join(map(str, paths)), hint=hint)
     return found
+
+
+def _search(top: Path, skipped: list[Path], root: Path) -> list[Path]:
+    """The recipe files below folder `top` (see find_recipe_files)."""
+    found = []
+    for folder, dirs, files in os.walk(top):
+        dirs[:] = sorted(d for d in dirs if not _skipped_folder(Path(folder) / d))
+        for name in sorted(files):
+            file = Path(folder) / name
+            if file.suffix not in RECIPE_SUFFIXES or name.startswith(".") or _is_support_file(file):
+                continue
+            (found if _looks_like_recipe(file, root) else skipped).append(file)
+    return found
+
+
+def _skipped_folder(folder: Path) -> bool:
+    return (folder.name.startswith(".") or folder.name in SKIPPED_FOLDERS or folder.is_symlink()
+            or (folder / "pyvenv.cfg").is_file())
+
+
+def _top_level_keys(file: Path) -> set[str]:
+    """Which of `name`/`source` a YAML file sets at its top level (a text scan: no YAML parse)."""
+    try:
+        with open(file, encoding="utf-8", errors="replace") as stream:
+            text = stream.read(1 << 20)
+    except OSError:
+        return {"name", "source"}  # unreadable: loading it reports why
+    pattern = _FLOW_KEY if _FLOW_START.match(text) else _TOP_LEVEL_KEY
+    return {match.group(2) for match in pattern.finditer(text)}
+
+
+def _looks_like_recipe(file: Path, root: Path) -> bool:
+    keys = _top_level_keys(file)
+    if "source" in keys:
+        return True
+    if "name" not in keys:
+        return False
+    from bmbuild.compose import defaults_chain
+
+    return any("source" in _top_level_keys(defaults) for defaults in defaults_chain(file, root))
 
 
 def _is_support_file(path: Path) -> bool:
@@ -497,9 +717,20 @@ def _is_support_file(path: Path) -> bool:
 def load_recipes(paths: list[str | Path], root: Path | None = None,
                  variables: dict[str, str] | None = None) -> list[LoadedRecipe]:
     """Load every recipe below `paths`; reports all bad recipes at once; names must be unique."""
+    loaded, errors = load_recipes_partial(paths, root, variables)
+    if errors:
+        raise RecipeErrors(errors)
+    return loaded
+
+
+def load_recipes_partial(paths: list[str | Path], root: Path | None = None,
+                         variables: dict[str, str] | None = None,
+                         skipped: list[Path] | None = None) -> tuple[list[LoadedRecipe], list[RecipeError]]:
+    """The recipes below `paths` that load, and an error for each that does not (for `validate`
+    and `run -k`: one broken recipe does not hide the others); a second use of a name is an error."""
     loaded: list[LoadedRecipe] = []
     errors: list[RecipeError] = []
-    for file in find_recipe_files(paths):
+    for file in find_recipe_files(paths, skipped, root):
         try:
             loaded.extend(load_recipe_file(file, root, variables))
         except RecipeErrors as exc:
@@ -507,13 +738,14 @@ def load_recipes(paths: list[str | Path], root: Path | None = None,
         except RecipeError as exc:
             errors.append(exc)
     seen: dict[str, Path] = {}
+    unique = []
     for item in loaded:
         if item.name in seen:
             errors.append(item.error(f"name {item.name!r} is also used by {seen[item.name]}", ("name",)))
+        else:
+            unique.append(item)
         seen.setdefault(item.name, item.file)
-    if errors:
-        raise RecipeErrors(errors)
-    return loaded
+    return unique, errors
 
 
 class RecipeErrors(RecipeError):

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
+import tempfile
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -98,3 +101,43 @@ def bind_log(log: StageLog) -> Iterator[None]:
         yield
     finally:
         _current.log = previous
+
+
+@contextmanager
+def output_to_log(log: StageLog) -> Iterator[None]:
+    """While the block runs, what is written to file descriptors 1 and 2 goes to `log`.
+
+    For libraries whose C++ code writes to the process's stdout/stderr directly (the TorchScript
+    ONNX exporter prints hundreds of lines of Torch IR when it fails). Only around such a call:
+    it catches anything any thread writes meanwhile (a stage runs alone in its process: `-j 1`
+    runs one stage at a time, and `-j N` one per worker process).
+    """
+    import ctypes
+
+    def flush() -> None:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (AttributeError, ValueError, OSError):
+                pass
+        try:
+            ctypes.CDLL(None).fflush(None)  # C stdio buffers (std::cout shares them)
+        except (OSError, AttributeError):
+            pass
+
+    flush()
+    with tempfile.TemporaryFile() as capture:
+        saved = [os.dup(1), os.dup(2)]
+        try:
+            os.dup2(capture.fileno(), 1)
+            os.dup2(capture.fileno(), 2)
+            yield
+        finally:
+            flush()
+            for fd, original in zip((1, 2), saved):
+                os.dup2(original, fd)
+                os.close(original)
+            capture.seek(0)
+            text = capture.read().decode("utf-8", errors="replace")
+            if text:
+                log.write_raw(text if text.endswith("\n") else text + "\n")

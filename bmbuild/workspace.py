@@ -9,7 +9,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Literal
 
 from filelock import FileLock, Timeout
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -43,6 +43,19 @@ def find_root(start: Path) -> Path:
     return start
 
 
+class ExecutorConfig(BaseModel):
+    """bmbuild.yaml `executor:`: where stages that must run are executed (README "Cluster builds")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["local", "dask"] = Field("local", description="local: this machine (`-j`); dask: a Dask cluster.")
+    scheduler: str | None = Field(None, description="The Dask scheduler's address, e.g. tcp://host:8786.")
+    resources: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="Dask resources a stage requests, by toolchain or stage name, e.g. {tpu-mlir: {tpu-mlir: 1}} "
+                    "(the default when workers declare tpu-mlir); {} requests none.")
+
+
 class WorkspaceConfig(BaseModel):
     """bmbuild.yaml at the workspace root: where builds and caches go, and shared variables."""
 
@@ -61,6 +74,8 @@ class WorkspaceConfig(BaseModel):
                                 "$BMBUILD_REMOTE_TIMEOUT overrides it.")
     jobs: int = Field(1, ge=1, description="Default for `run -j`.")
     vars: dict[str, str] = Field(default_factory=dict, description="${name} variables for recipes, e.g. dataset roots.")
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig,
+                                     description="Where stages run: {kind: local} or {kind: dask, scheduler: ...}.")
     toolchains: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="Per-toolchain settings, e.g. {tpu-mlir: {path: /opt/tpu-mlir-venv/bin}} for an existing installation.")

@@ -15,36 +15,43 @@ from conftest import read_report
 IMPOSSIBLE_FP32 = {"tolerance": {"sqnr": 500.0}}  # identical tensors measure at most 200 dB
 
 
-def int8_recipe(write_recipe, workspace: Path, name: str, calib_shape=(20, 3, 8, 8), **overrides) -> Path:
-    rng = np.random.default_rng(0)
-    np.savez(workspace / "recipes" / f"{name}_calib.npz", x=rng.standard_normal(calib_shape).astype(np.float32))
+def int8_recipe(write_recipe, workspace: Path, name: str, nan: bool = False, **overrides) -> Path:
+    """An int8 recipe; with `nan`, its calibration data holds NaN: bad data only reading it finds
+    (a wrong shape or too few samples are refused before any stage: tests/test_preflight.py)."""
+    x = np.random.default_rng(0).standard_normal((20, 3, 8, 8)).astype(np.float32)
+    if nan:
+        x[:, 0, 0, 0] = np.nan
+    np.savez(workspace / "recipes" / f"{name}_calib.npz", x=x)
     return write_recipe(name, prec="INT8", calibration={"data": f"{name}_calib.npz", "key": "x", "samples": 8},
                         int8={"cmp_samples": 4}, **overrides)
 
 
 def test_bad_calibration_data_found_by_the_calibrate_stage_exits_2(workspace, write_recipe, run_bmbuild):
-    recipe = int8_recipe(write_recipe, workspace, "badcal", calib_shape=(20, 3, 4, 4))  # the model takes 3x8x8
+    recipe = int8_recipe(write_recipe, workspace, "badcal", nan=True)
 
     code, out, err = run_bmbuild("run", recipe, "--plain")
 
     assert code == 2, out + err
     stages = read_report("badcal")["stages"]
     assert stages["trace"]["outcome"] == "executed" and stages["calibrate"]["outcome"] == "failed"
-    assert "badcal_calib.npz" in stages["calibrate"]["error"] and "shape" in stages["calibrate"]["error"]
+    assert "badcal_calib.npz" in stages["calibrate"]["error"] and "NaN" in stages["calibrate"]["error"]
     assert not (workspace / "build" / "badcal" / "calibrate").exists()
 
 
 def test_bad_evaluation_data_found_by_compile_int8_exits_2(workspace, write_recipe, run_bmbuild):
     rng = np.random.default_rng(1)
-    np.savez(workspace / "recipes" / "eval.npz", x=rng.standard_normal((12, 3, 8, 8)).astype(np.float32),
-             y=np.arange(10) % 2)  # 12 samples, 10 labels
+    path = workspace / "recipes" / "eval.npz"
+    np.savez(path, x=rng.standard_normal((12, 3, 8, 8)).astype(np.float32), y=np.arange(12) % 2)
+    data = bytearray(path.read_bytes())  # a damaged byte amid x's values: its header reads, its CRC fails
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
     recipe = int8_recipe(write_recipe, workspace, "badeval", eval={"data": "eval.npz"})
 
     code, out, err = run_bmbuild("run", recipe, "--plain")
 
     assert code == 2, out + err
     stage = read_report("badeval")["stages"]["compile_int8"]
-    assert stage["outcome"] == "failed" and "x has 12 samples but y has 10" in stage["error"]
+    assert stage["outcome"] == "failed" and "eval.npz" in stage["error"] and "cannot read array" in stage["error"]
 
 
 def test_a_missing_weights_file_exits_2_before_any_stage(workspace, write_recipe, run_bmbuild):
@@ -65,7 +72,7 @@ def test_a_stage_that_ran_and_failed_exits_1(workspace, write_recipe, run_bmbuil
 @pytest.mark.parametrize("jobs", ["1", "2"])
 def test_with_several_failures_the_highest_code_wins(workspace, write_recipe, run_bmbuild, jobs):
     write_recipe("a_gate", fp32=IMPOSSIBLE_FP32)                          # exit 1
-    int8_recipe(write_recipe, workspace, "b_badcal", calib_shape=(20, 3, 4, 4))  # exit 2
+    int8_recipe(write_recipe, workspace, "b_badcal", nan=True)  # exit 2
     write_recipe("c_good")
 
     code, out, err = run_bmbuild("run", "recipes", "--plain", "--keep-going", "-j", jobs)
@@ -87,7 +94,7 @@ def test_a_bug_in_a_stage_exits_3_over_user_errors(workspace, write_recipe, run_
         return publish(self, node, tmp, entry)
 
     monkeypatch.setattr(Executor, "_publish", broken_publish)
-    int8_recipe(write_recipe, workspace, "a_badcal", calib_shape=(20, 3, 4, 4))
+    int8_recipe(write_recipe, workspace, "a_badcal", nan=True)
     write_recipe("b_bug")
 
     code, out, err = run_bmbuild("run", "recipes", "--plain", "--keep-going")

@@ -1,5 +1,6 @@
 """Planning must stay cheap: the CLI, `plan`, `validate` and a no-op `run` never import torch,
-onnx or onnxruntime (each check runs in a fresh interpreter)."""
+onnx or onnxruntime, nor dask unless a cluster build asks for it (each check runs in a fresh
+interpreter)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import sys
 
 from conftest import subprocess_env
 
-HEAVY = ("torch", "onnx", "onnxruntime")
+HEAVY = ("torch", "onnx", "onnxruntime", "dask", "distributed")
 
 PROBE = """
 import json, sys

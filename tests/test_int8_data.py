@@ -50,20 +50,30 @@ def test_wrong_shape_npy_fails_naming_the_file(ws8: Int8Workspace) -> None:
            f"expected one sample of shape {SHAPE}")
 
 
-def test_too_few_samples_fails_naming_the_file(ws8: Int8Workspace) -> None:
+def refused_before_any_stage(ws: Int8Workspace, code: int, out: str, err: str, *needles: str) -> None:
+    """The run stopped before tracing (a recipe error: exit 2), naming the recipe's file and key."""
+    text = out + err
+    assert code == 2, text
+    assert not (ws.root / "build" / "tiny8").exists(), "a stage ran"
+    for needle in needles:
+        assert needle in text, (needle, text)
+    assert "Traceback" not in text
+
+
+def test_too_few_samples_fails_before_any_stage_naming_the_key(ws8: Int8Workspace) -> None:
     write_npz(ws8.recipes / "data" / "small.npz", 10)
     recipe = ws8.recipe(calibration={"data": "data/small.npz"})  # 16 + 8 held out needed
     code, out, err = ws8.build(recipe)
-    failed(ws8, code, out, err, "calibrate", "small.npz", "only 10 samples available",
-           "16 for calibration + 8 held out")
+    refused_before_any_stage(ws8, code, out, err, "tiny8.yaml:", "calibration.samples: only 10 samples",
+                             "small.npz", "calibration.samples (16) + int8.cmp_samples (8")
 
 
-def test_wrong_stacked_shape_fails_naming_the_file(ws8: Int8Workspace) -> None:
+def test_wrong_stacked_shape_fails_before_any_stage_naming_the_file(ws8: Int8Workspace) -> None:
     path = ws8.recipes / "data" / "flat.npz"
     np.savez(path, x=np.zeros((30, 3, 16), np.float32))
     recipe = ws8.recipe(calibration={"data": "data/flat.npz"})
     code, out, err = ws8.build(recipe)
-    failed(ws8, code, out, err, "calibrate", "flat.npz", "(30, 3, 16)")
+    refused_before_any_stage(ws8, code, out, err, "calibration.data:", "flat.npz", "[30, 3, 16]", "[3, 16, 16]")
 
 
 def test_nan_in_calibration_data_names_the_sample(ws8: Int8Workspace) -> None:

@@ -130,7 +130,8 @@ def test_changing_only_gates_reruns_nothing(ws8: Int8Workspace) -> None:
 def test_fp32_layers_by_node_name_and_by_output_name_stay_float(ws8: Int8Workspace) -> None:
     import onnx
 
-    recipe = ws8.recipe(int8={"fp32_layers": ["/conv2/Conv", "/Relu_output_0"]})
+    # names of the eager export: the ReLU module called after conv2 is /relu_1
+    recipe = ws8.recipe(int8={"fp32_layers": ["/conv2/Conv", "/relu_1/Relu_output_0"]})
     code, out, err = ws8.build(recipe)
     assert code == 0, out + err
     model = onnx.load(str(ws8.stage_dir("quantize") / "tiny8.int8.onnx"))
@@ -144,13 +145,13 @@ def test_fp32_layers_by_node_name_and_by_output_name_stay_float(ws8: Int8Workspa
 
     conv2 = nodes["/conv2/Conv"]
     assert conv2.input[1] in initializers and conv2.input[2] in initializers  # float weights, bias
-    relu = nodes["/Relu"]  # named through its output tensor
+    relu = nodes["/relu_1/Relu"]  # named through its output tensor
     assert producer[relu.input[0]] == "Conv"  # reads conv2's float output directly
     assert consumers[conv2.output[0]] == ["Relu"]  # conv2's output is never quantized
     # the other convolutions are int8 (dequantized weights)
     for name in ("/conv1/Conv", "/conv3/Conv"):
         assert producer[nodes[name].input[1]] == "DequantizeLinear"
-    assert ws8.metrics("quantize")["fp32_layers"] == ["/conv2/Conv", "/Relu"]
+    assert ws8.metrics("quantize")["fp32_layers"] == ["/conv2/Conv", "/relu_1/Relu"]
 
 
 def test_unknown_fp32_layer_fails_with_close_names(ws8: Int8Workspace) -> None:

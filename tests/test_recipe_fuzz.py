@@ -248,6 +248,23 @@ class Case:
     raw: bytes
 
 
+def write_data_files(folder: Path) -> None:
+    """The files the bases name, real enough for `validate`'s checks of them (bmbuild.preflight):
+    24 images (8 calibration + 16 held-out samples), an evaluation set, a one-input ONNX model."""
+    import numpy as np
+    import onnx
+    from PIL import Image
+
+    (folder / "calib").mkdir()
+    for i in range(24):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / "calib" / f"{i:02d}.png")
+    np.savez(folder / "eval.npz", x=np.zeros((4, 3, 8, 8), np.float32), y=np.zeros(4, np.int64))
+    io = [onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, ["batch", 3, 8, 8])
+          for name in ("input", "output")]
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["input"], ["output"])], "tiny", io[:1], io[1:])
+    onnx.save(onnx.helper.make_model(graph), str(folder / "tiny.onnx"))
+
+
 def make_case(seed: int, root: Path) -> Case:
     """Write a workspace state for `seed`; returns which file was damaged and how."""
     rng = random.Random(seed)
@@ -260,9 +277,9 @@ def make_case(seed: int, root: Path) -> Case:
     recipe_dir.mkdir(exist_ok=True)
     if recipe_dir != recipes:
         shutil.copy(recipes / "tiny_models.py", recipe_dir / "tiny_models.py")
-        for name in ("calib", "eval.npz", "tiny.onnx"):
-            dst = recipe_dir / name
-            dst.mkdir() if name == "calib" else dst.write_bytes(b"x")
+        shutil.copytree(recipes / "calib", recipe_dir / "calib")
+        for name in ("eval.npz", "tiny.onnx"):
+            shutil.copy(recipes / name, recipe_dir / name)
     files: dict[Path, Any] = {recipe_dir / "recipe.yaml": rng.choice(BASES)}
     if rng.random() < 0.25:
         files[recipes / "defaults.yaml"] = DEFAULTS
@@ -319,16 +336,17 @@ def error_class(message: str) -> str:
 def library_errors(recipe: Path, root: Path) -> list[Any]:
     """What `bmbuild validate` does, as RecipeErrors (empty when valid)."""
     from bmbuild.errors import RecipeError
+    from bmbuild.preflight import recipe_problems
     from bmbuild.recipe import RecipeErrors, load_recipes
     from bmbuild.workspace import load_config
 
     try:
-        load_recipes([recipe], root, load_config(root).vars)
+        loaded = load_recipes([recipe], root, load_config(root).vars)
     except RecipeErrors as exc:
         return exc.errors
     except RecipeError as exc:
         return [exc]
-    return []
+    return [problem for item in loaded for problem in recipe_problems(item)]  # the files each names
 
 
 def check_case(case: Case, root: Path, validate: Callable[[Path], tuple[int, str, str]] | None,
@@ -410,9 +428,7 @@ def cli_validate() -> Callable[[Path], tuple[int, str, str]]:
 
 def test_fuzzed_recipes_are_valid_or_one_clear_error_each(workspace, cli_validate):
     recipes = workspace / "recipes"
-    (recipes / "calib").mkdir()
-    (recipes / "eval.npz").write_bytes(b"x")
-    (recipes / "tiny.onnx").write_bytes(b"x")
+    write_data_files(recipes)
     counts: collections.Counter[str] = collections.Counter()
     failures = []
     for seed in range(SEED, SEED + CASES):
@@ -438,9 +454,7 @@ def test_fuzz_bases_are_valid(workspace):
     """The fuzzer damages valid inputs: each base recipe (with the defaults file and the workspace
     config) validates and plans as it is."""
     recipes = workspace / "recipes"
-    (recipes / "calib").mkdir()
-    (recipes / "eval.npz").write_bytes(b"x")
-    (recipes / "tiny.onnx").write_bytes(b"x")
+    write_data_files(recipes)
     (recipes / "defaults.yaml").write_text(yaml.safe_dump(DEFAULTS))
     (workspace / "bmbuild.yaml").write_text(yaml.safe_dump(CONFIG))
     for base in BASES:

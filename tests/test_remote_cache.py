@@ -375,6 +375,9 @@ def test_s3_verify_finds_a_corrupt_object_and_gc_empties(tmp_path, monkeypatch, 
     code, out, err = run_bmbuild("cache", "gc", "--max-size", "0", "--remote", "--remote-cache", s3.url)
     assert code == 0, out + err
     assert s3.keys("actions") == {} and s3.keys("objects") == {}
+    assert any(p.is_file() for p in (Path(os.environ["BMBUILD_CACHE_DIR"]) / "objects").rglob("*"))  # --remote: only
+    code, out, err = run_bmbuild("cache", "gc", "--max-size", "0")
+    assert code == 0, out + err
     assert not any(p.is_file() for p in (Path(os.environ["BMBUILD_CACHE_DIR"]) / "objects").rglob("*"))
 
 

@@ -198,7 +198,9 @@ def test_an_s3_endpoint_that_never_answers_warns_once_and_cache_commands_exit_2(
 
     assert done.returncode == 0, done.stdout + done.stderr
     assert "2 executed" in done.stdout
-    assert done.stderr.count("warning:") == 1 and "unreachable" in done.stderr, done.stderr
+    # on a loaded machine opening the filesystem may already take the whole timeout: either way one warning
+    assert done.stderr.count("warning:") == 1, done.stderr
+    assert "unreachable" in done.stderr or "cannot be opened" in done.stderr, done.stderr
     assert "no answer within 2s" in done.stderr
     assert held  # it did connect: the server accepted and stayed silent
     for command in ("pull", "push"):

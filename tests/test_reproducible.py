@@ -45,7 +45,8 @@ def model():
     return Halved()
 """
 STAGES = ("trace", "compile_fp32", "calibrate", "quantize", "compile_int8")
-STAGE_FILES = {"trace/repro8.pt", "compile_fp32/repro8.onnx", "compile_fp32/repro8.fp32.onnx",
+# (no compile_fp32/repro8.fp32.onnx: onnxruntime leaves this exported graph as it is, so it is stored once)
+STAGE_FILES = {"trace/repro8.pt", "compile_fp32/repro8.onnx",
                "calibrate/repro8_cali_table", "calibrate/repro8_cali_stats.json",
                "quantize/repro8.int8.onnx", "compile_int8/1b.compilation/repro8.int8.onnx"}
 
@@ -145,3 +146,21 @@ def test_scripted_function_in_a_model_subfolder_traces_with_portable_records(tmp
     x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         assert torch.equal(module(x), tiny_classifier().eval()(x) * 0.5)
+
+
+def test_a_model_traced_after_others_in_one_process_has_the_bytes_it_has_alone(tmp_path):
+    """TorchScript numbers the classes a process compiles again (`___torch_mangle_<n>`): a trace
+    must not depend on what the process traced before it (a -j 1 zoo, reused pool or cluster workers)."""
+    from conftest import BASE_RECIPE, TINY_MODELS
+
+    alone, after = tmp_path / "alone", tmp_path / "after"
+    build(make_clone(alone, SCRIPTED_NET), alone, ROOT, tmp_path / "cache-alone", jobs=1, last_stage="trace")
+    recipe = make_clone(after, SCRIPTED_NET)
+    shutil.copyfile(TINY_MODELS, recipe.parent / "tiny_models.py")
+    for index, channels in enumerate((4, 6)):  # traced first: the same module classes, other attributes
+        other = deep_merge({"name": f"a{index}", **BASE_RECIPE}, {"source": {"kwargs": {"channels": channels}}})
+        (recipe.parent / f"a{index}.yaml").write_text(yaml.safe_dump(other, sort_keys=False))
+    build(recipe.parent, after, ROOT, tmp_path / "cache-after", jobs=1, last_stage="trace")
+
+    assert read_report("a1", after)["stages"]["trace"]["outcome"] == "executed"
+    assert build_outputs(after, NAME) == build_outputs(alone, NAME)

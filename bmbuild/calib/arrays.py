@@ -15,31 +15,10 @@ import numpy as np
 import numpy.lib.format as npformat
 
 from bmbuild.errors import DataError
+from bmbuild.fileinfo import resolve_key
 
 _READ_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile)
 _LOCAL_HEADER = b"PK\x03\x04"
-
-
-def npz_keys(path: Path) -> list[str]:
-    """Array names in an .npz file, in archive order."""
-    try:
-        with zipfile.ZipFile(path) as zf:
-            return [n[:-4] if n.endswith(".npy") else n for n in zf.namelist()]
-    except _READ_ERRORS as exc:
-        raise DataError(f"cannot read as .npz: {exc}", file=path) from exc
-
-
-def resolve_key(path: Path, key: str | None) -> str:
-    """The array to use inside an .npz: `key` if given, else the only one there is."""
-    keys = npz_keys(path)
-    if key is not None:
-        if key not in keys:
-            raise DataError(f"no array named {key!r} in the .npz (it holds {keys})", file=path)
-        return key
-    if len(keys) != 1:
-        raise DataError(f"the .npz holds {len(keys)} arrays {keys}; set `key` to choose one",
-                        file=path)
-    return keys[0]
 
 
 def _read_header(fp) -> tuple[tuple[int, ...], bool, np.dtype] | None:

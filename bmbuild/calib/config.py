@@ -115,6 +115,25 @@ class Preprocess(BaseModel):
         return expand(self.mean, "mean"), expand(mult, "std" if self.std is not None else "scale")
 
 
+class InputCalibration(BaseModel):
+    """Where one input of a multi-input model takes its calibration samples from (`calibration.inputs.<name>`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: Path | None = Field(
+        None,
+        description="This input's samples: a folder (images, or .npy/.npz files holding one sample each) or one "
+        ".npz/.npy with samples stacked on axis 0. Default: calibration.data. Samples of different sources are "
+        "paired by their sorted order (folders: by file path without its suffix).",
+    )
+    key: str | None = Field(
+        None, description="Name of this input's array inside .npz files. Default: the input's name."
+    )
+    preprocess: Preprocess | None = Field(
+        None, description="Image preprocessing of this input (required when its data are images)."
+    )
+
+
 class CalibrationConfig(BaseModel):
     """Where the calibration samples come from and how activation thresholds are chosen.
 
@@ -122,14 +141,19 @@ class CalibrationConfig(BaseModel):
     preprocessed sample each; searched recursively, hidden files skipped, never mixed) or one
     .npz (or .npy) file holding many preprocessed samples stacked on axis 0.
     `preprocess` is required for images and must be absent for arrays, which are fed as they are.
+    A model with several inputs reads each input's array by its name from the same files (one
+    .npz per sample, or one .npz stacking each input), or takes it from its own source
+    (`inputs.<name>`: images for one input, arrays for another).
     """
 
     model_config = ConfigDict(extra="forbid")
 
-    data: Path = Field(
+    data: Path | None = Field(
+        None,
         description="A folder of images (.jpg/.jpeg/.png) or of .npy/.npz files holding one "
         "preprocessed sample each, or a single .npz/.npy file with samples stacked on axis 0. "
-        "Relative paths are relative to the recipe file."
+        "Several inputs: .npz files keyed by input name. Relative paths are relative to the recipe "
+        "file. Required unless every input has its own calibration.inputs.<name>.data.",
     )
     key: str | None = Field(
         None,
@@ -156,3 +180,20 @@ class CalibrationConfig(BaseModel):
         2048, ge=128, le=1 << 20,
         description="Histogram bins of |x| per tensor (kl compares 128 int8 levels against them).",
     )
+    inputs: dict[str, InputCalibration] = Field(
+        default_factory=dict,
+        description="Per input of a multi-input model: its own data, array name and preprocessing "
+        "(inputs not named here read their array, named after the input, from `data`).",
+    )
+
+    def source_for(self, name: str, several: bool) -> "CalibrationConfig":
+        """The single-source config of input `name`: its data, array name and preprocessing.
+
+        With `several` data inputs an input's array is named after it unless `inputs.<name>.key`
+        says otherwise; a single input keeps `key` (default: the only array in the file).
+        """
+        own = self.inputs.get(name, InputCalibration())
+        key = own.key or (name if several else self.key)
+        preprocess = own.preprocess if own.data is not None else (own.preprocess or self.preprocess)
+        return self.model_copy(update={"data": own.data or self.data, "key": key, "preprocess": preprocess,
+                                       "inputs": {}})

@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from bmbuild.calib.config import Preprocess, Size
+from bmbuild.calib.sources import IMAGE_SUFFIXES
 from bmbuild.errors import DataError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+__all__ = ["IMAGE_SUFFIXES", "decode_image", "load_image", "preprocess_image", "resize_bilinear", "resized_shape"]
 
 
 def decode_image(path: Path, channels: int) -> np.ndarray:

@@ -50,6 +50,8 @@ class Stage:
     gate: Callable[[Recipe, dict[str, Any]], list[str]] = lambda recipe, metrics: []
     summary: Callable[[dict[str, Any]], str] = lambda metrics: ""
     uses_toolchain: bool = True
+    # key parts that depend on the toolchain doing the work: (loaded, toolchain) -> (params, files)
+    toolchain_inputs: Callable[[LoadedRecipe, Any], tuple[dict[str, Any], list[Path]]] | None = None
 
     def upstream_for(self, recipe: Recipe, present: set[str]) -> tuple[str, ...]:
         return tuple(name for name in self.upstream if name in present)

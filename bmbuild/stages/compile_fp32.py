@@ -18,7 +18,7 @@ def _params(recipe: Recipe) -> dict[str, Any]:
         "net_name": recipe.name,
         "target": recipe.target,
         "shapes": recipe.shapes,
-        "inputs": [spec.model_dump() for spec in recipe.input_specs],
+        "inputs": recipe.inputs_key(),
         "batch_sizes": recipe.resolved_batch_sizes,
         "opt": fp32.opt,
         "dyn": fp32.dyn,
@@ -36,6 +36,17 @@ def _inputs(loaded: LoadedRecipe) -> list[Path]:
     if recipe.source.framework == "pytorch":
         return []  # the traced model comes from the trace stage
     return [(loaded.file.parent / recipe.source.model_file).resolve()]
+
+
+def _model_source(loaded: LoadedRecipe, toolchain: Any) -> tuple[dict[str, Any], list[Path]]:
+    """A toolchain that exports ONNX from the eager PyTorch module (`exports_eager`, the default)
+    builds the model from source: the source, its weights and kwargs are then inputs of this stage.
+    One that compiles the traced file only (NNTC's bmnetp) is keyed on that file alone."""
+    if loaded.recipe.source.framework != "pytorch" or not getattr(toolchain, "exports_eager", True):
+        return {}, []
+    from bmbuild.stages.trace import model_params, source_files
+
+    return {"model": model_params(loaded.recipe)}, source_files(loaded)
 
 
 def source_model(ctx: StageContext) -> Path:
@@ -68,7 +79,7 @@ def _cmp_summary(metrics: dict[str, Any]) -> str:
 
 STAGE = Stage(
     name="compile_fp32",
-    version="1",
+    version="2",  # 2: ONNX from the eager module; the deployable model stored once
     upstream=("trace",),
     applies=lambda recipe: True,
     params=_params,
@@ -76,4 +87,5 @@ STAGE = Stage(
     run=toolchain_step("compile_fp32"),
     gate=_gate,
     summary=_summary,
+    toolchain_inputs=_model_source,
 )

@@ -17,7 +17,7 @@ import pickle
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from bmbuild.errors import StageFailed
 from bmbuild.modelsource import TORCH_LOCK, load_callable, local_imports
@@ -38,21 +38,29 @@ def torch_note(version: str) -> str:
     return f"torch {release}, NNTC recommends {NNTC_TORCH}"
 
 
-def _params(recipe: Recipe) -> dict[str, Any]:
+def model_params(recipe: Recipe) -> dict[str, Any]:
+    """What builds the model from its source besides the files (`source_files`)."""
     source = recipe.source
     return {
-        "net_name": recipe.name,  # outputs are named after it
         "callable": source.callable_name,
         "kwargs": source.kwargs,
         "weights_key": source.weights.key if source.weights else None,
         "strip_prefix": source.weights.strip_prefix if source.weights else None,
+    }
+
+
+def _params(recipe: Recipe) -> dict[str, Any]:
+    return {
+        "net_name": recipe.name,  # outputs are named after it
+        **model_params(recipe),
         "shapes": recipe.shapes,
-        "inputs": [spec.model_dump() for spec in recipe.input_specs],
+        "inputs": recipe.inputs_key(),
         "batch_sizes": recipe.resolved_batch_sizes,
     }
 
 
-def _inputs(loaded: LoadedRecipe) -> list[Path]:
+def source_files(loaded: LoadedRecipe) -> list[Path]:
+    """The model file, the local modules it imports and its weights."""
     recipe = loaded.recipe
     model_file = (loaded.file.parent / recipe.source.model_file).resolve()
     files = [model_file, *local_imports(model_file)]
@@ -124,16 +132,20 @@ def build_model(ctx: StageContext) -> Any:
 
 
 def example_inputs(recipe: Recipe, batch: int, seed: int) -> list[Any]:
-    """Seeded inputs of the recipe's shapes and dtypes at one batch size (numpy arrays)."""
+    """Seeded inputs of the recipe's shapes and dtypes at one batch size (numpy arrays); inputs
+    with a constant value get that value."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
     arrays = []
     for shape, spec in zip(recipe.shapes_for_batch(batch), recipe.input_specs):
-        if spec.dtype.startswith("float"):
-            arrays.append(rng.standard_normal(shape).astype(spec.dtype))
+        if spec.value is not None:
+            # np.array, not np.ascontiguousarray: that makes a 0-d value 1-d
+            arrays.append(np.array(np.broadcast_to(np.asarray(spec.value, dtype=spec.dtype), tuple(shape))))
+        elif spec.dtype.startswith("float"):
+            arrays.append(np.asarray(rng.standard_normal(shape), dtype=spec.dtype))
         else:
-            arrays.append(rng.integers(0, 10, size=shape).astype(spec.dtype))
+            arrays.append(np.asarray(rng.integers(0, 10, size=shape), dtype=spec.dtype))
     return arrays
 
 
@@ -165,6 +177,7 @@ def _trace(ctx: StageContext) -> None:
     from bmbuild.compare import similarity
 
     recipe = ctx.recipe
+    fresh_class_registry()
     model = build_model(ctx)
     first_batch = recipe.resolved_batch_sizes[0]
     example = [torch.from_numpy(a) for a in example_inputs(recipe, first_batch, seed=0)]
@@ -278,11 +291,13 @@ def _text_length(lines: list[str]) -> int:
     return len("".join(lines).encode())  # source ranges count bytes of the UTF-8 text
 
 
-def portable_debug_record(data: bytes, roots: list[tuple[str, str]]) -> bytes | None:
+def portable_debug_record(data: bytes, roots: list[tuple[str, str]],
+                          shift: Callable[[int], int] = lambda offset: offset) -> bytes | None:
     """A `.debug_pkl` ('FORMAT_WITH_STRING_TABLE', strings, ((code offset, (source, start, end),
     tag), ...); a source is (line string indices, file name index, first line)) whose sources
-    name no absolute path and no frame above the tracer. None when the layout is not this one:
-    the record is then left out (TorchScript loads without it)."""
+    name no absolute path and no frame above the tracer; `shift` maps code offsets when the code
+    file was renumbered (`renumber`). None when the layout is not this one: the record is then left
+    out (TorchScript loads without it)."""
     table: dict[str, int] = {"": 0}  # the rewritten string table, in first-use order
     sources: dict[int, tuple[Any, ...]] = {}
 
@@ -312,10 +327,80 @@ def portable_debug_record(data: bytes, roots: list[tuple[str, str]]) -> bytes | 
         tag, texts, records = _DebugUnpickler(io.BytesIO(data)).load()
         if tag != "FORMAT_WITH_STRING_TABLE":
             return None
-        rewritten = tuple((offset, source_range(*span), span_tag) for offset, span, span_tag in records)
+        rewritten = tuple((shift(offset), source_range(*span), span_tag) for offset, span, span_tag in records)
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, AttributeError):
         return None
     return pickle.dumps((tag, tuple(table), rewritten), protocol=2)
+
+
+def fresh_class_registry() -> None:
+    """Forget the TorchScript classes of earlier traces in this process (as torch's own tests do).
+
+    A class compiled again with other attributes is named `___torch_mangle_<n>`: without this, a
+    class traced before in the process (a -j 1 zoo, a reused pool or cluster worker) made even the
+    first class of a trace mangled. Called before the model is built, so whatever its code
+    scripts is registered afresh. The numbers themselves keep counting: `renumber` fixes those.
+    """
+    import torch
+
+    torch._C._jit_clear_class_registry()
+    torch.jit._recursive.concrete_type_store = torch.jit._recursive.ConcreteTypeStore()
+    torch.jit._state._clear_class_state()
+
+
+MANGLED = re.compile(rb"___torch_mangle_(\d+)")
+
+
+def _named_records(name: str) -> bool:
+    """Records that name TorchScript classes: code and pickles (not tensor data, not debug records)."""
+    return name.endswith(".py") or (name.endswith(".pkl") and not name.endswith(".debug_pkl"))
+
+
+def _only_in_globals(data: bytes) -> bool:
+    """Whether every mangled name in a pickle sits in a GLOBAL opcode, whose text ends with a
+    newline (so it may change length), in a pickle without length-prefixed frames."""
+    import pickletools
+
+    found = 0
+    try:
+        for opcode, arg, _ in pickletools.genops(io.BytesIO(data)):
+            if opcode.name == "FRAME":
+                return False
+            if opcode.name == "GLOBAL":
+                found += len(MANGLED.findall(str(arg).encode()))
+    except Exception:  # not a pickle pickletools can walk
+        return False
+    return found == len(MANGLED.findall(data))
+
+
+def mangle_numbers(records: dict[str, bytes]) -> dict[bytes, bytes]:
+    """TorchScript's mangle numbers (a process-wide counter) renumbered 0, 1, ... in order of first
+    appearance (record names, then contents, in archive order); {} when there are none or one
+    sits where it cannot be rewritten safely."""
+    numbers: dict[bytes, bytes] = {}
+    for name, data in records.items():
+        if name.endswith(".pkl") and not _only_in_globals(data):
+            return {}
+        for match in MANGLED.finditer(name.encode() + b"\n" + data):
+            numbers.setdefault(match[1], str(len(numbers)).encode())
+    return numbers
+
+
+def renumber(data: bytes, numbers: dict[bytes, bytes]) -> tuple[bytes, Callable[[int], int]]:
+    """`data` with its mangle numbers replaced, and the map from old to new offsets in it."""
+    moves: list[tuple[int, int]] = []  # (end of a replaced name in the old text, total length change)
+
+    def replace(match: re.Match[bytes]) -> bytes:
+        new = numbers[match[1]]
+        moves.append((match.end(), (moves[-1][1] if moves else 0) + len(new) - len(match[1])))
+        return b"___torch_mangle_" + new
+
+    text = MANGLED.sub(replace, data)
+
+    def shift(offset: int) -> int:
+        return offset + next((change for end, change in reversed(moves) if end <= offset), 0)
+
+    return text, shift
 
 
 def save_portable(module: Any, target: Path, roots: list[tuple[str, str]], scratch: Path) -> list[str]:
@@ -334,10 +419,18 @@ def save_portable(module: Any, target: Path, roots: list[tuple[str, str]], scrat
     reader = torch._C.PyTorchFileReader(str(first))
     writer = torch._C.PyTorchFileWriter(str(target))
     digest, left_out = hashlib.sha256(), []
-    for name in reader.get_all_records():
-        data = reader.get_record(name)
+    records = reader.get_all_records()
+    named = {record: reader.get_record(record) for record in records if _named_records(record)}
+    numbers = mangle_numbers(named)  # the same bytes whatever the process compiled before
+    shifts: dict[str, Callable[[int], int]] = {}
+    for record in records:
+        data = named[record] if record in named else reader.get_record(record)
+        name = MANGLED.sub(lambda m: b"___torch_mangle_" + numbers[m[1]], record.encode()).decode() \
+            if numbers else record
+        if numbers and record in named:
+            data, shifts[record] = renumber(data, numbers)
         if name.endswith(".debug_pkl"):
-            data = portable_debug_record(data, roots)
+            data = portable_debug_record(data, roots, shifts.get(record[:-len(".debug_pkl")], lambda offset: offset))
             if data is None:
                 left_out.append(name)
         if name != SERIALIZATION_ID and data is not None:
@@ -358,7 +451,7 @@ STAGE = Stage(
     upstream=(),
     applies=lambda recipe: recipe.source.framework == "pytorch",
     params=_params,
-    external_inputs=_inputs,
+    external_inputs=source_files,
     run=run,
     summary=lambda m: f"traced == eager (max rel {m.get('trace_vs_eager_max_rel', 0):.2g})",
     uses_toolchain=False,

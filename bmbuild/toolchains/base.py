@@ -7,9 +7,10 @@ reason and fails only when a stage needs it.
 
 from __future__ import annotations
 
+import functools
 import importlib
+import sys
 from dataclasses import dataclass
-from importlib import metadata
 from typing import TYPE_CHECKING, Protocol
 
 from bmbuild.errors import ToolchainError
@@ -29,8 +30,15 @@ class Toolchain(Protocol):
     """What a toolchain does for the stages that differ between vendors."""
 
     name: str
+    # compile_fp32 builds a PyTorch model from its source (to export ONNX from the eager module), so
+    # the source is part of its key; False for a toolchain that compiles the traced file only.
+    # Read with getattr(toolchain, "exports_eager", True).
+    exports_eager: bool
 
     def availability(self) -> Availability: ...
+
+    # Optional: `preflight(loaded)` raises a RecipeError for what this toolchain cannot build, so
+    # `validate` and `run` say it before any stage runs (bmbuild.preflight calls it when defined).
 
     def versions(self) -> dict[str, str]:
         """Versions that go into every action key (cheap: no heavy imports)."""
@@ -64,7 +72,18 @@ AUTO_ORDER: dict[str, tuple[str, ...]] = {"BM1684": ("nntc", "tpu-mlir"), "BM168
 
 
 def package_version(name: str) -> str:
-    """An installed distribution's version without importing it ('absent' when missing)."""
+    """An installed distribution's version without importing it ('absent' when missing).
+
+    Remembered per search path: reading a distribution's METADATA costs milliseconds, and every
+    node's key asks for the same few versions.
+    """
+    return _package_version(name, tuple(sys.path))
+
+
+@functools.lru_cache(maxsize=256)
+def _package_version(name: str, search_path: tuple[str, ...]) -> str:
+    from importlib import metadata  # 60 ms of imports (email parsing): not for a no-op answered by the snapshot
+
     try:
         return metadata.version(name)
     except metadata.PackageNotFoundError:

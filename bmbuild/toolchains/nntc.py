@@ -35,6 +35,7 @@ from typing import Any
 
 import bmbuild
 from bmbuild.errors import ToolchainError
+from bmbuild.recipe import LoadedRecipe
 from bmbuild.stages.base import StageContext
 from bmbuild.toolchains.base import Availability, package_version
 from bmbuild.toolchains.bmodel_info import BmodelInfoError, describe, parse_info
@@ -217,6 +218,7 @@ class NntcToolchain:
     """bmnetp, ufw (pt_to_umodel, ufwio), calibration_use_pb, bmnetu and tpu_model from the SophonSDK."""
 
     name = "nntc"
+    exports_eager = False  # bmnetp compiles the traced file: compile_fp32 is keyed on it, not on the source
 
     def __init__(self) -> None:
         self._versions: dict[str, str] | None = None
@@ -252,25 +254,35 @@ class NntcToolchain:
         return dict(self._versions)
 
     # --- checks shared by the run and --dry-run -----------------------------------------------
+    def preflight(self, loaded: LoadedRecipe) -> None:
+        """What NNTC cannot build, said by `validate` and before `run` starts any stage."""
+        self._check_recipe(loaded)
+        if loaded.recipe.prec == "INT8":
+            self._single_input(loaded)
+
     @staticmethod
-    def _check_recipe(ctx: StageContext) -> None:
-        recipe, loaded = ctx.recipe, ctx.loaded
+    def _check_recipe(loaded: LoadedRecipe) -> None:
+        recipe = loaded.recipe
         if recipe.target not in TARGETS:
             raise loaded.error(f"NNTC (SophonSDK 3.x) compiles for {', '.join(TARGETS)} only; "
                                f"{recipe.target} needs tpu-mlir", ("target",))
 
     @staticmethod
-    def _single_input(ctx: StageContext) -> None:
-        if len(ctx.recipe.shapes) != 1:
-            raise ctx.loaded.error("NNTC calibration feeds one input (the Data layer of pt_to_umodel's test "
-                                   f"prototxt); this recipe has {len(ctx.recipe.shapes)}", ("shapes",))
+    def _single_input(loaded: LoadedRecipe) -> None:
+        recipe = loaded.recipe
+        if len(recipe.shapes) != 1:
+            raise loaded.error("NNTC calibration feeds one input (the Data layer of pt_to_umodel's test "
+                               f"prototxt); this recipe has {len(recipe.shapes)}", ("shapes",))
+        if recipe.input_specs[0].batch_axis != 0:
+            raise loaded.error("NNTC calibration feeds its input batch first (an LMDB of [1, ...] records)",
+                               ("inputs", 0, "batch_axis"))
 
     # --- command lines ------------------------------------------------------------------------
     def fp32_commands(self, ctx: StageContext) -> list[Command]:
         """One bmnetp (bmneto for ONNX) per batch size, into <N>b.fp32.compilation/."""
         from bmbuild.stages.compile_fp32 import source_model
 
-        self._check_recipe(ctx)
+        self._check_recipe(ctx.loaded)
         params, model = ctx.params, source_model(ctx)
         compiler = front_end(ctx)[0]
         commands = []
@@ -288,8 +300,8 @@ class NntcToolchain:
 
     def calibrate_commands(self, ctx: StageContext) -> list[Command]:
         """LMDB of the calibration samples, the fp32 umodel, then calibration_use_pb, all in the work dir."""
-        self._check_recipe(ctx)
-        self._single_input(ctx)
+        self._check_recipe(ctx.loaded)
+        self._single_input(ctx.loaded)
         recipe, params, work = ctx.recipe, ctx.params, ctx.work_dir
         cfg = recipe.calibration
         assert cfg is not None
@@ -323,7 +335,7 @@ class NntcToolchain:
 
     def int8_commands(self, ctx: StageContext) -> list[Command]:
         """One bmnetu -prec=INT8 per batch size, then tpu_model --combine when there are several."""
-        self._check_recipe(ctx)
+        self._check_recipe(ctx.loaded)
         params = ctx.params
         int8umodel, deploy, _ = self.outputs(ctx)
         source = ctx.inputs["quantize"]

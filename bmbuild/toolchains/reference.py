@@ -1,8 +1,9 @@
 """The reference toolchain: the vendor's stages done for real with ONNX and onnxruntime on CPU.
 
-compile_fp32 exports the traced model with the TorchScript ONNX exporter (the only one that
-takes a traced ScriptModule), checks it, writes an onnxruntime-optimised deployable model at the
-recipe's `opt` level and compares it with torch on seeded inputs.
+compile_fp32 exports the PyTorch model to ONNX from its eager module (built from source as the
+trace stage builds it: the TorchScript exporter fails on traced attention layers), checks it,
+writes an onnxruntime-optimised deployable model at the recipe's `opt` level (only when it differs
+from the export: each distinct file is stored once) and compares it with torch on seeded inputs.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from bmbuild.toolchains.base import Availability, package_version
 
 PACKAGES = ("torch", "onnx", "onnxruntime")
 # Bump when this toolchain's code changes what it produces: it is part of every action key.
-IMPLEMENTATION_VERSION = "2"
+IMPLEMENTATION_VERSION = "3"  # 3: eager export, batch axes, the deployable stored once
 # bmnetp --opt 0/1/2 mapped onto onnxruntime graph optimisation levels.
 ORT_LEVELS = {0: "ORT_DISABLE_ALL", 1: "ORT_ENABLE_BASIC", 2: "ORT_ENABLE_EXTENDED"}
 
@@ -57,63 +58,108 @@ def onnx_names(recipe: Any) -> list[str]:
     return [spec.name for spec in recipe.input_specs]
 
 
-def onnx_lines(ctx: StageContext) -> list[str]:
-    """`run --dry-run` lines of `write_onnx`."""
+def deployable_fp32(folder: Path, name: str) -> Path:
+    """compile_fp32's deployable model in `folder`: `<name>.fp32.onnx`, or `<name>.onnx` when
+    onnxruntime's optimised model was the same file (then stored once)."""
+    optimised = folder / f"{name}.fp32.onnx"
+    return optimised if optimised.is_file() else folder / f"{name}.onnx"
+
+
+def same_graph(a: Path, b: Path) -> bool:
+    """Whether two ONNX files hold the same graph at the same opset. onnxruntime's optimised model of
+    an already optimal graph differs only in the opset domains it declares (com.microsoft, ...)."""
+    import onnx
+
+    first, second = onnx.load(str(a)), onnx.load(str(b))
+    opsets = [{o.domain: o.version for o in m.opset_import}.get("", 0) for m in (first, second)]
+    return opsets[0] == opsets[1] and first.graph.SerializeToString() == second.graph.SerializeToString()
+
+
+def export_onnx(ctx: StageContext, target: Path) -> None:
+    """The recipe's model as ONNX at `target`: an ONNX source copied, a PyTorch model exported from
+    its eager module (built from source like the trace stage builds it), a TorchScript file exported
+    as it is. The legacy (TorchScript) exporter at the recipe's opset: tpu-mlir rejects the dynamo
+    exporter's opset 18."""
     from bmbuild.stages.compile_fp32 import source_model
 
-    from bmbuild.toolchains.commands import quote
-
-    recipe, params = ctx.recipe, ctx.params
-    exported = quote(str(ctx.out_dir / f"{recipe.name}.onnx"))
-    source = quote(str(source_model(ctx)))
-    dynamic = "dynamic" if params["dyn"] or len(params["batch_sizes"]) > 1 else "static"
-    first = (f"[in-process] copy {source} -> {exported}" if recipe.source.framework == "onnx" else
-             f"[in-process] torch.onnx.export({source}, opset {params['opset']}, {dynamic} batch)"
-             f" -> {exported}")
-    return [first, f"[in-process] onnx.checker.check_model({exported}, full_check=True)"]
+    if ctx.recipe.source.framework == "onnx":
+        shutil.copyfile(source_model(ctx), target)
+    else:
+        _export(ctx, target)
 
 
 def write_onnx(ctx: StageContext) -> tuple[Path, Path]:
-    """(source model, `<name>.onnx` in the stage's output): the recipe's ONNX file copied, or the
-    traced model exported; checked either way. The int8 stages calibrate and quantize this file."""
+    """(source model, `<name>.onnx` in the stage's output): exported (`export_onnx`) and checked.
+    The int8 stages calibrate and quantize this file."""
     import onnx
 
     from bmbuild.stages.compile_fp32 import source_model
 
     exported = ctx.out_dir / f"{ctx.recipe.name}.onnx"
-    source = source_model(ctx)
-    if ctx.recipe.source.framework == "onnx":
-        shutil.copyfile(source, exported)
-    else:
-        _export(ctx, source, exported)
+    export_onnx(ctx, exported)
     try:
         onnx.checker.check_model(str(exported), full_check=True)
     except Exception as exc:  # onnx raises ValidationError and shape-inference errors
         raise StageFailed(f"onnx.checker rejected {exported.name}: {exc}") from None
-    return source, exported
+    return source_model(ctx), exported
 
 
-def _export(ctx: StageContext, traced_file: Path, target: Path) -> None:
+def _export(ctx: StageContext, target: Path) -> None:
     import torch
 
-    from bmbuild.stages.trace import example_inputs, run_torch
+    from bmbuild.stagelog import output_to_log
+    from bmbuild.stages.compile_fp32 import source_model
+    from bmbuild.stages.trace import build_model, example_inputs, run_torch
 
     recipe, params = ctx.recipe, ctx.params
-    module = torch.jit.load(str(traced_file), map_location="cpu")
-    arrays = example_inputs(recipe, recipe.resolved_batch_sizes[0], seed=0)
-    n_outputs = len(run_torch(module, arrays))
-    inputs = onnx_names(recipe)
-    outputs = ["output"] if n_outputs == 1 else [f"output{i}" for i in range(n_outputs)]
-    dynamic = params["dyn"] or len(params["batch_sizes"]) > 1
-    axes = {name: {0: "batch"} for name in inputs + outputs} if dynamic else None
-    ctx.log.info(f"exporting to ONNX opset {params['opset']} ({'dynamic' if dynamic else 'static'} batch)")
-    try:
-        with TORCH_LOCK:
-            torch.onnx.export(module, tuple(torch.from_numpy(a) for a in arrays), str(target),
-                              dynamo=False, opset_version=params["opset"], input_names=inputs,
-                              output_names=outputs, dynamic_axes=axes, do_constant_folding=True)
-    except Exception as exc:  # exporter errors are about the user's model
-        raise StageFailed(f"ONNX export failed: {type(exc).__name__}: {exc}") from None
+    with TORCH_LOCK:
+        if recipe.source.framework == "pytorch":
+            module = build_model(ctx)
+        else:
+            module = torch.jit.load(str(source_model(ctx)), map_location="cpu")
+        first = recipe.resolved_batch_sizes[0]
+        arrays = example_inputs(recipe, first, seed=0)
+        results = run_torch(module, arrays)
+        inputs = onnx_names(recipe)
+        outputs = ["output"] if len(results) == 1 else [f"output{i}" for i in range(len(results))]
+        dynamic = params["dyn"] or len(params["batch_sizes"]) > 1
+        axes = None
+        if dynamic:
+            other = run_torch(module, example_inputs(recipe, first + 1, seed=0))
+            axes = dynamic_axes(recipe, dict(zip(outputs, batch_axes_of(results, other))))
+        ctx.log.info(f"exporting to ONNX opset {params['opset']} ({'dynamic' if dynamic else 'static'} batch"
+                     f"{f': {axes}' if axes else ''})")
+        try:
+            with output_to_log(ctx.log):  # the exporter prints its Torch IR graph on failure
+                torch.onnx.export(module, tuple(torch.from_numpy(a) for a in arrays), str(target),
+                                  dynamo=False, opset_version=params["opset"], input_names=inputs,
+                                  output_names=outputs, dynamic_axes=axes, do_constant_folding=True)
+        except Exception as exc:  # exporter errors are about the user's model
+            text = f"{type(exc).__name__}: {exc}"
+            ctx.log.info(f"ONNX export failed (opset {params['opset']}):\n{text}")
+            raise ExportFailed(f"ONNX export failed: {headline(text)} (the exporter's output is in the log)") from None
+
+
+def onnx_lines(ctx: StageContext) -> list[str]:
+    """`run --dry-run` lines of `write_onnx`."""
+    from bmbuild.toolchains.commands import quote
+
+    exported = quote(str(ctx.out_dir / f"{ctx.recipe.name}.onnx"))
+    return [export_line(ctx, exported), f"[in-process] onnx.checker.check_model({exported}, full_check=True)"]
+
+
+def export_line(ctx: StageContext, target: str) -> str:
+    """`run --dry-run`'s line for `export_onnx` (`target` already quoted)."""
+    from bmbuild.stages.compile_fp32 import source_model
+    from bmbuild.toolchains.commands import quote
+
+    recipe, params = ctx.recipe, ctx.params
+    if recipe.source.framework == "onnx":
+        return f"[in-process] copy {quote(str(source_model(ctx)))} -> {target}"
+    dynamic = "dynamic" if params["dyn"] or len(params["batch_sizes"]) > 1 else "static"
+    module = (f"{recipe.source.model} (eager, built from source)" if recipe.source.framework == "pytorch"
+              else quote(str(source_model(ctx))))
+    return f"[in-process] torch.onnx.export({module}, opset {params['opset']}, {dynamic} batch) -> {target}"
 
 
 def compare_fp32(ctx: StageContext, source: Path, exported: Path, sessions: dict[int, Any]) -> None:
@@ -146,6 +192,32 @@ def compare_fp32(ctx: StageContext, source: Path, exported: Path, sessions: dict
         ctx.log.info(f"cmp {label}: {Similarity(**values)}")
 
 
+class ExportFailed(StageFailed):
+    """The exporter refused the model: its message's first line on the console, the rest (its
+    Torch IR dump) in the stage's log only, not in a console tail."""
+
+    shows_log_tail = False
+
+
+def headline(text: str, limit: int = 300) -> str:
+    """The first line of an exporter's message (it goes on with hundreds of lines of Torch IR)."""
+    line = text.strip().splitlines()[0] if text.strip() else text
+    return line if len(line) <= limit else line[:limit - 3] + "..."
+
+
+def batch_axes_of(first: list[Any], second: list[Any]) -> list[list[int]]:
+    """Per output, the axes whose size changed between two batch sizes: its batch axes."""
+    return [[axis for axis, (a, b) in enumerate(zip(x.shape, y.shape)) if a != b] if x.ndim == y.ndim else []
+            for x, y in zip(first, second)]
+
+
+def dynamic_axes(recipe: Any, outputs: dict[str, list[int]]) -> dict[str, dict[int, str]]:
+    """torch.onnx.export's dynamic_axes: each input's batch axis and each output's, named 'batch'."""
+    axes = {spec.name: {spec.batch_axis: "batch"} for spec in recipe.input_specs if spec.batch_axis is not None}
+    axes.update({name: {axis: "batch" for axis in found} for name, found in outputs.items() if found})
+    return axes
+
+
 class ReferenceToolchain:
     """ONNX + onnxruntime: runs everywhere, and is how the pipeline is tested."""
 
@@ -155,7 +227,8 @@ class ReferenceToolchain:
         missing = [p for p in PACKAGES if importlib.util.find_spec(p) is None]
         version = f"onnxruntime {package_version('onnxruntime')}"
         if missing:
-            return Availability(False, version, f"python packages missing: {', '.join(missing)}")
+            return Availability(False, version, f"python packages missing: {', '.join(missing)} "
+                                "(install the reference toolchain with `pip install 'bmbuild[reference]'`)")
         return Availability(True, version)
 
     def versions(self) -> dict[str, str]:
@@ -164,6 +237,7 @@ class ReferenceToolchain:
     def commands(self, stage: str, ctx: StageContext) -> list[str]:
         """What each stage does, for `run --dry-run`: all of it runs in-process (no vendor command)."""
         from bmbuild.stages.calibrate import table_name
+        from bmbuild.stages.int8_common import input_feeds
         from bmbuild.toolchains.commands import quote
 
         recipe, params, out = ctx.recipe, ctx.params, ctx.out_dir
@@ -174,15 +248,16 @@ class ReferenceToolchain:
         name = recipe.name
         if stage == "compile_fp32":
             lines = [*onnx_lines(ctx),
-                     f"[in-process] onnxruntime {ORT_LEVELS[params['opt']]} -> {path(out / (name + '.fp32.onnx'))}"]
+                     f"[in-process] onnxruntime {ORT_LEVELS[params['opt']]} -> {path(out / (name + '.fp32.onnx'))} "
+                     f"(kept only when it differs from {name}.onnx)"]
             if params["cmp"]:
                 lines.append(f"[in-process] cmp source vs onnxruntime on {params['cmp_samples']} seeded input(s) "
                              f"per batch size {params['batch_sizes']}")
             return lines
         fp32 = ctx.inputs.get("compile_fp32", out) / f"{name}.onnx"
         if stage == "calibrate":
-            cfg = recipe.calibration
-            data = path(cfg.data) if cfg is not None else "?"
+            sources = {str(feed.source.data) for feed in input_feeds(recipe) if feed.source is not None}
+            data = ", ".join(map(quote, sorted(sources))) or "?"
             return [f"[in-process] histograms ({params['bins']} bins) of every float tensor of {path(fp32)} over "
                     f"{params['samples']} samples of {data} -> {params['method']} thresholds -> "
                     f"{path(out / table_name(recipe))}"]
@@ -208,11 +283,17 @@ class ReferenceToolchain:
 
     # --- compile_fp32 -------------------------------------------------------------------
     def compile_fp32(self, ctx: StageContext) -> None:
-        params = ctx.params
+        recipe, params = ctx.recipe, ctx.params
         source, exported = write_onnx(ctx)
-        deployable = ctx.out_dir / f"{ctx.recipe.name}.fp32.onnx"
+        deployable = ctx.out_dir / f"{recipe.name}.fp32.onnx"
         ort_session(exported, params["opt"], save_to=deployable)
-        ctx.log.info(f"wrote {deployable.name} (onnxruntime {ORT_LEVELS[params['opt']]})")
+        if same_graph(exported, deployable):
+            deployable.unlink()
+            deployable = exported
+            ctx.log.info(f"onnxruntime {ORT_LEVELS[params['opt']]} left the model as it was: "
+                         f"{exported.name} is the deployable model too (stored once)")
+        else:
+            ctx.log.info(f"wrote {deployable.name} (onnxruntime {ORT_LEVELS[params['opt']]})")
         if params["cmp"]:
             session = ort_session(deployable, 0)
             compare_fp32(ctx, source, exported, {batch: session for batch in params["batch_sizes"]})

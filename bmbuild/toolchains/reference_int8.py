@@ -25,13 +25,14 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from bmbuild.calib.dataset import rows_of
 from bmbuild.calib.qdq import DEQUANT_SUFFIX
 from bmbuild.compare import per_sample, sample_rows, similarity
 from bmbuild.errors import StageFailed
 from bmbuild.stages.base import StageContext
 from bmbuild.stages.calibrate import table_name
-from bmbuild.stages.int8_common import sample_shape, split
-from bmbuild.toolchains.reference import ORT_LEVELS, ort_session, run_session
+from bmbuild.stages.int8_common import input_feeds, split
+from bmbuild.toolchains.reference import ORT_LEVELS, deployable_fp32, ort_session, run_session
 
 CALIBRATION_BATCH = 8
 
@@ -42,12 +43,6 @@ def fp32_model(ctx: StageContext) -> Path:
 
 def int8_umodel_name(ctx: StageContext) -> str:
     return f"{ctx.recipe.name}.int8.onnx"
-
-
-def _single_input(ctx: StageContext) -> None:
-    if len(ctx.recipe.shapes) != 1:
-        raise StageFailed("int8 calibration supports single-input models only "
-                          f"(this recipe has {len(ctx.recipe.shapes)} inputs)")
 
 
 PREPARED_OPSET = 13
@@ -108,36 +103,49 @@ def expose_tensors(model_path: Path, names: list[str], target: Path) -> list[str
     return [o.name for o in model.graph.output]
 
 
-def batches(ctx: StageContext, refs: list[Any], batch_size: int) -> Iterator[np.ndarray]:
-    from bmbuild.calib.dataset import iter_batches
+def batches(ctx: StageContext, refs: list[Any], batch_size: int) -> Iterator[list[np.ndarray]]:
+    """Every input's array for `batch_size` samples at a time (see calib.dataset.iter_feeds)."""
+    from bmbuild.calib.dataset import iter_feeds
 
-    cfg = ctx.recipe.calibration
-    assert cfg is not None
-    yield from iter_batches(refs, cfg, sample_shape(ctx.recipe), batch_size)
+    yield from iter_feeds(refs, input_feeds(ctx.recipe), batch_size)
 
 
-def fixed_batch(session: Any) -> int | None:
-    """The batch size a session's (first) input is fixed to, or None when it is dynamic.
+def fixed_batch(session: Any, feeds: list[Any]) -> int | None:
+    """The batch size a session's batched inputs are fixed to, or None when it is dynamic.
 
     A recipe with one batch size exports a static-batch model: it takes exactly that many
-    samples per run, whatever batch size calibration or evaluation would like to use.
+    samples per run, whatever batch size calibration or evaluation would like to use. A model
+    with no batch axis at all takes one sample per run.
     """
-    dim = session.get_inputs()[0].shape[0] if session.get_inputs()[0].shape else None
-    return dim if isinstance(dim, int) and dim > 0 else None
+    for arg, feed in zip(session.get_inputs(), feeds):
+        if feed.batch_axis is not None:
+            dim = arg.shape[feed.batch_axis] if len(arg.shape) > feed.batch_axis else None
+            return dim if isinstance(dim, int) and dim > 0 else None
+    return 1
 
 
-def run_rows(session: Any, chunk: np.ndarray) -> list[np.ndarray]:
-    """Run `chunk` (at most the fixed batch size of rows); a short chunk is padded with copies
-    of its first row and outputs whose leading dimension is the padded batch are cut back."""
-    size = fixed_batch(session)
-    rows = len(chunk)
+def chunk_size(session: Any, feeds: list[Any], default: int) -> int:
+    """Samples per run: the model's fixed batch size, else `default`; 1 when a data input has no
+    batch axis (each sample then has its own value of it)."""
+    from bmbuild.calib.dataset import max_rows
+
+    return max_rows(feeds) or fixed_batch(session, feeds) or default
+
+
+def run_rows(session: Any, chunk: list[np.ndarray], feeds: list[Any]) -> list[np.ndarray]:
+    """Run one batch of inputs (at most the fixed batch size of samples); a short batch is padded
+    with copies of its first sample and outputs whose leading dimension is the padded batch are
+    cut back."""
+    from bmbuild.calib.dataset import pad_rows
+
+    size = fixed_batch(session, feeds)
+    rows = rows_of(chunk, feeds)
     if size is None or rows == size:
-        return run_session(session, [chunk])
+        return run_session(session, chunk)
     if rows > size:
         raise ValueError(f"{rows} samples do not fit a model with batch size {size}")
-    padded = np.concatenate([chunk, np.repeat(chunk[:1], size - rows, axis=0)])
     return [v[:rows] if getattr(v, "ndim", 0) and v.shape[0] == size else v
-            for v in run_session(session, [padded])]
+            for v in run_session(session, pad_rows(chunk, feeds, rows, size))]
 
 
 # --- calibrate ----------------------------------------------------------------------------
@@ -149,8 +157,8 @@ def calibrate(ctx: StageContext) -> None:
     from bmbuild.calib.histogram import StatsCollector
     from bmbuild.calib.table import write_table
 
-    _single_input(ctx)
     params = ctx.params
+    feeds = input_feeds(ctx.recipe)
     calib_refs, _ = split(ctx.recipe)
     prepared = prepared_model(ctx)
     model = onnx.load(str(prepared))
@@ -163,18 +171,20 @@ def calibrate(ctx: StageContext) -> None:
     session = ort_session(augmented, 0)
     collector = StatsCollector(bins=params["bins"])
     seen = 0
-    input_name = session.get_inputs()[0].name
+    input_names = [feed.name for feed in feeds]
     wanted = set(tensors) - graph_inputs
-    for batch in batches(ctx, calib_refs, fixed_batch(session) or CALIBRATION_BATCH):
-        values = run_rows(session, batch)
-        collector.update(input_name, batch)
+    for batch in batches(ctx, calib_refs, chunk_size(session, feeds, CALIBRATION_BATCH)):
+        values = run_rows(session, batch, feeds)
+        for name, array in zip(input_names, batch):
+            if array.dtype.kind == "f":
+                collector.update(name, array)
         for name, value in zip(outputs, values):
             if name in wanted:
                 collector.update(name, value)
-        seen += len(batch)
+        seen += rows_of(batch, feeds)
     ctx.log.info(f"collected statistics of {len(collector)} tensors over {seen} samples")
     rows = collector.thresholds(params["method"], params["percentile"])
-    rows = {name: rows[name] for name in [input_name] + tensors if name in rows}
+    rows = {name: rows[name] for name in dict.fromkeys(input_names + tensors) if name in rows}
     for name, reason in collector.skipped.items():
         ctx.log.info(f"warning: tensor {name!r} {reason}: not calibrated (it stays in float)")
     header = {"method": params["method"], "samples": str(seen), "net_name": ctx.recipe.name}
@@ -249,16 +259,27 @@ def quantize(ctx: StageContext) -> None:
 
 
 # --- compile_int8 -------------------------------------------------------------------------
-def static_batch(model_path: Path, batch: int, target: Path) -> None:
-    """A copy of the model with the batch dimension of inputs and outputs fixed to `batch`."""
+def static_batch(model_path: Path, batch: int, target: Path, feeds: list[Any]) -> None:
+    """A copy of the model with its batch dimension fixed to `batch`: each input's at its batch
+    axis, and every output dimension named like one of those (`batch` in bmbuild's exports)."""
     import onnx
 
     model = onnx.load(str(model_path))
-    for value in list(model.graph.input) + list(model.graph.output):
+    initializers = {init.name for init in model.graph.initializer}
+    inputs = [value for value in model.graph.input if value.name not in initializers]
+    names = set()
+    for value, feed in zip(inputs, feeds):
         dims = value.type.tensor_type.shape.dim
-        if dims:
-            dims[0].Clear()
-            dims[0].dim_value = batch
+        if feed.batch_axis is not None and len(dims) > feed.batch_axis:
+            if dims[feed.batch_axis].dim_param:
+                names.add(dims[feed.batch_axis].dim_param)
+            dims[feed.batch_axis].Clear()
+            dims[feed.batch_axis].dim_value = batch
+    for value in model.graph.output:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param and dim.dim_param in names:
+                dim.Clear()
+                dim.dim_value = batch
     onnx.save(model, str(target))
 
 
@@ -272,13 +293,13 @@ def compile_int8(ctx: StageContext) -> None:
         source = umodel
         if not params["dyn"]:
             source = ctx.work_dir / f"{batch}b.onnx"
-            static_batch(umodel, batch, source)
+            static_batch(umodel, batch, source, input_feeds(recipe))
         target = folder / f"{recipe.name}.int8.onnx"
         # constant folding would turn every DequantizeLinear of an int8 weight into a float weight
         ort_session(source, params["opt"], save_to=target, disabled_optimizers=KEEP_INT8_WEIGHTS)
         deployables[batch] = target
         ctx.log.info(f"wrote {target.relative_to(ctx.out_dir)} (onnxruntime {ORT_LEVELS[params['opt']]})")
-    fp32_deployable = ctx.inputs["compile_fp32"] / f"{recipe.name}.fp32.onnx"
+    fp32_deployable = deployable_fp32(ctx.inputs["compile_fp32"], recipe.name)
     if params["cmp"]:
         compare_int8(ctx, ort_session(fp32_deployable, 0),
                      {batch: ort_session(path, 0) for batch, path in deployables.items()}, umodel)
@@ -302,14 +323,15 @@ def compare_int8(ctx: StageContext, fp32: Any, int8: dict[int, Any], umodel: Pat
     _, holdout = split(ctx.recipe)
     if not holdout:
         raise StageFailed("int8.cmp needs held-out samples: raise int8.cmp_samples")
+    feeds = input_feeds(ctx.recipe)
     results: dict[str, Any] = {}
     for batch, session in int8.items():
         names = [o.name for o in session.get_outputs()]
         pairs: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {n: [] for n in names}
         for chunk in batches(ctx, holdout, batch):
-            expected, actual = run_rows(fp32, chunk), run_rows(session, chunk)
+            expected, actual = run_rows(fp32, chunk, feeds), run_rows(session, chunk, feeds)
             for name, ref, test in zip(names, expected, actual):
-                pairs[name] += sample_rows(ref, test, len(chunk))
+                pairs[name] += sample_rows(ref, test, rows_of(chunk, feeds))
         for name in names:
             summary = per_sample(pairs[name])
             results[f"b{batch}/{name}"] = summary
@@ -346,10 +368,11 @@ def layer_similarity(ctx: StageContext, umodel: Path, holdout: list[Any]) -> lis
     int8_outputs = expose_tensors(umodel, [b for _, b in pairs], ctx.work_dir / "int8_layers.onnx")
     fp32_session = ort_session(ctx.work_dir / "fp32_layers.onnx", 0)
     int8_session = ort_session(ctx.work_dir / "int8_layers.onnx", 0)
-    size = fixed_batch(fp32_session) or CALIBRATION_BATCH
+    feeds = input_feeds(ctx.recipe)
+    size = chunk_size(fp32_session, feeds, CALIBRATION_BATCH)
     chunk = next(batches(ctx, holdout[:size], size))
-    fp32_values = dict(zip(fp32_outputs, run_rows(fp32_session, chunk)))
-    int8_values = dict(zip(int8_outputs, run_rows(int8_session, chunk)))
+    fp32_values = dict(zip(fp32_outputs, run_rows(fp32_session, chunk, feeds)))
+    int8_values = dict(zip(int8_outputs, run_rows(int8_session, chunk, feeds)))
     layers = []
     for fp32_name, int8_name in pairs:
         ref = fp32_values[fp32_name]
@@ -371,6 +394,7 @@ def evaluate(ctx: StageContext, fp32: Any, int8: Any) -> None:
     evaluation = ctx.recipe.eval
     assert evaluation is not None
     from bmbuild.calib.arrays import open_array
+    from bmbuild.calib.dataset import assemble
     from bmbuild.errors import DataError
 
     x = open_array(evaluation.data, evaluation.x_key)
@@ -380,7 +404,9 @@ def evaluate(ctx: StageContext, fp32: Any, int8: Any) -> None:
     if len(x) != len(y):
         raise DataError(f"{evaluation.x_key} has {len(x)} samples but {evaluation.y_key} has {len(y)}",
                         evaluation.data)
-    expected = tuple(ctx.recipe.shapes[0][1:])
+    feeds = input_feeds(ctx.recipe)
+    data_feed = next(feed for feed in feeds if feed.source is not None)
+    expected = data_feed.sample_shape
     if tuple(x.shape[1:]) != expected:
         raise DataError(f"{evaluation.x_key} samples have shape {tuple(x.shape[1:])}, the model takes {expected}",
                         evaluation.data)
@@ -388,9 +414,10 @@ def evaluate(ctx: StageContext, fp32: Any, int8: Any) -> None:
     scores = {}
     for label, session in (("fp32", fp32), ("int8", int8)):
         correct = 0
-        step = fixed_batch(session) or 64
+        step = chunk_size(session, feeds, 64)
         for start in range(0, len(x), step):
-            logits = run_rows(session, np.ascontiguousarray(x[start:start + step], dtype=np.float32))[0]
+            chunk = assemble(feeds, [np.ascontiguousarray(x[start:start + step], dtype=data_feed.dtype)])
+            logits = run_rows(session, chunk, feeds)[0]
             top = np.argsort(-logits, axis=1)[:, :k]
             correct += int(np.sum(np.any(top == y[start:start + step, None], axis=1)))
         scores[label] = correct / len(x)

@@ -1,6 +1,6 @@
 """The tpu-mlir toolchain (Sophgo's current compiler): real BM1684X and BM1684 bmodels, run on its cmodel.
 
-    compile_fp32  in-process ONNX export (legacy exporter, the recipe's opset)  -> <name>.onnx
+    compile_fp32  in-process ONNX export of the eager module (legacy exporter, the recipe's opset) -> <name>.onnx
                   model_transform + model_deploy --quantize F32, once per batch size
                                                     -> <N>b.fp32.compilation/compilation.bmodel
                   (+ model_tool --combine of the batch sizes -> combined.bmodel)
@@ -32,11 +32,12 @@ from bmbuild.errors import StageFailed, ToolchainError
 from bmbuild.stages.base import StageContext
 from bmbuild.toolchains.base import Availability
 from bmbuild.toolchains.bmodel_info import BmodelInfoError, describe, parse_info
-from bmbuild.toolchains.commands import Command, run_command, start_command_file
+from bmbuild.toolchains.commands import Command, quote, run_command, start_command_file
+from bmbuild.toolchains.reference import export_line
 from bmbuild.toolchains.tpu_mlir_env import EnvNotFound, TpuMlirEnv, locate
 
 # Bump when this adapter changes the commands it runs or the files it keeps: part of every key.
-IMPLEMENTATION_VERSION = "1"
+IMPLEMENTATION_VERSION = "2"  # 2: ONNX exported from the eager module; several inputs calibrate
 CHIPS = {"BM1684X": "bm1684x", "BM1684": "bm1684"}
 # recipe calibration.method -> run_calibration --cali_method
 CALI_METHODS = {"kl": "kl", "mse": "mse", "minmax": "max", "percentile": "percentile9999"}
@@ -133,12 +134,6 @@ class TpuMlirToolchain:
         return CHIPS[target]
 
     @staticmethod
-    def _single_input(ctx: StageContext) -> None:
-        if len(ctx.recipe.shapes) != 1:
-            raise ctx.loaded.error("tpu-mlir calibration here feeds one input; this recipe has "
-                                   f"{len(ctx.recipe.shapes)}", ("shapes",))
-
-    @staticmethod
     def cali_method(ctx: StageContext) -> str:
         params = ctx.params
         if params["method"] == "percentile" and params["percentile"] != TPU_PERCENTILE:
@@ -216,7 +211,6 @@ class TpuMlirToolchain:
         return commands
 
     def calibrate_commands(self, ctx: StageContext) -> list[Command]:
-        self._single_input(ctx)
         cwd = ctx.work_dir / "b1"
         onnx = ctx.inputs["compile_fp32"] / f"{ctx.recipe.name}.onnx"
         return [self.transform(ctx, onnx, 1, cwd),
@@ -237,8 +231,7 @@ class TpuMlirToolchain:
         """The command lines `stage` runs (paths as published; a real run works in a temp folder)."""
         name, params = ctx.recipe.name, ctx.params
         if stage == "compile_fp32":
-            lines = [f"[in-process] torch.onnx.export(dynamo=False, opset {params['opset']}) -> "
-                     f"{ctx.out_dir / (name + '.onnx')}"]
+            lines = [export_line(ctx, quote(str(ctx.out_dir / (name + '.onnx'))))]
             lines += [c.shell() for c in self.fp32_commands(ctx)]
             lines += [f"[in-process] move {ctx.work_dir}/b<N>/{BMODEL} -> {ctx.out_dir}/<N>b.fp32.compilation/ "
                       "(with the top MLIR and its weights)"]
@@ -287,7 +280,7 @@ class TpuMlirToolchain:
                                     "F32 per batch size")
         from bmbuild.toolchains.reference import write_onnx
 
-        write_onnx(ctx)  # the legacy exporter at the recipe's opset (tpu-mlir rejects dynamo's opset 18)
+        write_onnx(ctx)  # the eager module, legacy exporter at the recipe's opset (tpu-mlir rejects dynamo's 18)
         for command in self.fp32_commands(ctx):
             self.run(ctx, command)
             if command.tool == "model_deploy":

@@ -111,16 +111,16 @@ def compare_fp32(toolchain: "TpuMlirToolchain", ctx: StageContext) -> dict[str, 
 # --- calibration data -----------------------------------------------------------------------------
 def write_dataset(ctx: StageContext, folder: Path) -> int:
     """The recipe's calibration samples (selected and preprocessed like every toolchain's), one .npz
-    per sample keyed by the input name: run_calibration's --dataset."""
+    per sample keyed by input name (every input, constants included): run_calibration's --dataset."""
     from bmbuild.stages.int8_common import split
     from bmbuild.toolchains.reference_int8 import batches
 
     folder.mkdir(parents=True, exist_ok=True)
-    name = input_names(ctx)[0]
+    names = input_names(ctx)
     refs, _ = split(ctx.recipe)
     count = 0
     for count, sample in enumerate(batches(ctx, refs, 1), start=1):
-        np.savez(folder / f"{count:05d}.npz", **{name: sample})
+        np.savez(folder / f"{count:05d}.npz", **dict(zip(names, sample)))
     if count == 0:
         raise StageFailed("no calibration samples")
     ctx.log.info(f"wrote {count} calibration samples to {folder}")
@@ -128,13 +128,6 @@ def write_dataset(ctx: StageContext, folder: Path) -> int:
 
 
 # --- int8.cmp and eval ----------------------------------------------------------------------------
-def padded(chunk: np.ndarray, size: int) -> np.ndarray:
-    """A batch of exactly `size` rows (a short chunk padded with copies of its first row)."""
-    if len(chunk) == size:
-        return chunk
-    return np.concatenate([chunk, np.repeat(chunk[:1], size - len(chunk), axis=0)])
-
-
 def compare_int8(toolchain: "TpuMlirToolchain", ctx: StageContext) -> dict[str, Any]:
     """Each int8 bmodel on the cmodel against fp32 (onnxruntime) on the first held-out samples."""
     from bmbuild.stages.int8_common import split
@@ -142,6 +135,10 @@ def compare_int8(toolchain: "TpuMlirToolchain", ctx: StageContext) -> dict[str, 
     from bmbuild.toolchains.reference_int8 import batches
     from bmbuild.toolchains.tpu_mlir import BMODEL, int8_folder
 
+    from bmbuild.calib.dataset import pad_rows, rows_of
+    from bmbuild.stages.int8_common import input_feeds
+
+    feeds = input_feeds(ctx.recipe)
     _, holdout = split(ctx.recipe)
     holdout = holdout[:ctx.params["cmodel_samples"]]
     if not holdout:
@@ -153,10 +150,10 @@ def compare_int8(toolchain: "TpuMlirToolchain", ctx: StageContext) -> dict[str, 
         bmodel = ctx.out_dir / int8_folder(batch) / BMODEL
         pairs: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {name: [] for name in names}
         for chunk in batches(ctx, holdout, batch):
-            full = padded(chunk, batch)
-            expected = [e[:len(chunk)] for e in run_session(fp32, [full])]
-            actual = fit(run_bmodel(toolchain, ctx, bmodel, [full], len(names)), [e.shape for e in expected],
-                         len(chunk))
+            rows = rows_of(chunk, feeds)
+            full = pad_rows(chunk, feeds, rows, batch)
+            expected = [e[:rows] for e in run_session(fp32, full)]
+            actual = fit(run_bmodel(toolchain, ctx, bmodel, full, len(names)), [e.shape for e in expected], rows)
             for name, ref, test in zip(names, expected, actual):
                 pairs[name].append((ref, test))
         for name, values in pairs.items():
@@ -173,7 +170,9 @@ def evaluate(toolchain: "TpuMlirToolchain", ctx: StageContext) -> dict[str, Any]
     """Task accuracy of the int8 bmodel (cmodel) and of fp32 (onnxruntime) on the same samples:
     the first eval.limit samples, or int8.cmodel_samples when no limit is set."""
     from bmbuild.calib.arrays import open_array
+    from bmbuild.calib.dataset import assemble, pad_rows
     from bmbuild.errors import DataError
+    from bmbuild.stages.int8_common import input_feeds
     from bmbuild.toolchains.reference import ort_session, run_session
     from bmbuild.toolchains.tpu_mlir import BMODEL, int8_folder
 
@@ -190,12 +189,14 @@ def evaluate(toolchain: "TpuMlirToolchain", ctx: StageContext) -> dict[str, Any]
     fp32 = ort_session(onnx_file(ctx), 0)
     k = 1 if evaluation.metric == "top1" else 5
     correct = {"fp32": 0, "int8": 0}
+    feeds = input_feeds(ctx.recipe)
+    data_feed = next(feed for feed in feeds if feed.source is not None)
     for start in range(0, len(x), batch):
-        chunk = np.ascontiguousarray(x[start:start + batch], dtype=np.float32)
-        full = padded(chunk, batch)
+        chunk = np.ascontiguousarray(x[start:start + batch], dtype=data_feed.dtype)
+        full = pad_rows(assemble(feeds, [chunk]), feeds, len(chunk), batch)
         labels = y[start:start + batch]
-        fp32_logits = run_session(fp32, [full])[0][:len(chunk)]
-        int8_logits = fit(run_bmodel(toolchain, ctx, bmodel, [full], len(fp32.get_outputs())),
+        fp32_logits = run_session(fp32, full)[0][:len(chunk)]
+        int8_logits = fit(run_bmodel(toolchain, ctx, bmodel, full, len(fp32.get_outputs())),
                           [fp32_logits.shape], len(chunk))[0]
         for label, logits in (("fp32", fp32_logits), ("int8", int8_logits)):
             top = np.argsort(-logits, axis=1)[:, :k]

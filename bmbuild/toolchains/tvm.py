@@ -40,6 +40,7 @@ from typing import Any, Iterator
 from bmbuild.errors import StageFailed
 from bmbuild.recipe import Tvm
 from bmbuild.stages.base import StageContext
+from bmbuild.stages.int8_common import input_feeds
 from bmbuild.toolchains.base import Availability, package_version
 from bmbuild.toolchains.reference import ReferenceToolchain, onnx_lines, ort_session, run_session
 
@@ -146,25 +147,32 @@ class VmSession:
         import numpy as np
         import tvm
 
-        args = [tvm.runtime.tensor(np.ascontiguousarray(feeds[port.name])) for port in self._inputs]
+        args = [tvm.runtime.tensor(np.asarray(feeds[port.name], order="C")) for port in self._inputs]  # 0-d stays 0-d
         result = self._vm["main"](*args)
         values = [result] if isinstance(result, tvm.runtime.Tensor) else list(result)
         return [value.numpy() for value in values]
 
 
-def ports(model: Any, batch: int | None) -> tuple[list[Port], list[Port]]:
-    """The graph's inputs and outputs; `batch` replaces the leading dimension when given."""
+def ports(model: Any, batch: int | None, batch_axes: list[int | None]) -> tuple[list[Port], list[Port]]:
+    """The graph's inputs and outputs; with `batch`, it replaces each input's batch dimension (at
+    its axis in `batch_axes`) and every output dimension named like one of those."""
     initializers = {init.name for init in model.graph.initializer}
 
-    def port(value: Any) -> Port:
-        dims: list[int | str] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
-                                 for d in value.type.tensor_type.shape.dim]
-        if batch is not None and dims:
-            dims[0] = batch
-        return Port(value.name, dims)
+    def dims_of(value: Any) -> list[int | str]:
+        return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in value.type.tensor_type.shape.dim]
 
-    inputs = [port(value) for value in model.graph.input if value.name not in initializers]
-    return inputs, [port(value) for value in model.graph.output]
+    inputs = [Port(value.name, dims_of(value)) for value in model.graph.input if value.name not in initializers]
+    outputs = [Port(value.name, dims_of(value)) for value in model.graph.output]
+    if batch is None:
+        return inputs, outputs
+    names = {port.shape[axis] for port, axis in zip(inputs, batch_axes)
+             if axis is not None and axis < len(port.shape) and isinstance(port.shape[axis], str)}
+    for port, axis in zip(inputs, batch_axes):
+        if axis is not None and axis < len(port.shape):
+            port.shape[axis] = batch
+    for port in outputs:
+        port.shape[:] = [batch if dim in names else dim for dim in port.shape]
+    return inputs, outputs
 
 
 @contextmanager
@@ -203,7 +211,7 @@ def build_library(ctx: StageContext, model_path: Path, batch: int | None, target
     from tvm.relax.frontend.onnx import from_onnx
 
     model = onnx.load(str(model_path))
-    inputs, outputs = ports(model, batch)
+    inputs, outputs = ports(model, batch, [spec.batch_axis for spec in ctx.recipe.input_specs])
     shape_dict = {port.name: port.shape for port in inputs} if batch is not None else None
     target_spec = settings(ctx).target
     started = time.perf_counter()
@@ -385,10 +393,11 @@ class TvmToolchain:
         fp32_folder = ctx.inputs["compile_fp32"]
         fp32_model = onnx.load(str(reference_int8.fp32_model(ctx)))
         with native_output(ctx):
-            fp32 = {batch: VmSession(fp32_library(fp32_folder, batch), *ports(fp32_model, batch))
+            axes = [spec.batch_axis for spec in recipe.input_specs]
+            fp32 = {batch: VmSession(fp32_library(fp32_folder, batch), *ports(fp32_model, batch, axes))
                     for batch in params["batch_sizes"]}
             if params["cmp"]:
-                reference_int8.compare_int8(ctx, FixedBatches(fp32), sessions, umodel)
+                reference_int8.compare_int8(ctx, FixedBatches(fp32, input_feeds(recipe)), sessions, umodel)
             if recipe.eval:
                 largest = max(params["batch_sizes"])
                 reference_int8.evaluate(ctx, fp32[largest], sessions[largest])
@@ -397,23 +406,28 @@ class TvmToolchain:
 
 
 class FixedBatches:
-    """fp32 libraries of fixed batch sizes as one session taking any number of rows up to the
+    """fp32 libraries of fixed batch sizes as one session taking any number of samples up to the
     largest: each run goes to the library of that batch size, or is padded into a larger one."""
 
-    def __init__(self, sessions: dict[int, VmSession]):
+    def __init__(self, sessions: dict[int, VmSession], feeds: list[Any]):
         self._sessions = dict(sorted(sessions.items()))
+        self._feeds = feeds  # how each input is fed (its batch axis): bmbuild.calib.sources.InputFeed
 
     def get_inputs(self) -> list[Port]:
-        return [Port(port.name, ["batch", *port.shape[1:]]) for port in next(iter(self._sessions.values())).get_inputs()]
+        ports = next(iter(self._sessions.values())).get_inputs()
+        return [Port(port.name, ["batch" if axis == feed.batch_axis else dim for axis, dim in enumerate(port.shape)])
+                for port, feed in zip(ports, self._feeds)]
 
     def get_outputs(self) -> list[Port]:
         return next(iter(self._sessions.values())).get_outputs()
 
     def run(self, output_names: Any, feeds: dict[str, Any]) -> list[Any]:
+        from bmbuild.calib.dataset import rows_of
         from bmbuild.toolchains.reference_int8 import run_rows
 
-        (chunk,) = feeds.values()  # the int8 stages take single-input models
-        size = next((batch for batch in self._sessions if batch >= len(chunk)), None)
+        arrays = [feeds[port.name] for port in self.get_inputs()]
+        rows = rows_of(arrays, self._feeds)
+        size = next((batch for batch in self._sessions if batch >= rows), None)
         if size is None:
-            raise ValueError(f"{len(chunk)} rows do not fit the fp32 libraries ({list(self._sessions)})")
-        return run_rows(self._sessions[size], chunk)
+            raise ValueError(f"{rows} samples do not fit the fp32 libraries ({list(self._sessions)})")
+        return run_rows(self._sessions[size], arrays, self._feeds)
