@@ -173,3 +173,63 @@ def test_calibration_names_tensors_it_cannot_calibrate_and_goes_on(ws8: Int8Work
     log = (ws8.root / "build" / "nan" / "logs" / "calibrate.log").read_text()
     for name in skipped:
         assert f"tensor {name!r}" in log and "not calibrated" in log
+
+
+def silu_graph() -> Any:
+    """x -> Conv -> SiLU (Sigmoid, Mul) -> Conv -> SiLU -> Add(x) -> y: the first SiLU is read by a
+    Conv only, the second by an Add."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = [numpy_helper.from_array(rng.normal(size=(4, 4, 1, 1)).astype(np.float32), f"w{i}") for i in (1, 2)]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"]),
+             helper.make_node("Sigmoid", ["c1"], ["s1"]), helper.make_node("Mul", ["c1", "s1"], ["silu1"]),
+             helper.make_node("Conv", ["silu1", "w2"], ["c2"]),
+             helper.make_node("Sigmoid", ["c2"], ["s2"]), helper.make_node("Mul", ["c2", "s2"], ["silu2"]),
+             helper.make_node("Add", ["silu2", "x"], ["y"])]
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 4, 8, 8]) for n in ("x", "y")]
+    graph = helper.make_graph(nodes, "silu", [io[0]], [io[1]], initializer=w)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_bm1684x_silu_read_by_a_conv_is_asymmetric_int8() -> None:
+    """tpu-mlir's --part_asymmetric: a SiLU/GELU output whose users are all Conv/MatMul gets int8
+    with a zero point on BM1684X (it reaches only -0.28; symmetric int8 wasted half its levels
+    there, and the reference fell behind onnxruntime's asymmetric uint8 on SiLU models)."""
+    import onnxruntime as ort
+
+    from bmbuild.calib.qdq import GraphView, apply, plan
+    from bmbuild.compare import similarity
+    from bmbuild.toolchains.reference import run_session
+
+    graph = GraphView.of(silu_graph())
+    rng = np.random.default_rng(1)
+    calib, held = (rng.uniform(-3, 3, size=(n, 4, 8, 8)).astype(np.float32) for n in (16, 8))
+    values = {"x": calib, **silu_values(graph, calib)}
+    table = {name: (float(np.abs(v).max()), float(v.min()), float(v.max())) for name, v in values.items()}
+    x1 = plan(graph, table, "BM1684X").tensors
+    low, high = table["silu1"][1:]
+    assert -0.3 < low < 0 and x1["silu1"].scale == pytest.approx((high - low) / 255)  # symmetric: high / 127
+    assert x1["silu1"].zero_point == -128 + round(-low / x1["silu1"].scale) and not x1["silu1"].unsigned
+    assert x1["silu2"].zero_point == 0  # read by an Add: symmetric, as tpu-mlir
+    assert all(q.zero_point == 0 for q in plan(graph, table, "BM1684").tensors.values())  # no asymmetric int8
+    fp32, asym, sym = (run_session(ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]),
+                                   [held])[0]
+                       for m in (graph.model, apply(graph, plan(graph, table, "BM1684X")),
+                                 apply(graph, plan(graph, table, "BM1684"))))
+    assert similarity(fp32, asym).sqnr > similarity(fp32, sym).sqnr > 20
+
+
+def silu_values(graph: Any, x: np.ndarray) -> dict[str, np.ndarray]:
+    """Every tensor of `silu_graph` for inputs `x`, computed in numpy."""
+    def conv(t: np.ndarray, w: str) -> np.ndarray:
+        return np.einsum("oi,bihw->bohw", np.asarray(graph.constants[w])[:, :, 0, 0], t)
+
+    out = {"c1": conv(x, "w1")}
+    out["s1"] = 1 / (1 + np.exp(-out["c1"]))
+    out["silu1"] = out["c1"] * out["s1"]
+    out["c2"] = conv(out["silu1"], "w2")
+    out["s2"] = 1 / (1 + np.exp(-out["c2"]))
+    out["silu2"] = out["c2"] * out["s2"]
+    out["y"] = out["silu2"] + x
+    return out

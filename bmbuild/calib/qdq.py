@@ -11,7 +11,9 @@ lives inside an op tpu-mlir fuses, stays float. The plan is made in three steps:
 2. `plan`: the tensors to quantize (inputs and outputs of int8 layers) with their scales from
    the calibration table: symmetric, int8 (threshold/127) or, for a tensor that is never
    negative, uint8 (threshold/255) as tpu-mlir does; a tensor that was constant during
-   calibration (all zeros, say) or has no statistics is left in float and named.
+   calibration (all zeros, say) or has no statistics is left in float and named. On BM1684X a
+   SiLU/GELU output read only by Conv/MatMul is asymmetric int8 (a zero point), as tpu-mlir's
+   `--part_asymmetric` calibration makes it (`bmbuild.calib.targets.asymmetric_output`).
 3. `apply`: the rewritten model, weights stored as int8 (per output channel for convolutions).
 """
 
@@ -23,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from bmbuild.calib.targets import PASS_THROUGH, SATURATING, UNARY, WEIGHTED, Kind, op_kind
+from bmbuild.calib.targets import (PASS_THROUGH, SATURATING, UNARY, WEIGHTED, Kind, asymmetric_output, lut_function,
+                                   op_kind)
 
 DEQUANT_SUFFIX = "_DequantizeLinear_Output"
 QUANT_SUFFIX = "_QuantizeLinear_Output"
@@ -326,10 +329,12 @@ def _attr(node: Any, name: str, default: Any) -> Any:
 # --- step 2: the plan ------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TensorQuant:
-    """Symmetric quantization of one tensor: value = q * scale, q in int8 or uint8."""
+    """Quantization of one tensor: value = (q - zero_point) * scale, q in int8 or uint8;
+    zero_point is 0 (symmetric) except for the target's asymmetric int8 tensors."""
 
     scale: float
     unsigned: bool
+    zero_point: int = 0
 
 
 @dataclass
@@ -370,6 +375,7 @@ def plan(graph: GraphView, table: Mapping[str, tuple[float, float, float]], chip
                     and graph.constants[node.input[1]] is not None:
                 result.weights[node.input[1]] = _weight_axis(graph, node, per_channel)
     kinds = {index: layer.kind for layer in grouped for index in layer.nodes}
+    asymmetric = _asymmetric_tensors(graph, grouped, chip)
     for name in _tensors_in_order(graph):
         if name not in wanted:
             continue
@@ -386,8 +392,38 @@ def plan(graph: GraphView, table: Mapping[str, tuple[float, float, float]], chip
         if wanted[name]:  # a bounded op's whole range is meaningful: no clipping
             threshold = max(abs(low), abs(high))
         unsigned = low >= 0.0
+        if name in asymmetric and not unsigned:
+            # the recipe's method still clips the top: its threshold bounds the range
+            result.tensors[name] = asymmetric_quant(low, min(high, threshold))
+            continue
         result.tensors[name] = TensorQuant(threshold / (255.0 if unsigned else 127.0), unsigned)
     return result
+
+
+def asymmetric_quant(low: float, high: float) -> TensorQuant:
+    """int8 with a zero point over [low, high] (low < 0), as tpu-mlir's getScaleAndZeroPoint."""
+    scale = (high - low) / 255.0
+    zero = int(np.clip(np.round(-128.0 - low / scale), -128, 127))
+    return TensorQuant(scale, False, zero)
+
+
+def _asymmetric_tensors(graph: GraphView, grouped: list[Layer], chip: str) -> set[str]:
+    """Outputs of the LUT layers that the target quantizes asymmetrically (`targets.asymmetric_output`)."""
+    found = set()
+    for layer in grouped:
+        if layer.kind is not Kind.INT8 or not layer.label.startswith("lut("):
+            continue
+        function = lut_function([graph.nodes[i].op_type for i in layer.nodes])
+        members = set(layer.nodes)
+        for index in layer.nodes:
+            for name in graph.nodes[index].output:
+                users = [u for u in graph.consumers.get(name, []) if u not in members]
+                if name in graph.outputs or not users:
+                    continue
+                if asymmetric_output(function, [graph.nodes[u].op_type for u in users], chip) and all(
+                        graph.nodes[u].input[0] == name for u in users):
+                    found.add(name)
+    return found
 
 
 def _on_grid(graph: GraphView, tensor: str, kinds: Mapping[int, Kind], quantized: Mapping[str, TensorQuant]) -> bool:
@@ -475,7 +511,7 @@ def _qdq_nodes(name: str, source: str, quant: TensorQuant, inits: list[Any]) -> 
 
     dtype = np.uint8 if quant.unsigned else np.int8
     inits += [numpy_helper.from_array(np.asarray(quant.scale, dtype=np.float32), f"{name}_scale"),
-              numpy_helper.from_array(np.asarray(0, dtype=dtype), f"{name}_zero_point")]
+              numpy_helper.from_array(np.asarray(quant.zero_point, dtype=dtype), f"{name}_zero_point")]
     args = [f"{name}_scale", f"{name}_zero_point"]
     return [helper.make_node("QuantizeLinear", [source, *args], [name + QUANT_SUFFIX], name=f"{name}_QuantizeLinear"),
             helper.make_node("DequantizeLinear", [name + QUANT_SUFFIX, *args], [name + DEQUANT_SUFFIX],

@@ -25,7 +25,16 @@ Before lowering, tpu-mlir fuses patterns into single ops whose inner tensors are
 quantized: Conv+BatchNorm, Conv/MatMul + bias + Relu, the decomposed HardSigmoid/HardSwish
 (Add 3, Clip 0..6, Div 6, Mul), GELU (Div, Erf, Add, Mul, Mul) and LayerNorm (ReduceMean, Sub,
 Pow, ReduceMean, Add, Sqrt, Div, Mul, Add). Ops it could not lower in INT8 for the probe (Erf
-alone on BM1684) and recurrent layers stay in float here.
+alone on BM1684) and recurrent layers stay in float here. At opset 17 the exporter writes a
+LayerNorm as one LayerNormalization node: float on both chips, like its nine-node form.
+
+Activations are symmetric int8 (uint8 when never negative), with one exception on BM1684X:
+tpu-mlir's `run_calibration --part_asymmetric` (tpu-mlir 1.30.2, `calibration/kld_calibrator.py`
+`choose_asym_op`; `ImportCalibration.cpp` sets `output_asym` on the op and `input_asym` on its
+users) quantizes the output of a SiLU or GELU whose every user is a Conv or MatMul asymmetrically
+(int8 with a zero point, over the tensor's min..max). Those outputs reach only a few tenths
+below zero, and symmetric int8 spends half its levels on that sliver. BM1684 has no asymmetric
+int8. `asymmetric_output` says which ops qualify.
 """
 
 from __future__ import annotations
@@ -64,6 +73,8 @@ INT8_BOTH = frozenset({
 SATURATING = frozenset({"Sigmoid", "HardSigmoid", "Tanh", "Softmax", "Clip", "Erf", "Softsign"})
 # the ops whose weights are quantized (the rest of their constant inputs stay float, as biases)
 WEIGHTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+# the users that take an asymmetric input (tpu-mlir's `input_asym`: Conv and MatMul, Gemm's top form)
+ASYMMETRIC_USERS = frozenset({"Conv", "Gemm", "MatMul"})
 
 
 def op_kind(op_type: str, chip: str, *, spatial_reduce: bool = False, weight_rank: int | None = None) -> Kind:
@@ -86,3 +97,20 @@ def op_kind(op_type: str, chip: str, *, spatial_reduce: bool = False, weight_ran
             return Kind.INT8
         return Kind.FLOAT
     return Kind.FLOAT
+
+
+def lut_function(op_types: list[str]) -> str | None:
+    """The activation a lookup-table layer computes, as tpu-mlir names its fused op, from the
+    ONNX ops that spell it: SiLU (x * Sigmoid(x)) or GELU (Gelu, the Erf form or the Tanh form)."""
+    ops = set(op_types)
+    if "Gelu" in ops or "Erf" in ops or {"Tanh", "Pow"} <= ops:
+        return "GELU"
+    if ops == {"Sigmoid", "Mul"} and len(op_types) == 2:
+        return "SiLU"
+    return None
+
+
+def asymmetric_output(function: str | None, user_ops: list[str], chip: str) -> bool:
+    """Whether the target quantizes this LUT's output asymmetrically (see the module docstring)."""
+    return (chip == "BM1684X" and function in ("SiLU", "GELU") and bool(user_ops)
+            and all(op in ASYMMETRIC_USERS for op in user_ops))

@@ -17,7 +17,8 @@ def _params(recipe: Recipe) -> dict[str, Any]:
 
 STAGE = Stage(
     name="quantize",
-    version="2",  # 2: quantizes what the target runs in int8 (bmbuild.calib.qdq), the rest stays float
+    version="3",  # 3: BM1684X SiLU/GELU outputs read by Conv/MatMul asymmetric (tpu-mlir --part_asymmetric)
+    # 2: quantizes what the target runs in int8 (bmbuild.calib.qdq), the rest stays float
     upstream=("compile_fp32", "calibrate"),
     applies=is_int8,
     params=_params,

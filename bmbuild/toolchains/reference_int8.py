@@ -381,7 +381,8 @@ def layer_similarity(ctx: StageContext, umodel: Path, holdout: list[Any]) -> lis
         scale = float(numpy_helper.to_array(inits[f"{fp32_name}_scale"]))
         zero = numpy_helper.to_array(inits[f"{fp32_name}_zero_point"])
         low, high = (0, 255) if zero.dtype == np.uint8 else (-128, 127)
-        local = similarity(ref, np.clip(np.rint(ref / scale), low, high) * scale)
+        offset = float(zero)
+        local = similarity(ref, (np.clip(np.rint(ref / scale) + offset, low, high) - offset) * scale)
         sim = similarity(ref, int8_values[int8_name])
         node = producers[fp32_name]
         layers.append({"name": fp32_name, "node": node.name, "op": node.op_type,
