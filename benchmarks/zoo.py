@@ -219,10 +219,20 @@ def write_recipe(model: ZooModel, work: Path, target: str, method: str = "kl", t
         "calibration": {"data": str(data), "key": "x", "samples": CALIB, "method": method},
         "int8": {"cmp_samples": HOLDOUT, "tolerance": {"cos": -1, "euclid": -100}},
     }
+    if model.onnx:  # bmbuild feeds an ONNX model's inputs by name
+        recipe["inputs"] = [{"name": name} for name in onnx_inputs(Path(recipe["source"]["model"]))]
     path = work / "recipes" / f"{model.name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     return path
+
+
+def onnx_inputs(path: Path) -> list[str]:
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    initializers = {init.name for init in graph.initializer}
+    return [i.name for i in graph.input if i.name not in initializers]
 
 
 def build(recipes: list[Path], work: Path) -> None:
@@ -291,7 +301,7 @@ def measure(model: ZooModel, work: Path) -> dict[str, Any]:
     report = json.loads((build_dir / "report.json").read_text()) if (build_dir / "report.json").exists() else {}
     stages = report.get("stages", {})
     expected = [s for s in STAGES if s in stages] or list(STAGES)
-    passed = sum(1 for s in expected if stages[s].get("outcome") in ("executed", "restored", "up-to-date"))
+    passed = sum(1 for s in expected if stages.get(s, {}).get("outcome") in ("executed", "restored", "up-to-date"))
     row: dict[str, Any] = {"model": model.name, "weights": model.weights, "note": model.note,
                            "stages": f"{passed}/{len(expected)}",
                            "outcomes": {s: stages.get(s, {}).get("outcome", "-") for s in STAGES}}
