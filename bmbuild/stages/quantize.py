@@ -17,12 +17,14 @@ def _params(recipe: Recipe) -> dict[str, Any]:
 
 STAGE = Stage(
     name="quantize",
-    version="1",
+    version="3",  # 3: BM1684X SiLU/GELU outputs read by Conv/MatMul asymmetric (tpu-mlir --part_asymmetric)
+    # 2: quantizes what the target runs in int8 (bmbuild.calib.qdq), the rest stays float
     upstream=("compile_fp32", "calibrate"),
     applies=is_int8,
     params=_params,
     external_inputs=lambda loaded: [],
     run=toolchain_step("quantize"),
-    summary=lambda m: f"int8 umodel: {m.get('quantized_nodes', '?')} nodes int8, "
-                      f"{len(m.get('fp32_layers', []))} kept in fp32",
+    summary=lambda m: f"int8 umodel: {m.get('quantized_nodes', '?')} int8, "
+                      f"{m.get('float_layers', m.get('float_nodes', '?'))} float, "
+                      f"{len(m.get('fp32_layers', []))} kept in fp32 by the recipe",
 )
