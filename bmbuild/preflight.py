@@ -72,7 +72,7 @@ def unsupported_keys(loaded: LoadedRecipe, name: str) -> list[RecipeError]:
     recipe = loaded.recipe
     used = {"output_names": recipe.output_names is not None,
             "int8.asymmetric": recipe.int8.asymmetric and recipe.prec == "INT8"}
-    return [loaded.error(f"toolchain {name!r} does not implement {key}; {', '.join(OPTIONAL_KEYS[key])} do",
+    return [loaded.error(f"toolchain {name!r} does not implement {key} (implemented by {', '.join(toolchains)})",
                          tuple(key.split(".")), hint=f"use --toolchain {OPTIONAL_KEYS[key][-1]}, or remove {key}")
             for key, toolchains in OPTIONAL_KEYS.items() if used[key] and name not in toolchains]
 

@@ -108,12 +108,12 @@ def write_onnx(ctx: StageContext) -> tuple[Path, Path]:
 
 def cut_outputs(model: Path, names: list[str]) -> None:
     """`model` ended at tensors `names` (the recipe's output_names), in that order, and without what
-    they do not need (onnx.utils.Extractor, as tpu-mlir's --output_names); a name the graph does not
+    they do not need (onnx.utils.extract_model, as tpu-mlir's --output_names); a name the graph does not
     have is the user's mistake, named with the closest ones."""
     import difflib
 
     import onnx
-    from onnx.utils import Extractor
+    from onnx.utils import extract_model
 
     graph = onnx.load(str(model))
     weights = {init.name for init in graph.graph.initializer}
@@ -125,11 +125,12 @@ def cut_outputs(model: Path, names: list[str]) -> None:
             raise StageFailed(f"output_names: the ONNX model has no tensor {name!r}"
                               + (f" (did you mean {', '.join(close)}?)" if close else
                                  f" (its outputs: {', '.join(o.name for o in graph.graph.output)})"))
-    try:
-        cut = Extractor(graph).extract_model(inputs, list(names))
+    cut = model.with_suffix(".cut.onnx")
+    try:  # with onnx's shape inference, which types the new outputs
+        extract_model(str(model), str(cut), inputs, list(names), check_model=False)
     except Exception as exc:  # onnx's shape inference or extraction refusing the graph
         raise StageFailed(f"cannot cut the ONNX model at output_names {names}: {exc}") from None
-    onnx.save(cut, str(model))
+    os.replace(cut, model)
 
 
 def cut_line(ctx: StageContext, target: str) -> list[str]:
