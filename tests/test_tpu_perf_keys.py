@@ -103,8 +103,8 @@ def test_a_key_a_toolchain_lacks_is_refused_by_validate(ws8: Int8Workspace, tool
     assert code != 0 and "Traceback" not in text
     assert f"toolchain '{toolchain}' does not implement {key} (implemented by {implementers})" in text
     line = next(i for i, text_line in enumerate(recipe.read_text().splitlines(), 1)
-                if text_line.startswith(key.split(".")[0]))
-    assert f"{recipe.name}:{line}" in text or f"{recipe.name}:{line + 1}" in text
+                if text_line.strip().startswith(key.split(".")[-1] + ":"))
+    assert f"{recipe.name}:{line}: {key}: toolchain" in text
 
 
 # --- keep_aspect_ratio: bmbuild's own preprocessing, so every toolchain calibrates on it ------------
@@ -126,8 +126,9 @@ def test_keep_aspect_ratio_recalibrates_on_letterboxed_samples(ws8: Int8Workspac
 
 # --- tpu-mlir: the flags on its command lines (dry run: no environment needed) ----------------------
 def dry_run_tools(text: str, tool: str) -> list[list[str]]:
-    return [shlex.split(line)[1:] for line in text.splitlines()
-            if line.strip() and Path(line.split()[0]).name == tool]
+    commands = [[word for word in shlex.split(line, comments=True) if "=" not in word] for line in text.splitlines()
+                if line.startswith("  ") and not line.strip().startswith("#")]
+    return [words[1:] for words in commands if words and Path(words[0]).name == tool]
 
 
 def test_tpu_mlir_dry_run_passes_the_three_keys(ws8: Int8Workspace) -> None:

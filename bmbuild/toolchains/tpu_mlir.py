@@ -257,7 +257,8 @@ class TpuMlirToolchain:
             lines += [c.shell() for c in self.combine(ctx, self.bmodels(ctx, fp32_folder))]
             lines += [self.info(ctx, p).shell() for p in self.bmodels(ctx, fp32_folder).values()]
             if params["cmp"]:
-                lines.append(f"[in-process] cmp: model_runner (cmodel) vs torch on {params['cmp_samples']} seeded "
+                versus = "onnxruntime" if ctx.recipe.source.framework == "onnx" or ctx.recipe.output_names else "torch"
+                lines.append(f"[in-process] cmp: model_runner (cmodel) vs {versus} on {params['cmp_samples']} seeded "
                              f"input(s) per batch size {params['batch_sizes']}")
             return lines
         if stage == "calibrate":
