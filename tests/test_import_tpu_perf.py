@@ -238,7 +238,8 @@ def test_tpu_mlir_calibration_and_deploys_translate(tmp_path):
         "name": "det", "shapes": [[1, 3, 224, 224]],
         "mlir_transform": "model_transform.py --model_name $(name) --model_def $(home)/det.onnx "
                           "--input_shapes [$(shape_param)] --resize_dims 256,256 --mean 1,2,3 --scale 0.5,0.25,0.125 "
-                          "--pixel_format bgr --keep_aspect_ratio --pad_value 114 --pad_type normal "
+                          "--pixel_format bgr --keep_aspect_ratio --keep_ratio_mode letterbox --pad_value 114 "
+                          "--pad_type normal "
                           "--output_names boxes,scores --test_input $(root)/cat.jpg --mlir $(workdir)/t.mlir",
         "mlir_calibration": "run_calibration.py $(workdir)/t.mlir --dataset $(cali_set) --input_num 50 "
                             "--cali_method mse -o $(workdir)/$(name).calitable",

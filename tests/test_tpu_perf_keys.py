@@ -5,6 +5,7 @@ graph cut at named tensors, tpu-mlir --output_names) and `int8.asymmetric` (mode
 
 from __future__ import annotations
 
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -149,3 +150,38 @@ def test_tpu_mlir_dry_run_passes_the_three_keys(ws8: Int8Workspace) -> None:
     int8 = [words for words in deploys if words[words.index("--quantize") + 1] == "INT8"]
     assert len(int8) == 2 and all("--asymmetric" in words for words in int8)  # quantize and compile_int8
     assert not [words for words in deploys if "--asymmetric" in words and words not in int8]
+
+
+# --- the real compiler: one build with a cut graph and asymmetric int8 -----------------------------
+@pytest.fixture
+def real_tpu(ws8: Int8Workspace, monkeypatch: pytest.MonkeyPatch) -> Int8Workspace:
+    """ws8 with the shared tpu-mlir environment (installed once per machine by test_tpu_mlir's fixture)."""
+    from test_tpu_mlir import PYTHON310, SHARED_DIR
+    from bmbuild.toolchains import tpu_mlir_env
+
+    if PYTHON310 is None:
+        pytest.skip("CPython 3.10 is not installed here: tpu-mlir 1.30.2 runs only on 3.10")
+    monkeypatch.setenv(tpu_mlir_env.DIR_VAR, str(SHARED_DIR))
+    monkeypatch.delenv(tpu_mlir_env.ENV_VAR, raising=False)
+    tpu_mlir_env.install(PYTHON310, say=lambda text: None)  # a no-op when installed
+    return ws8
+
+
+def test_tpu_mlir_builds_a_cut_model_with_asymmetric_int8(real_tpu: Int8Workspace) -> None:
+    inner = "/relu_1/Relu_output_0"  # tiny_classifier's second ReLU (self.relu called again)
+    recipe = real_tpu.recipe(toolchain="tpu-mlir", target="BM1684X", output_names=[inner, "output"],
+                             calibration={"samples": 8, "method": "minmax"},
+                             int8={"asymmetric": True, "cmp_samples": 4, "cmodel_samples": 2})
+    code, out, err = real_tpu.build(recipe)
+    assert code == 0, out + err
+    # both outputs, in the recipe's order, from the cmodel: fp32 against the cut ONNX (onnxruntime)
+    for stage, cos in (("compile_fp32", 0.99999), ("compile_int8", 0.99)):
+        cmp = real_tpu.metrics(stage)["cmp"]
+        assert list(cmp) == [f"b1/{inner}", "b1/output"] and all(v["cos"] > cos for v in cmp.values()), cmp
+    # asymmetric int8: activations with zero points in the int8 tpu MLIR
+    (lowered,) = real_tpu.stage_dir("quantize").glob("*_tpu.mlir")
+    zero_points = re.findall(r"quant\.uniform<[iu]8:f32, [-+.\dE]+:(-?\d+)>", lowered.read_text())
+    assert any(int(zero) != 0 for zero in zero_points), zero_points  # symmetric int8 has none
+    logs = real_tpu.root / "build" / "tiny8" / "logs"
+    assert "--asymmetric" in (logs / "compile_int8.cmd").read_text()
+    assert "--output_names /relu_1/Relu_output_0,output" in (logs / "compile_fp32.cmd").read_text()

@@ -30,8 +30,9 @@ class Preprocess(BaseModel):
     Follows the vendor's `--cali_image_preprocess` (the vendor decodes with OpenCV, which yields
     BGR, and feeds BGR unless told `bgr2rgb`): the image is decoded (EXIF orientation applied),
     put in BGR channel order unless `bgr2rgb` is true, resized (OpenCV-style bilinear on 8-bit
-    pixels; or letterboxed like tpu-mlir's `--keep_aspect_ratio`), centre-cropped, then `(pixel - mean) * scale` (or `/ std`) per channel in the
-    *output* channel order, and laid out as C,H,W (or H,W,C).
+    pixels; or letterboxed like tpu-mlir's `--keep_aspect_ratio`), centre-cropped, then
+    `(pixel - mean) * scale` (or `/ std`) per channel in the *output* channel order, and laid out
+    as C,H,W (or H,W,C).
     """
 
     model_config = ConfigDict(extra="forbid")

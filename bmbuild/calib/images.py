@@ -16,7 +16,8 @@ from bmbuild.calib.config import Preprocess, Size
 from bmbuild.calib.sources import IMAGE_SUFFIXES
 from bmbuild.errors import DataError
 
-__all__ = ["IMAGE_SUFFIXES", "decode_image", "load_image", "letterbox", "preprocess_image", "resize_bilinear", "resized_shape"]
+__all__ = ["IMAGE_SUFFIXES", "decode_image", "letterbox", "load_image", "preprocess_image", "resize_bilinear",
+           "resized_shape"]
 
 
 def decode_image(path: Path, channels: int) -> np.ndarray:

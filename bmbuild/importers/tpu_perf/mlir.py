@@ -67,6 +67,7 @@ def _transform_handlers(t: Translator, pre: dict[str, Any]) -> dict[str, Callabl
         "resize_dims": store("resize_dims", lambda v: [int(x) for x in v.split(",")]),
         "keep_aspect_ratio": lambda f: pre.__setitem__("keep_aspect_ratio", (True, f.describe())),
         "pad_value": store("pad_value", _pad_value), "pad_type": store("pad_type", _pad_type),
+        "keep_ratio_mode": store("keep_ratio_mode", _letterbox_mode),
         "output_names": outputs,
         "test_input": t.ignore(), "test_result": t.ignore(), "mlir": t.ignore(), "excepts": t.ignore(),
         "tolerance": t.ignore("model_transform's own top-MLIR check; the F32 deploy's --tolerance "
@@ -80,6 +81,13 @@ def _pad_value(text: str) -> int:
     if not 0 <= value <= 255:
         raise ValueError("expected a pixel value 0..255")
     return value
+
+
+def _letterbox_mode(text: str) -> str:
+    if text != "letterbox":
+        raise ValueError("bmbuild letterboxes (keep_aspect_ratio); for short_side_scale use an integer "
+                         "calibration.preprocess.resize and center_crop")
+    return text
 
 
 def _pad_type(text: str) -> str:
