@@ -13,7 +13,7 @@ from typing import Any
 from bmbuild.compare import check_all, latency_summary
 from bmbuild.recipe import LoadedRecipe, Recipe
 from bmbuild.stages.base import Stage, toolchain_step, tvm_params
-from bmbuild.stages.int8_common import dataset_files, dataset_params, is_int8
+from bmbuild.stages.int8_common import asymmetric_params, dataset_files, dataset_params, is_int8
 
 
 def _params(recipe: Recipe) -> dict[str, Any]:
@@ -30,6 +30,7 @@ def _params(recipe: Recipe) -> dict[str, Any]:
         "cmodel_samples": int8.cmodel_samples,
     }
     params.update(tvm_params(recipe))
+    params.update(asymmetric_params(recipe))
     if int8.enable_profile:  # only when set: keys of recipes without it are unchanged
         params["enable_profile"] = True
     if recipe.eval:

@@ -7,12 +7,13 @@ from typing import Any
 
 from bmbuild.recipe import Recipe
 from bmbuild.stages.base import Stage, toolchain_step
-from bmbuild.stages.int8_common import is_int8
+from bmbuild.stages.int8_common import asymmetric_params, is_int8
 
 
 def _params(recipe: Recipe) -> dict[str, Any]:
-    return {"net_name": recipe.name, "per_channel": recipe.int8.per_channel, "fp32_layers": recipe.int8.fp32_layers,
-            "target": recipe.target}
+    params = {"net_name": recipe.name, "per_channel": recipe.int8.per_channel, "fp32_layers": recipe.int8.fp32_layers,
+              "target": recipe.target}
+    return {**params, **asymmetric_params(recipe)}
 
 
 STAGE = Stage(
