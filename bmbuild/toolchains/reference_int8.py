@@ -182,6 +182,7 @@ def calibrate(ctx: StageContext) -> None:
             if name in wanted:
                 collector.update(name, value)
         seen += rows_of(batch, feeds)
+        ctx.progress(seen, len(calib_refs), "calibration samples")
     ctx.log.info(f"collected statistics of {len(collector)} tensors over {seen} samples")
     rows = collector.thresholds(params["method"], params["percentile"])
     rows = {name: rows[name] for name in dict.fromkeys(input_names + tensors) if name in rows}
@@ -325,10 +326,13 @@ def compare_int8(ctx: StageContext, fp32: Any, int8: dict[int, Any], umodel: Pat
         raise StageFailed("int8.cmp needs held-out samples: raise int8.cmp_samples")
     feeds = input_feeds(ctx.recipe)
     results: dict[str, Any] = {}
+    done, total = 0, len(holdout) * len(int8)
     for batch, session in int8.items():
         names = [o.name for o in session.get_outputs()]
         pairs: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {n: [] for n in names}
         for chunk in batches(ctx, holdout, batch):
+            done += rows_of(chunk, feeds)
+            ctx.progress(done, total, "int8 vs fp32 samples")
             expected, actual = run_rows(fp32, chunk, feeds), run_rows(session, chunk, feeds)
             for name, ref, test in zip(names, expected, actual):
                 pairs[name] += sample_rows(ref, test, rows_of(chunk, feeds))
@@ -421,6 +425,7 @@ def evaluate(ctx: StageContext, fp32: Any, int8: Any) -> None:
             logits = run_rows(session, chunk, feeds)[0]
             top = np.argsort(-logits, axis=1)[:, :k]
             correct += int(np.sum(np.any(top == y[start:start + step, None], axis=1)))
+            ctx.progress(min(start + step, len(x)), len(x), f"{label} eval samples")
         scores[label] = correct / len(x)
     ctx.metrics["eval"] = {"metric": evaluation.metric, "samples": int(len(x)), **scores,
                            "drop_points": 100 * (scores["fp32"] - scores["int8"])}
