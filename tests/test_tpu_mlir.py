@@ -112,6 +112,20 @@ def test_bm1684x_every_stage_then_noop_then_only_int8_on_method_change(tws: Int8
     assert set(fp32_cmp) == set(int8_cmp) == {"b1/output", "b2/output"}
     assert all(v["cos"] > 0.99999 for v in fp32_cmp.values())
     assert all(0.9 < v["cos"] < 1.0 and 10 < v["sqnr"] < 100 and "top1" in v for v in int8_cmp.values())
+    # per sample (mean and worst over the 3 held-out samples), whatever the batch size: b2 runs them
+    # as a pair plus a padded single, b1 one by one, and both report the same numbers
+    b1, b2 = int8_cmp["b1/output"], int8_cmp["b2/output"]
+    assert b1["samples"] == b2["samples"] == 3
+    for key in ("cos", "sqnr", "top1"):
+        assert b1[key] == pytest.approx(b2[key], rel=1e-4)
+    assert b1["worst"]["cos"] == pytest.approx(b2["worst"]["cos"], rel=1e-4) and b1["worst"]["cos"] <= b1["cos"]
+    # per layer (report.json, as for the reference toolchain): the final int8 MLIR's tensors against
+    # the top MLIR's, by name, on a held-out sample
+    layers = {layer["name"]: layer for layer in stage_metrics(tws, "compile_int8")["layers"]}
+    assert "output_Gemm" in layers and len(layers) >= 4
+    assert {layer["op"] for layer in layers.values()} >= {"Conv", "Gemm"}
+    assert all(0.9 < layer["cos"] <= 1.0 and layer["local_sqnr"] > 10 for layer in layers.values())
+    assert layers["output_Gemm"]["cos"] == pytest.approx(b1["worst"]["cos"], abs=0.05)
     assert stage_metrics(tws, "calibrate")["cali_method"] == "max"
     assert stage_metrics(tws, "quantize")["quantized_nodes"] > 0
     commands = (tws.root / "build" / "tiny8" / "logs" / "compile_int8.cmd").read_text()
@@ -265,3 +279,28 @@ def test_install_again_is_a_no_op(tws: Int8Workspace, tpu_env: Path) -> None:
     assert code == 0 and "already installed" in err
     assert (tpu_env.parent / tpu_mlir_env.INFO_FILE).is_file()
     assert tpu_mlir_env.managed_path().is_symlink()            # published by an atomic symlink swap
+
+
+# --- the demo recipe -----------------------------------------------------------------------------------
+def test_the_tpu_mlir_demo_builds_resnet_yaml_for_both_chips() -> None:
+    """`make demo TOOLCHAIN=tpu-mlir` builds recipes/resnet_chips.yaml: resnet.yaml's model and settings
+    once per chip; only the numbers of samples run on the cmodel differ."""
+    from bmbuild.recipe import load_recipe, load_recipes
+
+    root = Path(__file__).resolve().parents[1]
+    single = load_recipe(root / "recipes" / "resnet.yaml").recipe
+    chips = [loaded.recipe for loaded in load_recipes([root / "recipes" / "resnet_chips.yaml"])]
+    assert {(r.name, r.target) for r in chips} == {("resnet18_bm1684x", "BM1684X"), ("resnet18_bm1684", "BM1684")}
+    cmodel = {"fp32": {"cmp_samples"}, "int8": {"cmodel_samples"}}
+
+    def settings(recipe: Any) -> dict[str, Any]:
+        data = recipe.model_dump(mode="json", exclude={"name", "target", "variants", "description"})
+        for section, keys in cmodel.items():
+            data[section] = {k: v for k, v in data[section].items() if k not in keys}
+        data["source"]["model"] = Path(data["source"]["model"]).name
+        return data
+
+    assert all(settings(recipe) == settings(single) for recipe in chips)
+    assert all(r.int8.cmodel_samples <= r.int8.cmp_samples for r in chips)
+    makefile = (root / "Makefile").read_text()
+    assert "recipes/resnet_chips.yaml" in makefile and "$(filter tpu-mlir,$(TOOLCHAIN))" in makefile

@@ -90,7 +90,7 @@ def summary(metrics: dict[str, Any]) -> str:
 
 STAGE = Stage(
     name="compile_int8",
-    version="1",
+    version="2",  # 2: per-sample metrics (mean and worst), int8 weights kept in compiled models
     upstream=("compile_fp32", "quantize"),
     applies=is_int8,
     params=_params,

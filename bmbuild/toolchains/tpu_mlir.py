@@ -183,9 +183,12 @@ class TpuMlirToolchain:
     def info(self, ctx: StageContext, bmodel: Path) -> Command:
         return self._command("model_tool", ["--info", str(bmodel)], ctx.work_dir)
 
-    def runner(self, bmodel: Path, inputs: Path, outputs: Path) -> Command:
+    def runner(self, bmodel: Path, inputs: Path, outputs: Path, dump: bool = False) -> Command:
+        """model_runner on a bmodel (the cmodel) or an MLIR (tpu-mlir's interpreter), in the inputs'
+        folder (where an MLIR's weight file is); `dump`: every tensor, not just the outputs."""
         return self._command("model_runner", ["--input", str(inputs), "--model", str(bmodel),
-                                              "--output", str(outputs)], inputs.parent, (outputs,))
+                                              "--output", str(outputs), *(["--dump_all_tensors"] if dump else [])],
+                             inputs.parent, (outputs,))
 
     def calibration(self, ctx: StageContext, cwd: Path, dataset: Path, samples: int, table: Path) -> Command:
         params = ctx.params
@@ -258,6 +261,9 @@ class TpuMlirToolchain:
             if params["cmp"]:
                 lines.append(f"[in-process] cmp: int8 bmodel (model_runner, cmodel) vs fp32 on "
                              f"{params['cmodel_samples']} held-out samples")
+                batch = params["batch_sizes"][0]
+                lines.append(f"[in-process] per layer: model_runner --dump_all_tensors of the top MLIR (fp32) and the "
+                             f"final int8 MLIR in {ctx.work_dir}/b{batch} on {batch} held-out sample(s)")
             if ctx.recipe.eval:
                 lines.append(f"[in-process] {ctx.recipe.eval.metric} accuracy: int8 bmodel on the cmodel vs fp32")
             return lines
@@ -353,6 +359,7 @@ class TpuMlirToolchain:
         ctx.metrics["bmodels"] = self.bmodel_infos(ctx, bmodels)
         if ctx.params["cmp"]:
             ctx.metrics["cmp"] = tpu_mlir_run.compare_int8(self, ctx)
+            ctx.metrics["layers"] = tpu_mlir_run.layer_similarity(self, ctx)
         if ctx.recipe.eval:
             ctx.metrics["eval"] = tpu_mlir_run.evaluate(self, ctx)
 
