@@ -42,7 +42,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "tpu_mlir.md"
-RECIPE = "recipes/resnet_chips.yaml"
+RECIPE = os.environ.get("TPU_MLIR_BENCH_RECIPE", "recipes/resnet_chips.yaml")  # another: a quick check
 STAGES = ("compile_fp32", "calibrate", "quantize", "compile_int8")
 CHIPS = {"bm1684x": "BM1684X", "bm1684": "BM1684"}
 sys.path.insert(0, str(ROOT))
@@ -105,8 +105,8 @@ def tool_of(argv: list[str]) -> str:
 
 def plain_script(build: Path, plain: Path, names: list[str]) -> str:
     """bash: every tool command of bmbuild's run, with the in-Python work done by `--step`."""
-    me = f"{shlex.quote(sys.executable)} {shlex.quote(str(Path(__file__).resolve()))} --step"
-    out = ["#!/bin/bash", "set -euo pipefail"]
+    me = f'cd "$WS" && {shlex.quote(sys.executable)} {shlex.quote(str(Path(__file__).resolve()))} --step'
+    out = ["#!/bin/bash", "set -euo pipefail", 'WS="$PWD"   # the workspace: the Python steps read its recipe']
     for name in names:
         top = plain / name
         dirs = {stage: top / stage for stage in STAGES}
@@ -165,13 +165,17 @@ def step(args: list[str]) -> None:
     kind, name, target = args[0], args[1], Path(args[2])
     recipe = load(name)
     if kind == "export":
+        import importlib.util
+
         import torch
 
-        sys.path.insert(0, str(Path.cwd() / "recipes" / "models"))
-        from resnet import resnet18
-
-        model = resnet18(**recipe.source.kwargs).eval()
-        torch.onnx.export(model, (torch.zeros(1, 3, 224, 224),), str(target), dynamo=False,
+        file = Path.cwd() / Path(RECIPE).parent / recipe.source.model_file
+        spec = importlib.util.spec_from_file_location(file.stem, file)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        model = getattr(module, recipe.source.callable_name)(**(recipe.source.kwargs or {})).eval()
+        shape = recipe.shapes_for_batch(recipe.resolved_batch_sizes[0])[0]
+        torch.onnx.export(model, (torch.zeros(shape),), str(target), dynamo=False,
                           opset_version=recipe.fp32.opset, input_names=["input"], output_names=["output"],
                           dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, do_constant_folding=True)
         return
@@ -195,6 +199,8 @@ def step(args: list[str]) -> None:
     elif kind == "inputs-int8":
         held = holdout[:recipe.int8.cmodel_samples]
         arrays = [pad(chunk[0], b) for b in recipe.resolved_batch_sizes for chunk in iter_feeds(held, feeds, b)]
+        first = recipe.resolved_batch_sizes[0]     # bmbuild's per-layer runs: one batch of the first size
+        np.savez(cmodel.parent / f"b{first}" / "layers_in.npz", input=pad(next(iter_feeds(held, feeds, first))[0], first))
     else:  # metrics: each output against onnxruntime on its input
         import onnxruntime as ort
 
