@@ -183,6 +183,24 @@ def test_unknown_fp32_layer_names_the_layers(tws: Int8Workspace) -> None:
     assert "no layer named 'gemm'" in out + err and "output_Gemm" in out + err
 
 
+def test_int8_grids_are_read_from_the_lowered_mlir(tmp_path: Path) -> None:
+    """Each int8 tensor's scale, zero point and range, by its location name (aliased or inline);
+    float results have none. Lines as tpu-mlir 1.30.2 writes them for bm1684x."""
+    from bmbuild.toolchains.tpu_mlir_run import quant_grids
+
+    mlir = tmp_path / "m_bm1684x_int8_sym_tpu.mlir"
+    mlir.write_text(
+        '    %2 = "tpu.Cast"(%1) {with_scale = true} : (tensor<1x3x16x16x!quant.calibrated<f32<-3.9:3.9>>>) '
+        '-> tensor<1x3x16x16x!quant.uniform<i8:f32, 0.030704107874015747>> loc(#loc2)\n'
+        '    %5 = "tpu.Conv2D"(%2, %3, %4) {do_relu = true} : (tensor<1x3x16x16x!quant.uniform<i8:f32, 0.03>>, '
+        'tensor<8x3x3x3xsi8>, tensor<1x8x1x1xi32>) -> tensor<1x8x16x16x!quant.uniform<u8:f32, 8.67E-4:3>> '
+        'loc("/1/Relu_output_0_Relu")\n'
+        '    %9 = "tpu.MatMul"(%8) : (tensor<1x8xf32>) -> tensor<1x10xf32> loc(#loc9)\n'
+        '#loc2 = loc("input/1/Relu_output_0_Relu_si8")\n#loc9 = loc("output_Gemm")\n')
+    assert quant_grids(mlir) == {"input/1/Relu_output_0_Relu_si8": (0.030704107874015747, 0, -128, 127),
+                                 "/1/Relu_output_0_Relu": (8.67e-4, 3, 0, 255)}
+
+
 # --- dry run, errors ---------------------------------------------------------------------------------
 @needs_python310
 def test_dry_run_prints_the_tpu_mlir_commands_and_runs_nothing(tws: Int8Workspace) -> None:
@@ -194,6 +212,7 @@ def test_dry_run_prints_the_tpu_mlir_commands_and_runs_nothing(tws: Int8Workspac
     assert "run_calibration tiny8.mlir" in out and "--cali_method max" in out
     assert "--quantize INT8 --chip bm1684 --calibration_table" in out and "--not_gen_bmodel" in out
     assert "model_tool --combine" in out
+    assert "per layer: model_runner --dump_all_tensors of the top MLIR (fp32) and the final int8 MLIR" in out
     assert not (tws.root / "build" / "tiny8" / "compile_fp32").exists()
 
 
