@@ -11,7 +11,8 @@
                   generation (what stays float is read from it); int8.fp32_layers -> --quantize_table
     compile_int8  model_deploy --quantize INT8 once per batch size (+ combine)
                                                     -> <N>b.compilation/compilation.bmodel
-                  int8.cmp / eval: the int8 bmodel on the cmodel vs fp32 (onnxruntime on the ONNX)
+                  int8.cmp / eval: the int8 bmodel on the cmodel vs fp32 (onnxruntime on the ONNX),
+                  per sample; per layer: model_runner --dump_all_tensors of the top and final MLIRs
 
 tpu-mlir runs in its own Python 3.10 environment (bmbuild.toolchains.tpu_mlir_env). Every command
 is a `Command` (in `<stage>.cmd`, printed by `--dry-run`), runs in a folder of the stage's private
