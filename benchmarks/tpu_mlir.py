@@ -110,7 +110,7 @@ def plain_script(build: Path, plain: Path, names: list[str]) -> str:
     for name in names:
         top = plain / name
         dirs = {stage: top / stage for stage in STAGES}
-        out += [f"# --- {name}", "mkdir -p " + " ".join(map(str, dirs.values())),
+        out += [f"# --- {name}", f'echo "== {name} $(date +%s.%N)"', "mkdir -p " + " ".join(map(str, dirs.values())),
                 f"{me} export {name} {dirs['compile_fp32']}/{name}.onnx"]
         for stage in STAGES:
             runs, moved = [], False
@@ -142,6 +142,7 @@ def plain_script(build: Path, plain: Path, names: list[str]) -> str:
             if runs:
                 kind = "fp32" if stage == "compile_fp32" else "int8"
                 out += [f"{me} inputs-{kind} {name} {dirs[stage]}", *runs, f"{me} metrics {name} {dirs[stage]}"]
+    out.append('echo "== end $(date +%s.%N)"')
     return "\n".join(out) + "\n"
 
 
@@ -222,6 +223,24 @@ def pad(chunk: Any, size: int) -> Any:
     import numpy as np
 
     return chunk if len(chunk) == size else np.concatenate([chunk, np.repeat(chunk[:1], size - len(chunk), axis=0)])
+
+
+# --- per chip ------------------------------------------------------------------------------------
+def chip_seconds(tpu: Path, plain: Path, names: list[str]) -> dict[str, tuple[float, float | None]]:
+    """name -> (bmbuild: its stages' seconds in the cold run, plain: its section of the script)."""
+    stages = re.findall(r"^\s+executed\s+(\S+):\S+\s+([0-9.]+)s", (tpu / "cold.log").read_text(), re.MULTILINE)
+    log = plain / "plain.log"
+    marks = re.findall(r"^== (\S+) ([0-9.]+)$", log.read_text() if log.is_file() else "", re.MULTILINE)
+    spans = {name: float(end) - float(start) for (name, start), (_, end) in zip(marks, marks[1:])}
+    return {name: (sum(float(sec) for recipe, sec in stages if recipe == name), spans.get(name)) for name in names}
+
+
+def chip_rows(tpu: Path, plain: Path, names: list[str]) -> list[str]:
+    rows = []
+    for name, (ours, theirs) in chip_seconds(tpu, plain, names).items():
+        ratio = f"{ours / theirs:.2f}x" if theirs else "not finished"
+        rows.append(f"| {name} | {theirs or float('nan'):.1f} | {ours:.1f} | {ratio} |")
+    return rows
 
 
 # --- int8 quality from the reports ----------------------------------------------------------------
@@ -316,6 +335,12 @@ def write_results(args: argparse.Namespace, tpu: Path, ref: Path, names: list[st
         f"| bmbuild no-op (second run) | {t['noop']:.2f} | |",
         f"| bmbuild restore (`build/` deleted, every stage from the cache) | {t['restore']:.2f} | |",
         f"| reference toolchain, same recipe (for the int8 numbers below) | {t['reference']:.1f} | |",
+        "",
+        "Per chip (bmbuild: the sum of its stages' times in the cold run; plain: its part of the script):",
+        "",
+        "| recipe | plain s | bmbuild s | ratio |",
+        "|---|---:|---:|---:|",
+        *chip_rows(tpu, tpu.parent / "plain", names),
         "",
         "int8 vs fp32 (onnxruntime on the fp32 ONNX), 1000 logits per held-out photo: per-sample mean cos "
         "and SQNR, top-1 agreement, worst sample.",
