@@ -315,6 +315,14 @@ def checked(result: tuple[float, dict[str, str]], expected: str) -> float:
     return seconds
 
 
+def sec(times: dict[str, float], key: str) -> str:
+    return f"{times[key]:.2f}" if key in times else "not run"
+
+
+def ratio(times: dict[str, float]) -> str:
+    return f"{times['cold'] / times['plain']:.2f}x" if "cold" in times and "plain" in times else ""
+
+
 def write_results(args: argparse.Namespace, tpu: Path, ref: Path, names: list[str], t: dict[str, float],
                   total: float) -> None:
     from importlib.metadata import version
@@ -330,11 +338,11 @@ def write_results(args: argparse.Namespace, tpu: Path, ref: Path, names: list[st
         "",
         "| run | wall s | ratio |",
         "|---|---:|---:|",
-        f"| plain script (same tpu-mlir commands + export, dataset, cmodel inputs, cos) | {t['plain']:.1f} | 1.00x |",
-        f"| bmbuild cold (empty cache) | {t['cold']:.1f} | {t['cold'] / t['plain']:.2f}x |",
-        f"| bmbuild no-op (second run) | {t['noop']:.2f} | |",
-        f"| bmbuild restore (`build/` deleted, every stage from the cache) | {t['restore']:.2f} | |",
-        f"| reference toolchain, same recipe (for the int8 numbers below) | {t['reference']:.1f} | |",
+        f"| plain script (same tpu-mlir commands + export, dataset, cmodel inputs, cos) | {sec(t, 'plain')} | 1.00x |",
+        f"| bmbuild cold (empty cache) | {sec(t, 'cold')} | {ratio(t)} |",
+        f"| bmbuild no-op (second run) | {sec(t, 'noop')} | |",
+        f"| bmbuild restore (`build/` deleted, every stage from the cache) | {sec(t, 'restore')} | |",
+        f"| reference toolchain, same recipe (for the int8 numbers below) | {sec(t, 'reference')} | |",
         "",
         "Per chip (bmbuild: the sum of its stages' times in the cold run; plain: its part of the script):",
         "",
