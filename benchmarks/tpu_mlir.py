@@ -253,6 +253,8 @@ def quality_rows(tpu: Path, ref: Path, names: list[str]) -> list[str]:
     rows = []
     for name in names:
         for toolchain, ws in (("tpu-mlir (int8 bmodel, cmodel)", tpu), ("reference (int8 ONNX, onnxruntime)", ref)):
+            if not (ws / "build" / name / "report.json").is_file():
+                continue
             for key, value in cmp_of(ws, name).items():
                 worst = value.get("worst", {})
                 rows.append(f"| {CHIPS[name.rsplit('_', 1)[1]]} | {toolchain} | {key} | {value.get('samples', '')} | "
@@ -265,6 +267,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=8, help="held-out photos compared on the cmodel (default 8)")
     parser.add_argument("--keep", help="keep the workspaces in this folder")
+    parser.add_argument("--report-only", action="store_true", help="write the results of the runs done so far (--keep)")
     parser.add_argument("--step", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.step:
@@ -283,6 +286,9 @@ def main() -> None:
             done.write_text(json.dumps(times))
         print(f"{key}: {times[key]:.2f}s", flush=True)
 
+    if args.report_only:
+        write_results(args, tpu, ref, names, times, time.perf_counter() - started)
+        return
     envs = {}
     for folder in (tpu, plain, ref):
         if not (folder / RECIPE).is_file():
