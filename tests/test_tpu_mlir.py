@@ -119,13 +119,13 @@ def test_bm1684x_every_stage_then_noop_then_only_int8_on_method_change(tws: Int8
     for key in ("cos", "sqnr", "top1"):
         assert b1[key] == pytest.approx(b2[key], rel=1e-4)
     assert b1["worst"]["cos"] == pytest.approx(b2["worst"]["cos"], rel=1e-4) and b1["worst"]["cos"] <= b1["cos"]
-    # per layer (report.json, as for the reference toolchain): the final int8 MLIR's tensors against
+    # per layer (report.json, as for the reference toolchain): the int8 tpu MLIR's tensors against
     # the top MLIR's, by name, on a held-out sample
     layers = {layer["name"]: layer for layer in stage_metrics(tws, "compile_int8")["layers"]}
     assert "output_Gemm" in layers and len(layers) >= 4
     assert {layer["op"] for layer in layers.values()} >= {"Relu", "Gemm"}     # Conv is fused into its Relu
     assert all(0.9 < layer["cos"] < 1.0 and layer["local_sqnr"] > 10 for layer in layers.values())
-    # the final MLIR's output is the bmodel's: its cos is one of the held-out samples' (first sample)
+    # the int8 tpu MLIR's output is the bmodel's: its cos is one of the held-out samples' (the first)
     assert b1["worst"]["cos"] - 1e-6 <= layers["output_Gemm"]["cos"] <= 1.0
     assert stage_metrics(tws, "calibrate")["cali_method"] == "max"
     assert stage_metrics(tws, "quantize")["quantized_nodes"] > 0
@@ -212,7 +212,7 @@ def test_dry_run_prints_the_tpu_mlir_commands_and_runs_nothing(tws: Int8Workspac
     assert "run_calibration tiny8.mlir" in out and "--cali_method max" in out
     assert "--quantize INT8 --chip bm1684 --calibration_table" in out and "--not_gen_bmodel" in out
     assert "model_tool --combine" in out
-    assert "per layer: model_runner --dump_all_tensors of the top MLIR (fp32) and the final int8 MLIR" in out
+    assert "per layer: model_runner --dump_all_tensors of the top MLIR (fp32) and the int8 tpu MLIR" in out
     assert not (tws.root / "build" / "tiny8" / "compile_fp32").exists()
 
 

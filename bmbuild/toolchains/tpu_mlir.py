@@ -12,7 +12,7 @@
     compile_int8  model_deploy --quantize INT8 once per batch size (+ combine)
                                                     -> <N>b.compilation/compilation.bmodel
                   int8.cmp / eval: the int8 bmodel on the cmodel vs fp32 (onnxruntime on the ONNX),
-                  per sample; per layer: model_runner --dump_all_tensors of the top and final MLIRs
+                  per sample; per layer: model_runner --dump_all_tensors of the top and int8 tpu MLIRs
 
 tpu-mlir runs in its own Python 3.10 environment (bmbuild.toolchains.tpu_mlir_env). Every command
 is a `Command` (in `<stage>.cmd`, printed by `--dry-run`), runs in a folder of the stage's private
@@ -38,7 +38,8 @@ from bmbuild.toolchains.reference import export_line
 from bmbuild.toolchains.tpu_mlir_env import EnvNotFound, TpuMlirEnv, locate
 
 # Bump when this adapter changes the commands it runs or the files it keeps: part of every key.
-IMPLEMENTATION_VERSION = "2"  # 2: ONNX exported from the eager module; several inputs calibrate
+IMPLEMENTATION_VERSION = "3"  # 2: ONNX exported from the eager module; several inputs calibrate
+# 3: quantize keeps the int8 tpu MLIR's weights (compile_int8 runs it for per-layer data)
 CHIPS = {"BM1684X": "bm1684x", "BM1684": "bm1684"}
 # recipe calibration.method -> run_calibration --cali_method
 CALI_METHODS = {"kl": "kl", "mse": "mse", "minmax": "max", "percentile": "percentile9999"}
@@ -264,7 +265,7 @@ class TpuMlirToolchain:
                              f"{params['cmodel_samples']} held-out samples")
                 batch = params["batch_sizes"][0]
                 lines.append(f"[in-process] per layer: model_runner --dump_all_tensors of the top MLIR (fp32) and the "
-                             f"final int8 MLIR in {ctx.work_dir}/b{batch} on {batch} held-out sample(s)")
+                             f"int8 tpu MLIR (quantize) in {ctx.work_dir}/layers on {batch} held-out sample(s)")
             if ctx.recipe.eval:
                 lines.append(f"[in-process] {ctx.recipe.eval.metric} accuracy: int8 bmodel on the cmodel vs fp32")
             return lines
@@ -334,8 +335,10 @@ class TpuMlirToolchain:
         lowered = sorted(cwd.glob(f"{ctx.recipe.name}_{self.chip(ctx)}_int8*_tpu.mlir"))
         if not lowered:
             raise ToolchainError(f"model_deploy --not_gen_bmodel wrote no int8 tpu MLIR in {cwd}")
-        target = ctx.out_dir / f"{ctx.recipe.name}_{self.chip(ctx)}_int8_tpu.mlir"
+        target = ctx.out_dir / lowered_name(ctx, self.chip(ctx))
         shutil.copyfile(lowered[0], target)
+        # its weights, under the name the MLIR gives them: compile_int8 runs it for the per-layer data
+        shutil.copyfile(cwd / weight_file(lowered[0]), ctx.out_dir / weight_file(lowered[0]))
         counts = precisions(target)
         ctx.metrics.update({"quantized_nodes": counts["int8"], "float_nodes": counts["float"],
                             "fp32_layers": layers, "files": sorted(p.name for p in ctx.out_dir.iterdir())})
@@ -385,6 +388,11 @@ def table_name(ctx: StageContext) -> str:
 
 def qtable_name(ctx: StageContext) -> str:
     return f"{ctx.recipe.name}_qtable"
+
+
+def lowered_name(ctx: StageContext, chip: str) -> str:
+    """The quantize stage's int8 tpu MLIR (published beside its weight file)."""
+    return f"{ctx.recipe.name}_{chip}_int8_tpu.mlir"
 
 
 def keep_top_mlir(ctx: StageContext, cwd: Path, folder: Path) -> None:

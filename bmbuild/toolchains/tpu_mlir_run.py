@@ -10,6 +10,7 @@ are few (fp32.cmp_samples, int8.cmodel_samples) and fed in batches of the bmodel
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -230,36 +231,37 @@ def quant_grids(tpu_mlir: Path) -> dict[str, tuple[float, int, int, int]]:
 def layer_similarity(toolchain: "TpuMlirToolchain", ctx: StageContext) -> list[dict[str, Any]]:
     """Every tensor of the int8 model against its fp32 value, on the first held-out samples.
 
-    tpu-mlir runs both MLIRs of the first batch size's model_deploy on one batch (model_runner
-    --dump_all_tensors): the top MLIR (fp32) and the final int8 MLIR the bmodel is generated
-    from (its outputs equal the bmodel's on the cmodel; the bmodel itself keeps no intermediate
-    tensors). Tensors are matched by name (tpu-mlir's `<ONNX output>_<op>`). `cos`/`sqnr`/
-    `max_abs`: the int8 value (error accumulated from the input on) against fp32; `local_sqnr`:
-    the fp32 value rounded to this tensor's own int8 grid (low: its range cannot hold its values).
+    tpu-mlir's interpreter runs, on one batch of the first batch size (model_runner
+    --dump_all_tensors), the top MLIR (fp32) and the quantize stage's int8 tpu MLIR, which the
+    bmodels are generated from (tpu-mlir checks the bmodel against it; the bmodel keeps no
+    intermediate tensors, and bm1684's final MLIR does not run in the interpreter). Tensors are
+    matched by name (tpu-mlir's `<ONNX output>_<op>`). `cos`/`sqnr`/`max_abs`: the int8 value
+    (error accumulated from the input on) against fp32; `local_sqnr`: the fp32 value rounded to
+    this tensor's own int8 grid (low: its range cannot hold its values).
     """
     from bmbuild.calib.dataset import pad_rows, rows_of
     from bmbuild.stages.int8_common import input_feeds, split
     from bmbuild.toolchains.reference_int8 import batches
+    from bmbuild.toolchains.tpu_mlir import copy_top_mlir, fp32_folder, lowered_name, weight_file
 
     batch = ctx.params["batch_sizes"][0]
-    cwd = ctx.work_dir / f"b{batch}"
-    final = sorted(cwd.glob(f"{ctx.recipe.name}_*_int8*_final.mlir"))
-    lowered = sorted(cwd.glob(f"{ctx.recipe.name}_*_int8*_tpu.mlir"))
-    if not final:
-        ctx.log.info(f"no final int8 MLIR in {cwd}: no per-layer comparison")
-        return []
+    cwd = ctx.work_dir / "layers"
+    top = copy_top_mlir(ctx, ctx.inputs["compile_fp32"] / fp32_folder(batch), cwd)
+    lowered = ctx.inputs["quantize"] / lowered_name(ctx, toolchain.chip(ctx))
+    shutil.copyfile(lowered, cwd / lowered.name)
+    shutil.copyfile(lowered.parent / weight_file(lowered), cwd / weight_file(lowered))
     feeds = input_feeds(ctx.recipe)
     _, holdout = split(ctx.recipe)
     chunk = next(batches(ctx, holdout[:batch], batch))
     inputs = cwd / "layers_in.npz"
     np.savez(inputs, **dict(zip(input_names(ctx), pad_rows(chunk, feeds, rows_of(chunk, feeds), batch))))
     values = {}
-    for label, model in (("fp32", cwd / f"{ctx.recipe.name}.mlir"), ("int8", final[0])):
+    for label, model in (("fp32", top), ("int8", cwd / lowered.name)):
         command = toolchain.runner(model, inputs, cwd / f"layers_{label}.npz", dump=True)
         toolchain.run(ctx, command)
         with np.load(command.outputs[0]) as data:
             values[label] = {name: data[name] for name in data.files}
-    grids = quant_grids(lowered[0]) if lowered else {}
+    grids = quant_grids(lowered)
     layers = []
     for name, ref in values["fp32"].items():
         test = values["int8"].get(name)
@@ -274,6 +276,6 @@ def layer_similarity(toolchain: "TpuMlirToolchain", ctx: StageContext) -> list[d
             layer["local_sqnr"] = similarity(ref, (np.clip(np.rint(ref / scale) + zero, low, high) - zero) * scale).sqnr
         layers.append(layer)
     worst_layers = sorted(layers, key=lambda layer: layer["cos"])[:3]
-    ctx.log.info(f"per layer, int8 (final MLIR) vs fp32 (top MLIR) on {rows_of(chunk, feeds)} held-out sample(s): "
+    ctx.log.info(f"per layer, int8 (tpu MLIR) vs fp32 (top MLIR) on {rows_of(chunk, feeds)} held-out sample(s): "
                  f"{len(layers)} tensors, lowest cos " + ", ".join(f"{w['name']} {w['cos']:.4f}" for w in worst_layers))
     return layers
