@@ -34,7 +34,7 @@ from bmbuild.stages.base import StageContext
 from bmbuild.toolchains.base import Availability
 from bmbuild.toolchains.bmodel_info import BmodelInfoError, describe, parse_info
 from bmbuild.toolchains.commands import Command, quote, run_command, start_command_file
-from bmbuild.toolchains.reference import export_line
+from bmbuild.toolchains.reference import cut_line, export_line
 from bmbuild.toolchains.tpu_mlir_env import EnvNotFound, TpuMlirEnv, locate
 
 # Bump when this adapter changes the commands it runs or the files it keeps: part of every key.
@@ -62,6 +62,17 @@ def int8_folder(batch: int) -> str:
 def shapes_arg(shapes: list[list[int]]) -> str:
     """model_transform --input_shapes: [[1,3,224,224]] (no spaces)."""
     return "[" + ",".join("[" + ",".join(map(str, shape)) + "]" for shape in shapes) + "]"
+
+
+def letterbox_args(preprocess: Any) -> list[str]:
+    """model_transform's --keep_aspect_ratio (+ --resize_dims, --pad_value, --pad_type) for a
+    calibration.preprocess that letterboxes; nothing otherwise."""
+    if preprocess is None or not preprocess.keep_aspect_ratio:
+        return []
+    args = ["--keep_aspect_ratio"]
+    if preprocess.resize is not None:
+        args += ["--resize_dims", ",".join(map(str, preprocess.resize))]
+    return args + ["--pad_value", str(preprocess.pad_value), "--pad_type", preprocess.pad_type]
 
 
 def weight_file(mlir: Path) -> str:
@@ -148,13 +159,17 @@ class TpuMlirToolchain:
     def _command(self, tool: str, args: list[str], cwd: Path, outputs: tuple[Path, ...] = ()) -> Command:
         return Command(tool, (self.tool(tool), *args), cwd, env=dict(TOOL_ENV), outputs=outputs)
 
-    def transform(self, ctx: StageContext, onnx: Path, batch: int, cwd: Path) -> Command:
-        """ONNX -> top MLIR at one batch size (shapes are fixed at transform), written in `cwd`."""
+    def transform(self, ctx: StageContext, onnx: Path, batch: int, cwd: Path, preprocess: Any = None) -> Command:
+        """ONNX -> top MLIR at one batch size (shapes are fixed at transform), written in `cwd`; the
+        graph ends at the recipe's output_names. `preprocess`'s letterbox settings are recorded in
+        the MLIR (the calibration samples themselves are preprocessed by bmbuild)."""
         name = ctx.recipe.name
-        return self._command("model_transform", [
-            "--model_name", name, "--model_def", str(onnx),
-            "--input_shapes", shapes_arg(ctx.recipe.shapes_for_batch(batch)), "--mlir", f"{name}.mlir"],
-            cwd, (cwd / f"{name}.mlir",))
+        args = ["--model_name", name, "--model_def", str(onnx),
+                "--input_shapes", shapes_arg(ctx.recipe.shapes_for_batch(batch))]
+        if ctx.recipe.output_names:
+            args += ["--output_names", ",".join(ctx.recipe.output_names)]
+        args += letterbox_args(preprocess)
+        return self._command("model_transform", [*args, "--mlir", f"{name}.mlir"], cwd, (cwd / f"{name}.mlir",))
 
     def deploy(self, ctx: StageContext, cwd: Path, quantize: str, table: Path | None = None,
                qtable: Path | None = None, bmodel_file: bool = True) -> Command:
@@ -162,6 +177,8 @@ class TpuMlirToolchain:
         (with its side files) and moved into the stage's output by the stage."""
         bmodel = cwd / BMODEL
         args = ["--mlir", f"{ctx.recipe.name}.mlir", "--quantize", quantize, "--chip", self.chip(ctx)]
+        if quantize == "INT8" and ctx.params.get("asymmetric"):
+            args.append("--asymmetric")
         if table is not None:
             args += ["--calibration_table", str(table)]
         if qtable is not None:
@@ -218,7 +235,8 @@ class TpuMlirToolchain:
     def calibrate_commands(self, ctx: StageContext) -> list[Command]:
         cwd = ctx.work_dir / "b1"
         onnx = ctx.inputs["compile_fp32"] / f"{ctx.recipe.name}.onnx"
-        return [self.transform(ctx, onnx, 1, cwd),
+        pre = ctx.recipe.calibration.preprocess if ctx.recipe.calibration else None
+        return [self.transform(ctx, onnx, 1, cwd, pre),
                 self.calibration(ctx, cwd, ctx.work_dir / "dataset", ctx.params["samples"], cwd / table_name(ctx))]
 
     def quantize_commands(self, ctx: StageContext) -> list[Command]:
@@ -236,14 +254,16 @@ class TpuMlirToolchain:
         """The command lines `stage` runs (paths as published; a real run works in a temp folder)."""
         name, params = ctx.recipe.name, ctx.params
         if stage == "compile_fp32":
-            lines = [export_line(ctx, quote(str(ctx.out_dir / (name + '.onnx'))))]
+            onnx = quote(str(ctx.out_dir / (name + '.onnx')))
+            lines = [export_line(ctx, onnx), *cut_line(ctx, onnx)]
             lines += [c.shell() for c in self.fp32_commands(ctx)]
             lines += [f"[in-process] move {ctx.work_dir}/b<N>/{BMODEL} -> {ctx.out_dir}/<N>b.fp32.compilation/ "
                       "(with the top MLIR and its weights)"]
             lines += [c.shell() for c in self.combine(ctx, self.bmodels(ctx, fp32_folder))]
             lines += [self.info(ctx, p).shell() for p in self.bmodels(ctx, fp32_folder).values()]
             if params["cmp"]:
-                lines.append(f"[in-process] cmp: model_runner (cmodel) vs torch on {params['cmp_samples']} seeded "
+                versus = "onnxruntime" if ctx.recipe.source.framework == "onnx" or ctx.recipe.output_names else "torch"
+                lines.append(f"[in-process] cmp: model_runner (cmodel) vs {versus} on {params['cmp_samples']} seeded "
                              f"input(s) per batch size {params['batch_sizes']}")
             return lines
         if stage == "calibrate":

@@ -71,11 +71,12 @@ def fit(values: list[np.ndarray], shapes: list[tuple[int, ...]], rows: int) -> l
 
 # --- fp32.cmp -------------------------------------------------------------------------------------
 def torch_reference(ctx: StageContext) -> Callable[[list[np.ndarray]], list[np.ndarray]]:
-    """The source model: torch for traced models, onnxruntime for ONNX sources."""
+    """The source model: torch for traced models, onnxruntime for ONNX sources and for a model cut at
+    output_names (torch cannot give inner tensors by name)."""
     from bmbuild.stages.compile_fp32 import source_model
     from bmbuild.toolchains.reference import ort_session, run_session
 
-    if ctx.recipe.source.framework == "onnx":
+    if ctx.recipe.source.framework == "onnx" or ctx.recipe.output_names:
         session = ort_session(onnx_file(ctx), 0)
         return lambda arrays: run_session(session, arrays)
     import torch
