@@ -23,9 +23,11 @@ $(DEMO_STAMP): pyproject.toml constraints.txt | $(BIN)/python
 
 venv: $(STAMP)
 
-# `make demo TOOLCHAIN=tpu-mlir` builds real BM1684 bmodels (installing tpu-mlir first).
+# `make demo TOOLCHAIN=tpu-mlir` builds real BM1684X and BM1684 bmodels (installing tpu-mlir first):
+# resnet.yaml's ResNet-18 once per chip (recipes/resnet_chips.yaml).
+DEMO_RECIPE := $(if $(filter tpu-mlir,$(TOOLCHAIN)),recipes/resnet_chips.yaml,recipes/resnet.yaml)
 demo: $(DEMO_STAMP) $(if $(filter tpu-mlir,$(TOOLCHAIN)),tpu-mlir)
-	$(BIN)/bmbuild run recipes/resnet.yaml $(if $(TOOLCHAIN),--toolchain $(TOOLCHAIN))
+	$(BIN)/bmbuild run $(DEMO_RECIPE) $(if $(TOOLCHAIN),--toolchain $(TOOLCHAIN))
 
 test: $(STAMP) browser tpu-mlir ajv
 	$(BIN)/python -m pytest -q -n 2

@@ -11,7 +11,8 @@
                   generation (what stays float is read from it); int8.fp32_layers -> --quantize_table
     compile_int8  model_deploy --quantize INT8 once per batch size (+ combine)
                                                     -> <N>b.compilation/compilation.bmodel
-                  int8.cmp / eval: the int8 bmodel on the cmodel vs fp32 (onnxruntime on the ONNX)
+                  int8.cmp / eval: the int8 bmodel on the cmodel vs fp32 (onnxruntime on the ONNX),
+                  per sample; per layer: model_runner --dump_all_tensors of the top and int8 tpu MLIRs
 
 tpu-mlir runs in its own Python 3.10 environment (bmbuild.toolchains.tpu_mlir_env). Every command
 is a `Command` (in `<stage>.cmd`, printed by `--dry-run`), runs in a folder of the stage's private
@@ -37,7 +38,8 @@ from bmbuild.toolchains.reference import cut_line, export_line
 from bmbuild.toolchains.tpu_mlir_env import EnvNotFound, TpuMlirEnv, locate
 
 # Bump when this adapter changes the commands it runs or the files it keeps: part of every key.
-IMPLEMENTATION_VERSION = "2"  # 2: ONNX exported from the eager module; several inputs calibrate
+IMPLEMENTATION_VERSION = "3"  # 2: ONNX exported from the eager module; several inputs calibrate
+# 3: quantize keeps the int8 tpu MLIR's weights (compile_int8 runs it for per-layer data)
 CHIPS = {"BM1684X": "bm1684x", "BM1684": "bm1684"}
 # recipe calibration.method -> run_calibration --cali_method
 CALI_METHODS = {"kl": "kl", "mse": "mse", "minmax": "max", "percentile": "percentile9999"}
@@ -200,9 +202,12 @@ class TpuMlirToolchain:
     def info(self, ctx: StageContext, bmodel: Path) -> Command:
         return self._command("model_tool", ["--info", str(bmodel)], ctx.work_dir)
 
-    def runner(self, bmodel: Path, inputs: Path, outputs: Path) -> Command:
+    def runner(self, bmodel: Path, inputs: Path, outputs: Path, dump: bool = False) -> Command:
+        """model_runner on a bmodel (the cmodel) or an MLIR (tpu-mlir's interpreter), in the inputs'
+        folder (where an MLIR's weight file is); `dump`: every tensor, not just the outputs."""
         return self._command("model_runner", ["--input", str(inputs), "--model", str(bmodel),
-                                              "--output", str(outputs)], inputs.parent, (outputs,))
+                                              "--output", str(outputs), *(["--dump_all_tensors"] if dump else [])],
+                             inputs.parent, (outputs,))
 
     def calibration(self, ctx: StageContext, cwd: Path, dataset: Path, samples: int, table: Path) -> Command:
         params = ctx.params
@@ -278,6 +283,9 @@ class TpuMlirToolchain:
             if params["cmp"]:
                 lines.append(f"[in-process] cmp: int8 bmodel (model_runner, cmodel) vs fp32 on "
                              f"{params['cmodel_samples']} held-out samples")
+                batch = params["batch_sizes"][0]
+                lines.append(f"[in-process] per layer: model_runner --dump_all_tensors of the top MLIR (fp32) and the "
+                             f"int8 tpu MLIR (quantize) in {ctx.work_dir}/layers on {batch} held-out sample(s)")
             if ctx.recipe.eval:
                 lines.append(f"[in-process] {ctx.recipe.eval.metric} accuracy: int8 bmodel on the cmodel vs fp32")
             return lines
@@ -347,8 +355,10 @@ class TpuMlirToolchain:
         lowered = sorted(cwd.glob(f"{ctx.recipe.name}_{self.chip(ctx)}_int8*_tpu.mlir"))
         if not lowered:
             raise ToolchainError(f"model_deploy --not_gen_bmodel wrote no int8 tpu MLIR in {cwd}")
-        target = ctx.out_dir / f"{ctx.recipe.name}_{self.chip(ctx)}_int8_tpu.mlir"
+        target = ctx.out_dir / lowered_name(ctx, self.chip(ctx))
         shutil.copyfile(lowered[0], target)
+        # its weights, under the name the MLIR gives them: compile_int8 runs it for the per-layer data
+        shutil.copyfile(cwd / weight_file(lowered[0]), ctx.out_dir / weight_file(lowered[0]))
         counts = precisions(target)
         ctx.metrics.update({"quantized_nodes": counts["int8"], "float_nodes": counts["float"],
                             "fp32_layers": layers, "files": sorted(p.name for p in ctx.out_dir.iterdir())})
@@ -373,6 +383,7 @@ class TpuMlirToolchain:
         ctx.metrics["bmodels"] = self.bmodel_infos(ctx, bmodels)
         if ctx.params["cmp"]:
             ctx.metrics["cmp"] = tpu_mlir_run.compare_int8(self, ctx)
+            ctx.metrics["layers"] = tpu_mlir_run.layer_similarity(self, ctx)
         if ctx.recipe.eval:
             ctx.metrics["eval"] = tpu_mlir_run.evaluate(self, ctx)
 
@@ -397,6 +408,11 @@ def table_name(ctx: StageContext) -> str:
 
 def qtable_name(ctx: StageContext) -> str:
     return f"{ctx.recipe.name}_qtable"
+
+
+def lowered_name(ctx: StageContext, chip: str) -> str:
+    """The quantize stage's int8 tpu MLIR (published beside its weight file)."""
+    return f"{ctx.recipe.name}_{chip}_int8_tpu.mlir"
 
 
 def keep_top_mlir(ctx: StageContext, cwd: Path, folder: Path) -> None:
