@@ -88,8 +88,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.quiet:
         console.print(header)
     if "nntc" in toolchains:
-        from bmbuild.stages.trace import torch_note
         from bmbuild.toolchains.base import package_version
+        from bmbuild.torchmodel import torch_note
 
         note = torch_note(package_version("torch"))
         if note:

@@ -416,7 +416,7 @@ def dry_run(build: Build, force: bool = False) -> list[DryRunStep]:
     ones (`build/<recipe>/<stage>/...`); a real run writes into a private temp folder first.
     Nothing is written to the build folder.
     """
-    from bmbuild.stages.base import StageContext
+    from bmbuild.stagecontext import StageContext
 
     steps = []
     toolchains: dict[str, Any] = {}

@@ -30,14 +30,13 @@ from typing import Any, Iterable
 from bmbuild import __version__
 from bmbuild.cache import atomic_write_bytes
 from bmbuild.errors import BmbuildError
-from bmbuild.stages import STAGE_MODULES
+from bmbuild.pipeline import INT8_STAGES, PIPELINE_ORDER
 
 SUMMARY_FORMAT = 1
 LOG_TAIL_LINES = 40
 LOG_TAIL_CHARS = 8000
 OK_OUTCOMES = ("executed", "restored", "up-to-date")
 OUTCOMES = ("executed", "restored", "up-to-date", "failed", "blocked")
-INT8_STAGES = ("calibrate", "quantize", "compile_int8")
 STAGE_LABELS = {"trace": "trace", "compile_fp32": "fp32", "calibrate": "calib", "quantize": "quant",
                 "compile_int8": "int8"}
 FILES = {"summary": "summary.json", "junit": "junit.xml", "markdown": "summary.md", "html": "report.html"}
@@ -102,7 +101,7 @@ def _not_built(name: str, note: str) -> dict[str, Any]:
 
 def stage_order(names: Iterable[str]) -> list[str]:
     """Pipeline order; stages this version does not know go last, by name."""
-    known = [s for s in STAGE_MODULES if s in names]
+    known = [s for s in PIPELINE_ORDER if s in names]
     return known + sorted(set(names) - set(known))
 
 
@@ -516,7 +515,7 @@ def _anchor(index: int, name: str) -> str:
 
 def stage_pills(model: dict[str, Any]) -> Markup:
     present = {s["stage"]: s for s in model["stages"]}
-    expected = [s for s in STAGE_MODULES if model.get("prec") != "FP32" or s not in INT8_STAGES]
+    expected = [s for s in PIPELINE_ORDER if model.get("prec") != "FP32" or s not in INT8_STAGES]
     pills = []
     for name in stage_order(set(expected) | set(present)):
         stage = present.get(name)

@@ -168,8 +168,9 @@ def execute_job(job: StageJob, log: "StageLog", toolchain: Any = None) -> dict[s
     stage's code (the model's, or a library's) raises becomes a UserCodeError naming the user's
     frames; `sys.exit()` and `os._exit()` fail the stage, even when the code swallows the exit.
     """
+    from bmbuild.stagecontext import StageContext
     from bmbuild.stagelog import bind_log
-    from bmbuild.stages import StageContext, all_stages
+    from bmbuild.stages import all_stages
     from bmbuild.toolchains.base import load_toolchain
 
     stage = {s.name: s for s in all_stages()}[job.stage]

@@ -21,10 +21,6 @@ def _params(recipe: Recipe) -> dict[str, Any]:
             "per_channel": recipe.int8.per_channel}  # NNTC calibrates per channel (-per_channel)
 
 
-def table_name(recipe: Recipe) -> str:
-    return f"{recipe.name}_cali_table"
-
-
 STAGE = Stage(
     name="calibrate",
     version="4",

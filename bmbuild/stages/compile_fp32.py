@@ -9,7 +9,7 @@ from typing import Any
 
 from bmbuild.compare import check_all, latency_summary
 from bmbuild.recipe import LoadedRecipe, Recipe
-from bmbuild.stages.base import Stage, StageContext, toolchain_step, tvm_params
+from bmbuild.stages.base import Stage, toolchain_step, tvm_params
 
 
 def _params(recipe: Recipe) -> dict[str, Any]:
@@ -47,14 +47,6 @@ def _model_source(loaded: LoadedRecipe, toolchain: Any) -> tuple[dict[str, Any],
     from bmbuild.stages.trace import model_params, source_files
 
     return {"model": model_params(loaded.recipe)}, source_files(loaded)
-
-
-def source_model(ctx: StageContext) -> Path:
-    """The model this stage compiles: the trace stage's output, or the recipe's own file."""
-    recipe = ctx.recipe
-    if "trace" in ctx.inputs:
-        return ctx.inputs["trace"] / f"{recipe.name}.pt"
-    return (ctx.loaded.file.parent / recipe.source.model_file).resolve()
 
 
 def _gate(recipe: Recipe, metrics: dict[str, Any]) -> list[str]:

@@ -16,7 +16,7 @@ import numpy as np
 
 from bmbuild.compare import pooled_top1, similarity, worst
 from bmbuild.errors import StageFailed, ToolchainError
-from bmbuild.stages.base import StageContext
+from bmbuild.stagecontext import StageContext
 
 if TYPE_CHECKING:
     from bmbuild.toolchains.tpu_mlir import TpuMlirToolchain
@@ -70,7 +70,7 @@ def fit(values: list[np.ndarray], shapes: list[tuple[int, ...]], rows: int) -> l
 # --- fp32.cmp -------------------------------------------------------------------------------------
 def torch_reference(ctx: StageContext) -> Callable[[list[np.ndarray]], list[np.ndarray]]:
     """The source model: torch for traced models, onnxruntime for ONNX sources."""
-    from bmbuild.stages.compile_fp32 import source_model
+    from bmbuild.artifacts import source_model
     from bmbuild.toolchains.reference import ort_session, run_session
 
     if ctx.recipe.source.framework == "onnx":
@@ -78,7 +78,7 @@ def torch_reference(ctx: StageContext) -> Callable[[list[np.ndarray]], list[np.n
         return lambda arrays: run_session(session, arrays)
     import torch
 
-    from bmbuild.stages.trace import run_torch
+    from bmbuild.torchmodel import run_torch
 
     module = torch.jit.load(str(source_model(ctx)), map_location="cpu")
     return lambda arrays: run_torch(module, arrays)
@@ -86,7 +86,7 @@ def torch_reference(ctx: StageContext) -> Callable[[list[np.ndarray]], list[np.n
 
 def compare_fp32(toolchain: "TpuMlirToolchain", ctx: StageContext) -> dict[str, Any]:
     """Each fp32 bmodel on the cmodel against the source model, on seeded inputs."""
-    from bmbuild.stages.trace import example_inputs
+    from bmbuild.torchmodel import example_inputs
     from bmbuild.toolchains.tpu_mlir import BMODEL, fp32_folder
 
     params = ctx.params
@@ -112,7 +112,7 @@ def compare_fp32(toolchain: "TpuMlirToolchain", ctx: StageContext) -> dict[str, 
 def write_dataset(ctx: StageContext, folder: Path) -> int:
     """The recipe's calibration samples (selected and preprocessed like every toolchain's), one .npz
     per sample keyed by input name (every input, constants included): run_calibration's --dataset."""
-    from bmbuild.stages.int8_common import split
+    from bmbuild.calib.feeds import split
     from bmbuild.toolchains.reference_int8 import batches
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -130,13 +130,13 @@ def write_dataset(ctx: StageContext, folder: Path) -> int:
 # --- int8.cmp and eval ----------------------------------------------------------------------------
 def compare_int8(toolchain: "TpuMlirToolchain", ctx: StageContext) -> dict[str, Any]:
     """Each int8 bmodel on the cmodel against fp32 (onnxruntime) on the first held-out samples."""
-    from bmbuild.stages.int8_common import split
+    from bmbuild.calib.feeds import split
     from bmbuild.toolchains.reference import ort_session, run_session
     from bmbuild.toolchains.reference_int8 import batches
     from bmbuild.toolchains.tpu_mlir import BMODEL, int8_folder
 
     from bmbuild.calib.dataset import pad_rows, rows_of
-    from bmbuild.stages.int8_common import input_feeds
+    from bmbuild.calib.feeds import input_feeds
 
     feeds = input_feeds(ctx.recipe)
     _, holdout = split(ctx.recipe)
@@ -172,7 +172,7 @@ def evaluate(toolchain: "TpuMlirToolchain", ctx: StageContext) -> dict[str, Any]
     from bmbuild.calib.arrays import open_array
     from bmbuild.calib.dataset import assemble, pad_rows
     from bmbuild.errors import DataError
-    from bmbuild.stages.int8_common import input_feeds
+    from bmbuild.calib.feeds import input_feeds
     from bmbuild.toolchains.reference import ort_session, run_session
     from bmbuild.toolchains.tpu_mlir import BMODEL, int8_folder
 
