@@ -134,7 +134,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         written = write_report(build.workspace.build_dir, Path(args.report_dir), names,
                                not_run=[name for name in names if name not in ran])
         report = written.paths['html']
-        console.print(f"report: {report} (+ summary.json, junit.xml, summary.md)")
+        console.print(f"report: {report} (+ {', '.join(p.name for k, p in written.paths.items() if k != 'html')})")
     if args.json:
         from bmbuild import jsonout
 
@@ -159,7 +159,8 @@ def _ci_output(args: argparse.Namespace, build: Any, result: Any) -> None:
         items += jsonout.error_items(RecipeErrors(build.errors)) if build.errors else []
         ci.annotate(items, sys.stderr if args.json else sys.stdout)
     if args.step_summary:
-        from bmbuild.report import collect, markdown, report_files
+        from bmbuild.report.collect import collect, report_files
+        from bmbuild.report.markdown import markdown
 
         names = [loaded.name for loaded in build.recipes]
         ran = {record.recipe for record in result.records}
@@ -289,7 +290,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     workspace = _workspace(args)
     names = [loaded.name for loaded in _prepare(args, check_toolchains=False).recipes] if args.paths else None
     out = Path(args.out) if args.out else workspace.build_dir / "reports"
-    written = write_report(workspace.build_dir, out, names)
+    written = write_report(workspace.build_dir, out, names, formats=args.format)
     totals = written.summary["totals"]
     print(f"{totals['passed']} of {totals['models']} model(s) passed; wrote"
           + "".join(f"\n  {path}" for path in written.paths.values()))
@@ -520,6 +521,8 @@ def _add_output_options(parser: argparse.ArgumentParser, top: bool = False) -> N
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from bmbuild.report.formats import FORMATS, file_list
+
     parser = _Parser(prog="bmbuild", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"bmbuild {__version__}")
@@ -538,8 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the Dask scheduler, e.g. tcp://host:8786 (implies --executor dask; default: "
                           "bmbuild.yaml executor.scheduler)")
     run.add_argument("--plain", action="store_true", help="plain lines even on a terminal")
-    run.add_argument("--report-dir", metavar="DIR",
-                     help="also write summary.json, junit.xml, summary.md and report.html of this run to DIR")
+    run.add_argument("--report-dir", metavar="DIR", help=f"also write {file_list()} of this run to DIR")
     run.add_argument("--dry-run", action="store_true",
                      help="print the commands each stage would run, without running anything")
     _add_json(run)
@@ -602,9 +604,12 @@ def build_parser() -> argparse.ArgumentParser:
     schema.add_argument("--check", action="store_true", help="exit 2 if a written schema is stale, write nothing")
     schema.set_defaults(func=cmd_schema)
 
-    report = sub.add_parser("report", help="summary.json, junit.xml, summary.md and report.html of built models")
+    report = sub.add_parser("report", help=f"{file_list()} of built models")
     _add_common(report, paths="*")
     report.add_argument("--out", metavar="DIR", help="where to write them (default: build/reports)")
+    report.add_argument("--format", action="append", choices=list(FORMATS), metavar="FORMAT",
+                        help="write only this format (repeatable; default: all): "
+                             + "; ".join(f"{f.name}: {f.filename}, {f.description}" for f in FORMATS.values()))
     report.set_defaults(func=cmd_report)
 
     importer = sub.add_parser("import", help="turn another tool's model zoo into recipes")
