@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bmbuild.pipeline import StageName
+
 if TYPE_CHECKING:
     from bmbuild.recipe import Recipe
     from bmbuild.stagecontext import StageContext
@@ -21,8 +23,8 @@ def traced_path(out_dir: Path, recipe: Recipe) -> Path:
 def source_model(ctx: StageContext) -> Path:
     """The model this stage compiles: the trace stage's output, or the recipe's own file."""
     recipe = ctx.recipe
-    if "trace" in ctx.inputs:
-        return ctx.inputs["trace"] / f"{recipe.name}.pt"
+    if StageName.TRACE in ctx.inputs:
+        return ctx.inputs[StageName.TRACE] / f"{recipe.name}.pt"
     return (ctx.loaded.file.parent / recipe.source.model_file).resolve()
 
 

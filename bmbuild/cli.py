@@ -190,12 +190,13 @@ def _remember_noop(args: argparse.Namespace, build: Any, records: list[Any], run
                    since_ns: int) -> None:
     """Let the next run/plan/status of this selection answer from stat calls (bmbuild.snapshot),
     with what they print by default."""
+    from bmbuild.executor import Status
     from bmbuild.project import remember_noop
 
     lines = {"run": run_lines,
-             "plan": [_plan_line("up-to-date", r.node_id, r.reason) for r in records]
+             "plan": [_plan_line(Status.UP_TO_DATE.value, r.node_id, r.reason) for r in records]
              + [_plan_footer(0, len(records))],
-             "status": [_status_line(r.node_id, "up-to-date", r.summary) for r in records]}
+             "status": [_status_line(r.node_id, Status.UP_TO_DATE.value, r.summary) for r in records]}
     remember_noop(args, build, lines, since_ns)
 
 
@@ -226,6 +227,7 @@ def _dry_run(args: argparse.Namespace) -> int:
     The output is a shell script that is safe to paste, whole or line by line: the commands are
     quoted shell lines, everything else is a `#` comment (`toolchains.commands.paste_safe`).
     """
+    from bmbuild.executor import Status
     from bmbuild.project import dry_run
     from bmbuild.toolchains.base import load_toolchain
     from bmbuild.toolchains.commands import comment, paste_safe
@@ -250,7 +252,7 @@ def _dry_run(args: argparse.Namespace) -> int:
             print(f"  {paste_safe(line)}")
         for index, line in enumerate(step.error.splitlines()):
             print("  " + comment(("error: " if index == 0 else "  ") + line))
-    would_run = sum(1 for step in steps if step.status.value in ("run", "after upstream"))
+    would_run = sum(1 for step in steps if step.status in (Status.RUN, Status.AFTER_UPSTREAM))
     print(comment(f"dry run: {would_run} of {len(steps)} stage(s) would run; nothing was run"))
     return 2 if any(step.error for step in steps) else 0
 
@@ -298,10 +300,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from bmbuild.executor import Status
     from bmbuild.project import plan
 
     rows = plan(_prepare(args), force=args.force)
-    pending = sum(1 for r in rows if r.status.value != "up-to-date")
+    pending = sum(1 for r in rows if r.status is not Status.UP_TO_DATE)
     if args.json:
         from bmbuild import jsonout
 
@@ -310,7 +313,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
              "reason": r.reason} for r in rows])))
         return 0
     for row in rows:
-        if not (args.quiet and row.status.value == "up-to-date"):
+        if not (args.quiet and row.status is Status.UP_TO_DATE):
             print(_plan_line(row.status.value, row.node.id, row.reason))
     print(_plan_footer(pending, len(rows)))
     return 0
@@ -325,7 +328,7 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from bmbuild.executor import read_manifest
+    from bmbuild.executor import Status, read_manifest
     from bmbuild.project import plan, verify_outputs
 
     build = _prepare(args)
@@ -334,9 +337,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     for row in plan(build):
         folder = build.workspace.stage_dir(row.node.recipe_name, row.node.stage.name)
         manifest = read_manifest(folder) or {}
-        state = "up-to-date" if row.status.value == "up-to-date" else ("missing" if not manifest else "stale")
+        fresh = row.status is Status.UP_TO_DATE
+        state = Status.UP_TO_DATE.value if fresh else ("missing" if not manifest else "stale")
         stages.append({"id": row.node.id, "recipe": row.node.recipe_name, "stage": row.node.stage.name,
-                       "state": state, "reason": None if state == "up-to-date" else row.reason,
+                       "state": state, "reason": None if fresh else row.reason,
                        "summary": manifest.get("summary") or None, "folder": str(folder)})
     code = 1 if corrupt else 0
     if args.json:
@@ -348,7 +352,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                                              verify=verified)))
         return code
     for item in stages:
-        if args.quiet and item["state"] == "up-to-date":
+        if args.quiet and item["state"] == Status.UP_TO_DATE.value:
             continue
         state = f"stale ({item['reason']})" if item["state"] == "stale" else item["state"]
         print(_status_line(item["id"], state, item["summary"] or ""))

@@ -12,13 +12,16 @@ from typing import Any, Iterable
 
 from bmbuild import __version__
 from bmbuild.errors import BmbuildError
-from bmbuild.pipeline import PIPELINE_ORDER
+from bmbuild.pipeline import PIPELINE_ORDER, Outcome, StageName
 
 SUMMARY_FORMAT = 1
 LOG_TAIL_LINES = 40
 LOG_TAIL_CHARS = 8000
-OK_OUTCOMES = ("executed", "restored", "up-to-date")
-OUTCOMES = ("executed", "restored", "up-to-date", "failed", "blocked")
+# The outcomes as report.json files and the summary spell them: their Outcome values.
+EXECUTED, RESTORED, UP_TO_DATE, FAILED, BLOCKED = (outcome.value for outcome in (
+    Outcome.EXECUTED, Outcome.RESTORED, Outcome.UP_TO_DATE, Outcome.FAILED, Outcome.BLOCKED))
+OK_OUTCOMES = (EXECUTED, RESTORED, UP_TO_DATE)
+OUTCOMES = (*OK_OUTCOMES, FAILED, BLOCKED)
 
 
 class ModelStatus(Enum):
@@ -88,7 +91,7 @@ def model_summary(report: dict[str, Any]) -> dict[str, Any]:
     raw = report.get("stages", {})
     stages = [stage_summary(name, raw[name]) for name in stage_order(raw)]
     counts = {o: sum(1 for s in stages if s["outcome"] == o) for o in OUTCOMES}
-    failed = counts["failed"] + counts["blocked"] > 0 or not report.get("ok", True)
+    failed = counts[FAILED] + counts[BLOCKED] > 0 or not report.get("ok", True)
     metrics = {s["stage"]: raw[s["stage"]].get("metrics") or {} for s in stages}
     return {
         "name": report.get("name", "?"),
@@ -105,9 +108,9 @@ def model_summary(report: dict[str, Any]) -> dict[str, Any]:
         "saved_seconds": sum(s["saved_seconds"] for s in stages),
         "output_bytes": sum(s["output_bytes"] for s in stages),
         "stages": stages,
-        "fp32": _similarity(metrics.get("compile_fp32", {}).get("cmp")),
-        "int8": _int8(metrics.get("compile_int8", {})),
-        "accuracy": metrics.get("compile_int8", {}).get("eval") or None,
+        "fp32": _similarity(metrics.get(StageName.COMPILE_FP32, {}).get("cmp")),
+        "int8": _int8(metrics.get(StageName.COMPILE_INT8, {})),
+        "accuracy": metrics.get(StageName.COMPILE_INT8, {}).get("eval") or None,
     }
 
 
@@ -120,7 +123,7 @@ def stage_summary(name: str, record: dict[str, Any]) -> dict[str, Any]:
         "reason": record.get("reason", ""),
         "seconds": float(record.get("seconds") or 0.0),
         "saved_seconds": float(record.get("saved_seconds") or 0.0),
-        "cache_hit": outcome == "restored",
+        "cache_hit": outcome == Outcome.RESTORED.value,
         "outputs": outputs,
         "output_bytes": sum(outputs.values()),
         "key": record.get("key", ""),
@@ -129,7 +132,7 @@ def stage_summary(name: str, record: dict[str, Any]) -> dict[str, Any]:
         "log": record.get("log", ""),
         "log_tail": "",
     }
-    if outcome == "failed" and entry["log"]:
+    if outcome == FAILED and entry["log"]:
         entry["log_tail"] = log_tail(Path(entry["log"]))
     return entry
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from bmbuild.report.collect import BLOCKED, FAILED
+
 
 def fmt_seconds(seconds: float) -> str:
     if seconds < 60:
@@ -44,8 +46,8 @@ def first_line(text: str, limit: int = 300) -> str:
 
 
 def failures(model: dict[str, Any]) -> list[dict[str, Any]]:
-    return [s for s in model["stages"] if s["outcome"] == "failed"]
+    return [s for s in model["stages"] if s["outcome"] == FAILED]
 
 
 def blocked(model: dict[str, Any]) -> list[dict[str, Any]]:
-    return [s for s in model["stages"] if s["outcome"] == "blocked"]
+    return [s for s in model["stages"] if s["outcome"] == BLOCKED]

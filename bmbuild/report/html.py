@@ -5,16 +5,17 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from bmbuild.pipeline import INT8_STAGES, PIPELINE_ORDER
-from bmbuild.report.collect import OK_OUTCOMES, ModelStatus, stage_order
+from bmbuild.pipeline import INT8_STAGES, PIPELINE_ORDER, StageName
+from bmbuild.report.collect import (BLOCKED, EXECUTED, FAILED, OK_OUTCOMES, RESTORED, UP_TO_DATE, ModelStatus,
+                                    stage_order)
 from bmbuild.report.formatting import (_accuracy, _metric, failures, first_line, fmt_bytes, fmt_num, fmt_pct,
                                        fmt_seconds)
 from bmbuild.report.markup import Markup, tag
 from bmbuild.report.svg import layer_chart, lowest_layers
 
 
-STAGE_LABELS = {"trace": "trace", "compile_fp32": "fp32", "calibrate": "calib", "quantize": "quant",
-                "compile_int8": "int8"}
+STAGE_LABELS = {StageName.TRACE: "trace", StageName.COMPILE_FP32: "fp32", StageName.CALIBRATE: "calib",
+                StageName.QUANTIZE: "quant", StageName.COMPILE_INT8: "int8"}
 
 
 CSS = """
@@ -71,10 +72,10 @@ def html_page(summary: dict[str, Any]) -> str:
     stages = totals["stages"]
     cards = [
         (f"{totals['passed']}/{totals['models']}", "models passed"),
-        (str(totals["failed"]), "models failed"),
-        (str(stages["executed"]), "stages executed"),
-        (str(stages["restored"]), "restored from cache"),
-        (str(stages["up-to-date"]), "up to date"),
+        (str(totals[ModelStatus.FAILED.value]), "models failed"),
+        (str(stages[EXECUTED]), "stages executed"),
+        (str(stages[RESTORED]), "restored from cache"),
+        (str(stages[UP_TO_DATE]), "up to date"),
         (fmt_seconds(totals["seconds"]), "stage time"),
         (fmt_seconds(totals["saved_seconds"]), "saved by the cache"),
     ]
@@ -130,10 +131,10 @@ def stage_pills(model: dict[str, Any]) -> Markup:
 
 def _cache_cell(model: dict[str, Any]) -> str:
     c = model["counts"]
-    ran = c["executed"] + c["restored"] + c["up-to-date"]
+    ran = c[EXECUTED] + c[RESTORED] + c[UP_TO_DATE]
     if not ran:
         return "–"
-    return f"{c['restored'] + c['up-to-date']}/{ran} hit"
+    return f"{c[RESTORED] + c[UP_TO_DATE]}/{ran} hit"
 
 
 def models_table(models: list[dict[str, Any]]) -> Markup:
@@ -152,7 +153,7 @@ def models_table(models: list[dict[str, Any]]) -> Markup:
             tag("td", fmt_seconds(m["seconds"]) if m["stages"] else "–", class_="n"),
             tag("td", fmt_seconds(m["saved_seconds"]) if m["saved_seconds"] else "–", class_="n"),
             tag("td", _cache_cell(m), class_="n",
-                title=f"{m['counts']['restored']} restored from cache, {m['counts']['up-to-date']} up to date"),
+                title=f"{m['counts'][RESTORED]} restored from cache, {m['counts'][UP_TO_DATE]} up to date"),
             tag("td", fmt_bytes(m["output_bytes"]) if m["output_bytes"] else "–", class_="n"),
             tag("td", fmt_num(_metric(m, "fp32", "cos"), 6), class_="n"),
             tag("td", fmt_num(_metric(m, "int8", "cos"), 4), class_="n"),
@@ -167,8 +168,8 @@ def models_table(models: list[dict[str, Any]]) -> Markup:
 
 
 def legend() -> Markup:
-    items = [("executed", "executed"), ("restored", "restored from cache"), ("up-to-date", "up to date"),
-             ("failed", "failed"), ("blocked", "blocked by a failure"), ("none", "not in this run")]
+    items = [(EXECUTED, "executed"), (RESTORED, "restored from cache"), (UP_TO_DATE, "up to date"),
+             (FAILED, "failed"), (BLOCKED, "blocked by a failure"), ("none", "not in this run")]
     return tag("div", *(tag("span", tag("span", "", class_=f"swatch o-{o}"), text) for o, text in items),
                class_="legend")
 
@@ -211,8 +212,8 @@ def stage_table(model: dict[str, Any]) -> Markup:
              ("result", "")]
     rows = []
     for s in model["stages"]:
-        result = tag("td", first_line(s["error"]) if s["outcome"] in ("failed", "blocked") else s["summary"],
-                     class_="error" if s["outcome"] in ("failed", "blocked") else "summary")
+        result = tag("td", first_line(s["error"]) if s["outcome"] in (FAILED, BLOCKED) else s["summary"],
+                     class_="error" if s["outcome"] in (FAILED, BLOCKED) else "summary")
         sizes = "\n".join(f"{rel}: {fmt_bytes(size)}" for rel, size in sorted(s["outputs"].items()))
         rows.append(tag(
             "tr",

@@ -6,7 +6,7 @@ import re
 import xml.etree.ElementTree as ET
 from typing import Any
 
-from bmbuild.report.collect import ModelStatus
+from bmbuild.report.collect import BLOCKED, FAILED, RESTORED, ModelStatus
 from bmbuild.report.formatting import first_line, fmt_seconds
 
 
@@ -37,7 +37,7 @@ def junit_xml(summary: dict[str, Any]) -> bytes:
             counts["tests"] += 1
             case = ET.SubElement(suite, "testcase", classname=_x(model["name"]), name=_x(stage["stage"]),
                                  time=f"{stage['seconds']:.3f}")
-            if stage["outcome"] == "failed":
+            if stage["outcome"] == FAILED:
                 counts["failures"] += 1
                 failure = ET.SubElement(case, "failure", message=_x(first_line(stage["error"]) or "failed"),
                                         type="StageFailed")
@@ -47,7 +47,7 @@ def junit_xml(summary: dict[str, Any]) -> bytes:
                 elif stage["log"]:
                     text += f"\n\nfull log: {stage['log']}"
                 failure.text = _x(text)
-            elif stage["outcome"] == "blocked":
+            elif stage["outcome"] == BLOCKED:
                 counts["skipped"] += 1
                 ET.SubElement(case, "skipped", message=_x(f"blocked: {first_line(stage['error'])}"))
             else:
@@ -72,7 +72,7 @@ def junit_xml(summary: dict[str, Any]) -> bytes:
 
 def _stage_line(stage: dict[str, Any]) -> str:
     text = stage["outcome"]
-    if stage["outcome"] == "restored":
+    if stage["outcome"] == RESTORED:
         text += f" from cache (saved {fmt_seconds(stage['saved_seconds'])})"
     if stage["reason"]:
         text += f" ({stage['reason']})"

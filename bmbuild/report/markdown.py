@@ -6,11 +6,11 @@ import html
 import re
 from typing import Any
 
-from bmbuild.report.collect import ModelStatus
+from bmbuild.report.collect import BLOCKED, EXECUTED, FAILED, RESTORED, UP_TO_DATE, ModelStatus
 from bmbuild.report.formatting import _accuracy, _metric, blocked, failures, first_line, fmt_num, fmt_pct, fmt_seconds
 
 
-STATUS_ICON = {"passed": "✅", "failed": "❌", "not built": "⚪"}
+STATUS_ICON = {ModelStatus.PASSED.value: "✅", ModelStatus.FAILED.value: "❌", ModelStatus.NOT_BUILT.value: "⚪"}
 
 
 def _md_cell(text: Any) -> str:
@@ -29,8 +29,8 @@ def markdown(summary: dict[str, Any]) -> str:
     lines = [
         f"## bmbuild: {totals['passed']} of {totals['models']} model(s) passed",
         "",
-        f"{stages['executed']} stage(s) executed, {stages['restored']} restored from cache, "
-        f"{stages['up-to-date']} up to date, {stages['failed']} failed, {stages['blocked']} blocked; "
+        f"{stages[EXECUTED]} stage(s) executed, {stages[RESTORED]} restored from cache, "
+        f"{stages[UP_TO_DATE]} up to date, {stages[FAILED]} failed, {stages[BLOCKED]} blocked; "
         f"{fmt_seconds(totals['seconds'])} of stage time, {fmt_seconds(totals['saved_seconds'])} saved by the cache.",
         "",
         "| model | status | executed / restored / up-to-date | time | fp32 cos | int8 cos | int8 SQNR "
@@ -42,7 +42,7 @@ def markdown(summary: dict[str, Any]) -> str:
         cells = [
             f"**{_md_cell(m['name'])}**",
             f"{STATUS_ICON.get(m['status'], '')} {m['status']}",
-            f"{c['executed']} / {c['restored']} / {c['up-to-date']}",
+            f"{c[EXECUTED]} / {c[RESTORED]} / {c[UP_TO_DATE]}",
             fmt_seconds(m["seconds"]),
             fmt_num(_metric(m, "fp32", "cos"), 6),
             fmt_num(_metric(m, "int8", "cos"), 4),

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bmbuild.compare import check_all, latency_summary
+from bmbuild.pipeline import StageName
 from bmbuild.recipe import LoadedRecipe, Recipe
 from bmbuild.stages.base import Stage, toolchain_step, tvm_params
 
@@ -70,13 +71,13 @@ def _cmp_summary(metrics: dict[str, Any]) -> str:
 
 
 STAGE = Stage(
-    name="compile_fp32",
+    name=StageName.COMPILE_FP32.value,
     version="2",  # 2: ONNX from the eager module; the deployable model stored once
-    upstream=("trace",),
+    upstream=(StageName.TRACE.value,),
     applies=lambda recipe: True,
     params=_params,
     external_inputs=_inputs,
-    run=toolchain_step("compile_fp32"),
+    run=toolchain_step(StageName.COMPILE_FP32.value),
     gate=_gate,
     summary=_summary,
     toolchain_inputs=_model_source,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bmbuild.pipeline import StageName
 from bmbuild.recipe import Recipe
 from bmbuild.stages.base import Stage, toolchain_step
 from bmbuild.stages.int8_common import is_int8
@@ -16,13 +17,13 @@ def _params(recipe: Recipe) -> dict[str, Any]:
 
 
 STAGE = Stage(
-    name="quantize",
+    name=StageName.QUANTIZE.value,
     version="1",
-    upstream=("compile_fp32", "calibrate"),
+    upstream=(StageName.COMPILE_FP32.value, StageName.CALIBRATE.value),
     applies=is_int8,
     params=_params,
     external_inputs=lambda loaded: [],
-    run=toolchain_step("quantize"),
+    run=toolchain_step(StageName.QUANTIZE.value),
     summary=lambda m: f"int8 umodel: {m.get('quantized_nodes', '?')} nodes int8, "
                       f"{len(m.get('fp32_layers', []))} kept in fp32",
 )

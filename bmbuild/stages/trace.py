@@ -21,6 +21,7 @@ from typing import Any, Callable
 from bmbuild.artifacts import traced_path
 from bmbuild.errors import StageFailed
 from bmbuild.modelsource import TORCH_LOCK, local_imports
+from bmbuild.pipeline import StageName
 from bmbuild.recipe import LoadedRecipe, Recipe
 from bmbuild.stages.base import Stage
 from bmbuild.stagecontext import StageContext
@@ -340,7 +341,7 @@ def save_portable(module: Any, target: Path, roots: list[tuple[str, str]], scrat
 
 
 STAGE = Stage(
-    name="trace",
+    name=StageName.TRACE.value,
     version="3",  # 3: portable debug records and a content-derived serialization id
     upstream=(),
     applies=lambda recipe: recipe.source.framework == "pytorch",
