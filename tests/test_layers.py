@@ -38,14 +38,12 @@ def test_every_import_points_down():
     ("toolchains/reference.py", "from bmbuild.stages.trace import STAGE"),
     ("stages/quantize.py", "from bmbuild.toolchains import reference"),
     ("artifacts.py", "from bmbuild.stages import all_stages"),
-    ("report.py", "from bmbuild.executor import Executor"),
+    ("report/html.py", "from bmbuild.executor import Executor"),
 ])
 def test_an_import_pointing_up_breaks_the_contract(tmp_path, module, upward):
     shutil.copytree(ROOT / "bmbuild", tmp_path / "bmbuild", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", tmp_path)
     target = tmp_path / "bmbuild" / module
-    if not target.exists():  # the report is a package
-        target = tmp_path / "bmbuild" / module.removesuffix(".py") / "__init__.py"
     target.write_text(target.read_text() + f"\n{upward}  # noqa\n")
 
     done = lint(tmp_path)
