@@ -109,7 +109,7 @@ def write_augmented(recipes: Path) -> str:
 
     from bmbuild.calib.images import decode_image
     from bmbuild.recipe import load_recipe
-    from bmbuild.stages.int8_common import split
+    from bmbuild.calib.feeds import split
 
     calib, _ = split(load_recipe(recipes / "resnet.yaml").recipe)
     folder = recipes / "data" / "photos256"
@@ -266,7 +266,7 @@ def bmbuild_quantize(loaded, fp32_dir: Path, tmp: Path) -> tuple[Path, list[floa
     from bmbuild.stagelog import StageLog
     from bmbuild.stages import calibrate as calibrate_stage
     from bmbuild.stages import quantize as quantize_stage
-    from bmbuild.stages.base import StageContext
+    from bmbuild.stagecontext import StageContext
     from bmbuild.toolchains import reference_int8
 
     recipe = loaded.recipe
@@ -283,7 +283,7 @@ def bmbuild_quantize(loaded, fp32_dir: Path, tmp: Path) -> tuple[Path, list[floa
         log.close()
         outputs[stage.name] = out
     from bmbuild.calib.table import read_table
-    from bmbuild.stages.calibrate import table_name
+    from bmbuild.artifacts import table_name
 
     rows = read_table(outputs["calibrate"] / table_name(recipe)).values()
     ratios = [t / max(abs(lo), abs(hi)) for t, lo, hi in rows if max(abs(lo), abs(hi)) > 0]

@@ -181,7 +181,7 @@ def step(args: list[str]) -> None:
                           dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, do_constant_folding=True)
         return
     from bmbuild.calib.dataset import iter_feeds
-    from bmbuild.stages.int8_common import input_feeds, split
+    from bmbuild.calib.feeds import input_feeds, split
 
     calib, holdout = split(recipe)
     feeds = input_feeds(recipe)
@@ -193,7 +193,7 @@ def step(args: list[str]) -> None:
     cmodel = target.parent / (target.name + ".work") / "cmodel"
     cmodel.mkdir(parents=True, exist_ok=True)
     if kind == "inputs-fp32":
-        from bmbuild.stages.trace import example_inputs
+        from bmbuild.torchmodel import example_inputs
 
         arrays = [example_inputs(recipe, b, seed=recipe.fp32.seed * 1000 + s + 1)[0]
                   for b in recipe.resolved_batch_sizes for s in range(recipe.fp32.cmp_samples)]

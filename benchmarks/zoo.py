@@ -293,7 +293,7 @@ def evaluate(fp32: Any, int8: Any, holdout: np.ndarray, spec: tuple[str, float] 
 
 def measure(model: ZooModel, work: Path) -> dict[str, Any]:
     from bmbuild.recipe import load_recipe
-    from bmbuild.stages.int8_common import input_feeds, split
+    from bmbuild.calib.feeds import input_feeds, split
     from bmbuild.toolchains.reference import deployable_fp32, ort_session
     from bmbuild.calib.dataset import iter_batches
 

@@ -89,8 +89,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.quiet:
         console.print(header)
     if "nntc" in toolchains:
-        from bmbuild.stages.trace import torch_note
         from bmbuild.toolchains.base import package_version
+        from bmbuild.torchmodel import torch_note
 
         note = torch_note(package_version("torch"))
         if note:
@@ -135,7 +135,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         written = write_report(build.workspace.build_dir, Path(args.report_dir), names,
                                not_run=[name for name in names if name not in ran])
         report = written.paths['html']
-        console.print(f"report: {report} (+ summary.json, junit.xml, summary.md)")
+        console.print(f"report: {report} (+ {', '.join(p.name for k, p in written.paths.items() if k != 'html')})")
     if args.json:
         from bmbuild import jsonout
 
@@ -160,7 +160,8 @@ def _ci_output(args: argparse.Namespace, build: Any, result: Any) -> None:
         items += jsonout.error_items(RecipeErrors(build.errors)) if build.errors else []
         ci.annotate(items, sys.stderr if args.json else sys.stdout)
     if args.step_summary:
-        from bmbuild.report import collect, markdown, report_files
+        from bmbuild.report.collect import collect, report_files
+        from bmbuild.report.markdown import markdown
 
         names = [loaded.name for loaded in build.recipes]
         ran = {record.recipe for record in result.records}
@@ -190,12 +191,13 @@ def _remember_noop(args: argparse.Namespace, build: Any, records: list[Any], run
                    since_ns: int) -> None:
     """Let the next run/plan/status of this selection answer from stat calls (bmbuild.snapshot),
     with what they print by default."""
+    from bmbuild.executor import Status
     from bmbuild.project import remember_noop
 
     lines = {"run": run_lines,
-             "plan": [_plan_line("up-to-date", r.node_id, r.reason) for r in records]
+             "plan": [_plan_line(Status.UP_TO_DATE.value, r.node_id, r.reason) for r in records]
              + [_plan_footer(0, len(records))],
-             "status": [_status_line(r.node_id, "up-to-date", r.summary) for r in records]}
+             "status": [_status_line(r.node_id, Status.UP_TO_DATE.value, r.summary) for r in records]}
     remember_noop(args, build, lines, since_ns)
 
 
@@ -226,6 +228,7 @@ def _dry_run(args: argparse.Namespace) -> int:
     The output is a shell script that is safe to paste, whole or line by line: the commands are
     quoted shell lines, everything else is a `#` comment (`toolchains.commands.paste_safe`).
     """
+    from bmbuild.executor import Status
     from bmbuild.project import dry_run
     from bmbuild.toolchains.base import load_toolchain
     from bmbuild.toolchains.commands import comment, paste_safe
@@ -250,7 +253,7 @@ def _dry_run(args: argparse.Namespace) -> int:
             print(f"  {paste_safe(line)}")
         for index, line in enumerate(step.error.splitlines()):
             print("  " + comment(("error: " if index == 0 else "  ") + line))
-    would_run = sum(1 for step in steps if step.status.value in ("run", "after upstream"))
+    would_run = sum(1 for step in steps if step.status in (Status.RUN, Status.AFTER_UPSTREAM))
     print(comment(f"dry run: {would_run} of {len(steps)} stage(s) would run; nothing was run"))
     return 2 if any(step.error for step in steps) else 0
 
@@ -290,7 +293,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     workspace = _workspace(args)
     names = [loaded.name for loaded in _prepare(args, check_toolchains=False).recipes] if args.paths else None
     out = Path(args.out) if args.out else workspace.build_dir / "reports"
-    written = write_report(workspace.build_dir, out, names)
+    written = write_report(workspace.build_dir, out, names, formats=args.format)
     totals = written.summary["totals"]
     print(f"{totals['passed']} of {totals['models']} model(s) passed; wrote"
           + "".join(f"\n  {path}" for path in written.paths.values()))
@@ -355,10 +358,11 @@ def cmd_completion(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from bmbuild.executor import Status
     from bmbuild.project import plan
 
     rows = plan(_prepare(args), force=args.force)
-    pending = sum(1 for r in rows if r.status.value != "up-to-date")
+    pending = sum(1 for r in rows if r.status is not Status.UP_TO_DATE)
     if args.json:
         from bmbuild import jsonout
 
@@ -367,7 +371,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
              "reason": r.reason} for r in rows])))
         return 0
     for row in rows:
-        if not (args.quiet and row.status.value == "up-to-date"):
+        if not (args.quiet and row.status is Status.UP_TO_DATE):
             print(_plan_line(row.status.value, row.node.id, row.reason))
     print(_plan_footer(pending, len(rows)))
     return 0
@@ -382,7 +386,7 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from bmbuild.executor import read_manifest
+    from bmbuild.executor import Status, read_manifest
     from bmbuild.project import plan, verify_outputs
 
     build = _prepare(args)
@@ -391,9 +395,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     for row in plan(build):
         folder = build.workspace.stage_dir(row.node.recipe_name, row.node.stage.name)
         manifest = read_manifest(folder) or {}
-        state = "up-to-date" if row.status.value == "up-to-date" else ("missing" if not manifest else "stale")
+        fresh = row.status is Status.UP_TO_DATE
+        state = Status.UP_TO_DATE.value if fresh else ("missing" if not manifest else "stale")
         stages.append({"id": row.node.id, "recipe": row.node.recipe_name, "stage": row.node.stage.name,
-                       "state": state, "reason": None if state == "up-to-date" else row.reason,
+                       "state": state, "reason": None if fresh else row.reason,
                        "summary": manifest.get("summary") or None, "folder": str(folder)})
     code = 1 if corrupt else 0
     if args.json:
@@ -405,7 +410,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                                              verify=verified)))
         return code
     for item in stages:
-        if args.quiet and item["state"] == "up-to-date":
+        if args.quiet and item["state"] == Status.UP_TO_DATE.value:
             continue
         state = f"stale ({item['reason']})" if item["state"] == "stale" else item["state"]
         print(_status_line(item["id"], state, item["summary"] or ""))
@@ -578,6 +583,8 @@ def _add_output_options(parser: argparse.ArgumentParser, top: bool = False) -> N
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from bmbuild.report.formats import FORMATS, file_list
+
     parser = _Parser(prog="bmbuild", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"bmbuild {__version__}")
@@ -596,8 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the Dask scheduler, e.g. tcp://host:8786 (implies --executor dask; default: "
                           "bmbuild.yaml executor.scheduler)")
     run.add_argument("--plain", action="store_true", help="plain lines even on a terminal")
-    run.add_argument("--report-dir", metavar="DIR",
-                     help="also write summary.json, junit.xml, summary.md and report.html of this run to DIR")
+    run.add_argument("--report-dir", metavar="DIR", help=f"also write {file_list()} of this run to DIR")
     run.add_argument("--dry-run", action="store_true",
                      help="print the commands each stage would run, without running anything")
     _add_json(run)
@@ -660,9 +666,12 @@ def build_parser() -> argparse.ArgumentParser:
     schema.add_argument("--check", action="store_true", help="exit 2 if a written schema is stale, write nothing")
     schema.set_defaults(func=cmd_schema)
 
-    report = sub.add_parser("report", help="summary.json, junit.xml, summary.md and report.html of built models")
+    report = sub.add_parser("report", help=f"{file_list()} of built models")
     _add_common(report, paths="*")
     report.add_argument("--out", metavar="DIR", help="where to write them (default: build/reports)")
+    report.add_argument("--format", action="append", choices=list(FORMATS), metavar="FORMAT",
+                        help="write only this format (repeatable; default: all): "
+                             + "; ".join(f"{f.name}: {f.filename}, {f.description}" for f in FORMATS.values()))
     report.set_defaults(func=cmd_report)
 
     diff_parser = sub.add_parser(

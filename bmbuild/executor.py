@@ -23,6 +23,7 @@ from bmbuild.cache import ActionEntry, LocalStore, StatCache, action_key, atomic
 from bmbuild.cache import MANIFEST, validate_entry, warn_once
 from bmbuild.errors import BmbuildError, StageFailed
 from bmbuild.graph import Node, input_name
+from bmbuild.pipeline import Outcome
 from bmbuild.stagelog import StageLog, tail_of
 from bmbuild.toolchains.base import Toolchain, load_toolchain, package_version
 from bmbuild.workers import StageJob, WorkerPool, execute_job
@@ -39,16 +40,6 @@ class Status(Enum):
     RESTORE = "cache hit"
     RUN = "run"
     AFTER_UPSTREAM = "after upstream"   # planning only: the key is known once upstream has run
-
-
-class Outcome(Enum):
-    """What happened to a node in a run."""
-
-    UP_TO_DATE = "up-to-date"
-    RESTORED = "restored"
-    EXECUTED = "executed"
-    FAILED = "failed"
-    BLOCKED = "blocked"
 
 
 @dataclass

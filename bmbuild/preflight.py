@@ -166,7 +166,7 @@ def _keys(loaded: LoadedRecipe, name: str) -> tuple[KeyPath, KeyPath, KeyPath]:
 
 
 def _check_calibration(loaded: LoadedRecipe) -> None:
-    from bmbuild.stages.int8_common import input_feeds
+    from bmbuild.calib.feeds import input_feeds
 
     recipe = loaded.recipe
     cfg = recipe.calibration

@@ -17,6 +17,7 @@ from bmbuild.cache import atomic_write_bytes, json_bytes
 from bmbuild.errors import BmbuildError, RecipeError
 from bmbuild.executor import Decision, Executor, NodeRecord, Status, read_manifest
 from bmbuild.graph import Node, build_graph
+from bmbuild.pipeline import COMPILE_STAGES, OK_OUTCOMES, Outcome, StageName
 from bmbuild.recipe import LoadedRecipe, load_recipes, load_recipes_partial
 from bmbuild.toolchains.base import load_toolchain, require_usable
 from bmbuild.workspace import Workspace
@@ -239,7 +240,7 @@ def _same_report(path: Path, report: dict[str, Any]) -> bool:
 
 def recipe_report(build: Build, loaded: LoadedRecipe, records: list[NodeRecord]) -> dict[str, Any]:
     recipe = loaded.recipe
-    ok = all(r.outcome.value in ("executed", "restored", "up-to-date") for r in records)
+    ok = all(r.outcome in OK_OUTCOMES for r in records)
     return {
         "name": recipe.name,
         "recipe": str(loaded.file),
@@ -273,7 +274,7 @@ def keep_timings(report: dict[str, Any], previous: dict[str, Any]) -> None:
     no-op run does not leave a report of zero seconds; `timing_from` says when they were measured."""
     for stage, entry in report["stages"].items():
         before = previous["stages"].get(stage) if previous else None
-        if entry["outcome"] != "up-to-date" or not isinstance(before, dict) or before.get("key") != entry["key"]:
+        if entry["outcome"] != Outcome.UP_TO_DATE.value or not isinstance(before, dict) or before.get("key") != entry["key"]:
             continue
         seconds, saved = before.get("seconds"), before.get("saved_seconds", 0.0)
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < float("inf")
@@ -285,7 +286,7 @@ def keep_timings(report: dict[str, Any], previous: dict[str, Any]) -> None:
 
 def output_sizes(workspace: Workspace, record: NodeRecord) -> dict[str, int]:
     """Published output -> size in bytes, from the stage's manifest ({} when it has none)."""
-    if record.outcome.value not in ("executed", "restored", "up-to-date"):
+    if record.outcome not in OK_OUTCOMES:
         return {}
     folder = workspace.stage_dir(record.recipe, record.stage)
     manifest = read_manifest(folder) or {"outputs": {}}
@@ -300,11 +301,10 @@ def output_sizes(workspace: Workspace, record: NodeRecord) -> dict[str, int]:
 
 def model_summary(records: list[NodeRecord]) -> str:
     """One line per model: fp32 cmp, int8 cmp, accuracy when evaluated."""
-    return "; ".join(r.summary for r in records if r.summary and r.stage in ("compile_fp32", "compile_int8"))
+    return "; ".join(r.summary for r in records if r.summary and r.stage in COMPILE_STAGES)
 
 
 MODEL_SUFFIXES = (".bmodel", ".onnx")
-COMPILE_STAGES = ("compile_fp32", "compile_int8")
 
 
 def built_models(build: Build, records: list[NodeRecord]) -> list[dict[str, Any]]:
@@ -318,7 +318,7 @@ def built_models(build: Build, records: list[NodeRecord]) -> list[dict[str, Any]
         mine = by_recipe.get(loaded.name, [])
         if not mine:
             continue
-        ok = all(r.outcome.value in ("executed", "restored", "up-to-date") for r in mine)
+        ok = all(r.outcome in OK_OUTCOMES for r in mine)
         files = []
         for record in mine:
             if record.stage in COMPILE_STAGES and ok:
@@ -418,7 +418,7 @@ def dry_run(build: Build, force: bool = False) -> list[DryRunStep]:
     ones (`build/<recipe>/<stage>/...`); a real run writes into a private temp folder first.
     Nothing is written to the build folder.
     """
-    from bmbuild.stages.base import StageContext
+    from bmbuild.stagecontext import StageContext
 
     steps = []
     toolchains: dict[str, Any] = {}
@@ -451,7 +451,7 @@ def dry_run(build: Build, force: bool = False) -> list[DryRunStep]:
 
 def _in_process_description(ctx: Any, stage: str) -> list[str]:
     recipe = ctx.recipe
-    if stage == "trace":
+    if stage == StageName.TRACE:
         source = recipe.source
         kwargs = ", ".join(f"{k}={v!r}" for k, v in source.kwargs.items())
         weights = f", weights {source.weights.path}" if source.weights else ""

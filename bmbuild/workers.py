@@ -190,8 +190,9 @@ def execute_job(job: StageJob, log: "StageLog", toolchain: Any = None,
     The stage's progress goes to `on_progress` (in this process) or to `job.progress_path`.
     """
     from bmbuild.progress import ProgressReporter
+    from bmbuild.stagecontext import StageContext
     from bmbuild.stagelog import bind_log
-    from bmbuild.stages import StageContext, all_stages
+    from bmbuild.stages import all_stages
     from bmbuild.toolchains.base import load_toolchain
 
     stage = {s.name: s for s in all_stages()}[job.stage]

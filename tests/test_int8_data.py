@@ -97,7 +97,7 @@ def _recipe(data: Path, samples: int, cmp_samples: int, cmp: bool = True, seed: 
 
 
 def test_held_out_samples_are_disjoint_from_calibration_samples(tmp_path: Path) -> None:
-    from bmbuild.stages.int8_common import split
+    from bmbuild.calib.feeds import split
 
     data = write_npz(tmp_path / "d.npz", 40)
     calib, holdout = split(_recipe(data, 24, 12))
@@ -115,7 +115,7 @@ def test_held_out_samples_are_disjoint_from_calibration_samples(tmp_path: Path) 
 
 
 def test_held_out_folder_samples_are_disjoint(tmp_path: Path) -> None:
-    from bmbuild.stages.int8_common import split
+    from bmbuild.calib.feeds import split
 
     folder = tmp_path / "arrays"
     folder.mkdir()

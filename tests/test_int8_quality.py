@@ -36,7 +36,7 @@ def ort_metrics(ws: Int8Workspace, recipe: Path) -> dict[str, Any]:
     from bmbuild.calib.dataset import iter_batches
     from bmbuild.compare import per_sample, sample_rows
     from bmbuild.recipe import load_recipe
-    from bmbuild.stages.int8_common import split
+    from bmbuild.calib.feeds import split
     from bmbuild.toolchains.reference import ort_session, run_session
 
     loaded = load_recipe(recipe).recipe

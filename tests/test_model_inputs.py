@@ -166,7 +166,7 @@ def test_tpu_mlir_dataset_holds_every_input_by_name(workspace, write_recipe):
     """run_calibration's --dataset: one .npz per sample keyed by each input's name (constants too)."""
     from bmbuild.recipe import load_recipe
     from bmbuild.stagelog import StageLog
-    from bmbuild.stages.base import StageContext
+    from bmbuild.stagecontext import StageContext
     from bmbuild.toolchains import tpu_mlir_run
     from bmbuild.toolchains.tpu_mlir import TpuMlirToolchain
 

@@ -217,7 +217,7 @@ def test_lmdb_holds_the_reference_calibration_samples(workspace, nntc_recipe, do
     """The LMDB writer selects and loads samples with the reference toolchain's code (calib.dataset)."""
     from bmbuild.calib.dataset import SampleLoader
     from bmbuild.recipe import load_recipe
-    from bmbuild.stages.int8_common import split
+    from bmbuild.calib.feeds import split
 
     loaded = load_recipe(nntc_recipe())
     cfg = loaded.recipe.calibration

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import importlib
 
-from bmbuild.stages.base import Stage, StageContext
+from bmbuild.pipeline import PIPELINE_ORDER
+from bmbuild.stages.base import Stage
 
-STAGE_MODULES = ("trace", "compile_fp32", "calibrate", "quantize", "compile_int8")
+STAGE_MODULES = PIPELINE_ORDER  # one module per stage, named after it
 
 
 def all_stages() -> list[Stage]:
@@ -23,4 +24,4 @@ def all_stages() -> list[Stage]:
     return stages
 
 
-__all__ = ["Stage", "StageContext", "all_stages", "STAGE_MODULES"]
+__all__ = ["Stage", "all_stages", "STAGE_MODULES"]

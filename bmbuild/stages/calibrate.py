@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bmbuild.pipeline import StageName
 from bmbuild.recipe import Recipe
 from bmbuild.stages.base import Stage, toolchain_step
 from bmbuild.stages.int8_common import dataset_files, dataset_params, is_int8
@@ -21,18 +22,14 @@ def _params(recipe: Recipe) -> dict[str, Any]:
             "per_channel": recipe.int8.per_channel}  # NNTC calibrates per channel (-per_channel)
 
 
-def table_name(recipe: Recipe) -> str:
-    return f"{recipe.name}_cali_table"
-
-
 STAGE = Stage(
-    name="calibrate",
+    name=StageName.CALIBRATE.value,
     version="5",  # 5: the prepared (opset >= 13, basic-optimised) model; uncalibratable tensors skipped
-    upstream=("compile_fp32",),
+    upstream=(StageName.COMPILE_FP32.value,),
     applies=is_int8,
     params=_params,
     external_inputs=dataset_files,
-    run=toolchain_step("calibrate"),
+    run=toolchain_step(StageName.CALIBRATE.value),
     summary=lambda m: f"{m.get('method', '?')} calibration on {m.get('samples', '?')} samples, "
                       f"{m.get('tensors', '?')} tensors",
 )

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from bmbuild.compare import check_all, latency_summary
+from bmbuild.pipeline import StageName
 from bmbuild.recipe import LoadedRecipe, Recipe
-from bmbuild.stages.base import Stage, StageContext, toolchain_step, tvm_params
+from bmbuild.stages.base import Stage, toolchain_step, tvm_params
 
 
 def _params(recipe: Recipe) -> dict[str, Any]:
@@ -51,14 +52,6 @@ def _model_source(loaded: LoadedRecipe, toolchain: Any) -> tuple[dict[str, Any],
     return {"model": model_params(loaded.recipe)}, source_files(loaded)
 
 
-def source_model(ctx: StageContext) -> Path:
-    """The model this stage compiles: the trace stage's output, or the recipe's own file."""
-    recipe = ctx.recipe
-    if "trace" in ctx.inputs:
-        return ctx.inputs["trace"] / f"{recipe.name}.pt"
-    return (ctx.loaded.file.parent / recipe.source.model_file).resolve()
-
-
 def _gate(recipe: Recipe, metrics: dict[str, Any]) -> list[str]:
     if not recipe.fp32.cmp or "cmp" not in metrics:
         return []
@@ -80,13 +73,13 @@ def _cmp_summary(metrics: dict[str, Any]) -> str:
 
 
 STAGE = Stage(
-    name="compile_fp32",
+    name=StageName.COMPILE_FP32.value,
     version="2",  # 2: ONNX from the eager module; the deployable model stored once
-    upstream=("trace",),
+    upstream=(StageName.TRACE.value,),
     applies=lambda recipe: True,
     params=_params,
     external_inputs=_inputs,
-    run=toolchain_step("compile_fp32"),
+    run=toolchain_step(StageName.COMPILE_FP32.value),
     gate=_gate,
     summary=_summary,
     toolchain_inputs=_model_source,

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bmbuild.compare import check_all, latency_summary
+from bmbuild.pipeline import StageName
 from bmbuild.recipe import LoadedRecipe, Recipe
 from bmbuild.stages.base import Stage, toolchain_step, tvm_params
 from bmbuild.stages.int8_common import asymmetric_params, dataset_files, dataset_params, is_int8
@@ -103,13 +104,13 @@ def summary(metrics: dict[str, Any]) -> str:
 
 
 STAGE = Stage(
-    name="compile_int8",
+    name=StageName.COMPILE_INT8.value,
     version="2",  # 2: per-sample metrics (mean and worst), int8 weights kept in compiled models
-    upstream=("compile_fp32", "quantize"),
+    upstream=(StageName.COMPILE_FP32.value, StageName.QUANTIZE.value),
     applies=is_int8,
     params=_params,
     external_inputs=_inputs,
-    run=toolchain_step("compile_int8"),
+    run=toolchain_step(StageName.COMPILE_INT8.value),
     gate=gate,
     summary=summary,
 )

@@ -1,14 +1,13 @@
-"""What the three int8 stages share: the calibration data as keyed inputs and its split."""
+"""What the three int8 stages share: the calibration data as keyed inputs (its feeds and split,
+which the toolchains read too, are in bmbuild.calib.feeds)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from bmbuild.calib.feeds import input_feeds
 from bmbuild.recipe import LoadedRecipe, Recipe
-
-if TYPE_CHECKING:
-    from bmbuild.calib.sources import InputFeed
 
 
 def is_int8(recipe: Recipe) -> bool:
@@ -55,31 +54,8 @@ def input_sources(recipe: Recipe) -> dict[str, Any]:
             for name, own in sorted(cfg.inputs.items())}
 
 
-def input_feeds(recipe: Recipe) -> list["InputFeed"]:
-    """How each model input is fed in the int8 stages: its calibration source, or its constant."""
-    from bmbuild.calib.sources import InputFeed
-
-    cfg = recipe.calibration
-    assert cfg is not None
-    several = len(recipe.data_inputs) > 1
-    return [InputFeed(spec.name, spec.dtype, spec.batch_axis, recipe.sample_shape(index),
-                      source=cfg.source_for(spec.name, several) if spec.value is None else None, value=spec.value)
-            for index, spec in enumerate(recipe.input_specs)]
-
-
 def dataset_files(loaded: LoadedRecipe) -> list[Path]:
     """Every file whose content defines the calibration set (hashed through the stat cache)."""
     from bmbuild.calib.sources import feed_files
 
     return feed_files(input_feeds(loaded.recipe)) if loaded.recipe.calibration is not None else []
-
-
-def split(recipe: Recipe) -> tuple[list[Any], list[Any]]:
-    """(calibration samples, held-out samples): disjoint, deterministic. A sample is a SampleRef,
-    or one per data input for a model with several (bmbuild.calib.dataset.Sample)."""
-    from bmbuild.calib.dataset import list_feed_samples, split_samples
-
-    cfg = recipe.calibration
-    assert cfg is not None
-    holdout = recipe.int8.cmp_samples if recipe.int8.cmp else 0
-    return split_samples(list_feed_samples(input_feeds(recipe)), cfg.samples, holdout, cfg.seed)

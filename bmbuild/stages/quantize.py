@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bmbuild.pipeline import StageName
 from bmbuild.recipe import Recipe
 from bmbuild.stages.base import Stage, toolchain_step
 from bmbuild.stages.int8_common import asymmetric_params, is_int8
@@ -17,14 +18,14 @@ def _params(recipe: Recipe) -> dict[str, Any]:
 
 
 STAGE = Stage(
-    name="quantize",
+    name=StageName.QUANTIZE.value,
     version="3",  # 3: BM1684X SiLU/GELU outputs read by Conv/MatMul asymmetric (tpu-mlir --part_asymmetric)
     # 2: quantizes what the target runs in int8 (bmbuild.calib.qdq), the rest stays float
-    upstream=("compile_fp32", "calibrate"),
+    upstream=(StageName.COMPILE_FP32.value, StageName.CALIBRATE.value),
     applies=is_int8,
     params=_params,
     external_inputs=lambda loaded: [],
-    run=toolchain_step("quantize"),
+    run=toolchain_step(StageName.QUANTIZE.value),
     summary=lambda m: f"int8 umodel: {m.get('quantized_nodes', '?')} int8, "
                       f"{m.get('float_layers', m.get('float_nodes', '?'))} float, "
                       f"{len(m.get('fp32_layers', []))} kept in fp32 by the recipe",

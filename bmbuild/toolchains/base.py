@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 from bmbuild.errors import ToolchainError
 
 if TYPE_CHECKING:
-    from bmbuild.stages.base import StageContext
+    from bmbuild.stagecontext import StageContext
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from typing import Any
 import bmbuild
 from bmbuild.errors import ToolchainError
 from bmbuild.recipe import LoadedRecipe
-from bmbuild.stages.base import StageContext
+from bmbuild.stagecontext import StageContext
 from bmbuild.toolchains.base import Availability, package_version
 from bmbuild.toolchains.bmodel_info import BmodelInfoError, describe, parse_info
 from bmbuild.toolchains.commands import Command, quote, run_command, start_command_file
@@ -207,7 +207,7 @@ def executable_digest(path: str) -> str:
 
 def torch_hint() -> str:
     """Added to bmnetp's failures when the torch here is not the one the vendor recommends."""
-    from bmbuild.stages.trace import torch_note
+    from bmbuild.torchmodel import torch_note
 
     version = package_version("torch")
     note = torch_note(version) if version != "absent" else ""
@@ -280,7 +280,7 @@ class NntcToolchain:
     # --- command lines ------------------------------------------------------------------------
     def fp32_commands(self, ctx: StageContext) -> list[Command]:
         """One bmnetp (bmneto for ONNX) per batch size, into <N>b.fp32.compilation/."""
-        from bmbuild.stages.compile_fp32 import source_model
+        from bmbuild.artifacts import source_model
 
         self._check_recipe(ctx.loaded)
         params, model = ctx.params, source_model(ctx)
@@ -406,7 +406,7 @@ class NntcToolchain:
         """The command lines `stage` runs (paths as published; a real run writes into a temp folder)."""
         name = ctx.recipe.name
         if stage == "compile_fp32":
-            from bmbuild.stages.compile_fp32 import source_model
+            from bmbuild.artifacts import source_model
 
             lines = [c.shell() for c in self.fp32_commands(ctx)]
             lines.append(f"[in-process] copy {quote(str(source_model(ctx)))} -> "
@@ -427,7 +427,7 @@ class NntcToolchain:
 
     # --- stages -------------------------------------------------------------------------------
     def compile_fp32(self, ctx: StageContext) -> None:
-        from bmbuild.stages.compile_fp32 import source_model
+        from bmbuild.artifacts import source_model
 
         commands = self.fp32_commands(ctx)
         start_command_file(ctx.log, f"{ctx.recipe.name} compile_fp32 (nntc): {front_end(ctx)[0]} once per batch size")

@@ -17,7 +17,7 @@ from typing import Any
 from bmbuild.compare import Similarity, similarity, worst
 from bmbuild.errors import StageFailed
 from bmbuild.modelsource import TORCH_LOCK
-from bmbuild.stages.base import StageContext
+from bmbuild.stagecontext import StageContext
 from bmbuild.toolchains.base import Availability, package_version
 
 PACKAGES = ("torch", "onnx", "onnxruntime")
@@ -80,7 +80,7 @@ def export_onnx(ctx: StageContext, target: Path) -> None:
     its eager module (built from source like the trace stage builds it), a TorchScript file exported
     as it is. The legacy (TorchScript) exporter at the recipe's opset: tpu-mlir rejects the dynamo
     exporter's opset 18."""
-    from bmbuild.stages.compile_fp32 import source_model
+    from bmbuild.artifacts import source_model
 
     if ctx.recipe.source.framework == "onnx":
         shutil.copyfile(source_model(ctx), target)
@@ -93,7 +93,7 @@ def write_onnx(ctx: StageContext) -> tuple[Path, Path]:
     The int8 stages calibrate and quantize this file."""
     import onnx
 
-    from bmbuild.stages.compile_fp32 import source_model
+    from bmbuild.artifacts import source_model
 
     exported = ctx.out_dir / f"{ctx.recipe.name}.onnx"
     export_onnx(ctx, exported)
@@ -144,8 +144,8 @@ def _export(ctx: StageContext, target: Path) -> None:
     import torch
 
     from bmbuild.stagelog import output_to_log
-    from bmbuild.stages.compile_fp32 import source_model
-    from bmbuild.stages.trace import build_model, example_inputs, run_torch
+    from bmbuild.artifacts import source_model
+    from bmbuild.torchmodel import build_model, example_inputs, run_torch
 
     recipe, params = ctx.recipe, ctx.params
     with TORCH_LOCK:
@@ -187,7 +187,7 @@ def onnx_lines(ctx: StageContext) -> list[str]:
 
 def export_line(ctx: StageContext, target: str) -> str:
     """`run --dry-run`'s line for `export_onnx` (`target` already quoted)."""
-    from bmbuild.stages.compile_fp32 import source_model
+    from bmbuild.artifacts import source_model
     from bmbuild.toolchains.commands import quote
 
     recipe, params = ctx.recipe, ctx.params
@@ -204,7 +204,7 @@ def compare_fp32(ctx: StageContext, source: Path, exported: Path, sessions: dict
     seeded inputs; the worst similarity per batch size and output goes to `ctx.metrics["cmp"]`.
     A model cut at output_names is compared with the ONNX model's tensors of those names
     (onnxruntime, unoptimised): torch cannot return inner tensors by name."""
-    from bmbuild.stages.trace import example_inputs, run_torch
+    from bmbuild.torchmodel import example_inputs, run_torch
 
     recipe, params = ctx.recipe, ctx.params
     if recipe.source.framework == "onnx" or recipe.output_names:  # torch cannot give inner tensors by name
@@ -275,8 +275,8 @@ class ReferenceToolchain:
 
     def commands(self, stage: str, ctx: StageContext) -> list[str]:
         """What each stage does, for `run --dry-run`: all of it runs in-process (no vendor command)."""
-        from bmbuild.stages.calibrate import table_name
-        from bmbuild.stages.int8_common import input_feeds
+        from bmbuild.artifacts import table_name
+        from bmbuild.calib.feeds import input_feeds
         from bmbuild.toolchains.commands import quote
 
         recipe, params, out = ctx.recipe, ctx.params, ctx.out_dir

@@ -29,9 +29,9 @@ from bmbuild.calib.dataset import rows_of
 from bmbuild.calib.qdq import DEQUANT_SUFFIX
 from bmbuild.compare import per_sample, sample_rows, similarity
 from bmbuild.errors import StageFailed
-from bmbuild.stages.base import StageContext
-from bmbuild.stages.calibrate import table_name
-from bmbuild.stages.int8_common import input_feeds, split
+from bmbuild.stagecontext import StageContext
+from bmbuild.artifacts import table_name
+from bmbuild.calib.feeds import input_feeds, split
 from bmbuild.toolchains.reference import ORT_LEVELS, deployable_fp32, ort_session, run_session
 
 CALIBRATION_BATCH = 8

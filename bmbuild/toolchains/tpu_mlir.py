@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from bmbuild.errors import StageFailed, ToolchainError
-from bmbuild.stages.base import StageContext
+from bmbuild.stagecontext import StageContext
 from bmbuild.toolchains.base import Availability
 from bmbuild.toolchains.bmodel_info import BmodelInfoError, describe, parse_info
 from bmbuild.toolchains.commands import Command, quote, run_command, start_command_file

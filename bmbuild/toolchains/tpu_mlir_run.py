@@ -18,7 +18,7 @@ import numpy as np
 
 from bmbuild.compare import per_sample, sample_rows, similarity, worst
 from bmbuild.errors import StageFailed, ToolchainError
-from bmbuild.stages.base import StageContext
+from bmbuild.stagecontext import StageContext
 
 if TYPE_CHECKING:
     from bmbuild.toolchains.tpu_mlir import TpuMlirToolchain
@@ -73,7 +73,7 @@ def fit(values: list[np.ndarray], shapes: list[tuple[int, ...]], rows: int) -> l
 def torch_reference(ctx: StageContext) -> Callable[[list[np.ndarray]], list[np.ndarray]]:
     """The source model: torch for traced models, onnxruntime for ONNX sources and for a model cut at
     output_names (torch cannot give inner tensors by name)."""
-    from bmbuild.stages.compile_fp32 import source_model
+    from bmbuild.artifacts import source_model
     from bmbuild.toolchains.reference import ort_session, run_session
 
     if ctx.recipe.source.framework == "onnx" or ctx.recipe.output_names:
@@ -81,7 +81,7 @@ def torch_reference(ctx: StageContext) -> Callable[[list[np.ndarray]], list[np.n
         return lambda arrays: run_session(session, arrays)
     import torch
 
-    from bmbuild.stages.trace import run_torch
+    from bmbuild.torchmodel import run_torch
 
     module = torch.jit.load(str(source_model(ctx)), map_location="cpu")
     return lambda arrays: run_torch(module, arrays)
@@ -89,7 +89,7 @@ def torch_reference(ctx: StageContext) -> Callable[[list[np.ndarray]], list[np.n
 
 def compare_fp32(toolchain: "TpuMlirToolchain", ctx: StageContext) -> dict[str, Any]:
     """Each fp32 bmodel on the cmodel against the source model, on seeded inputs."""
-    from bmbuild.stages.trace import example_inputs
+    from bmbuild.torchmodel import example_inputs
     from bmbuild.toolchains.tpu_mlir import BMODEL, fp32_folder
 
     params = ctx.params
@@ -115,7 +115,7 @@ def compare_fp32(toolchain: "TpuMlirToolchain", ctx: StageContext) -> dict[str, 
 def write_dataset(ctx: StageContext, folder: Path) -> int:
     """The recipe's calibration samples (selected and preprocessed like every toolchain's), one .npz
     per sample keyed by input name (every input, constants included): run_calibration's --dataset."""
-    from bmbuild.stages.int8_common import split
+    from bmbuild.calib.feeds import split
     from bmbuild.toolchains.reference_int8 import batches
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -139,7 +139,7 @@ def compare_int8(toolchain: "TpuMlirToolchain", ctx: StageContext) -> dict[str, 
     size sees the same samples and reports the same numbers.
     """
     from bmbuild.calib.dataset import pad_rows, rows_of
-    from bmbuild.stages.int8_common import input_feeds, split
+    from bmbuild.calib.feeds import input_feeds, split
     from bmbuild.toolchains.reference import ort_session, run_session
     from bmbuild.toolchains.reference_int8 import batches
     from bmbuild.toolchains.tpu_mlir import BMODEL, int8_folder
@@ -177,7 +177,7 @@ def evaluate(toolchain: "TpuMlirToolchain", ctx: StageContext) -> dict[str, Any]
     from bmbuild.calib.arrays import open_array
     from bmbuild.calib.dataset import assemble, pad_rows
     from bmbuild.errors import DataError
-    from bmbuild.stages.int8_common import input_feeds
+    from bmbuild.calib.feeds import input_feeds
     from bmbuild.toolchains.reference import ort_session, run_session
     from bmbuild.toolchains.tpu_mlir import BMODEL, int8_folder
 
@@ -241,7 +241,7 @@ def layer_similarity(toolchain: "TpuMlirToolchain", ctx: StageContext) -> list[d
     this tensor's own int8 grid (low: its range cannot hold its values).
     """
     from bmbuild.calib.dataset import pad_rows, rows_of
-    from bmbuild.stages.int8_common import input_feeds, split
+    from bmbuild.calib.feeds import input_feeds, split
     from bmbuild.toolchains.reference_int8 import batches
     from bmbuild.toolchains.tpu_mlir import copy_top_mlir, fp32_folder, lowered_name, weight_file
 

@@ -39,8 +39,8 @@ from typing import Any, Iterator
 
 from bmbuild.errors import StageFailed
 from bmbuild.recipe import Tvm
-from bmbuild.stages.base import StageContext
-from bmbuild.stages.int8_common import input_feeds
+from bmbuild.stagecontext import StageContext
+from bmbuild.calib.feeds import input_feeds
 from bmbuild.toolchains.base import Availability, package_version
 from bmbuild.toolchains.reference import ReferenceToolchain, onnx_lines, ort_session, run_session
 
@@ -282,7 +282,7 @@ def median_ms(session: Any, arrays: list[Any], runs: int) -> float:
 def record_latency(ctx: StageContext, sessions: dict[int, VmSession], onnx_model: Path) -> None:
     """`latency` metrics: each library's median against onnxruntime's on the same model and batch
     size (at the recipe's `opt` level: what the reference toolchain deploys)."""
-    from bmbuild.stages.trace import example_inputs
+    from bmbuild.torchmodel import example_inputs
 
     runs = settings(ctx).latency_runs
     if runs == 0:
