@@ -302,7 +302,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_diff(args: argparse.Namespace) -> int:
     from bmbuild import diff
-    from bmbuild.report import collect, report_files
+    from bmbuild.report.collect import collect, report_files
 
     workspace = _workspace(args)
     if args.paths:
