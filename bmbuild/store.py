@@ -576,13 +576,14 @@ class LocalStore(FsStore):
         """Store `src` (whose content hashes to `digest`), atomically; verified, read-only.
 
         With `link`, where read-only protects the object (`links_safe`), `src` itself becomes the
-        object (a hardlink, no copy): it turns read-only too."""
+        object (a hardlink, no copy): it turns read-only too. Only a plain file that nothing else
+        links to: a symlink or a file shared with another path (a user's file) is copied."""
         target = self.object_file(digest)
         if target.is_file() and target.stat().st_size == src.stat().st_size and file_digest(target) == digest:
             return  # already stored intact (a corrupt object of the same size is replaced)
         tmp = self._temp_name()
         try:
-            if not (link and self.links_safe() and _hardlink(src, tmp)):
+            if not (link and _sole_file(src) and self.links_safe() and _hardlink(src, tmp)):
                 shutil.copyfile(src, tmp)
             os.chmod(tmp, 0o444)
             if file_digest(tmp) != digest:
@@ -653,6 +654,12 @@ class LocalStore(FsStore):
             return True
         finally:
             Path(tmp).unlink(missing_ok=True)
+
+
+def _sole_file(path: Path) -> bool:
+    """A regular file (not a symlink) with no other name: making it an object changes nothing else."""
+    st = os.lstat(path)
+    return stat.S_ISREG(st.st_mode) and st.st_nlink == 1
 
 
 def _hardlink(source: Path, dest: Path) -> bool:

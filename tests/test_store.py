@@ -249,3 +249,25 @@ def test_push_pull_verify_and_gc_are_library_calls(tmp_path):
     assert [row.key for row in cache_ops.list_entries(remote)] == ["ef" * 32]
     collected = cache_ops.gc(fresh, max_size=0)
     assert (collected.entries, collected.objects) == (1, 1) and fresh.list_objects() == {}
+
+
+def test_an_output_linked_to_another_file_is_copied_never_made_read_only(tmp_path, monkeypatch):
+    """A stage output that is a symlink to, or another name of, a user's file: linking it into
+    the store would make the user's file read-only and part of the cache."""
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: False)  # as for an ordinary user
+    store = LocalStore(tmp_path / "store")
+    users = tmp_path / "weights.pt"
+    users.write_bytes(b"the user's weights")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "by_symlink.pt").symlink_to(users)
+    os.link(users, out / "by_hardlink.pt")
+    digest = file_digest(users)
+
+    for name in ("by_symlink.pt", "by_hardlink.pt"):
+        store.put_file(out / name, digest, link=True)
+        store.delete_object(digest)
+
+    assert users.stat().st_mode & 0o200 and users.stat().st_nlink == 2  # still writable, not in the store
+    store.put_file(out / "by_symlink.pt", digest, link=True)
+    assert store.object_file(digest).stat().st_ino != users.stat().st_ino
