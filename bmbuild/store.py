@@ -35,7 +35,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, runtime_checkable
 
 from bmbuild.cache import CHUNK, ActionEntry, BadEntry, checked_digest, file_digest, is_digest, json_bytes, warn_once
 
@@ -89,6 +89,7 @@ class ActionInfo:
     mtime: float                # last write (remote) or last use (local cache)
 
 
+@runtime_checkable
 class Store(Protocol):
     """What builds and `bmbuild cache` need from a cache: LocalStore, FsStore (remote), TieredStore."""
 

@@ -19,7 +19,7 @@ import pytest
 from conftest import build_outputs, sha256, subprocess_env
 
 from bmbuild.cache import ActionEntry, file_digest
-from bmbuild.store import LocalStore, action_name, object_name
+from bmbuild.store import LocalStore, Store, action_name, object_name
 
 # root keeps writing read-only files unless CAP_DAC_OVERRIDE is dropped: then it is an ordinary user
 NO_OVERRIDE = ["setpriv", "--inh-caps=-dac_override,-dac_read_search",
@@ -59,6 +59,7 @@ STORES: dict[str, Callable[[Path], Any]] = {
 @pytest.mark.parametrize("kind", sorted(STORES))
 def test_every_store_speaks_the_same_protocol(kind, tmp_path):
     store = STORES[kind](tmp_path)
+    assert isinstance(store, Store)
     src = tmp_path / "model.onnx"
     src.write_bytes(b"model bytes " * 50)
     digest = file_digest(src)
