@@ -1,8 +1,8 @@
 """Content hashing, the stat cache, the action key, and the content-addressed store.
 
 The action key is built in exactly one place (`action_key`) and pinned by a golden test.
-The store holds objects by sha256 and action entries by key; every write goes to a temp
-file and is moved into place, so a killed process never leaves a half-written entry.
+The store (objects by sha256, action entries by key) is bmbuild.store; every write goes to a
+temp file and is moved into place, so a killed process never leaves a half-written entry.
 Whatever is read back (entries from any store, manifests) passes `validate_entry` before use, and
 a store builds paths only from checked digests: a shared cache is input from others.
 """
@@ -369,119 +369,11 @@ class ActionEntry:
             raise exc if isinstance(exc, BadEntry) else BadEntry(f"not JSON ({exc})") from None
 
 
-class LocalStore:
-    """Content-addressed objects plus an action cache, in a local folder.
+def __getattr__(name: str) -> Any:
+    """`LocalStore` moved to bmbuild.store (the one store implementation); imported from here lazily,
+    since bmbuild.store builds on this module."""
+    if name == "LocalStore":
+        from bmbuild.store import LocalStore
 
-    objects/ab/abcdef...   file contents by sha256
-    actions/ab/<key>.json  ActionEntry by action key
-    """
-
-    def __init__(self, root: Path):
-        self.root = Path(root)
-        (self.root / "objects").mkdir(parents=True, exist_ok=True)
-        (self.root / "actions").mkdir(parents=True, exist_ok=True)
-        (self.root / "tmp").mkdir(parents=True, exist_ok=True)
-
-    def _object_path(self, digest: str) -> Path:
-        digest = checked_digest(digest)  # never a path from anything else (entries are validated too)
-        return self.root / "objects" / digest[:2] / digest
-
-    def _action_path(self, key: str) -> Path:
-        key = checked_digest(key)
-        return self.root / "actions" / key[:2] / f"{key}.json"
-
-    def _clear_folder(self, target: Path) -> None:
-        """A folder where one of the store's files belongs (damage by hand or by a tool) is removed."""
-        if target.is_dir() and not target.is_symlink():
-            warn_once(f"local cache {self.root}: {target.relative_to(self.root)} was a folder; replaced")
-            shutil.rmtree(target, ignore_errors=True)
-
-    def _install(self, tmp: Path, target: Path) -> None:
-        """Move a finished temp file to its name in the store."""
-        target.parent.mkdir(parents=True, exist_ok=True)
-        self._clear_folder(target)
-        os.replace(tmp, target)
-
-    def has_object(self, digest: str) -> bool:
-        return self._object_path(digest).is_file()
-
-    def put_file(self, src: Path, digest: str) -> None:
-        """Copy `src` (whose content hashes to `digest`) into the store, atomically."""
-        target = self._object_path(digest)
-        if target.is_file() and target.stat().st_size == src.stat().st_size and file_digest(target) == digest:
-            return  # already stored intact (a corrupt object of the same size is replaced)
-        fd, tmp = tempfile.mkstemp(dir=self.root / "tmp")
-        os.close(fd)
-        try:
-            shutil.copyfile(src, tmp)
-            if file_digest(Path(tmp)) != digest:
-                raise OSError(f"{src} changed while it was being stored")
-            os.chmod(tmp, 0o444)
-            self._install(Path(tmp), target)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-
-    def get_file(self, digest: str, dest: Path) -> bool:
-        """Copy an object to `dest`, verifying its digest. A corrupt object is dropped."""
-        source = self._object_path(digest)
-        if not source.is_file():
-            return False
-        hasher = hashlib.sha256()
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with open(source, "rb") as reader, open(dest, "wb") as writer:
-            while chunk := reader.read(CHUNK):
-                hasher.update(chunk)
-                writer.write(chunk)
-        if hasher.hexdigest() != digest:
-            dest.unlink(missing_ok=True)
-            source.unlink(missing_ok=True)
-            return False
-        return True
-
-    def get_action(self, key: str) -> ActionEntry | None:
-        path = self._action_path(key)
-        try:
-            entry = ActionEntry.from_bytes(path.read_bytes(), key)
-        except FileNotFoundError:
-            return None
-        except (OSError, BadEntry) as exc:
-            warn_once(f"local cache {self.root}: entry {key[:12]} is unreadable ({exc}); ignored, "
-                      "the stage runs again and replaces it")
-            return None
-        try:  # the entry's mtime is its last use: `bmbuild cache gc` drops the least recently used
-            os.utime(path)
-        except OSError:
-            pass
-        return entry
-
-    def put_action(self, entry: ActionEntry) -> None:
-        path = self._action_path(entry.key)
-        self._clear_folder(path)
-        atomic_write_bytes(path, json_bytes(entry.to_json()))
-
-    def has_all(self, entry: ActionEntry) -> bool:
-        return all(self.has_object(d) for d in entry.digests)
-
-    # --- used by the remote cache (bmbuild.remote) ----------------------------------------
-    def object_path(self, digest: str) -> Path:
-        return self._object_path(digest)
-
-    def new_temp(self) -> Path:
-        """A fresh, empty file in the store's tmp folder (same filesystem as the objects)."""
-        fd, tmp = tempfile.mkstemp(dir=self.root / "tmp")
-        os.close(fd)
-        return Path(tmp)
-
-    def adopt(self, tmp: Path, digest: str) -> bool:
-        """Move the downloaded file `tmp` into the store if its content hashes to `digest`.
-
-        Anything else is deleted: a partial or corrupt download never gets an object's name.
-        """
-        try:
-            if file_digest(tmp) != digest:
-                return False
-            os.chmod(tmp, 0o444)
-            self._install(tmp, self._object_path(digest))
-            return True
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        return LocalStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -35,13 +35,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from bmbuild.cache import ActionEntry, BadEntry, LocalStore, action_key
+from bmbuild.cache import ActionEntry, BadEntry, action_key
 from bmbuild.engine import RunResult
 from bmbuild.errors import BmbuildError, StageFailed, ToolchainError
 from bmbuild.executor import Decision, Executor, NodeRecord, Outcome, Status, explain_change, read_manifest
 from bmbuild.graph import Node
 from bmbuild.recipe import LoadedRecipe
 from bmbuild.snapshot import forget
+from bmbuild.store import LocalStore
 from bmbuild.workspace import ExecutorConfig, Workspace, WorkspaceConfig
 
 # Requested by a stage of these toolchains when some worker declares the resource (`dask worker

@@ -19,12 +19,13 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Callable
 
-from bmbuild.cache import ActionEntry, LocalStore, StatCache, action_key, atomic_write_bytes, json_bytes, tree_digest
+from bmbuild.cache import ActionEntry, StatCache, action_key, atomic_write_bytes, json_bytes, tree_digest
 from bmbuild.cache import MANIFEST, validate_entry, warn_once
 from bmbuild.errors import BmbuildError, StageFailed
 from bmbuild.graph import Node, input_name
 from bmbuild.pipeline import Outcome
 from bmbuild.stagelog import StageLog, tail_of
+from bmbuild.store import Store
 from bmbuild.toolchains.base import Toolchain, load_toolchain, package_version
 from bmbuild.workers import StageJob, WorkerPool, execute_job
 from bmbuild.workspace import Workspace
@@ -117,7 +118,7 @@ class Executor:
                  pool: WorkerPool | None = None):
         self.ws = workspace
         self.force = force
-        self.store: LocalStore = workspace.store()  # a TieredStore when a remote cache is set
+        self.store: Store = workspace.store()  # a TieredStore when a remote cache is set
         self.stat: StatCache = workspace.stat_cache()
         self.records: dict[str, NodeRecord] = {}
         self._decisions: dict[str, Decision] = {}
@@ -326,7 +327,7 @@ class Executor:
         log.info(f"# done in {seconds:.2f}s")
         log.close()
         for rel, digest in outputs.items():
-            self.store.put_file(out_dir / rel, digest)
+            self.store.put_file(out_dir / rel, digest, link=True)  # outputs are never written again
         log_digest = self.stat.digest(log_path)
         self.store.put_file(log_path, log_digest)
         cmd_digest = self.stat.digest(cmd_path) if cmd_path.is_file() else None
@@ -341,7 +342,7 @@ class Executor:
 
     def _restore(self, entry: ActionEntry, out_dir: Path, log_path: Path) -> bool:
         for rel, digest in entry.outputs.items():
-            if not self.store.get_file(digest, out_dir / rel):
+            if not self.store.get_file(digest, out_dir / rel, link=True):
                 return False
         cmd_path = log_path.with_suffix(".cmd")
         cmd_path.unlink(missing_ok=True)  # an earlier run's command lines do not describe this result

@@ -11,7 +11,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from bmbuild.cache import atomic_write_bytes, json_bytes
 from bmbuild.errors import BmbuildError, RecipeError
@@ -102,27 +102,39 @@ class PlanRow:
 def plan(build: Build, force: bool = False) -> list[PlanRow]:
     """What `run` would do for each node, and why; reads the build dir and the cache only."""
     executor = Executor(build.workspace, force=force)
-    expected: dict[str, dict[str, str] | None] = {}
     rows: list[PlanRow] = []
     try:
-        for node in build.nodes:
-            pending = [dep for dep in node.deps if expected.get(dep.id) is None]
-            if pending:
-                rows.append(PlanRow(node, Status.AFTER_UPSTREAM, f"{pending[0].stage.name} will run first"))
-                expected[node.id] = None
-                continue
-            decision: Decision = executor.decide(node, {dep.stage.name: expected[dep.id] for dep in node.deps})
-            rows.append(PlanRow(node, decision.status, decision.reason))
-            if decision.status is Status.UP_TO_DATE:
-                manifest = read_manifest(build.workspace.stage_dir(node.recipe_name, node.stage.name))
-                expected[node.id] = manifest["outputs"] if manifest else None
-            elif decision.status is Status.RESTORE and decision.entry is not None:
-                expected[node.id] = decision.entry.outputs
+        for node, decision, waiting_for in expected_decisions(build, executor):
+            if decision is None:
+                rows.append(PlanRow(node, Status.AFTER_UPSTREAM, f"{waiting_for.stage.name} will run first"))
             else:
-                expected[node.id] = None
+                rows.append(PlanRow(node, decision.status, decision.reason))
     finally:
         executor.stat.close()
     return rows
+
+
+def expected_decisions(build: Build, executor: Executor) -> Iterator[tuple[Node, Decision | None, Node | None]]:
+    """Each node's decision, given the outputs its upstream stages will hold after a run (published
+    and up to date, or restored from the cache); (node, None, the upstream node that must run
+    first) when those are not known yet. The one propagation of expected upstream outputs:
+    `plan` and `cache pull` both use it."""
+    expected: dict[str, dict[str, str] | None] = {}
+    for node in build.nodes:
+        pending = [dep for dep in node.deps if expected.get(dep.id) is None]
+        if pending:
+            expected[node.id] = None
+            yield node, None, pending[0]
+            continue
+        decision: Decision = executor.decide(node, {dep.stage.name: expected[dep.id] for dep in node.deps})
+        if decision.status is Status.UP_TO_DATE:
+            manifest = read_manifest(build.workspace.stage_dir(node.recipe_name, node.stage.name))
+            expected[node.id] = manifest["outputs"] if manifest else None
+        elif decision.status is Status.RESTORE and decision.entry is not None:
+            expected[node.id] = decision.entry.outputs
+        else:
+            expected[node.id] = None
+        yield node, decision, None
 
 
 def remember_noop(args: Any, build: Build, lines: dict[str, list[str]], since_ns: int) -> bool:

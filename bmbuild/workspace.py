@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any, Iterator, Literal
 from filelock import FileLock, Timeout
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from bmbuild.cache import LocalStore, StatCache
+from bmbuild.cache import StatCache
 from bmbuild.errors import BmbuildError, RecipeError, WorkspaceBusy
+from bmbuild.store import LocalStore
 
 if TYPE_CHECKING:
     from bmbuild.remote import RemoteStore, TieredStore
