@@ -23,6 +23,7 @@ from bmbuild.cache import ActionEntry, LocalStore, StatCache, action_key, atomic
 from bmbuild.cache import MANIFEST, validate_entry, warn_once
 from bmbuild.errors import BmbuildError, StageFailed
 from bmbuild.graph import Node, input_name
+from bmbuild.planner import stage_inputs
 from bmbuild.stagelog import StageLog, tail_of
 from bmbuild.toolchains.base import Toolchain, load_toolchain, package_version
 from bmbuild.workers import StageJob, WorkerPool, execute_job
@@ -145,13 +146,10 @@ class Executor:
     def components(self, node: Node, upstream_outputs: dict[str, dict[str, str]]) -> dict[str, Any]:
         """Everything a stage's result depends on; hashed by `action_key`."""
         stage, loaded = node.stage, node.loaded
-        params, files = stage.params(loaded.recipe), stage.external_inputs(loaded)
-        if stage.uses_toolchain:
-            toolchain = self.toolchain(node.toolchain)
+        toolchain = self.toolchain(node.toolchain) if stage.uses_toolchain else None
+        params, files = stage_inputs(stage, loaded, toolchain)
+        if toolchain is not None:
             tc: dict[str, Any] = {"name": toolchain.name, "versions": toolchain.versions()}
-            if stage.toolchain_inputs is not None:
-                more_params, more_files = stage.toolchain_inputs(loaded, toolchain)
-                params, files = {**params, **more_params}, [*files, *more_files]
         else:
             tc = {"name": "torch", "versions": {"torch": package_version("torch")}}
         return {

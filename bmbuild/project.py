@@ -416,6 +416,7 @@ def dry_run(build: Build, force: bool = False) -> list[DryRunStep]:
     ones (`build/<recipe>/<stage>/...`); a real run writes into a private temp folder first.
     Nothing is written to the build folder.
     """
+    from bmbuild.planner import stage_inputs
     from bmbuild.stages.base import StageContext
 
     steps = []
@@ -426,8 +427,7 @@ def dry_run(build: Build, force: bool = False) -> list[DryRunStep]:
         if row.status in (Status.UP_TO_DATE, Status.RESTORE):
             steps.append(DryRunStep(node, row.status, row.reason, []))
             continue
-        recipe = node.loaded.recipe
-        ctx = StageContext(node.loaded, node.stage.params(recipe),
+        ctx = StageContext(node.loaded, {},
                            {dep.stage.name: ws.stage_dir(node.recipe_name, dep.stage.name) for dep in node.deps},
                            ws.stage_dir(node.recipe_name, node.stage.name),
                            ws.temp_root(node.recipe_name) / f"{node.stage.name}.work",
@@ -437,6 +437,7 @@ def dry_run(build: Build, force: bool = False) -> list[DryRunStep]:
                 if node.toolchain not in toolchains:
                     toolchains[node.toolchain] = load_toolchain(node.toolchain)
                 ctx.toolchain = toolchains[node.toolchain]
+                ctx.params = stage_inputs(node.stage, node.loaded, ctx.toolchain)[0]  # what the run is given
                 commands = ctx.toolchain.commands(node.stage.name, ctx)
             else:
                 commands = _in_process_description(ctx, node.stage.name)

@@ -96,6 +96,8 @@ STAGE = Stage(
     params=_params,
     external_inputs=_inputs,
     run=toolchain_step("compile_int8"),
+    toolchain_params=frozenset({"target", "opt", "dyn", "cmp", "cmp_samples", "cmodel_samples", "tvm",
+                                "enable_profile"}),
     gate=gate,
     summary=summary,
 )

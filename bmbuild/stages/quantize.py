@@ -23,6 +23,7 @@ STAGE = Stage(
     params=_params,
     external_inputs=lambda loaded: [],
     run=toolchain_step("quantize"),
+    toolchain_params=frozenset({"target", "per_channel", "fp32_layers"}),
     summary=lambda m: f"int8 umodel: {m.get('quantized_nodes', '?')} nodes int8, "
                       f"{len(m.get('fp32_layers', []))} kept in fp32",
 )

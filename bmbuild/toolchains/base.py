@@ -34,6 +34,9 @@ class Toolchain(Protocol):
     # the source is part of its key; False for a toolchain that compiles the traced file only.
     # Read with getattr(toolchain, "exports_eager", True).
     exports_eager: bool
+    # stage name -> the stage's toolchain-specific parameters (Stage.toolchain_params) this toolchain
+    # reads. Only those enter the stage's key and reach `ctx.params`; the common ones always do.
+    consumes: dict[str, tuple[str, ...]]
 
     def availability(self) -> Availability: ...
 

@@ -119,6 +119,7 @@ def calibrate(ctx: StageContext) -> None:
     import onnx
 
     from bmbuild.calib.histogram import StatsCollector
+    from bmbuild.calib.registry import method_settings
     from bmbuild.calib.table import write_table
 
     params = ctx.params
@@ -145,7 +146,7 @@ def calibrate(ctx: StageContext) -> None:
                 collector.update(name, value)
         seen += rows_of(batch, feeds)
     ctx.log.info(f"collected statistics of {len(collector)} tensors over {seen} samples")
-    rows = collector.thresholds(params["method"], params["percentile"])
+    rows = collector.thresholds(params["method"], **method_settings(params))
     rows = {name: rows[name] for name in dict.fromkeys(input_names + tensors) if name in rows}
     header = {"method": params["method"], "samples": str(seen), "net_name": ctx.recipe.name}
     if params["method"] == "percentile":
