@@ -211,27 +211,27 @@ def recipe_keys(build: Any) -> tuple[list[str], int]:
     """
     from bmbuild.cache import action_key
     from bmbuild.executor import Executor, read_manifest
+    from bmbuild.planner import Expected
 
     workspace = build.workspace
     remote = workspace.open_remote()
     executor = Executor(replace(workspace, remote_cache=None))
     keys: list[str] = []
     unknown = 0
-    outputs: dict[str, dict[str, str] | None] = {}
+    expected = Expected()
     try:
         for node in build.nodes:
-            if any(outputs.get(dep.id) is None for dep in node.deps):
-                outputs[node.id] = None
+            if expected.pending(node) is not None:
                 unknown += 1
                 continue
-            key = action_key(executor.components(node, {dep.stage.name: outputs[dep.id] for dep in node.deps}))
+            key = action_key(executor.components(node, expected.upstream(node)))
             keys.append(key)
             manifest = read_manifest(workspace.stage_dir(node.recipe_name, node.stage.name))
             if manifest is not None and manifest["key"] == key:
-                outputs[node.id] = manifest["outputs"]
+                expected.record(node, manifest["outputs"])
                 continue
             entry = executor.store.get_action(key) or _remote_entry(remote, key)
-            outputs[node.id] = entry.outputs if entry is not None else None
+            expected.record(node, entry.outputs if entry is not None else None)
     finally:
         executor.stat.close()
     return keys, unknown

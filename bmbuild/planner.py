@@ -13,9 +13,15 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bmbuild.cache import tree_digest
+
 if TYPE_CHECKING:
+    from bmbuild.graph import Node
     from bmbuild.recipe import LoadedRecipe
     from bmbuild.stages.base import Stage
+
+# Environment variables that may change what a stage produces; part of every key.
+KEY_ENV = ("BMBUILD_KEY_SALT",)
 
 
 def keyed_params(stage: "Stage", params: Mapping[str, Any],
@@ -43,3 +49,46 @@ def stage_inputs(stage: "Stage", loaded: "LoadedRecipe", toolchain: Any | None) 
         more_params, more_files = stage.toolchain_inputs(loaded, toolchain)
         params, files = {**params, **more_params}, [*files, *more_files]
     return params, files
+
+
+def key_components(stage: str, stage_version: str, toolchain: Mapping[str, Any], params: Mapping[str, Any],
+                   inputs: Mapping[str, str], upstream: Mapping[str, Mapping[str, str]],
+                   env: Mapping[str, str | None]) -> dict[str, Any]:
+    """Everything a stage's result depends on, from plain values (hashed by `cache.action_key`).
+
+    `toolchain` is {"name", "versions"}; `params` the stage's parameters as `stage_inputs` keys them;
+    `inputs` external input name -> content digest; `upstream` upstream stage -> its outputs
+    (relative path -> digest); `env` the KEY_ENV variables."""
+    return {
+        "stage": stage,
+        "stage_version": stage_version,
+        "toolchain": dict(toolchain),
+        "params": dict(params),
+        "inputs": dict(inputs),
+        "upstream": {name: tree_digest(dict(outputs)) for name, outputs in sorted(upstream.items())},
+        "env": {name: env.get(name) for name in KEY_ENV},
+    }
+
+
+class Expected:
+    """The outputs each node will have, known while walking nodes upstream first.
+
+    A node's key needs its upstream outputs: known when the upstream is up to date (its manifest)
+    or restorable (its cache entry), unknown until it runs otherwise. `plan`, `status`, `cache
+    pull` and the engine's up-to-date pass walk the graph with this one rule."""
+
+    def __init__(self) -> None:
+        self.outputs: dict[str, dict[str, str]] = {}
+
+    def pending(self, node: "Node") -> "Node | None":
+        """The first upstream node whose outputs are not known (None: the key is computable)."""
+        return next((dep for dep in node.deps if dep.id not in self.outputs), None)
+
+    def upstream(self, node: "Node") -> dict[str, dict[str, str]]:
+        """Upstream stage name -> its expected outputs (call when `pending` is None)."""
+        return {dep.stage.name: self.outputs[dep.id] for dep in node.deps}
+
+    def record(self, node: "Node", outputs: dict[str, str] | None) -> None:
+        """What `node` will have published (None: not known before it runs)."""
+        if outputs is not None:
+            self.outputs[node.id] = outputs

@@ -17,6 +17,7 @@ from bmbuild.cache import atomic_write_bytes, json_bytes
 from bmbuild.errors import BmbuildError, RecipeError
 from bmbuild.executor import Decision, Executor, NodeRecord, Status, read_manifest
 from bmbuild.graph import Node, build_graph
+from bmbuild.planner import Expected
 from bmbuild.recipe import LoadedRecipe, load_recipes, load_recipes_partial
 from bmbuild.toolchains.base import load_toolchain, require_usable
 from bmbuild.workspace import Workspace
@@ -101,24 +102,17 @@ class PlanRow:
 def plan(build: Build, force: bool = False) -> list[PlanRow]:
     """What `run` would do for each node, and why; reads the build dir and the cache only."""
     executor = Executor(build.workspace, force=force)
-    expected: dict[str, dict[str, str] | None] = {}
+    expected = Expected()
     rows: list[PlanRow] = []
     try:
         for node in build.nodes:
-            pending = [dep for dep in node.deps if expected.get(dep.id) is None]
-            if pending:
-                rows.append(PlanRow(node, Status.AFTER_UPSTREAM, f"{pending[0].stage.name} will run first"))
-                expected[node.id] = None
+            pending = expected.pending(node)
+            if pending is not None:
+                rows.append(PlanRow(node, Status.AFTER_UPSTREAM, f"{pending.stage.name} will run first"))
                 continue
-            decision: Decision = executor.decide(node, {dep.stage.name: expected[dep.id] for dep in node.deps})
+            decision: Decision = executor.decide(node, expected.upstream(node))
             rows.append(PlanRow(node, decision.status, decision.reason))
-            if decision.status is Status.UP_TO_DATE:
-                manifest = read_manifest(build.workspace.stage_dir(node.recipe_name, node.stage.name))
-                expected[node.id] = manifest["outputs"] if manifest else None
-            elif decision.status is Status.RESTORE and decision.entry is not None:
-                expected[node.id] = decision.entry.outputs
-            else:
-                expected[node.id] = None
+            expected.record(node, decision.outputs)
     finally:
         executor.stat.close()
     return rows
