@@ -23,11 +23,14 @@ from bmbuild.cache import ActionEntry, LocalStore, StatCache, action_key, atomic
 from bmbuild.cache import MANIFEST, validate_entry, warn_once
 from bmbuild.errors import BmbuildError, StageFailed
 from bmbuild.graph import Node, input_name
-from bmbuild.planner import KEY_ENV, key_components, stage_inputs
+from bmbuild.planner import key_components, stage_inputs
 from bmbuild.stagelog import StageLog, tail_of
 from bmbuild.toolchains.base import Toolchain, load_toolchain, package_version
 from bmbuild.workers import StageJob, WorkerPool, execute_job
 from bmbuild.workspace import Workspace
+
+# Environment variables that may change what a stage produces; part of every key.
+KEY_ENV = ("BMBUILD_KEY_SALT",)
 
 
 class Status(Enum):

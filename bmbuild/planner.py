@@ -20,9 +20,6 @@ if TYPE_CHECKING:
     from bmbuild.recipe import LoadedRecipe
     from bmbuild.stages.base import Stage
 
-# Environment variables that may change what a stage produces; part of every key.
-KEY_ENV = ("BMBUILD_KEY_SALT",)
-
 
 def keyed_params(stage: "Stage", params: Mapping[str, Any],
                  consumes: Mapping[str, Iterable[str]] | None) -> dict[str, Any]:
@@ -58,7 +55,7 @@ def key_components(stage: str, stage_version: str, toolchain: Mapping[str, Any],
 
     `toolchain` is {"name", "versions"}; `params` the stage's parameters as `stage_inputs` keys them;
     `inputs` external input name -> content digest; `upstream` upstream stage -> its outputs
-    (relative path -> digest); `env` the KEY_ENV variables."""
+    (relative path -> digest); `env` the allow-listed variables (executor.KEY_ENV) and their values."""
     return {
         "stage": stage,
         "stage_version": stage_version,
@@ -66,7 +63,7 @@ def key_components(stage: str, stage_version: str, toolchain: Mapping[str, Any],
         "params": dict(params),
         "inputs": dict(inputs),
         "upstream": {name: tree_digest(dict(outputs)) for name, outputs in sorted(upstream.items())},
-        "env": {name: env.get(name) for name in KEY_ENV},
+        "env": dict(env),
     }
 
 
