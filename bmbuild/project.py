@@ -19,7 +19,7 @@ from bmbuild.executor import Decision, Executor, NodeRecord, Status, read_manife
 from bmbuild.graph import Node, build_graph
 from bmbuild.planner import Expected
 from bmbuild.recipe import LoadedRecipe, load_recipes, load_recipes_partial
-from bmbuild.toolchains.base import load_toolchain, require_usable
+from bmbuild.toolchains.base import choose, load_toolchain, require_usable
 from bmbuild.workspace import Workspace
 
 
@@ -32,6 +32,7 @@ class Build:
     toolchains: dict[str, str]
     nodes: list[Node]
     errors: list[RecipeError] = field(default_factory=list)  # broken recipes left out (keep_going)
+    chosen_by: dict[str, str] = field(default_factory=dict)  # recipe name -> why `auto` picked its toolchain
 
 
 def in_shard(name: str, shard: tuple[int, int] | None) -> bool:
@@ -60,17 +61,31 @@ def prepare(paths: list[str], workspace: Workspace, toolchain: str | None = None
         recipes = load_recipes([Path(p) for p in paths], workspace.root, workspace.config.vars)
     recipes = [loaded for loaded in recipes if in_shard(loaded.name, shard)]
     chosen: dict[str, str] = {}
-    resolved_cache: dict[str, str] = {}
+    why: dict[str, str] = {}
+    resolved_cache: dict[str, tuple[str, str]] = {}
     for loaded in recipes:
         wanted = toolchain or loaded.recipe.toolchain
         choice = f"{wanted}/{loaded.recipe.target}"
         if choice not in resolved_cache:
-            instance = load_toolchain(wanted, loaded.recipe.target)
+            instance, reason = choose(wanted, loaded.recipe.target)
             if check_toolchains:
                 require_usable(instance)
-            resolved_cache[choice] = instance.name
-        chosen[loaded.name] = resolved_cache[choice]
-    return Build(workspace, recipes, chosen, build_graph(recipes, chosen, stages), errors)
+            resolved_cache[choice] = instance.name, reason
+        chosen[loaded.name], why[loaded.name] = resolved_cache[choice]
+    return Build(workspace, recipes, chosen, build_graph(recipes, chosen, stages), errors, why)
+
+
+def toolchain_choices(build: Build, shown: int = 8) -> list[str]:
+    """One line per toolchain choice: the toolchain, why `auto` picked it, and its recipes."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for loaded in build.recipes:
+        key = (build.toolchains[loaded.name], build.chosen_by.get(loaded.name, ""))
+        groups.setdefault(key, []).append(loaded.name)
+    lines = []
+    for (name, why), recipes in groups.items():
+        more = f" (+{len(recipes) - shown} more)" if len(recipes) > shown else ""
+        lines.append(f"toolchain {name}{f' ({why})' if why else ''}: {', '.join(recipes[:shown])}{more}")
+    return lines
 
 
 def preflight(build: Build, keep_going: bool = False) -> Build:
@@ -89,7 +104,8 @@ def preflight(build: Build, keep_going: bool = False) -> Build:
         raise RecipeErrors(build.errors + problems)
     names = {loaded.name for loaded in kept}
     return Build(build.workspace, kept, {n: t for n, t in build.toolchains.items() if n in names},
-                 [node for node in build.nodes if node.recipe_name in names], build.errors + problems)
+                 [node for node in build.nodes if node.recipe_name in names], build.errors + problems,
+                 {n: w for n, w in build.chosen_by.items() if n in names})
 
 
 @dataclass

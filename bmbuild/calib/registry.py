@@ -19,12 +19,17 @@ class Method:
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("minmax", "max |x|, no clipping"),
-    Method("percentile", "the percentile of |x| (calibration.percentile)", ("percentile",)),
-    Method("kl", "TensorRT-style entropy calibration over the |x| histogram"),
-    Method("mse", "the threshold minimising the expected int8 quantization error"),
+    Method("minmax", "max |x|"),
+    Method("percentile", "percentile of |x|", ("percentile",)),
+    Method("kl", "TensorRT-style entropy calibration"),
+    Method("mse", "minimum expected squared quantization error"),
 )}
 METHOD_NAMES = tuple(METHODS)
+
+
+def description() -> str:
+    """The recipe field's description (editors show it), listing the registered methods."""
+    return "Threshold selection: " + ", ".join(f"{m.name} ({m.summary})" for m in METHODS.values()) + "."
 
 
 def method_only_params() -> frozenset[str]:
