@@ -93,5 +93,13 @@ class UserCodeError(StageFailed):
     shows_log_tail = False
 
 
+class InternalError(StageFailed):
+    """A bug in bmbuild surfaced while a stage ran: raised by bmbuild's own code, with no frame of
+    the user's. Exit code 3, like any bug; the message carries bmbuild's traceback."""
+
+    exit_code = 3
+    shows_log_tail = False
+
+
 class WorkspaceBusy(BmbuildError):
     """Another bmbuild process holds the workspace lock."""

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, NoReturn
 
-from bmbuild.errors import BmbuildError, StageFailed, UserCodeError
+from bmbuild.errors import BmbuildError, InternalError, StageFailed, UserCodeError
 from bmbuild.recipe import LoadedRecipe
 
 if TYPE_CHECKING:
@@ -150,6 +150,22 @@ def _user_code_error(message: str, exc: BaseException, log: "StageLog") -> UserC
     return UserCodeError(message + ("\n" + textwrap.indent(frames, "  ") if frames else ""))
 
 
+def _raised_by_bmbuild(exc: BaseException) -> bool:
+    """True when `exc` was raised in bmbuild's own code and no user frame is on its way: a bug."""
+    from bmbuild.modelsource import user_traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    package = Path(__file__).resolve().parent
+    return bool(frames) and not user_traceback(exc) and Path(frames[-1].filename).resolve().is_relative_to(package)
+
+
+def _internal_error(exc: BaseException, log: "StageLog") -> InternalError:
+    """A bug in bmbuild: its traceback in the message and in the stage's log."""
+    text = "".join(traceback.format_exception(exc))
+    log.write_raw(text)
+    return InternalError(f"internal error (a bug in bmbuild, please report it):\n{textwrap.indent(text.rstrip(), '  ')}")
+
+
 def _with_user_frames(exc: BmbuildError, log: "StageLog") -> BmbuildError:
     """A StageFailed raised on catching the user's exception (`torch.jit.trace failed: ...`) gains
     the frames of the user's code in that exception; any other error stays as it is."""
@@ -184,6 +200,8 @@ def execute_job(job: StageJob, log: "StageLog", toolchain: Any = None) -> dict[s
     except SystemExit as exc:
         raise _user_code_error(_exit_message(_exit_call(exc)), exc, log) from None
     except Exception as exc:
+        if _raised_by_bmbuild(exc):
+            raise _internal_error(exc, log) from None
         text = str(exc)
         raise _user_code_error(f"{type(exc).__name__}: {text}" if text else type(exc).__name__, exc, log) from None
     if exits:  # the code caught the exception that stood for its exit

@@ -125,3 +125,31 @@ def test_doit_failures_map_to_exit_codes():
     assert failure_exit_code(failed) == 2
     assert failure_exit_code(TaskFailed("no code")) == 1
     assert failure_exit_code(TaskError("internal error")) == 3
+
+
+def test_a_bug_raised_inside_a_stage_by_bmbuild_itself_exits_3_with_its_traceback(workspace, write_recipe,
+                                                                                  run_bmbuild, monkeypatch):
+    """An exception bmbuild's own code raises while a stage runs (no frame of the user's on its way)
+    is a bug: exit 3 and bmbuild's traceback, not "the model's code raised" (exit 1)."""
+    from bmbuild.stages import trace
+
+    monkeypatch.setattr(trace, "fresh_class_registry", None)  # TypeError raised in stages/trace.py
+    recipe = write_recipe("bug")
+
+    code, out, err = run_bmbuild("run", recipe, "--plain", "-j", "1")
+
+    assert code == 3, out + err
+    error = read_report("bug")["stages"]["trace"]["error"]
+    assert "internal error" in error and "stages/trace.py" in error and "TypeError" in error
+
+
+def test_an_exception_from_the_models_code_stays_a_stage_failure(workspace, write_recipe, run_bmbuild):
+    recipe = write_recipe("raises")
+    model = workspace / "recipes" / "tiny_models.py"
+    model.write_text(model.read_text().replace("        return self.conv2(self.extra(",
+                                               "        raise ValueError('boom')\n        return self.conv2(self.extra(", 1))
+
+    code, out, err = run_bmbuild("run", recipe, "--plain", "-j", "1")
+
+    assert code == 1, out + err
+    assert "ValueError: boom" in read_report("raises")["stages"]["trace"]["error"]
