@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import json
 import re
 import sys
 import time
@@ -293,6 +294,63 @@ def cmd_report(args: argparse.Namespace) -> int:
     totals = written.summary["totals"]
     print(f"{totals['passed']} of {totals['models']} model(s) passed; wrote"
           + "".join(f"\n  {path}" for path in written.paths.values()))
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from bmbuild import diff
+    from bmbuild.report import collect, report_files
+
+    workspace = _workspace(args)
+    if args.paths:
+        recipes = _prepare(args, check_toolchains=False).recipes
+        names, files = [loaded.name for loaded in recipes], [loaded.file for loaded in recipes]
+    else:  # every model built in this workspace
+        found = report_files(workspace.build_dir)
+        names = [name for name, _ in found]
+        files = [Path(json.loads(path.read_text()).get("recipe", "")) for _, path in found]
+    if not names:
+        raise BmbuildError(f"no built model below {workspace.build_dir}: run `bmbuild run` first")
+    current = collect(report_files(workspace.build_dir, names))
+    source, base = diff.baseline(args.baseline, workspace, [f for f in files if str(f)])
+    rows = diff.diff_summaries(base, current)
+    if args.json:
+        from bmbuild import jsonout
+
+        print(jsonout.dumps(jsonout.document("diff", baseline=source, models=rows)))
+        return 0
+    print(f"baseline: {source}; current: {workspace.build_dir}")
+    for line in diff.render(rows, args.all):
+        print(line)
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from bmbuild.init import init
+
+    written = init(args.model, Path(args.out), args.name, args.shape, args.force)
+    for path in written:
+        print(f"wrote {_relative(path)}")
+    print(f"next: bmbuild validate {_relative(written[-1])} && bmbuild run {_relative(written[-1])}")
+    return 0
+
+
+def _shape(text: str) -> list[int]:
+    """'1,3,224,224' -> [1, 3, 224, 224]."""
+    try:
+        dims = [int(part) for part in text.replace("x", ",").split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, e.g. 1,3,224,224, got {text!r}") \
+            from None
+    if not dims or min(dims) < 1:
+        raise argparse.ArgumentTypeError(f"dimensions must be positive integers, got {text!r}")
+    return dims
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    from bmbuild.completion import SHELLS
+
+    sys.stdout.write(SHELLS[args.shell](build_parser()))
     return 0
 
 
@@ -611,6 +669,35 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(report, paths="*")
     report.add_argument("--out", metavar="DIR", help="where to write them (default: build/reports)")
     report.set_defaults(func=cmd_report)
+
+    diff_parser = sub.add_parser(
+        "diff", help="per model, metrics and recipe parameters against a git revision or a saved summary.json",
+        description="Compare this workspace's built models with a baseline: a summary.json (from `bmbuild report` "
+                    "or `run --report-dir`), or a git revision, built in a temporary copy of the repository with "
+                    "this workspace's cache (a revision built before is only restored).")
+    diff_parser.add_argument("baseline", nargs="?", default="HEAD",
+                             help="a summary.json (or a folder holding one), or a git revision (default: HEAD)")
+    _add_common(diff_parser, paths="*")
+    diff_parser.add_argument("--all", action="store_true", help="every metric, not only those that changed")
+    _add_json(diff_parser)
+    diff_parser.set_defaults(func=cmd_diff)
+
+    init_parser = sub.add_parser("init", help="start a workspace: bmbuild.yaml, schemas/ and a recipe for a model",
+                                 description="Writes bmbuild.yaml and schemas/ (when missing) and a recipe for MODEL "
+                                             "with its input shapes read from the model.")
+    init_parser.add_argument("model", help="path/model.py:callable (PyTorch) or path/model.onnx")
+    init_parser.add_argument("--name", help="the recipe's name (default: the callable's or the file's)")
+    init_parser.add_argument("--shape", type=_shape, action="append", metavar="1,3,224,224",
+                             help="an input shape, instead of the one read from the model (repeat per input)")
+    init_parser.add_argument("--out", default="recipes", help="the recipe's folder (default: %(default)s)")
+    init_parser.add_argument("--force", action="store_true", help="overwrite an existing recipe of that name")
+    init_parser.set_defaults(func=cmd_init)
+
+    completion = sub.add_parser("completion", help="print a shell completion script",
+                                description='Load it from your shell\'s rc file: eval "$(bmbuild completion bash)" '
+                                            '(bash) or eval "$(bmbuild completion zsh)" (zsh).')
+    completion.add_argument("shell", choices=["bash", "zsh"], help="the shell to complete in")
+    completion.set_defaults(func=cmd_completion)
 
     importer = sub.add_parser("import", help="turn another tool's model zoo into recipes")
     formats = importer.add_subparsers(dest="format", required=True)

@@ -78,6 +78,41 @@ def worst(results: Iterable[Similarity]) -> Similarity:
     )
 
 
+def sample_rows(ref: "np.ndarray", test: "np.ndarray", rows: int) -> list[tuple["np.ndarray", "np.ndarray"]]:
+    """One (ref, test) pair per sample of a batch of `rows` samples (axis 0 is the batch); an
+    output without that batch axis is one pair."""
+    if getattr(ref, "ndim", 0) and ref.shape[0] == rows and test.shape[0] == rows:
+        return [(ref[i], test[i]) for i in range(rows)]
+    return [(ref, test)]
+
+
+def per_sample(pairs: Iterable[tuple["np.ndarray", "np.ndarray"]]) -> dict[str, Any]:
+    """Mean and worst of the metrics over samples, whatever batch size produced them.
+
+    The top level holds the means (max_abs: the largest error) and `top1`, for classifier
+    outputs, the fraction of samples whose arg-max agrees; `worst` holds the worst sample's
+    cos, euclid and sqnr. Gates read the top level.
+    """
+    import numpy as np
+
+    items = list(pairs)
+    if not items:
+        raise ValueError("nothing to compare")
+    sims = [similarity(ref, test) for ref, test in items]
+    summary: dict[str, Any] = {
+        "cos": float(np.mean([s.cos for s in sims])),
+        "euclid": float(np.mean([s.euclid for s in sims])),
+        "sqnr": float(np.mean([s.sqnr for s in sims])),
+        "max_abs": max(s.max_abs for s in sims),
+    }
+    if all(np.ndim(ref) == 1 and np.size(ref) > 1 for ref, _ in items):
+        summary["top1"] = float(np.mean([int(np.argmax(ref) == np.argmax(test)) for ref, test in items]))
+    summary["samples"] = len(items)
+    summary["worst"] = {"cos": min(s.cos for s in sims), "euclid": min(s.euclid for s in sims),
+                        "sqnr": min(s.sqnr for s in sims)}
+    return summary
+
+
 def pooled_top1(results: Iterable[tuple["np.ndarray", "np.ndarray"]]) -> float:
     """Top-1 agreement over all rows of several (ref, test) logit batches."""
     import numpy as np

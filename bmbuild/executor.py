@@ -132,7 +132,7 @@ class Executor:
     """Decides and runs nodes. Thread-safe: doit may call `execute` from worker threads."""
 
     def __init__(self, workspace: Workspace, force: bool = False,
-                 on_event: Callable[[str, Node, NodeRecord | None], None] | None = None,
+                 on_event: Callable[[str, Node, Any], None] | None = None,
                  pool: WorkerPool | None = None):
         self.ws = workspace
         self.force = force
@@ -142,6 +142,7 @@ class Executor:
         self._decisions: dict[str, Decision] = {}
         self._toolchains: dict[str, Toolchain] = {}
         self._lock = threading.Lock()
+        # (event, node, NodeRecord | None); "progress" events carry a bmbuild.progress.StageProgress
         self.on_event = on_event or (lambda event, node, record: None)
         self.pool = pool  # with -j > 1, stage work runs in worker processes
 
@@ -251,8 +252,9 @@ class Executor:
         try:
             if decision is None:
                 decision = self.decide(node)
-        except BmbuildError as exc:
-            raise self._fail(node, str(exc), log_path, exit_code=exc.exit_code) from None
+        except BmbuildError as exc:  # nothing ran: the log there is an older run's, not this failure's
+            raise self._fail(node, str(exc), log_path, show_tail=False, exit_code=exc.exit_code,
+                             ran=False) from None
         if decision.status is Status.UP_TO_DATE:
             return self.records[node.id] if node.id in self.records else self._record(
                 node, NodeRecord(node.id, node.recipe_name, node.stage.name, Outcome.UP_TO_DATE, decision.reason))
@@ -275,9 +277,13 @@ class Executor:
             if failures:
                 message = "tolerance not met:\n" + "\n".join(f"  {f}" for f in failures)
                 log = StageLog(log_path, append=True)  # the log says why the stage failed, like the console
+                if outcome is Outcome.RESTORED:  # the lines above are an earlier run's: say so
+                    log.info(f"# {time.strftime('%Y-%m-%d %H:%M:%S')}: this run restored the result above from the "
+                             f"cache (key {entry.key[:12]}, {decision.reason}) and checked it against the gate")
                 log.info(f"FAILED: {message}")
                 log.close()
-                raise self._fail(node, message, log_path, show_tail=False, seconds=time.monotonic() - started)
+                raise self._fail(node, message, log_path, show_tail=False, seconds=time.monotonic() - started,
+                                 metrics=entry.metrics)  # the report shows what was measured
             self._publish(node, tmp, entry)
             record = NodeRecord(node.id, node.recipe_name, node.stage.name, outcome, decision.reason,
                                 seconds=entry.seconds if decision.ran_on else time.monotonic() - started,
@@ -292,6 +298,7 @@ class Executor:
         stage = node.stage
         work_dir = out_dir.parent / f"{out_dir.name}.work"
         work_dir.mkdir(parents=True, exist_ok=True)
+        progress_path = out_dir.parent / f"{out_dir.name}.progress"  # a worker's progress (bmbuild.progress)
         log = StageLog(log_path)
         log.info(f"# {node.id} ({decision.reason})")
         cmd_path = log_path.with_suffix(".cmd")
@@ -301,13 +308,15 @@ class Executor:
             params = dict(decision.components["params"])
             inputs = {dep.stage.name: self.ws.stage_dir(node.recipe_name, dep.stage.name) for dep in node.deps}
             job = StageJob(node.loaded, stage.name, node.toolchain if stage.uses_toolchain else None,
-                           params, inputs, out_dir, work_dir, log_path)
+                           params, inputs, out_dir, work_dir, log_path, progress_path)
+            on_progress = lambda progress: self.on_event("progress", node, progress)  # noqa: E731
             if self.pool is not None:
                 log.close()  # the worker appends to the log; so does this process afterwards
-                metrics = self.pool.run(job)
+                metrics = self.pool.run(job, on_progress)
                 log = StageLog(log_path, append=True)
             else:
-                metrics = execute_job(job, log, self.toolchain(job.toolchain) if job.toolchain else None)
+                metrics = execute_job(job, log, self.toolchain(job.toolchain) if job.toolchain else None,
+                                      on_progress)
             outputs = {str(p.relative_to(out_dir)): self.stat.digest(p)
                        for p in sorted(out_dir.rglob("*")) if p.is_file()}
             if not outputs:
@@ -328,6 +337,7 @@ class Executor:
                              seconds=time.monotonic() - started) from None
         finally:
             shutil.rmtree(work_dir, ignore_errors=True)
+            progress_path.unlink(missing_ok=True)
         seconds = time.monotonic() - started
         log.info(f"# done in {seconds:.2f}s")
         log.close()
@@ -376,17 +386,22 @@ class Executor:
             self.stat.digest(final / rel)
 
     def _fail(self, node: Node, message: str, log_path: Path, show_tail: bool = True,
-              seconds: float = 0.0, exit_code: int = 1) -> StageFailed:
-        """The failure of `node`, recorded; its exit code is the cause's (errors.py: 2 for bad input)."""
+              seconds: float = 0.0, exit_code: int = 1, metrics: dict[str, Any] | None = None,
+              ran: bool = True) -> StageFailed:
+        """The failure of `node`, recorded (with the metrics measured, when a gate failed); its exit
+        code is the cause's (errors.py: 2 for bad input). `ran`: the stage ran (or was restored), so
+        the log at `log_path` is this failure's."""
         tail = tail_of(log_path, 15) if show_tail else ""
         text = f"{node.id} failed: {message}"
         if tail:
             text += "\n  log tail:\n" + "\n".join("    " + line for line in tail.splitlines())
-        text += f"\n  full log: {log_path}"
+        if ran:
+            text += f"\n  full log: {log_path}"
         error = StageFailed(text)
         error.exit_code = exit_code
         self._record(node, NodeRecord(node.id, node.recipe_name, node.stage.name, Outcome.FAILED,
-                                      seconds=seconds, error=message, log=str(log_path)))
+                                      seconds=seconds, error=message, log=str(log_path) if ran else "",
+                                      metrics=metrics or {}))
         return error
 
     def _record(self, node: Node, record: NodeRecord) -> NodeRecord:

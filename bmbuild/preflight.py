@@ -44,10 +44,14 @@ def recipe_problems(loaded: LoadedRecipe, toolchain: str | None = None) -> list[
 
 
 def toolchain_problems(loaded: LoadedRecipe, name: str) -> list[RecipeError]:
-    """What toolchain `name` says it cannot build of this recipe (its optional `preflight`)."""
+    """What toolchain `name` says it cannot build of this recipe (its optional `preflight`), after
+    the optional keys it does not implement."""
     from bmbuild.errors import ToolchainError
     from bmbuild.toolchains.base import load_toolchain
 
+    refused = unsupported_keys(loaded, name)
+    if refused:
+        return refused
     try:
         check = getattr(load_toolchain(name), "preflight", None)
     except ToolchainError:  # not loadable here: `run` says so on its own
@@ -58,6 +62,19 @@ def toolchain_problems(loaded: LoadedRecipe, name: str) -> list[RecipeError]:
     except RecipeError as exc:
         return [exc]
     return []
+
+
+def unsupported_keys(loaded: LoadedRecipe, name: str) -> list[RecipeError]:
+    """The recipe's optional keys (OPTIONAL_KEYS) that toolchain `name` does not implement: an error
+    naming the toolchains that do, rather than a build that ignores the key."""
+    from bmbuild.toolchains.base import OPTIONAL_KEYS
+
+    recipe = loaded.recipe
+    used = {"output_names": recipe.output_names is not None,
+            "int8.asymmetric": recipe.int8.asymmetric and recipe.prec == "INT8"}
+    return [loaded.error(f"toolchain {name!r} does not implement {key} (implemented by {', '.join(toolchains)})",
+                         tuple(key.split(".")), hint=f"use --toolchain {OPTIONAL_KEYS[key][-1]}, or remove {key}")
+            for key, toolchains in OPTIONAL_KEYS.items() if used[key] and name not in toolchains]
 
 
 # --- an ONNX source --------------------------------------------------------------------------------

@@ -257,6 +257,8 @@ def recipe_report(build: Build, loaded: LoadedRecipe, records: list[NodeRecord])
         "target": recipe.target,
         "prec": recipe.prec,
         "batch_sizes": recipe.resolved_batch_sizes,
+        "int8_tolerance": recipe.int8.tolerance.model_dump() if recipe.prec == "INT8" else None,  # the report's gate
+        "params": recipe.model_dump(mode="json", exclude={"name", "variants"}),  # for `bmbuild diff`
         "ok": ok,
         "generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "stages": {r.stage: {**{k: v for k, v in r.to_json().items() if k not in ("recipe", "stage")},

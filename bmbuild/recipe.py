@@ -174,6 +174,9 @@ class Int8(_Strict):
     cmp: bool = Field(True, description="Compare int8 against fp32 on held-out samples.")
     enable_profile: bool = Field(False, description="bmnetu -enable_profile (NNTC).")
     per_channel: bool = Field(True, description="Per-channel symmetric int8 weights.")
+    asymmetric: bool = Field(False, description="Asymmetric int8 activations: a zero point per tensor from the "
+                             "calibration's min and max instead of a symmetric threshold (tpu-mlir model_deploy "
+                             "--asymmetric). Weights stay symmetric. Toolchains without it refuse the key.")
     fp32_layers: list[str] = Field(default_factory=list, description="Layers kept in float (the vendor's -fpfwd_outputs).")
     cmp_samples: int = Field(16, ge=1, description="Held-out samples compared int8 vs fp32.")
     cmodel_samples: int = Field(4, ge=1, description="tpu-mlir: held-out samples (and eval samples unless eval.limit "
@@ -225,6 +228,12 @@ class Recipe(_Strict):
                                     "[] is a scalar.")
     inputs: list[InputSpec] | None = Field(None, description="Per input, in the order of shapes: name, dtype, batch "
                                            "axis, or a constant value.")
+    output_names: list[str] | None = Field(
+        None, min_length=1,
+        description="End the model at these tensors of its ONNX graph (tpu-mlir model_transform --output_names), in "
+                    "this order: the graph is cut there (onnx.utils.extract_model) before compiling, and comparisons "
+                    "use these outputs, computed by onnxruntime on the fp32 ONNX model. PyTorch sources name their "
+                    "tensors as the ONNX export does (e.g. /layer1/relu/Relu_output_0).")
     target: Literal["BM1684", "BM1684X"] = Field("BM1684", description="Sophgo chip the bmodels are built for.")
     prec: Literal["FP32", "INT8"] = Field("FP32", description="FP32 builds trace+compile_fp32; INT8 adds calibrate, quantize, compile_int8.")
     batch_sizes: list[int] | None = Field(None, min_length=1, description="Batch sizes compiled (default: the batch of shapes).")
@@ -244,6 +253,16 @@ class Recipe(_Strict):
             if any(d <= 0 for d in shape):
                 raise ValueError(f"every dimension must be a positive integer, got {shape}")
         return shapes
+
+    @field_validator("output_names")
+    @classmethod
+    def _distinct_outputs(cls, names: list[str] | None) -> list[str] | None:
+        if names is not None:
+            if any(not name for name in names):
+                raise ValueError("an output name cannot be empty")
+            if len(set(names)) != len(names):
+                raise ValueError("output names must be distinct")
+        return names
 
     @field_validator("batch_sizes")
     @classmethod

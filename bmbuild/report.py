@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import re
 import time
 import xml.etree.ElementTree as ET
@@ -129,8 +130,9 @@ def model_summary(report: dict[str, Any]) -> dict[str, Any]:
         "output_bytes": sum(s["output_bytes"] for s in stages),
         "stages": stages,
         "fp32": _similarity(metrics.get("compile_fp32", {}).get("cmp")),
-        "int8": _int8(metrics.get("compile_int8", {})),
+        "int8": _int8(metrics.get("compile_int8", {}), report.get("int8_tolerance")),
         "accuracy": metrics.get("compile_int8", {}).get("eval") or None,
+        "params": report.get("params") if isinstance(report.get("params"), dict) else {},  # bmbuild diff
     }
 
 
@@ -182,15 +184,22 @@ def _similarity(cmp: dict[str, Any] | None) -> dict[str, Any] | None:
     return out
 
 
-def _int8(metrics: dict[str, Any]) -> dict[str, Any] | None:
+def _int8(metrics: dict[str, Any], tolerance: Any = None) -> dict[str, Any] | None:
+    """Worst int8 similarity, the per-layer values (also of a run whose gate failed) and the gate."""
     result = _similarity(metrics.get("cmp"))
     layers = [{k: layer.get(k) for k in ("name", "node", "op", "cos", "sqnr", "max_abs")}
-              for layer in metrics.get("layers") or []]
+              for layer in metrics.get("layers") or [] if isinstance(layer, dict) and _number(layer.get("cos"))]
     if result is None and not layers:
         return None
     result = result or {"cos": None, "sqnr": None, "top1": None, "outputs": {}}
     result["layers"] = layers
+    result["gate"] = {k: v for k, v in tolerance.items() if k in ("cos", "sqnr") and _number(v)} \
+        if isinstance(tolerance, dict) else {}
     return result
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
 
 
 # --- writing ------------------------------------------------------------------------------
@@ -599,9 +608,10 @@ def model_section(index: int, model: dict[str, Any]) -> Markup:
                               f"fp32 {fmt_pct(accuracy.get('fp32'))}, int8 {fmt_pct(accuracy.get('int8'))}, "
                               f"drop {fmt_num(accuracy.get('drop_points'), 2)} points", class_="meta"))
     layers = (model.get("int8") or {}).get("layers") or []
+    gate = (model.get("int8") or {}).get("gate") or {}
     if layers:
-        parts.append(tag("div", tag("h3", "int8 vs fp32, per layer (cosine)"), layer_chart(model["name"], layers),
-                         worst_layers(layers), class_="chart"))
+        parts.append(tag("div", tag("h3", "int8 vs fp32, per layer (cosine bars, SQNR dots)"),
+                         layer_chart(model["name"], layers, gate=gate), worst_layers(layers, gate), class_="chart"))
     elif model.get("prec") == "INT8":
         parts.append(tag("p", "no per-layer int8 data (compile_int8 did not finish or int8.cmp is off)",
                          class_="meta"))
@@ -642,10 +652,35 @@ def lowest_layers(layers: list[dict[str, Any]]) -> list[int]:
     return sorted(range(len(layers)), key=lambda i: layers[i]["cos"])[:count]
 
 
-def worst_layers(layers: list[dict[str, Any]]) -> Markup:
-    items = [f"#{i} {layers[i]['name']} ({layers[i].get('op') or '?'}) {layers[i]['cos']:.4f}"
-             for i in lowest_layers(layers)]
-    return tag("p", f"{len(layers)} layers; lowest (red): " + "; ".join(items), class_="worst")
+def below_gate(layers: list[dict[str, Any]], gate: dict[str, float] | None) -> list[int]:
+    """Indices of the layers to colour red: those below the int8 gate's cosine or SQNR (none when
+    every layer passes); without a gate (an older report.json), the lowest few."""
+    if not gate:
+        return lowest_layers(layers)
+    return [i for i, layer in enumerate(layers)
+            if ("cos" in gate and layer["cos"] < gate["cos"])
+            or ("sqnr" in gate and _number(layer.get("sqnr")) and layer["sqnr"] < gate["sqnr"])]
+
+
+def _gate_text(gate: dict[str, float]) -> str:
+    return " and ".join(f"{k} ≥ {v:g}{' dB' if k == 'sqnr' else ''}" for k, v in gate.items())
+
+
+def worst_layers(layers: list[dict[str, Any]], gate: dict[str, float] | None = None) -> Markup:
+    def item(i: int) -> str:
+        layer = layers[i]
+        return (f"#{i} {layer['name']} ({layer.get('op') or '?'}) cos {layer['cos']:.4f}, "
+                f"SQNR {fmt_num(layer.get('sqnr'), 1, ' dB')}")
+
+    red = below_gate(layers, gate)
+    if not gate:
+        return tag("p", f"{len(layers)} layers; lowest (red): " + "; ".join(map(item, red)), class_="worst")
+    if not red:
+        return tag("p", f"{len(layers)} layers, all within the gate ({_gate_text(gate)}); lowest: "
+                   + "; ".join(map(item, lowest_layers(layers))), class_="worst")
+    return tag("p", f"{len(layers)} layers; {len(red)} below the gate ({_gate_text(gate)}, red; candidates for "
+               "int8.fp32_layers): " + "; ".join(map(item, sorted(red, key=lambda i: layers[i]["cos"])[:8])),
+               class_="worst")
 
 
 # --- SVG ----------------------------------------------------------------------------------
@@ -673,12 +708,15 @@ def svg_rect(x: float, y: float, w: float, h: float, fill: str, **attrs: Any) ->
                fill=fill, **attrs)
 
 
-def layer_chart(model: str, layers: list[dict[str, Any]], width: int = 1160, height: int = 240) -> Markup:
-    """Bars of per-layer cosine in graph order; each bar's <title> names its layer."""
-    left, right, top, bottom = 60, 12, 12, 36
+def layer_chart(model: str, layers: list[dict[str, Any]], width: int = 1160, height: int = 240,
+                gate: dict[str, float] | None = None) -> Markup:
+    """Bars of per-layer cosine in graph order (the axis reaches down to the gate, drawn dashed;
+    red: below the gate), per-layer SQNR as dots on the right axis; each bar's <title> names its layer."""
+    left, right, top, bottom = 60, 52, 12, 36
     plot_w, plot_h = width - left - right, height - top - bottom
     values = [float(layer["cos"]) for layer in layers]
-    lo, hi = y_floor(min(values)), 1.0
+    gate = gate or {}
+    lo, hi = y_floor(min(values + ([gate["cos"]] if "cos" in gate else []))), 1.0
 
     def y_of(value: float) -> float:
         return top + plot_h * (hi - min(max(value, lo), hi)) / (hi - lo)
@@ -691,7 +729,7 @@ def layer_chart(model: str, layers: list[dict[str, Any]], width: int = 1160, hei
         parts.append(svg_text(left - 6, y + 4, f"{value:.4g}", anchor="end", class_="tick"))
     step = plot_w / len(layers)
     bar = min(step - min(2.0, step * 0.2), 36.0)
-    worst = set(lowest_layers(layers))
+    worst = set(below_gate(layers, gate))
     for i, (layer, value) in enumerate(zip(layers, values)):
         x = left + i * step
         tip = (f"#{i} {layer['name']}\nop {layer.get('op') or '?'}, node {layer.get('node') or '?'}\n"
@@ -701,6 +739,11 @@ def layer_chart(model: str, layers: list[dict[str, Any]], width: int = 1160, hei
                          svg_rect(x + (step - bar) / 2, y_of(value), bar, top + plot_h - y_of(value),
                                   "#cf222e" if i in worst else "#54aeff", class_="v"),
                          class_="bar"))
+    if "cos" in gate:
+        y = y_of(gate["cos"])
+        parts.append(svg_line(left, y, left + plot_w, y, "#cf222e", stroke_dasharray="6 4", class_="gate"))
+        parts.append(svg_text(left + plot_w - 4, y - 4, f"gate cos {gate['cos']:g}", anchor="end", class_="gate-label"))
+    parts += sqnr_series(layers, step, left, top, plot_w, plot_h, gate.get("sqnr"))
     tick_every = max(1, -(-len(layers) // 12))
     for i in range(0, len(layers), tick_every):
         x = left + (i + 0.5) * step
@@ -711,7 +754,43 @@ def layer_chart(model: str, layers: list[dict[str, Any]], width: int = 1160, hei
     parts.append(svg_text(left + plot_w / 2, height - 4, "layer (graph order)", class_="axis"))
     parts.append(svg_text(14, top + plot_h / 2, "cosine", class_="axis",
                           transform=f"rotate(-90 14 {top + plot_h / 2:.1f})"))
-    style = tag("style", Markup(".tick{font:11px sans-serif;fill:#656d76}.axis{font:12px sans-serif;fill:#1f2328}"))
+    style = tag("style", Markup(".tick{font:11px sans-serif;fill:#656d76}.axis{font:12px sans-serif;fill:#1f2328}"
+                                ".gate-label{font:11px sans-serif;fill:#cf222e}"))
     return tag("svg", style, *parts, xmlns="http://www.w3.org/2000/svg", viewBox=f"0 0 {width} {height}",
-               role="img", aria_label=f"per-layer int8 cosine similarity of {model}", class_="layers",
+               role="img", aria_label=f"per-layer int8 cosine similarity and SQNR of {model}", class_="layers",
                data_model=model)
+
+
+def sqnr_axis(values: list[float], gate: float | None) -> tuple[float, float]:
+    """The right axis in dB: from 0 (or below, for negative SQNR) to a round 10 above the highest."""
+    top = max(values + ([gate] if gate is not None else []))
+    return min(0.0, 10 * math.floor(min(values) / 10)), max(10.0, 10 * math.ceil(top / 10))
+
+
+def sqnr_series(layers: list[dict[str, Any]], step: float, left: float, top: float, plot_w: float,
+                plot_h: float, gate: float | None) -> list[Markup]:
+    """Per-layer SQNR: dots joined by a line, the right axis in dB, the SQNR gate dashed."""
+    points = [(i, float(layer["sqnr"])) for i, layer in enumerate(layers) if _number(layer.get("sqnr"))]
+    if not points:
+        return []
+    lo, hi = sqnr_axis([v for _, v in points], gate)
+
+    def y_of(value: float) -> float:
+        return top + plot_h * (hi - min(max(value, lo), hi)) / (hi - lo)
+
+    right = left + plot_w
+    parts = [svg_line(right, top, right, top + plot_h, "#8c959f")]
+    for k in range(6):
+        value = lo + (hi - lo) * k / 5
+        parts.append(svg_text(right + 6, y_of(value) + 4, f"{value:.0f}", anchor="start", class_="tick"))
+    parts.append(svg_text(right + 40, top + plot_h / 2, "SQNR (dB)", class_="axis",
+                          transform=f"rotate(90 {right + 40:.1f} {top + plot_h / 2:.1f})"))
+    xy = [(left + (i + 0.5) * step, y_of(v)) for i, v in points]
+    parts.append(tag("polyline", points=" ".join(f"{x:.1f},{y:.1f}" for x, y in xy), fill="none",
+                     stroke="#8250df", stroke_width="1", opacity="0.6", pointer_events="none"))
+    parts += [tag("circle", cx=f"{x:.1f}", cy=f"{y:.1f}", r="2.5", pointer_events="none", class_="sqnr",
+                  fill="#8250df" if gate is None or v >= gate else "#cf222e")  # the bar's title tells
+              for (i, v), (x, y) in zip(points, xy)]
+    if gate is not None:
+        parts.append(svg_line(left, y_of(gate), right, y_of(gate), "#8250df", stroke_dasharray="2 3", class_="gate"))
+    return parts

@@ -23,17 +23,19 @@ import shutil
 import textwrap
 import threading
 import traceback
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, NoReturn
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NoReturn
 
 from bmbuild.errors import BmbuildError, InternalError, StageFailed, UserCodeError
 from bmbuild.recipe import LoadedRecipe
 
 if TYPE_CHECKING:
+    from bmbuild.progress import StageProgress
     from bmbuild.stagelog import StageLog
 
 _REAL_EXIT = os._exit
@@ -71,6 +73,7 @@ class StageJob:
     out_dir: Path
     work_dir: Path
     log_path: Path
+    progress_path: Path | None = None  # where a worker writes the stage's progress (bmbuild.progress)
 
 
 def _die_with_parent() -> None:
@@ -177,13 +180,16 @@ def _with_user_frames(exc: BmbuildError, log: "StageLog") -> BmbuildError:
     return _user_code_error(str(exc), cause, log)
 
 
-def execute_job(job: StageJob, log: "StageLog", toolchain: Any = None) -> dict[str, Any]:
+def execute_job(job: StageJob, log: "StageLog", toolchain: Any = None,
+                on_progress: "Callable[[StageProgress], None] | None" = None) -> dict[str, Any]:
     """Run one stage's work with its output routed to `log`; returns its metrics (raises on failure).
 
     The one place a stage is run, in this process (`-j 1`) or in a worker (`run_job`). What the
     stage's code (the model's, or a library's) raises becomes a UserCodeError naming the user's
     frames; `sys.exit()` and `os._exit()` fail the stage, even when the code swallows the exit.
+    The stage's progress goes to `on_progress` (in this process) or to `job.progress_path`.
     """
+    from bmbuild.progress import ProgressReporter
     from bmbuild.stagelog import bind_log
     from bmbuild.stages import StageContext, all_stages
     from bmbuild.toolchains.base import load_toolchain
@@ -192,6 +198,10 @@ def execute_job(job: StageJob, log: "StageLog", toolchain: Any = None) -> dict[s
     if toolchain is None and job.toolchain:
         toolchain = load_toolchain(job.toolchain)
     ctx = StageContext(job.loaded, job.params, job.inputs, job.out_dir, job.work_dir, log, toolchain)
+    if on_progress is None and job.progress_path is not None:
+        ctx.reporter = ProgressReporter.to_file(log, job.progress_path)
+    else:
+        ctx.reporter = ProgressReporter(log, on_progress)
     try:
         with bind_log(log), _exits_refused() as exits:
             stage.run(ctx)
@@ -225,6 +235,31 @@ def run_job(job: StageJob) -> JobResult:
         log.close()
 
 
+POLL_SECONDS = 0.2
+
+
+def _await(future: "Future[JobResult]", progress_path: Path | None,
+           on_progress: "Callable[[StageProgress], None] | None") -> JobResult:
+    """The future's result; meanwhile each new progress the worker wrote goes to `on_progress`
+    (the last one too, even when the stage finished between two polls)."""
+    from bmbuild.progress import read_progress
+
+    if progress_path is None or on_progress is None:
+        return future.result()
+    last = None
+    while True:
+        try:
+            result = future.result(timeout=POLL_SECONDS)
+        except FuturesTimeout:
+            result = None
+        progress = read_progress(progress_path)
+        if progress is not None and progress != last:
+            last = progress
+            on_progress(progress)
+        if result is not None:
+            return result
+
+
 class WorkerPool:
     """A lazily started pool of spawned processes (spawn: safe with threads and torch).
 
@@ -237,6 +272,7 @@ class WorkerPool:
         self.size = size
         self._pool: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
+        self._shutdown_lock = threading.Lock()
 
     def _new_pool(self, size: int) -> ProcessPoolExecutor:
         threads = max(1, (os.cpu_count() or 1) // self.size)
@@ -249,14 +285,15 @@ class WorkerPool:
                 self._pool = self._new_pool(self.size)
             return self._pool
 
-    def run(self, job: StageJob) -> dict[str, Any]:
-        """Run one stage in a worker; its metrics, or WorkerStageError."""
+    def run(self, job: StageJob, on_progress: "Callable[[StageProgress], None] | None" = None) -> dict[str, Any]:
+        """Run one stage in a worker; its metrics, or WorkerStageError. While it runs, the progress
+        the worker writes to `job.progress_path` is polled and handed to `on_progress`."""
         pool = self._executor()
         try:
-            result = pool.submit(run_job, job).result()
+            result = _await(pool.submit(run_job, job), job.progress_path, on_progress)
         except BrokenProcessPool:
             self._discard(pool)
-            result = self._run_alone(job)
+            result = self._run_alone(job, on_progress)
         if result.metrics is None:
             raise WorkerStageError(result)
         return result.metrics
@@ -266,9 +303,10 @@ class WorkerPool:
         with self._lock:
             if self._pool is pool:
                 self._pool = None
-        pool.shutdown(wait=True, cancel_futures=True)
+        with self._shutdown_lock:  # every stage of a broken pool gets here; concurrent shutdowns close twice
+            pool.shutdown(wait=True, cancel_futures=True)
 
-    def _run_alone(self, job: StageJob) -> JobResult:
+    def _run_alone(self, job: StageJob, on_progress: "Callable[[StageProgress], None] | None" = None) -> JobResult:
         """The stage again, from empty folders, in a worker of its own."""
         from bmbuild.stagelog import StageLog
 
@@ -281,7 +319,7 @@ class WorkerPool:
         log.close()
         with self._new_pool(1) as solo:
             try:
-                return solo.submit(run_job, job).result()
+                return _await(solo.submit(run_job, job), job.progress_path, on_progress)
             except BrokenProcessPool:
                 raise StageFailed("the worker process running this stage died without a result (killed, out of "
                                   "memory, or the stage's code ended the process); nothing was published") from None

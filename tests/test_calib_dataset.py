@@ -110,6 +110,35 @@ def test_short_side_truncates_long_side_and_exif_orientation(tmp_path: Path) -> 
     np.testing.assert_allclose(out.mean(axis=(1, 2)), [50, 100, 200], atol=3)  # B, G, R of a JPEG
 
 
+@pytest.mark.parametrize("pad_type, top", [("center", 1), ("normal", 0)])
+def test_keep_aspect_ratio_letterboxes_like_tpu_mlir(tmp_path: Path, pad_type: str, top: int) -> None:
+    """tpu-mlir's --keep_aspect_ratio: scale min(3/6, 4/4) = 0.5 -> 2x3 (2x2 block means), pasted into
+    4x3 at row (4 - 2) // 2 (center) or 0 (normal), the rest pad_value before mean and scale."""
+    path = save_png(tmp_path / "a.png", rgb_4x6())
+    cfg = cfg_for(path, resize=[4, 3], keep_aspect_ratio=True, pad_value=114, pad_type=pad_type,
+                  bgr2rgb=True, mean=[4.0], scale=0.5)
+    out = load_sample(SampleRef(path), cfg, (3, 4, 3))
+    red = np.full((4, 3), 114.0, dtype=np.float32)
+    red[top:top + 2] = [[1, 21, 41], [11, 31, 51]]
+    np.testing.assert_array_equal(out[0], (red - 4.0) * 0.5)
+    np.testing.assert_array_equal(out[2][top:top + 2], (red[top:top + 2] + 100 - 4.0) * 0.5)
+    # without resize it letterboxes into the model input's size; a stretch would be 3 block rows
+    square = load_sample(SampleRef(path), cfg_for(path, keep_aspect_ratio=True), (3, 3, 3))
+    assert square[:, 2].max() == 0 and square[:, :2].min() > 0
+
+
+def test_letterbox_settings_are_checked() -> None:
+    with pytest.raises(ValidationError, match="integer resize"):
+        Preprocess(resize=224, keep_aspect_ratio=True)
+    with pytest.raises(ValidationError, match="only with keep_aspect_ratio"):
+        Preprocess(resize=[224, 224], pad_value=114)
+    with pytest.raises(ValidationError):
+        Preprocess(keep_aspect_ratio=True, pad_value=256)
+    plain = Preprocess(resize=[224, 224])
+    assert "keep_aspect_ratio" not in plain.key_dump()  # recipes without it keep their keys
+    assert Preprocess(resize=[224, 224], keep_aspect_ratio=True).key_dump()["pad_type"] == "center"
+
+
 def test_image_size_mismatch_and_small_crop(tmp_path: Path) -> None:
     path = save_png(tmp_path / "a.png", rgb_4x6())
     with pytest.raises(DataError, match="4x6 but the model input needs 2x2") as err:

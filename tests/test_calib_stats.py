@@ -9,7 +9,6 @@ import pytest
 
 from bmbuild.calib import StatsCollector, TensorStats, compute_threshold
 from bmbuild.calib.methods import TINY
-from bmbuild.errors import DataError
 
 
 def stats_of(*arrays: np.ndarray, bins: int = 2048) -> TensorStats:
@@ -118,10 +117,20 @@ def test_memory_is_fixed(rng: np.random.Generator) -> None:
     assert {k for k, v in vars(s).items() if isinstance(v, np.ndarray)} == {"hist"}
 
 
-def test_nan_is_reported_with_tensor_name() -> None:
-    c = StatsCollector()
-    with pytest.raises(DataError, match="conv1/out"):
-        c.update("conv1/out", np.array([1.0, np.nan]))
+def test_tensors_that_cannot_be_calibrated_are_skipped_with_a_reason() -> None:
+    """Issue 11 item 2: NaN/inf, integer values or no values at all named, never a crash (NaN
+    raised DataError; a tensor that was always empty crashed in compute_threshold)."""
+    c = StatsCollector(bins=256)
+    c.update("ok", np.array([1.0, -2.0]))
+    c.update("conv1/out", np.array([1.0, 2.0]))
+    c.update("conv1/out", np.array([1.0, np.nan, np.inf]))
+    c.update("conv1/out", np.array([3.0]))  # later batches do not bring it back
+    c.update("shape", np.array([1, 3, 16, 16], dtype=np.int64))
+    c.update("empty", np.zeros((0, 4), dtype=np.float32))
+    rows = c.thresholds("kl")
+    assert list(rows) == ["ok"]
+    assert c.skipped == {"conv1/out": "has 2 non-finite values (NaN/inf)", "shape": "holds int64 values, not float",
+                         "empty": "held no values (empty in every sample)"}
 
 
 def test_collector_order_json_and_round_trip(rng: np.random.Generator) -> None:

@@ -66,3 +66,15 @@ def test_unwritable_names_and_values_rejected(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         write_table(tmp_path / "t", {"x": (1.0, 0.0, 1.0)}, {"k": "two\nlines"})
     assert not (tmp_path / "t").exists()
+
+
+def test_table_has_the_permissions_of_a_normal_file(tmp_path: Path) -> None:
+    """Issue 11 item 9: the table was written through mkstemp and kept its mode 0600."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        write_table(tmp_path / "m_cali_table", {"input": (1.0, -1.0, 1.0)})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m_cali_table").stat().st_mode & 0o777 == 0o644

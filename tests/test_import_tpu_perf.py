@@ -238,27 +238,36 @@ def test_tpu_mlir_calibration_and_deploys_translate(tmp_path):
         "name": "det", "shapes": [[1, 3, 224, 224]],
         "mlir_transform": "model_transform.py --model_name $(name) --model_def $(home)/det.onnx "
                           "--input_shapes [$(shape_param)] --resize_dims 256,256 --mean 1,2,3 --scale 0.5,0.25,0.125 "
-                          "--pixel_format bgr --test_input $(root)/cat.jpg --mlir $(workdir)/t.mlir",
+                          "--pixel_format bgr --keep_aspect_ratio --keep_ratio_mode letterbox --pad_value 114 "
+                          "--pad_type normal "
+                          "--output_names boxes,scores --test_input $(root)/cat.jpg --mlir $(workdir)/t.mlir",
         "mlir_calibration": "run_calibration.py $(workdir)/t.mlir --dataset $(cali_set) --input_num 50 "
                             "--cali_method mse -o $(workdir)/$(name).calitable",
         "deploy": ["model_deploy.py --mlir $(workdir)/t.mlir --quantize F32 --chip bm1684x --tolerance 0.99,0.98 "
                    "--model $(workdir)/f32.bmodel",
-                   "model_deploy.py --mlir $(workdir)/t.mlir --quantize INT8 --chip bm1684x "
+                   "model_deploy.py --mlir $(workdir)/t.mlir --quantize INT8 --asymmetric --chip bm1684x "
                    "--calibration_table $(workdir)/$(name).calitable --quantize_table $(home)/qtable "
                    "--tolerance 0.9,0.6 --model $(workdir)/int8.bmodel",
-                   "model_deploy.py --mlir $(workdir)/t.mlir --quantize BF16 --chip bm1684x --model x.bmodel"]}
+                   "model_deploy.py --mlir $(workdir)/t.mlir --quantize BF16 --chip bm1684x --model x.bmodel",
+                   "model_deploy.py --mlir $(workdir)/t.mlir --quantize INT8 --chip bm1684x "
+                   "--calibration_table $(workdir)/$(name).calitable --model $(workdir)/sym.bmodel"]}
     folder = zoo(tmp_path, {"det/config.yaml": config, "det/qtable": qtable})
     t = one(imported(folder, tmp_path))
     assert t.recipe["target"] == "BM1684X" and t.recipe["prec"] == "INT8"
     assert t.recipe["source"]["framework"] == "onnx"
     assert t.recipe["fp32"] == {"tolerance": {"cos": 0.99, "euclid": 0.98}}
-    assert t.recipe["int8"] == {"tolerance": {"cos": 0.9, "euclid": 0.6}, "fp32_layers": ["head", "neck"]}
+    assert t.recipe["int8"] == {"asymmetric": True, "tolerance": {"cos": 0.9, "euclid": 0.6},
+                                "fp32_layers": ["head", "neck"]}
+    assert t.recipe["output_names"] == ["boxes", "scores"]
     assert t.recipe["calibration"] == {
         "data": "${cali_set}", "samples": 50, "method": "mse",
         "preprocess": {"resize": [256, 256], "center_crop": [224, 224], "mean": [1.0, 2.0, 3.0],
-                       "scale": [0.5, 0.25, 0.125], "bgr2rgb": False}}
+                       "scale": [0.5, 0.25, 0.125], "bgr2rgb": False, "keep_aspect_ratio": True,
+                       "pad_value": 114, "pad_type": "normal"}}
     assert t.untranslated == [
-        "deploy[2] --quantize BF16: bmbuild builds one F32 and one symmetric INT8 bmodel per batch size",
+        "deploy[2] --quantize BF16: bmbuild builds one F32 and one INT8 bmodel per batch size",
+        "deploy[3] --quantize INT8: another INT8 build (symmetric): bmbuild builds one int8 bmodel per batch "
+        "size, here deploy[1]'s (a copy of the recipe with int8.asymmetric: false builds this one)",
         "deploy[1] --quantize_table $(home)/qtable (body F16): only F32 layers have a bmbuild equivalent "
         "(int8.fp32_layers)".replace("$(home)", str(folder.resolve() / "det"))]
 
@@ -294,12 +303,14 @@ def test_example_configs_translate(tmp_path):
     assert yolo.recipe["fp32"] == {"tolerance": {"cos": 0.99, "euclid": 0.99}}  # F32 --tolerance
     assert yolo.recipe["int8"] == {"tolerance": {"cos": 0.95, "euclid": 0.68}}  # INT8 --tolerance
     assert yolo.hint["calibration"]["preprocess"] == {                        # --mean --scale --pixel_format
-        "resize": [640, 640], "mean": [0.0, 0.0, 0.0], "scale": [0.0039216] * 3, "bgr2rgb": True}
+        "resize": [640, 640], "mean": [0.0, 0.0, 0.0], "scale": [0.0039216] * 3, "bgr2rgb": True,
+        "keep_aspect_ratio": True}                                            # --keep_aspect_ratio
+    assert yolo.recipe["output_names"] == ["350", "498", "646"]              # --output_names
     assert [u.split(":")[0] for u in yolo.untranslated] == [
-        "mlir_transform --output_names 350,498,646", "deploy[2] --asymmetric",
+        "deploy[2] --quantize INT8 --asymmetric",                            # a second int8 build
         f"deploy[1] --calibration_table {CORPUS.resolve()}/vision/detection/yolov5/cali_table",
         "deploy[1] --quant_input", "deploy[1] --quant_output"]
-    assert any(n.startswith("mlir_transform --keep_aspect_ratio: letterbox") for n in yolo.notes)
+    assert not [n for n in yolo.notes if "aspect" in n or "output_names" in n]
 
 
 EXPECTED_CORPUS = {
@@ -608,7 +619,7 @@ def tool_commands(commands: list[list[str]], tool: str) -> list[dict[str, Any]]:
 
 
 def mlir_case(tmp_path: Path, model: str) -> tuple[Path, dict[str, Any], dict[str, Any]]:
-    if model != "int8":
+    if not model.startswith("int8"):
         folder, config, variables = corpus_copy(tmp_path, model)
         for other in folder.glob("*config.yaml"):
             if yaml.safe_load(other.read_text()).get("name") != "yolov5s" and model.endswith("yolov5"):
@@ -620,16 +631,23 @@ def mlir_case(tmp_path: Path, model: str) -> tuple[Path, dict[str, Any], dict[st
     config["mlir_calibration"] = ("run_calibration.py $(workdir)/transformed.mlir "
                                   "--dataset $(imagenet2012_mlir_cali_set) --input_num 100 --cali_method mse "
                                   "-o $(workdir)/$(name).calitable")
-    int8 = config["deploy"][1].replace("$(home)/cali_table", "$(workdir)/$(name).calitable")
+    # int8-asym: the asymmetric deploy, a letterboxing transform cut at an inner tensor
+    int8 = config["deploy"][2 if model == "int8-asym" else 1].replace("$(home)/cali_table",
+                                                                      "$(workdir)/$(name).calitable")
     config["deploy"] = [config["deploy"][0], int8.replace("--quant_input", "--quantize_table $(home)/qtable")
-                        .replace("--quant_output", "")]
+                        .replace("--quant_output", "").replace("--asymmetric", "--asymmetric --quantize_table "
+                                                                              "$(home)/qtable")]
+    if model == "int8-asym":
+        config["mlir_transform"] = config["mlir_transform"].replace(
+            "--pixel_format", "--keep_aspect_ratio --pad_value 114 --output_names resnetv24_flatten0_reshape0 "
+                              "--pixel_format")
     (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     (folder / "qtable").write_text("resnetv24_dense0_fwd F32\n")
     return folder, config, variables
 
 
 @pytest.mark.parametrize("model", ["vision/detection/yolov5", "vision/classification/resnet50-v2",
-                                   "vision/classification/efficientnet-lite4", "int8"])
+                                   "vision/classification/efficientnet-lite4", "int8", "int8-asym"])
 def test_tpu_mlir_dry_run_matches_the_configs_commands(tmp_path, run_bmbuild, monkeypatch, model):
     folder, config, variables = mlir_case(tmp_path, model)
     result = import_zoo(folder, tmp_path / "out")
@@ -665,19 +683,30 @@ def test_tpu_mlir_dry_run_matches_the_configs_commands(tmp_path, run_bmbuild, mo
                 assert preprocess["resize"] == [int(v) for v in value.split(",")]
             elif flag == "channel_format":
                 assert preprocess["layout"] == value.upper()
-            else:                                  # --output_names, --keep_aspect_ratio: named as lost
-                assert any(line.startswith(f"mlir_transform --{flag}") for line in t.untranslated + t.notes), flag
+            elif flag == "output_names":           # every transform ends the graph there
+                assert recipe["output_names"] == value.split(",")
+                assert all(mine["output_names"] == value for mine in ours), ours
+            elif flag in ("keep_aspect_ratio", "pad_value", "pad_type"):
+                assert preprocess[flag] is True if flag == "keep_aspect_ratio" else str(preprocess[flag]) == value
+                letterboxing = [mine for mine in ours if "keep_aspect_ratio" in mine]  # calibrate's transform
+                assert len(letterboxing) == (recipe.get("prec") == "INT8")
+                assert all(mine.get(flag) == value for mine in letterboxing)
+            else:
+                raise AssertionError(f"unexpected model_transform flag --{flag}")
     deploys = [flags(shlex.split(expand(d, scope))[1:]) for d in config["deploy"]]
     mine = {q: tool_commands(commands, "model_deploy") for q in ("F32", "INT8")}
-    for theirs in deploys:
+    int8_seen = False
+    for index, theirs in enumerate(deploys):
         quantize = theirs["quantize"]
-        if quantize == "INT8" and ("asymmetric" in theirs or recipe.get("prec") != "INT8"):
-            assert any(u.startswith("deploy[") for u in t.untranslated)      # named, not built
+        if quantize == "INT8" and (int8_seen or recipe.get("prec") != "INT8"):
+            assert any(u.startswith(f"deploy[{index}]") for u in t.untranslated)  # named, not built
             continue
+        int8_seen = int8_seen or quantize == "INT8"
         built = [f for f in mine[quantize] if f["quantize"] == quantize and "not_gen_bmodel" not in f]
         assert len(built) == len(recipe.get("batch_sizes") or [1])            # one per batch size
         for f in built:
             assert f["chip"] == theirs["chip"]
+            assert ("asymmetric" in f) == ("asymmetric" in theirs)           # int8.asymmetric
             assert ("calibration_table" in f) == (quantize == "INT8") == ("calibration_table" in theirs)
         role = "fp32" if quantize == "F32" else "int8"
         cos, euclid = (float(v) for v in theirs["tolerance"].split(","))

@@ -202,7 +202,9 @@ def test_an_s3_endpoint_that_never_answers_warns_once_and_cache_commands_exit_2(
     assert done.stderr.count("warning:") == 1, done.stderr
     assert "unreachable" in done.stderr or "cannot be opened" in done.stderr, done.stderr
     assert "no answer within 2s" in done.stderr
-    assert held  # it did connect: the server accepted and stayed silent
+    # it did connect (the server accepted and stayed silent), unless opening the filesystem (importing
+    # s3fs) already took the whole timeout on a loaded machine
+    assert held or "cannot be opened" in done.stderr, done.stderr
     for command in ("pull", "push"):
         done = run_subprocess("cache", command, "--remote-cache", url, cwd=workspace, timeout=60)
         assert done.returncode == 2, done.stdout + done.stderr

@@ -112,6 +112,21 @@ def test_bm1684x_every_stage_then_noop_then_only_int8_on_method_change(tws: Int8
     assert set(fp32_cmp) == set(int8_cmp) == {"b1/output", "b2/output"}
     assert all(v["cos"] > 0.99999 for v in fp32_cmp.values())
     assert all(0.9 < v["cos"] < 1.0 and 10 < v["sqnr"] < 100 and "top1" in v for v in int8_cmp.values())
+    # per sample (mean and worst over the 3 held-out samples), whatever the batch size: b2 runs them
+    # as a pair plus a padded single, b1 one by one, and both report the same numbers
+    b1, b2 = int8_cmp["b1/output"], int8_cmp["b2/output"]
+    assert b1["samples"] == b2["samples"] == 3
+    for key in ("cos", "sqnr", "top1"):
+        assert b1[key] == pytest.approx(b2[key], rel=1e-4)
+    assert b1["worst"]["cos"] == pytest.approx(b2["worst"]["cos"], rel=1e-4) and b1["worst"]["cos"] <= b1["cos"]
+    # per layer (report.json, as for the reference toolchain): the int8 tpu MLIR's tensors against
+    # the top MLIR's, by name, on a held-out sample
+    layers = {layer["name"]: layer for layer in stage_metrics(tws, "compile_int8")["layers"]}
+    assert "output_Gemm" in layers and len(layers) >= 4
+    assert {layer["op"] for layer in layers.values()} >= {"Relu", "Gemm"}     # Conv is fused into its Relu
+    assert all(0.9 < layer["cos"] < 1.0 and layer["local_sqnr"] > 10 for layer in layers.values())
+    # the int8 tpu MLIR's output is the bmodel's: its cos is one of the held-out samples' (the first)
+    assert b1["worst"]["cos"] - 1e-6 <= layers["output_Gemm"]["cos"] <= 1.0
     assert stage_metrics(tws, "calibrate")["cali_method"] == "max"
     assert stage_metrics(tws, "quantize")["quantized_nodes"] > 0
     commands = (tws.root / "build" / "tiny8" / "logs" / "compile_int8.cmd").read_text()
@@ -153,7 +168,11 @@ def test_bm1684_every_stage_with_a_layer_kept_in_float_and_eval(tws: Int8Workspa
     evaluation = stage_metrics(tws, "compile_int8")["eval"]
     assert evaluation["samples"] == 3 and 0 <= evaluation["int8"] <= 1 and 0 <= evaluation["fp32"] <= 1
     commands = (tws.root / "build" / "tiny8" / "logs" / "compile_int8.cmd").read_text()
-    assert commands.count("model_runner") == 3 + 2 + 2     # cmp b1 (3 runs) + b2 (2), eval at batch 2 (2)
+    # cmp b1 (3 runs) + b2 (2), per layer (top and final MLIR), eval at batch 2 (2)
+    assert commands.count("model_runner") == 3 + 2 + 2 + 2 and commands.count("--dump_all_tensors") == 2
+    layers = {layer["name"]: layer for layer in stage_metrics(tws, "compile_int8")["layers"]}
+    assert layers and "local_sqnr" in layers["/relu/Relu_output_0_Relu"]
+    assert "local_sqnr" not in layers.get("output_Gemm", {})    # kept in float: no int8 grid
 
 
 @needs_python310
@@ -162,6 +181,24 @@ def test_unknown_fp32_layer_names_the_layers(tws: Int8Workspace) -> None:
     code, out, err = tws.build(recipe, "--stage", "quantize")
     assert code == 1
     assert "no layer named 'gemm'" in out + err and "output_Gemm" in out + err
+
+
+def test_int8_grids_are_read_from_the_lowered_mlir(tmp_path: Path) -> None:
+    """Each int8 tensor's scale, zero point and range, by its location name (aliased or inline);
+    float results have none. Lines as tpu-mlir 1.30.2 writes them for bm1684x."""
+    from bmbuild.toolchains.tpu_mlir_run import quant_grids
+
+    mlir = tmp_path / "m_bm1684x_int8_sym_tpu.mlir"
+    mlir.write_text(
+        '    %2 = "tpu.Cast"(%1) {with_scale = true} : (tensor<1x3x16x16x!quant.calibrated<f32<-3.9:3.9>>>) '
+        '-> tensor<1x3x16x16x!quant.uniform<i8:f32, 0.030704107874015747>> loc(#loc2)\n'
+        '    %5 = "tpu.Conv2D"(%2, %3, %4) {do_relu = true} : (tensor<1x3x16x16x!quant.uniform<i8:f32, 0.03>>, '
+        'tensor<8x3x3x3xsi8>, tensor<1x8x1x1xi32>) -> tensor<1x8x16x16x!quant.uniform<u8:f32, 8.67E-4:3>> '
+        'loc("/1/Relu_output_0_Relu")\n'
+        '    %9 = "tpu.MatMul"(%8) : (tensor<1x8xf32>) -> tensor<1x10xf32> loc(#loc9)\n'
+        '#loc2 = loc("input/1/Relu_output_0_Relu_si8")\n#loc9 = loc("output_Gemm")\n')
+    assert quant_grids(mlir) == {"input/1/Relu_output_0_Relu_si8": (0.030704107874015747, 0, -128, 127),
+                                 "/1/Relu_output_0_Relu": (8.67e-4, 3, 0, 255)}
 
 
 # --- dry run, errors ---------------------------------------------------------------------------------
@@ -175,6 +212,7 @@ def test_dry_run_prints_the_tpu_mlir_commands_and_runs_nothing(tws: Int8Workspac
     assert "run_calibration tiny8.mlir" in out and "--cali_method max" in out
     assert "--quantize INT8 --chip bm1684 --calibration_table" in out and "--not_gen_bmodel" in out
     assert "model_tool --combine" in out
+    assert "per layer: model_runner --dump_all_tensors of the top MLIR (fp32) and the int8 tpu MLIR" in out
     assert not (tws.root / "build" / "tiny8" / "compile_fp32").exists()
 
 
@@ -265,3 +303,28 @@ def test_install_again_is_a_no_op(tws: Int8Workspace, tpu_env: Path) -> None:
     assert code == 0 and "already installed" in err
     assert (tpu_env.parent / tpu_mlir_env.INFO_FILE).is_file()
     assert tpu_mlir_env.managed_path().is_symlink()            # published by an atomic symlink swap
+
+
+# --- the demo recipe -----------------------------------------------------------------------------------
+def test_the_tpu_mlir_demo_builds_resnet_yaml_for_both_chips() -> None:
+    """`make demo TOOLCHAIN=tpu-mlir` builds recipes/resnet_chips.yaml: resnet.yaml's model and settings
+    once per chip; only the numbers of samples run on the cmodel differ."""
+    from bmbuild.recipe import load_recipe, load_recipes
+
+    root = Path(__file__).resolve().parents[1]
+    single = load_recipe(root / "recipes" / "resnet.yaml").recipe
+    chips = [loaded.recipe for loaded in load_recipes([root / "recipes" / "resnet_chips.yaml"])]
+    assert {(r.name, r.target) for r in chips} == {("resnet18_bm1684x", "BM1684X"), ("resnet18_bm1684", "BM1684")}
+    cmodel = {"fp32": {"cmp_samples"}, "int8": {"cmodel_samples"}}
+
+    def settings(recipe: Any) -> dict[str, Any]:
+        data = recipe.model_dump(mode="json", exclude={"name", "target", "variants", "description"})
+        for section, keys in cmodel.items():
+            data[section] = {k: v for k, v in data[section].items() if k not in keys}
+        data["source"]["model"] = Path(data["source"]["model"]).name
+        return data
+
+    assert all(settings(recipe) == settings(single) for recipe in chips)
+    assert all(r.int8.cmodel_samples <= r.int8.cmp_samples for r in chips)
+    makefile = (root / "Makefile").read_text()
+    assert "recipes/resnet_chips.yaml" in makefile and "$(filter tpu-mlir,$(TOOLCHAIN))" in makefile

@@ -167,10 +167,16 @@ def test_int8_compiles_bmbuilds_qdq_model_with_tvm(ws8: Int8Workspace):
     assert found["layers"] and set(found["latency"]) == {"b1", "b4"}
     assert found["eval"]["samples"] == 12 and 0 <= found["eval"]["int8"] <= 1
     assert "TVM runs the QDQ graph with float kernels" in ws8.report()["stages"]["compile_int8"]["summary"]
-    # the library computes what onnxruntime computes on the same QDQ model
+    # the library computes what onnxruntime computes on the same QDQ model (up to one step of
+    # the int8 output: float kernels that differ in the last bit may round a tie the other way)
     umodel = ws8.stage_dir("quantize") / "tiny8.int8.onnx"
+    import onnx
+    from onnx import numpy_helper
+
+    scales = {i.name: float(numpy_helper.to_array(i)) for i in onnx.load(str(umodel)).graph.initializer
+              if i.name == "output_scale"}
     np.testing.assert_allclose(run_library(folder / "4b.int8.so", x[:4]), run_onnx(umodel, x[:4]),
-                               rtol=1e-3, atol=1e-3)
+                               rtol=1e-3, atol=max(1e-3, 1.0001 * scales.get("output_scale", 0.0)))
     # calibrate and quantize are the reference toolchain's: the same table and QDQ model
     produced = {stage: {p.name: p.read_bytes() for p in ws8.stage_dir(stage).iterdir() if p.is_file()
                         and not p.name.startswith(".")} for stage in ("calibrate", "quantize")}

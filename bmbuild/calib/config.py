@@ -7,7 +7,7 @@ every field has a description and unknown keys are rejected so that typos fail l
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -15,6 +15,7 @@ from bmbuild.calib.registry import METHOD_NAMES
 from bmbuild.calib.registry import description as methods_description
 
 Size = int | tuple[int, int]
+LETTERBOX_FIELDS = {"keep_aspect_ratio", "pad_value", "pad_type"}
 
 
 def _check_size(value: Size | None, name: str) -> Size | None:
@@ -32,8 +33,9 @@ class Preprocess(BaseModel):
     Follows the vendor's `--cali_image_preprocess` (the vendor decodes with OpenCV, which yields
     BGR, and feeds BGR unless told `bgr2rgb`): the image is decoded (EXIF orientation applied),
     put in BGR channel order unless `bgr2rgb` is true, resized (OpenCV-style bilinear on 8-bit
-    pixels), centre-cropped, then `(pixel - mean) * scale` (or `/ std`) per channel in the
-    *output* channel order, and laid out as C,H,W (or H,W,C).
+    pixels; or letterboxed like tpu-mlir's `--keep_aspect_ratio`), centre-cropped, then
+    `(pixel - mean) * scale` (or `/ std`) per channel in the *output* channel order, and laid out
+    as C,H,W (or H,W,C).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -75,6 +77,24 @@ class Preprocess(BaseModel):
     layout: Literal["NCHW", "NHWC"] = Field(
         "NCHW", description="Memory layout of the network input."
     )
+    keep_aspect_ratio: bool = Field(
+        False,
+        description="Letterbox instead of stretching (tpu-mlir's --keep_aspect_ratio): scale the "
+        "image by min(height/h, width/w) into resize [height, width] (default: the model input's "
+        "size), sizes truncated, and fill the rest with pad_value. Needs a [height, width] resize "
+        "or none (an integer resize keeps the ratio already).",
+    )
+    pad_value: int = Field(
+        0, ge=0, le=255,
+        description="Pixel value (0..255, before mean and scale) of keep_aspect_ratio's padding "
+        "(tpu-mlir --pad_value).",
+    )
+    pad_type: Literal["center", "normal"] = Field(
+        "center",
+        description="Where keep_aspect_ratio places the resized image (tpu-mlir --pad_type): center "
+        "(offset floor(padding / 2) on each axis) or normal (top-left corner, padding right and "
+        "bottom).",
+    )
 
     @field_validator("resize")
     @classmethod
@@ -100,7 +120,17 @@ class Preprocess(BaseModel):
             raise ValueError("scale must not be an empty list")
         if self.std is not None and any(s != 1.0 for s in scales):
             raise ValueError("give either scale or std, not both")
+        if self.keep_aspect_ratio and isinstance(self.resize, int):
+            raise ValueError("keep_aspect_ratio letterboxes into resize [height, width]; an integer "
+                             "resize (the short side) keeps the aspect ratio already")
+        if not self.keep_aspect_ratio and (self.pad_value != 0 or self.pad_type != "center"):
+            raise ValueError("pad_value and pad_type apply only with keep_aspect_ratio: true")
         return self
+
+    def key_dump(self, mode: Literal["python", "json"] = "python") -> dict[str, Any]:
+        """What an action key holds: the letterbox settings only when keep_aspect_ratio is on, so
+        recipes that never set them keep their keys."""
+        return self.model_dump(mode=mode, exclude=None if self.keep_aspect_ratio else LETTERBOX_FIELDS)
 
     def channel_values(self, channels: int) -> tuple[list[float], list[float]]:
         """Per-channel (mean, multiplier) for `channels` channels; ValueError if lengths clash."""

@@ -20,8 +20,6 @@ from typing import Any
 
 import numpy as np
 
-from bmbuild.errors import DataError
-
 _CHUNK = 1 << 20
 
 
@@ -119,21 +117,37 @@ class TensorStats:
 
 
 class StatsCollector:
-    """TensorStats per tensor name, in first-seen order (the order the table is written in)."""
+    """TensorStats per tensor name, in first-seen order (the order the table is written in).
+
+    A tensor that cannot be calibrated is never a crash: integer or boolean values, NaN/inf, or
+    no values at all put it in `skipped` with the reason, and it is left out of the thresholds
+    (the quantizer then keeps it in float).
+    """
 
     def __init__(self, bins: int = 2048):
         self.bins = int(bins)
         self._stats: dict[str, TensorStats] = {}
+        self.skipped: dict[str, str] = {}
 
     def update(self, name: str, array: Any) -> None:
-        """Add a batch of values of tensor `name`; DataError naming it on NaN/inf."""
+        """Add a batch of values of tensor `name`."""
+        if name in self.skipped:
+            return
+        x = np.asarray(array)
+        if x.dtype.kind != "f":
+            self._skip(name, f"holds {x.dtype} values, not float")
+            return
         stats = self._stats.get(name)
         if stats is None:
             stats = self._stats[name] = TensorStats(self.bins)
         try:
-            stats.update(array)
+            stats.update(x)
         except ValueError as exc:
-            raise DataError(f"tensor {name!r} has {exc} during calibration") from exc
+            self._skip(name, f"has {exc}")
+
+    def _skip(self, name: str, reason: str) -> None:
+        self._stats.pop(name, None)
+        self.skipped[name] = reason
 
     def __getitem__(self, name: str) -> TensorStats:
         return self._stats[name]
@@ -165,8 +179,11 @@ class StatsCollector:
 
     def thresholds(self, method: str = "kl",
                    percentile: float = 99.99) -> dict[str, tuple[float, float, float]]:
-        """{name: (threshold, min, max)}, ready for `write_table`."""
+        """{name: (threshold, min, max)}, ready for `write_table`; tensors that never held a
+        value move to `skipped`."""
         from bmbuild.calib.methods import compute_threshold
 
+        for name in [n for n, s in self._stats.items() if s.count == 0]:
+            self._skip(name, "held no values (empty in every sample)")
         return {n: (compute_threshold(s, method, percentile), s.min, s.max)
                 for n, s in self._stats.items()}

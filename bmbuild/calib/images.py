@@ -16,7 +16,8 @@ from bmbuild.calib.config import Preprocess, Size
 from bmbuild.calib.sources import IMAGE_SUFFIXES
 from bmbuild.errors import DataError
 
-__all__ = ["IMAGE_SUFFIXES", "decode_image", "load_image", "preprocess_image", "resize_bilinear", "resized_shape"]
+__all__ = ["IMAGE_SUFFIXES", "decode_image", "letterbox", "load_image", "preprocess_image", "resize_bilinear",
+           "resized_shape"]
 
 
 def decode_image(path: Path, channels: int) -> np.ndarray:
@@ -77,6 +78,20 @@ def resized_shape(h: int, w: int, resize: Size) -> tuple[int, int]:
     return max(1, int(resize * h / w)), resize
 
 
+def letterbox(img: np.ndarray, height: int, width: int, pad_value: int, pad_type: str) -> np.ndarray:
+    """Resize keeping the aspect ratio into height x width and pad, as tpu-mlir's
+    ImageResizeTool.letterbox_resize: scale min(width/w, height/h), sizes truncated, the image
+    centred (offsets floor(padding / 2)) or at the top-left corner (`normal`)."""
+    h, w = img.shape[:2]
+    ratio = min(width / w, height / h)
+    new_h, new_w = max(1, int(h * ratio)), max(1, int(w * ratio))
+    resized = resize_bilinear(img, new_h, new_w)
+    out = np.full((height, width, img.shape[2]), pad_value, dtype=np.uint8)
+    top, left = ((height - new_h) // 2, (width - new_w) // 2) if pad_type == "center" else (0, 0)
+    out[top:top + new_h, left:left + new_w] = resized
+    return out
+
+
 def preprocess_image(img: np.ndarray, pre: Preprocess, path: Path,
                      expected_shape: tuple[int, ...]) -> np.ndarray:
     """uint8 RGB H,W,C -> float32 sample of `expected_shape` (C,H,W or H,W,C per pre.layout)."""
@@ -86,7 +101,10 @@ def preprocess_image(img: np.ndarray, pre: Preprocess, path: Path,
         out_h, out_w, channels = expected_shape
     if channels == 3 and not pre.bgr2rgb:
         img = img[:, :, ::-1]  # RGB -> BGR, as OpenCV decodes
-    if pre.resize is not None:
+    if pre.keep_aspect_ratio:
+        img = letterbox(img, *(_pair(pre.resize) if pre.resize is not None else (out_h, out_w)),
+                        pre.pad_value, pre.pad_type)
+    elif pre.resize is not None:
         img = resize_bilinear(img, *resized_shape(img.shape[0], img.shape[1], pre.resize))
     if pre.center_crop is not None:
         ch, cw = _pair(pre.center_crop)

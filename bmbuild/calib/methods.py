@@ -142,43 +142,60 @@ def _rounding_integral(u: np.ndarray) -> np.ndarray:
     return n / 12.0 + (r**3 + 0.125) / 3.0
 
 
-def mse(stats: TensorStats, candidates: int = 2048) -> float:
-    """The threshold minimising the expected squared error of symmetric int8 quantization.
+def expected_error(stats: TensorStats, thresholds: np.ndarray) -> np.ndarray:
+    """The expected squared error of symmetric int8 quantization at each threshold.
 
     Values are taken as uniform inside each histogram bin; for a threshold T (step s = T/127)
     values below T cost their exact mean rounding error, values above T the clipping error
-    (x - T)^2. Candidates: up to `candidates` evenly spaced thresholds in (0, |x| max].
+    (x - T)^2.
     """
-    if stats.hi == 0.0:
-        return TINY
     nzb = np.flatnonzero(stats.hist)
     w = stats.bin_width
     a = nzb * w
     b = a + w
     c = stats.hist[nzb].astype(np.float64) / (w * stats.count)  # density per unit of |x|
+    out = np.empty(len(thresholds))
+    for start in range(0, len(thresholds), 256):  # chunks bound the (candidates x bins) temporaries
+        t = np.asarray(thresholds[start:start + 256], dtype=np.float64)[:, None]
+        s = t / 127.0
+        upper = np.minimum(b, t)
+        inside = np.where(a < t, s**3 * (_rounding_integral(upper / s) - _rounding_integral(a / s)), 0.0)
+        lower = np.maximum(a, t)
+        clipped = np.where(b > t, ((b - t) ** 3 - (lower - t) ** 3) / 3.0, 0.0)
+        out[start:start + 256] = ((inside + clipped) * c).sum(axis=1)
+    return out
+
+
+def mse(stats: TensorStats, candidates: int = 2048) -> float:
+    """The threshold minimising `expected_error`, among up to `candidates` evenly spaced
+    thresholds in (0, |x| max]."""
+    if stats.hi == 0.0:
+        return TINY
     absmax = stats.absmax
-    k = max(1, min(candidates, int(math.ceil(absmax / w))))
-
-    def errors(thresholds: np.ndarray) -> np.ndarray:
-        out = np.empty(len(thresholds))
-        for start in range(0, len(thresholds), 256):  # chunks bound the (candidates x bins) temporaries
-            t = thresholds[start:start + 256, None]
-            s = t / 127.0
-            upper = np.minimum(b, t)
-            inside = np.where(a < t, s**3 * (_rounding_integral(upper / s) - _rounding_integral(a / s)), 0.0)
-            lower = np.maximum(a, t)
-            clipped = np.where(b > t, ((b - t) ** 3 - (lower - t) ** 3) / 3.0, 0.0)
-            out[start:start + 256] = ((inside + clipped) * c).sum(axis=1)
-        return out
-
+    k = max(1, min(candidates, int(math.ceil(absmax / stats.bin_width))))
     # A coarse grid, then the full resolution between the best point's neighbours: the expected
     # error is smooth in T, and this evaluates ~0.25 of the `k` candidates.
     grid = absmax * np.arange(1, k + 1) / k
     step = max(1, k // 256)
     coarse = grid[step - 1::step]
-    best = int(np.argmin(errors(coarse))) * step + step - 1
+    best = int(np.argmin(expected_error(stats, coarse))) * step + step - 1
     fine = grid[max(0, best - step): best + step + 1]
-    return _finish(float(fine[int(np.argmin(errors(fine)))]), stats)
+    return _finish(float(fine[int(np.argmin(expected_error(stats, fine)))]), stats)
+
+
+def kl_checked(stats: TensorStats) -> float:
+    """kl, unless clipping there costs more than not clipping at all (|x| max).
+
+    KL divergence judges the shape of a histogram, and on a tensor with few values (a pooled
+    vector, a gate) it cuts real values as outliers. tpu-mlir tunes each kl threshold against
+    the error it causes (its SimpleTuner, on samples); here the check is the expected squared
+    error on the calibration histogram, which keeps kl wherever its clipping pays off.
+    """
+    t = kl(stats)
+    if stats.hi == 0.0:
+        return t
+    errors = expected_error(stats, np.asarray([t, stats.absmax]))
+    return t if errors[0] <= errors[1] else _finish(stats.absmax, stats)
 
 
 def compute_threshold(stats: TensorStats, method: str = "kl", percentile: float = 99.99) -> float:
@@ -195,7 +212,7 @@ def compute_threshold(stats: TensorStats, method: str = "kl", percentile: float 
 THRESHOLDS: dict[str, Callable[[TensorStats, float], float]] = {
     "minmax": lambda stats, percentile: minmax(stats),
     "percentile": lambda stats, percentile: _percentile(stats, percentile),
-    "kl": lambda stats, percentile: kl(stats),
+    "kl": lambda stats, percentile: kl_checked(stats),
     "mse": lambda stats, percentile: mse(stats),
 }
 

@@ -51,11 +51,13 @@ def format_table(rows: Mapping[str, Row], header: Mapping[str, str] | None = Non
 
 def write_table(path: str | Path, rows: Mapping[str, Row],
                 header: Mapping[str, str] | None = None) -> None:
-    """Write atomically (temp file in the same folder, then os.replace)."""
+    """Write atomically (temp file in the same folder, then os.replace), with the permissions
+    of any file the user creates (mkstemp's 0600 made the table unreadable to others)."""
     path = Path(path)
     data = format_table(rows, header).encode("utf-8")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -67,6 +69,20 @@ def write_table(path: str | Path, rows: Mapping[str, Row],
         except FileNotFoundError:
             pass
         raise
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux shows it (other threads may be
+    creating files)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def read_table(path: str | Path) -> dict[str, Row]:

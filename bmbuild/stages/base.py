@@ -30,10 +30,17 @@ class StageContext:
     log: "StageLog"
     toolchain: "Toolchain"
     metrics: dict[str, Any] = field(default_factory=dict)
+    reporter: Callable[[int, int, str], None] | None = None  # bmbuild.progress.ProgressReporter
 
     @property
     def recipe(self) -> Recipe:
         return self.loaded.recipe
+
+    def progress(self, done: int, total: int, label: str = "samples") -> None:
+        """A long loop says how far it is (shown on the console, logged every quarter); cheap
+        enough to call after every batch."""
+        if self.reporter is not None:
+            self.reporter(done, total, label)
 
 
 @dataclass(frozen=True)

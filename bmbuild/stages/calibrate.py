@@ -28,7 +28,7 @@ def table_name(recipe: Recipe) -> str:
 
 STAGE = Stage(
     name="calibrate",
-    version="4",
+    version="5",  # 5: the prepared (opset >= 13, basic-optimised) model; uncalibratable tensors skipped
     upstream=("compile_fp32",),
     applies=is_int8,
     params=_params,

@@ -28,6 +28,8 @@ def _params(recipe: Recipe) -> dict[str, Any]:
         "cmp_samples": fp32.cmp_samples,
         "seed": fp32.seed,
         **tvm_params(recipe),
+        # only when set: recipes without it keep their keys
+        **({"output_names": recipe.output_names} if recipe.output_names else {}),
     }
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from bmbuild.compare import check_all, latency_summary
 from bmbuild.recipe import LoadedRecipe, Recipe
 from bmbuild.stages.base import Stage, toolchain_step, tvm_params
-from bmbuild.stages.int8_common import dataset_files, dataset_params, is_int8
+from bmbuild.stages.int8_common import asymmetric_params, dataset_files, dataset_params, is_int8
 
 
 def _params(recipe: Recipe) -> dict[str, Any]:
@@ -30,6 +30,7 @@ def _params(recipe: Recipe) -> dict[str, Any]:
         "cmodel_samples": int8.cmodel_samples,
     }
     params.update(tvm_params(recipe))
+    params.update(asymmetric_params(recipe))
     if int8.enable_profile:  # only when set: keys of recipes without it are unchanged
         params["enable_profile"] = True
     if recipe.eval:
@@ -50,10 +51,7 @@ def gate(recipe: Recipe, metrics: dict[str, Any]) -> list[str]:
     if recipe.int8.cmp and "cmp" in metrics:
         failures += check_all(metrics["cmp"], recipe.int8.tolerance).failures
         if failures and metrics.get("layers"):
-            worst = sorted(metrics["layers"], key=lambda layer: layer["cos"])[:5]
-            failures.append("layers diverging most from fp32 (candidates for int8.fp32_layers):")
-            failures += [f"  {layer['name']} (op {layer.get('op', '?')}, node {layer.get('node', '?')}): "
-                         f"cos={layer['cos']:.4f} sqnr={layer['sqnr']:.1f}dB" for layer in worst]
+            failures += diagnose(metrics["layers"])
     evaluation = metrics.get("eval")
     if recipe.eval and evaluation:
         drop = evaluation["drop_points"]
@@ -64,6 +62,19 @@ def gate(recipe: Recipe, metrics: dict[str, Any]) -> list[str]:
     return failures
 
 
+def diagnose(layers: list[dict[str, Any]], count: int = 5) -> list[str]:
+    """The layers whose own int8 rounding loses most (lowest local SQNR), as int8.fp32_layers."""
+    key = "local_sqnr" if all("local_sqnr" in layer for layer in layers) else "sqnr"
+    worst = sorted(layers, key=lambda layer: layer[key])[:count]
+    lines = ["layers losing most to their own int8 rounding (candidates for int8.fp32_layers):"]
+    lines += [f"  {layer['name']} (op {layer.get('op', '?')}, node {layer.get('node', '?')}): "
+              f"local sqnr={layer.get('local_sqnr', layer['sqnr']):.1f}dB, vs fp32 cos={layer['cos']:.4f}"
+              for layer in worst]
+    nodes = list(dict.fromkeys(layer.get("node") or layer["name"] for layer in worst))
+    lines.append(f"  int8: {{fp32_layers: [{', '.join(nodes)}]}}")
+    return lines
+
+
 def summary(metrics: dict[str, Any]) -> str:
     parts = []
     cmp = metrics.get("cmp")
@@ -71,6 +82,9 @@ def summary(metrics: dict[str, Any]) -> str:
         cos = min(v["cos"] for v in cmp.values())
         sqnr = min(v["sqnr"] for v in cmp.values())
         text = f"int8 cmp cos={cos:.4f} sqnr={sqnr:.1f}dB"
+        worst = [v["worst"]["cos"] for v in cmp.values() if "worst" in v]
+        if worst:
+            text = f"int8 cmp per sample: mean cos={cos:.4f} sqnr={sqnr:.1f}dB, worst cos={min(worst):.4f}"
         top1 = [v["top1"] for v in cmp.values() if "top1" in v]
         if top1:
             text += f" top1-agree={min(top1):.3f}"
@@ -90,7 +104,7 @@ def summary(metrics: dict[str, Any]) -> str:
 
 STAGE = Stage(
     name="compile_int8",
-    version="1",
+    version="2",  # 2: per-sample metrics (mean and worst), int8 weights kept in compiled models
     upstream=("compile_fp32", "quantize"),
     applies=is_int8,
     params=_params,

@@ -15,6 +15,12 @@ def is_int8(recipe: Recipe) -> bool:
     return recipe.prec == "INT8" and recipe.calibration is not None
 
 
+def asymmetric_params(recipe: Recipe) -> dict[str, Any]:
+    """int8.asymmetric for the keys of the stages it changes (quantize, compile_int8), only when set:
+    symmetric recipes keep their keys."""
+    return {"asymmetric": True} if recipe.int8.asymmetric else {}
+
+
 def dataset_params(recipe: Recipe) -> dict[str, Any]:
     """The calibration settings that decide which samples are read and how."""
     cfg = recipe.calibration
@@ -24,7 +30,7 @@ def dataset_params(recipe: Recipe) -> dict[str, Any]:
         "samples": cfg.samples,
         "seed": cfg.seed,
         "holdout": recipe.int8.cmp_samples if recipe.int8.cmp else 0,
-        "preprocess": cfg.preprocess.model_dump() if cfg.preprocess else None,
+        "preprocess": cfg.preprocess.key_dump() if cfg.preprocess else None,
         "shapes": recipe.shapes,
         "inputs": recipe.inputs_key(),
     }
@@ -44,6 +50,7 @@ def input_sources(recipe: Recipe) -> dict[str, Any]:
     folders = [str(own.data or cfg.data) for own in cfg.inputs.values()] + ([str(cfg.data)] if cfg.data else [])
     root = os.path.dirname(os.path.commonpath(folders)) if len(set(folders)) == 1 else os.path.commonpath(folders)
     return {name: {**own.model_dump(mode="json", exclude={"data"}),
+                   "preprocess": own.preprocess.key_dump("json") if own.preprocess else None,
                    "data": os.path.relpath(str(own.data), root) if own.data else None}
             for name, own in sorted(cfg.inputs.items())}
 

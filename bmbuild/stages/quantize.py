@@ -7,23 +7,26 @@ from typing import Any
 
 from bmbuild.recipe import Recipe
 from bmbuild.stages.base import Stage, toolchain_step
-from bmbuild.stages.int8_common import is_int8
+from bmbuild.stages.int8_common import asymmetric_params, is_int8
 
 
 def _params(recipe: Recipe) -> dict[str, Any]:
-    return {"net_name": recipe.name, "per_channel": recipe.int8.per_channel, "fp32_layers": recipe.int8.fp32_layers,
-            "target": recipe.target}
+    params = {"net_name": recipe.name, "per_channel": recipe.int8.per_channel, "fp32_layers": recipe.int8.fp32_layers,
+              "target": recipe.target}
+    return {**params, **asymmetric_params(recipe)}
 
 
 STAGE = Stage(
     name="quantize",
-    version="1",
+    version="3",  # 3: BM1684X SiLU/GELU outputs read by Conv/MatMul asymmetric (tpu-mlir --part_asymmetric)
+    # 2: quantizes what the target runs in int8 (bmbuild.calib.qdq), the rest stays float
     upstream=("compile_fp32", "calibrate"),
     applies=is_int8,
     params=_params,
     external_inputs=lambda loaded: [],
     run=toolchain_step("quantize"),
     toolchain_params=frozenset({"target", "per_channel", "fp32_layers"}),
-    summary=lambda m: f"int8 umodel: {m.get('quantized_nodes', '?')} nodes int8, "
-                      f"{len(m.get('fp32_layers', []))} kept in fp32",
+    summary=lambda m: f"int8 umodel: {m.get('quantized_nodes', '?')} int8, "
+                      f"{m.get('float_layers', m.get('float_nodes', '?'))} float, "
+                      f"{len(m.get('fp32_layers', []))} kept in fp32 by the recipe",
 )

@@ -70,6 +70,12 @@ REGISTRY: dict[str, str] = {
     "tpu-mlir": "bmbuild.toolchains.tpu_mlir:TpuMlirToolchain",
     "tvm": "bmbuild.toolchains.tvm:TvmToolchain",
 }
+# Recipe keys that only some toolchains implement (dotted key -> those toolchains): `validate` and
+# `run` refuse the key, before any stage runs, for a toolchain not named here (bmbuild.preflight).
+OPTIONAL_KEYS: dict[str, tuple[str, ...]] = {
+    "output_names": ("reference", "tvm", "tpu-mlir"),
+    "int8.asymmetric": ("tpu-mlir",),
+}
 # What `auto` tries per target, first usable wins; the reference toolchain when none is.
 AUTO_ORDER: dict[str, tuple[str, ...]] = {"BM1684": ("nntc", "tpu-mlir"), "BM1684X": ("tpu-mlir",)}
 

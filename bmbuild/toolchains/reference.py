@@ -27,8 +27,8 @@ IMPLEMENTATION_VERSION = "3"  # 3: eager export, batch axes, the deployable stor
 ORT_LEVELS = {0: "ORT_DISABLE_ALL", 1: "ORT_ENABLE_BASIC", 2: "ORT_ENABLE_EXTENDED"}
 
 
-def ort_session(path: Path, opt: int = 0, save_to: Path | None = None) -> Any:
-    """An onnxruntime CPU session at a bmnetp-style optimisation level.
+def ort_session(path: Path, opt: int = 0, save_to: Path | None = None, disabled_optimizers: tuple[str, ...] = ()) -> Any:
+    """An onnxruntime CPU session at a bmnetp-style optimisation level (minus `disabled_optimizers`).
 
     QDQ pairs are never fused into onnxruntime's x86 int8 kernels: without VNNI those saturate
     (u8 x s8 pairs overflow int16) and stop modelling BM1684's symmetric int8 arithmetic. On
@@ -45,7 +45,8 @@ def ort_session(path: Path, opt: int = 0, save_to: Path | None = None) -> Any:
         options.intra_op_num_threads = threads
     if save_to is not None:
         options.optimized_model_filepath = str(save_to)
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=list(disabled_optimizers) or None)
 
 
 def run_session(session: Any, arrays: list[Any]) -> list[Any]:
@@ -100,7 +101,43 @@ def write_onnx(ctx: StageContext) -> tuple[Path, Path]:
         onnx.checker.check_model(str(exported), full_check=True)
     except Exception as exc:  # onnx raises ValidationError and shape-inference errors
         raise StageFailed(f"onnx.checker rejected {exported.name}: {exc}") from None
+    if ctx.recipe.output_names:
+        cut_outputs(exported, ctx.recipe.output_names)
+        ctx.log.info(f"cut the graph at output_names {ctx.recipe.output_names}")
     return source_model(ctx), exported
+
+
+def cut_outputs(model: Path, names: list[str]) -> None:
+    """`model` ended at tensors `names` (the recipe's output_names), in that order, and without what
+    they do not need (onnx.utils.extract_model, as tpu-mlir's --output_names); a name the graph does not
+    have is the user's mistake, named with the closest ones."""
+    import difflib
+
+    import onnx
+    from onnx.utils import extract_model
+
+    graph = onnx.load(str(model))
+    weights = {init.name for init in graph.graph.initializer}
+    inputs = [value.name for value in graph.graph.input if value.name not in weights]
+    tensors = inputs + [output for node in graph.graph.node for output in node.output if output]
+    for name in names:
+        if name not in tensors:
+            close = difflib.get_close_matches(name, tensors, n=3, cutoff=0.5)
+            raise StageFailed(f"output_names: the ONNX model has no tensor {name!r}"
+                              + (f" (did you mean {', '.join(close)}?)" if close else
+                                 f" (its outputs: {', '.join(o.name for o in graph.graph.output)})"))
+    cut = model.with_suffix(".cut.onnx")
+    try:  # with onnx's shape inference, which types the new outputs
+        extract_model(str(model), str(cut), inputs, list(names), check_model=False)
+    except Exception as exc:  # onnx's shape inference or extraction refusing the graph
+        raise StageFailed(f"cannot cut the ONNX model at output_names {names}: {exc}") from None
+    os.replace(cut, model)
+
+
+def cut_line(ctx: StageContext, target: str) -> list[str]:
+    """`run --dry-run`'s line for `cut_outputs` (`target` already quoted), when output_names is set."""
+    names = ctx.recipe.output_names
+    return [f"[in-process] onnx.utils.extract_model({target}, outputs {','.join(names)}) -> {target}"] if names else []
 
 
 def _export(ctx: StageContext, target: Path) -> None:
@@ -144,7 +181,8 @@ def onnx_lines(ctx: StageContext) -> list[str]:
     from bmbuild.toolchains.commands import quote
 
     exported = quote(str(ctx.out_dir / f"{ctx.recipe.name}.onnx"))
-    return [export_line(ctx, exported), f"[in-process] onnx.checker.check_model({exported}, full_check=True)"]
+    return [export_line(ctx, exported), f"[in-process] onnx.checker.check_model({exported}, full_check=True)",
+            *cut_line(ctx, exported)]
 
 
 def export_line(ctx: StageContext, target: str) -> str:
@@ -163,11 +201,13 @@ def export_line(ctx: StageContext, target: str) -> str:
 
 def compare_fp32(ctx: StageContext, source: Path, exported: Path, sessions: dict[int, Any]) -> None:
     """The compiled model (`sessions`: batch size -> a session running it) against the source on
-    seeded inputs; the worst similarity per batch size and output goes to `ctx.metrics["cmp"]`."""
+    seeded inputs; the worst similarity per batch size and output goes to `ctx.metrics["cmp"]`.
+    A model cut at output_names is compared with the ONNX model's tensors of those names
+    (onnxruntime, unoptimised): torch cannot return inner tensors by name."""
     from bmbuild.stages.trace import example_inputs, run_torch
 
     recipe, params = ctx.recipe, ctx.params
-    if recipe.source.framework == "onnx":
+    if recipe.source.framework == "onnx" or recipe.output_names:  # torch cannot give inner tensors by name
         reference_session = ort_session(exported, 0)
         reference = lambda arrays: run_session(reference_session, arrays)  # noqa: E731
     else:

@@ -1,13 +1,20 @@
 """The reference toolchain's int8 path: calibrate, quantize (QDQ ONNX), compile_int8.
 
-- calibrate streams the calibration set through the fp32 ONNX model with every float tensor
+All three work on the *prepared* fp32 model: the exported ONNX at opset 13 or later (per-channel
+DequantizeLinear needs it) after onnxruntime's basic graph optimisations (constants folded,
+BatchNorm and bias folded into convolutions: what tpu-mlir does before it quantizes).
+
+- calibrate streams the calibration set through the prepared model with every float tensor
   exposed as an output, folding each batch into fixed-size histograms (memory does not grow
-  with the number of samples), and writes a tpu-mlir calibration table.
-- quantize hands the table's thresholds to `onnxruntime.quantization.quantize_static` through
-  its calibration cache (symmetric int8 activations, scale = threshold/127 as on BM1684;
-  per-channel symmetric int8 weights) and keeps `fp32_layers` in float.
-- compile_int8 writes one optimised int8 model per batch size and compares int8 with fp32 on
-  held-out samples, per output and per layer (each fp32 tensor against its dequantized twin).
+  with the number of samples), and writes a tpu-mlir calibration table. Tensors that cannot be
+  calibrated (no values, NaN/inf, integer values) are named in the log and left out.
+- quantize quantizes what the recipe's target runs in int8 and leaves the rest in float
+  (`bmbuild.calib.qdq`, `bmbuild.calib.targets`): symmetric int8/uint8 activations as tpu-mlir
+  (scale = threshold/127, or /255 for a tensor that is never negative), per-channel int8
+  convolution weights, `fp32_layers` kept in float.
+- compile_int8 writes one optimised int8 model per batch size (int8 weights stay int8) and
+  compares int8 with fp32 on held-out samples: per sample (mean and worst, the same for every
+  batch size), then per layer (each quantized tensor against its fp32 value).
 """
 
 from __future__ import annotations
@@ -19,7 +26,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from bmbuild.calib.dataset import rows_of
-from bmbuild.compare import pooled_top1, similarity, worst
+from bmbuild.calib.qdq import DEQUANT_SUFFIX
+from bmbuild.compare import per_sample, sample_rows, similarity
 from bmbuild.errors import StageFailed
 from bmbuild.stages.base import StageContext
 from bmbuild.stages.calibrate import table_name
@@ -27,7 +35,6 @@ from bmbuild.stages.int8_common import input_feeds, split
 from bmbuild.toolchains.reference import ORT_LEVELS, deployable_fp32, ort_session, run_session
 
 CALIBRATION_BATCH = 8
-DEQUANT_SUFFIX = "_DequantizeLinear_Output"
 
 
 def fp32_model(ctx: StageContext) -> Path:
@@ -38,19 +45,48 @@ def int8_umodel_name(ctx: StageContext) -> str:
     return f"{ctx.recipe.name}.int8.onnx"
 
 
+PREPARED_OPSET = 13
+KEEP_STRUCTURE = ("MatMulAddFusion", "TransposeOptimizer")
+
+
+def prepared_model(ctx: StageContext) -> Path:
+    """The fp32 model that calibration and quantization share (see the module docstring), made
+    in the stage's work dir: deterministic, so both stages see the same tensor names."""
+    import onnx
+
+    target = ctx.work_dir / "prepared.onnx"
+    if target.exists():
+        return target
+    model = onnx.load(str(fp32_model(ctx)))
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), PREPARED_OPSET)
+    source = fp32_model(ctx)
+    if opset < PREPARED_OPSET:
+        from onnx import version_converter
+
+        try:
+            model = version_converter.convert_version(model, PREPARED_OPSET)
+            source = ctx.work_dir / "opset13.onnx"
+            onnx.save(model, str(source))
+            ctx.log.info(f"converted the model from opset {opset} to {PREPARED_OPSET} for per-channel weights")
+        except Exception as exc:  # the converter lacks an adapter: weights fall back to per tensor
+            ctx.log.info(f"warning: cannot convert opset {opset} to {PREPARED_OPSET} ({type(exc).__name__}: {exc}); "
+                            "weights are quantized per tensor")
+    # the graph keeps the exporter's structure, which is what tpu-mlir sees: MatMulAddFusion
+    # would make a 3-D MatMul + bias a Gemm between Reshapes (BM1684 runs the first in float and
+    # the second in int8), TransposeOptimizer moves Transposes into a LayerNorm's pieces
+    ort_session(source, 1, save_to=target, disabled_optimizers=KEEP_STRUCTURE)
+    return target
+
+
 def float_tensors(model: Any) -> list[str]:
     """Names of every float tensor computed by the graph, plus float graph inputs."""
-    import onnx
-    from onnx import shape_inference
+    from bmbuild.calib.qdq import GraphView
 
-    inferred = shape_inference.infer_shapes(model)
-    types = {vi.name: vi.type.tensor_type.elem_type
-             for vi in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input)}
+    graph = GraphView.of(model)
     initializers = {init.name for init in model.graph.initializer}
-    names = [i.name for i in model.graph.input if i.name not in initializers
-             and types.get(i.name) == onnx.TensorProto.FLOAT]
+    names = [i.name for i in model.graph.input if i.name not in initializers and i.name in graph.float_tensors]
     for node in model.graph.node:
-        names += [o for o in node.output if o and types.get(o) == onnx.TensorProto.FLOAT]
+        names += [o for o in node.output if o and o in graph.float_tensors and o not in graph.constants]
     return list(dict.fromkeys(names))
 
 
@@ -125,29 +161,34 @@ def calibrate(ctx: StageContext) -> None:
     params = ctx.params
     feeds = input_feeds(ctx.recipe)
     calib_refs, _ = split(ctx.recipe)
-    model = onnx.load(str(fp32_model(ctx)))
+    prepared = prepared_model(ctx)
+    model = onnx.load(str(prepared))
     tensors = float_tensors(model)
     augmented = ctx.work_dir / "augmented.onnx"
     # graph inputs are recorded from the batch itself: exposed as outputs too, they were
     # counted twice (a doubled count in the stats file)
     graph_inputs = {i.name for i in model.graph.input}
-    outputs = expose_tensors(fp32_model(ctx), [t for t in tensors if t not in graph_inputs], augmented)
+    outputs = expose_tensors(prepared, [t for t in tensors if t not in graph_inputs], augmented)
     session = ort_session(augmented, 0)
     collector = StatsCollector(bins=params["bins"])
     seen = 0
     input_names = [feed.name for feed in feeds]
+    wanted = set(tensors) - graph_inputs
     for batch in batches(ctx, calib_refs, chunk_size(session, feeds, CALIBRATION_BATCH)):
         values = run_rows(session, batch, feeds)
         for name, array in zip(input_names, batch):
             if array.dtype.kind == "f":
                 collector.update(name, array)
         for name, value in zip(outputs, values):
-            if name in tensors and name not in graph_inputs:
+            if name in wanted:
                 collector.update(name, value)
         seen += rows_of(batch, feeds)
+        ctx.progress(seen, len(calib_refs), "calibration samples")
     ctx.log.info(f"collected statistics of {len(collector)} tensors over {seen} samples")
     rows = collector.thresholds(params["method"], **method_settings(params))
     rows = {name: rows[name] for name in dict.fromkeys(input_names + tensors) if name in rows}
+    for name, reason in collector.skipped.items():
+        ctx.log.info(f"warning: tensor {name!r} {reason}: not calibrated (it stays in float)")
     header = {"method": params["method"], "samples": str(seen), "net_name": ctx.recipe.name}
     if params["method"] == "percentile":
         header["percentile"] = str(params["percentile"])
@@ -156,6 +197,8 @@ def calibrate(ctx: StageContext) -> None:
     (ctx.out_dir / f"{ctx.recipe.name}_cali_stats.json").write_text(
         json.dumps({name: stats[name] for name in rows}, indent=1, sort_keys=True) + "\n")
     ctx.metrics.update({"method": params["method"], "samples": seen, "tensors": len(rows)})
+    if collector.skipped:
+        ctx.metrics["skipped"] = dict(collector.skipped)
 
 
 # --- quantize -----------------------------------------------------------------------------
@@ -186,38 +229,35 @@ def _suggest(name: str, nodes: list[str], outputs: list[str]) -> str:
 
 
 def quantize(ctx: StageContext) -> None:
-    import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
+    import json
 
+    import onnx
+
+    from bmbuild.calib.qdq import GraphView, apply, plan
     from bmbuild.calib.table import read_table
 
     table = read_table(ctx.inputs["calibrate"] / table_name(ctx.recipe))
-    ranges = {name: (np.float32(-threshold), np.float32(threshold))
-              for name, (threshold, _low, _high) in table.items()}
-    cache = ctx.work_dir / "ranges.json"
-    save_tensors_data(TensorsData(CalibrationMethod.MinMax, ranges), cache)
-    model = onnx.load(str(fp32_model(ctx)))
+    model = onnx.load(str(prepared_model(ctx)))
     excluded = resolve_fp32_layers(model, ctx.params["fp32_layers"])
+    graph = GraphView.of(model)
+    chip = ctx.params["target"]
+    the_plan = plan(graph, table, chip, set(excluded), ctx.params["per_channel"])
+    if not the_plan.tensors:
+        raise StageFailed(f"nothing to quantize: no tensor of this model is int8 on {chip}"
+                          + (f" ({len(the_plan.kept_float)} kept in float: see the log)" if the_plan.kept_float else ""))
     target = ctx.out_dir / int8_umodel_name(ctx)
-    quantize_static(
-        str(fp32_model(ctx)), str(target),
-        calibration_data_reader=None,
-        calibration_cache_path=str(cache),
-        calibrate_method=CalibrationMethod.MinMax,
-        quant_format=QuantFormat.QDQ,
-        activation_type=QuantType.QInt8,
-        weight_type=QuantType.QInt8,
-        per_channel=ctx.params["per_channel"],
-        nodes_to_exclude=excluded,
-        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
-    )
-    quantized = onnx.load(str(target))
-    q_nodes = sum(1 for n in quantized.graph.node if n.op_type == "QuantizeLinear")
-    if q_nodes == 0:
-        raise StageFailed("quantization produced no QuantizeLinear node: nothing was quantized")
-    ctx.log.info(f"wrote {target.name}: {q_nodes} QuantizeLinear nodes, kept in fp32: {excluded or 'none'}")
-    ctx.metrics.update({"quantized_nodes": q_nodes, "fp32_layers": excluded})
+    onnx.save(apply(graph, the_plan), str(target))
+    for name, reason in the_plan.kept_float.items():
+        ctx.log.info(f"tensor {name!r} kept in float: {reason}")
+    floats = [{"nodes": layer.names(graph), "op": layer.label} for layer in the_plan.float_layers(graph)]
+    (ctx.out_dir / f"{ctx.recipe.name}_float_layers.json").write_text(json.dumps(floats, indent=1) + "\n")
+    ops = sorted({layer["op"] for layer in floats})
+    ctx.log.info(f"wrote {target.name}: {len(the_plan.tensors)} tensors and {len(the_plan.weights)} weights int8 "
+                 f"({chip}); {len(floats)} layers float ({', '.join(ops) or 'none'}); "
+                 f"kept in fp32 by the recipe: {excluded or 'none'}")
+    ctx.metrics.update({"quantized_nodes": len(the_plan.tensors), "quantized_weights": len(the_plan.weights),
+                        "float_layers": len(floats), "kept_float": dict(the_plan.kept_float),
+                        "fp32_layers": excluded})
 
 
 # --- compile_int8 -------------------------------------------------------------------------
@@ -257,7 +297,8 @@ def compile_int8(ctx: StageContext) -> None:
             source = ctx.work_dir / f"{batch}b.onnx"
             static_batch(umodel, batch, source, input_feeds(recipe))
         target = folder / f"{recipe.name}.int8.onnx"
-        ort_session(source, params["opt"], save_to=target)
+        # constant folding would turn every DequantizeLinear of an int8 weight into a float weight
+        ort_session(source, params["opt"], save_to=target, disabled_optimizers=KEEP_INT8_WEIGHTS)
         deployables[batch] = target
         ctx.log.info(f"wrote {target.relative_to(ctx.out_dir)} (onnxruntime {ORT_LEVELS[params['opt']]})")
     fp32_deployable = deployable_fp32(ctx.inputs["compile_fp32"], recipe.name)
@@ -268,62 +309,64 @@ def compile_int8(ctx: StageContext) -> None:
         evaluate(ctx, ort_session(fp32_deployable, 0), ort_session(umodel, params["opt"]))
 
 
-def compare_int8(ctx: StageContext, fp32: Any, int8: dict[int, Any], umodel: Path) -> None:
-    """int8 vs fp32 on held-out samples: per output for each batch size, then per layer.
+KEEP_INT8_WEIGHTS = ("ConstantFolding",)
 
-    `fp32` and `int8` (batch size -> session) run the compiled models: onnxruntime sessions, or
-    any runner with the part of their interface used here (get_inputs, get_outputs, run). The
-    per-layer comparison runs the QDQ model in onnxruntime, whichever toolchain compiled it.
+
+def compare_int8(ctx: StageContext, fp32: Any, int8: dict[int, Any], umodel: Path) -> None:
+    """int8 vs fp32 on every held-out sample, for each batch size's model, then per layer.
+
+    Metrics are per sample (mean and worst over the held-out set, `compare.per_sample`): a
+    short last batch is padded, so every batch size sees the same samples and reports the
+    same numbers. `fp32` and `int8` (batch size -> session) run the compiled models:
+    onnxruntime sessions, or any runner with the part of their interface used here
+    (get_inputs, get_outputs, run). The per-layer comparison runs the QDQ model in
+    onnxruntime, whichever toolchain compiled it.
     """
     _, holdout = split(ctx.recipe)
     if not holdout:
         raise StageFailed("int8.cmp needs held-out samples: raise int8.cmp_samples")
     feeds = input_feeds(ctx.recipe)
     results: dict[str, Any] = {}
+    done, total = 0, len(holdout) * len(int8)
     for batch, session in int8.items():
         names = [o.name for o in session.get_outputs()]
-        sims: dict[str, list[Any]] = {n: [] for n in names}
         pairs: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {n: [] for n in names}
         for chunk in batches(ctx, holdout, batch):
-            if rows_of(chunk, feeds) < batch and not ctx.params["dyn"]:
-                continue  # a static model takes full batches only
-            expected, actual = run_session(fp32, chunk), run_session(session, chunk)
+            done += rows_of(chunk, feeds)
+            ctx.progress(done, total, "int8 vs fp32 samples")
+            expected, actual = run_rows(fp32, chunk, feeds), run_rows(session, chunk, feeds)
             for name, ref, test in zip(names, expected, actual):
-                sims[name].append(similarity(ref, test))
-                pairs[name].append((ref, test))
+                pairs[name] += sample_rows(ref, test, rows_of(chunk, feeds))
         for name in names:
-            if not sims[name]:
-                raise StageFailed(f"int8.cmp_samples ({len(holdout)}) is smaller than batch size {batch}")
-            summary = worst(sims[name]).to_json()
-            if _is_classifier(pairs[name][0][0]):
-                summary["top1"] = pooled_top1(pairs[name])
+            summary = per_sample(pairs[name])
             results[f"b{batch}/{name}"] = summary
-            ctx.log.info(f"cmp int8 vs fp32 b{batch}/{name}: " + " ".join(
-                f"{k}={v:.5g}" for k, v in summary.items()))
+            ctx.log.info(f"cmp int8 vs fp32 b{batch}/{name} over {summary['samples']} samples: mean "
+                         + " ".join(f"{k}={v:.5g}" for k, v in summary.items() if isinstance(v, float))
+                         + "; worst " + " ".join(f"{k}={v:.5g}" for k, v in summary["worst"].items()))
     ctx.metrics["cmp"] = results
     ctx.metrics["layers"] = layer_similarity(ctx, umodel, holdout)
 
 
-def _is_classifier(array: np.ndarray) -> bool:
-    return array.ndim == 2 and array.shape[1] > 1
-
-
 def layer_similarity(ctx: StageContext, umodel: Path, holdout: list[Any]) -> list[dict[str, Any]]:
-    """Each fp32 tensor against its dequantized counterpart in the QDQ model.
+    """Each quantized tensor against its fp32 value, on the first held-out samples.
 
-    QDQ graphs rename tensors: the value int8 hardware holds for fp32 tensor T is
-    `T_DequantizeLinear_Output`, and the QDQ model may remove T itself (a Relu folded into its
-    quantization). Comparing by plain name would compare different things.
+    `cos`/`sqnr`/`max_abs`: the int8 model's value (error accumulated from the input on) against
+    fp32. `local_sqnr`: the error of quantizing this tensor alone (its fp32 value rounded to its
+    own int8 scale): low where this tensor's int8 range cannot hold its values, the layers to
+    keep in float. QDQ graphs rename tensors: the value int8 hardware holds for fp32 tensor T is
+    `T_DequantizeLinear_Output`. Tensors that are constant in fp32 (all zeros, say) are skipped.
     """
     import onnx
+    from onnx import numpy_helper
 
-    fp32_path = fp32_model(ctx)
+    fp32_path = prepared_model(ctx)
     qdq = onnx.load(str(umodel))
     produced = {out for node in qdq.graph.node for out in node.output}
+    inits = {init.name: init for init in qdq.graph.initializer}
     fp32_onnx = onnx.load(str(fp32_path))
     producers = {out: node for node in fp32_onnx.graph.node for out in node.output}
     pairs = [(name, name + DEQUANT_SUFFIX) for name in float_tensors(fp32_onnx)
-             if name + DEQUANT_SUFFIX in produced and name in producers]
+             if name + DEQUANT_SUFFIX in produced and name in producers and f"{name}_scale" in inits]
     if not pairs:
         return []
     fp32_outputs = expose_tensors(fp32_path, [a for a, _ in pairs], ctx.work_dir / "fp32_layers.onnx")
@@ -337,10 +380,18 @@ def layer_similarity(ctx: StageContext, umodel: Path, holdout: list[Any]) -> lis
     int8_values = dict(zip(int8_outputs, run_rows(int8_session, chunk, feeds)))
     layers = []
     for fp32_name, int8_name in pairs:
-        sim = similarity(fp32_values[fp32_name], int8_values[int8_name])
+        ref = fp32_values[fp32_name]
+        if not np.ptp(ref) > 0:
+            continue
+        scale = float(numpy_helper.to_array(inits[f"{fp32_name}_scale"]))
+        zero = numpy_helper.to_array(inits[f"{fp32_name}_zero_point"])
+        low, high = (0, 255) if zero.dtype == np.uint8 else (-128, 127)
+        offset = float(zero)
+        local = similarity(ref, (np.clip(np.rint(ref / scale) + offset, low, high) - offset) * scale)
+        sim = similarity(ref, int8_values[int8_name])
         node = producers[fp32_name]
         layers.append({"name": fp32_name, "node": node.name, "op": node.op_type,
-                       "cos": sim.cos, "sqnr": sim.sqnr, "max_abs": sim.max_abs})
+                       "cos": sim.cos, "sqnr": sim.sqnr, "max_abs": sim.max_abs, "local_sqnr": local.sqnr})
     return layers
 
 
@@ -375,6 +426,7 @@ def evaluate(ctx: StageContext, fp32: Any, int8: Any) -> None:
             logits = run_rows(session, chunk, feeds)[0]
             top = np.argsort(-logits, axis=1)[:, :k]
             correct += int(np.sum(np.any(top == y[start:start + step, None], axis=1)))
+            ctx.progress(min(start + step, len(x)), len(x), f"{label} eval samples")
         scores[label] = correct / len(x)
     ctx.metrics["eval"] = {"metric": evaluation.metric, "samples": int(len(x)), **scores,
                            "drop_points": 100 * (scores["fp32"] - scores["int8"])}

@@ -11,7 +11,8 @@
                   generation (what stays float is read from it); int8.fp32_layers -> --quantize_table
     compile_int8  model_deploy --quantize INT8 once per batch size (+ combine)
                                                     -> <N>b.compilation/compilation.bmodel
-                  int8.cmp / eval: the int8 bmodel on the cmodel vs fp32 (onnxruntime on the ONNX)
+                  int8.cmp / eval: the int8 bmodel on the cmodel vs fp32 (onnxruntime on the ONNX),
+                  per sample; per layer: model_runner --dump_all_tensors of the top and int8 tpu MLIRs
 
 tpu-mlir runs in its own Python 3.10 environment (bmbuild.toolchains.tpu_mlir_env). Every command
 is a `Command` (in `<stage>.cmd`, printed by `--dry-run`), runs in a folder of the stage's private
@@ -33,11 +34,12 @@ from bmbuild.stages.base import StageContext
 from bmbuild.toolchains.base import Availability
 from bmbuild.toolchains.bmodel_info import BmodelInfoError, describe, parse_info
 from bmbuild.toolchains.commands import Command, quote, run_command, start_command_file
-from bmbuild.toolchains.reference import export_line
+from bmbuild.toolchains.reference import cut_line, export_line
 from bmbuild.toolchains.tpu_mlir_env import EnvNotFound, TpuMlirEnv, locate
 
 # Bump when this adapter changes the commands it runs or the files it keeps: part of every key.
-IMPLEMENTATION_VERSION = "2"  # 2: ONNX exported from the eager module; several inputs calibrate
+IMPLEMENTATION_VERSION = "3"  # 2: ONNX exported from the eager module; several inputs calibrate
+# 3: quantize keeps the int8 tpu MLIR's weights (compile_int8 runs it for per-layer data)
 CHIPS = {"BM1684X": "bm1684x", "BM1684": "bm1684"}
 # recipe calibration.method -> run_calibration --cali_method
 CALI_METHODS = {"kl": "kl", "mse": "mse", "minmax": "max", "percentile": "percentile9999"}
@@ -60,6 +62,17 @@ def int8_folder(batch: int) -> str:
 def shapes_arg(shapes: list[list[int]]) -> str:
     """model_transform --input_shapes: [[1,3,224,224]] (no spaces)."""
     return "[" + ",".join("[" + ",".join(map(str, shape)) + "]" for shape in shapes) + "]"
+
+
+def letterbox_args(preprocess: Any) -> list[str]:
+    """model_transform's --keep_aspect_ratio (+ --resize_dims, --pad_value, --pad_type) for a
+    calibration.preprocess that letterboxes; nothing otherwise."""
+    if preprocess is None or not preprocess.keep_aspect_ratio:
+        return []
+    args = ["--keep_aspect_ratio"]
+    if preprocess.resize is not None:
+        args += ["--resize_dims", ",".join(map(str, preprocess.resize))]
+    return args + ["--pad_value", str(preprocess.pad_value), "--pad_type", preprocess.pad_type]
 
 
 def weight_file(mlir: Path) -> str:
@@ -153,13 +166,17 @@ class TpuMlirToolchain:
     def _command(self, tool: str, args: list[str], cwd: Path, outputs: tuple[Path, ...] = ()) -> Command:
         return Command(tool, (self.tool(tool), *args), cwd, env=dict(TOOL_ENV), outputs=outputs)
 
-    def transform(self, ctx: StageContext, onnx: Path, batch: int, cwd: Path) -> Command:
-        """ONNX -> top MLIR at one batch size (shapes are fixed at transform), written in `cwd`."""
+    def transform(self, ctx: StageContext, onnx: Path, batch: int, cwd: Path, preprocess: Any = None) -> Command:
+        """ONNX -> top MLIR at one batch size (shapes are fixed at transform), written in `cwd`; the
+        graph ends at the recipe's output_names. `preprocess`'s letterbox settings are recorded in
+        the MLIR (the calibration samples themselves are preprocessed by bmbuild)."""
         name = ctx.recipe.name
-        return self._command("model_transform", [
-            "--model_name", name, "--model_def", str(onnx),
-            "--input_shapes", shapes_arg(ctx.recipe.shapes_for_batch(batch)), "--mlir", f"{name}.mlir"],
-            cwd, (cwd / f"{name}.mlir",))
+        args = ["--model_name", name, "--model_def", str(onnx),
+                "--input_shapes", shapes_arg(ctx.recipe.shapes_for_batch(batch))]
+        if ctx.recipe.output_names:
+            args += ["--output_names", ",".join(ctx.recipe.output_names)]
+        args += letterbox_args(preprocess)
+        return self._command("model_transform", [*args, "--mlir", f"{name}.mlir"], cwd, (cwd / f"{name}.mlir",))
 
     def deploy(self, ctx: StageContext, cwd: Path, quantize: str, table: Path | None = None,
                qtable: Path | None = None, bmodel_file: bool = True) -> Command:
@@ -167,6 +184,8 @@ class TpuMlirToolchain:
         (with its side files) and moved into the stage's output by the stage."""
         bmodel = cwd / BMODEL
         args = ["--mlir", f"{ctx.recipe.name}.mlir", "--quantize", quantize, "--chip", self.chip(ctx)]
+        if quantize == "INT8" and ctx.params.get("asymmetric"):
+            args.append("--asymmetric")
         if table is not None:
             args += ["--calibration_table", str(table)]
         if qtable is not None:
@@ -190,9 +209,12 @@ class TpuMlirToolchain:
     def info(self, ctx: StageContext, bmodel: Path) -> Command:
         return self._command("model_tool", ["--info", str(bmodel)], ctx.work_dir)
 
-    def runner(self, bmodel: Path, inputs: Path, outputs: Path) -> Command:
+    def runner(self, bmodel: Path, inputs: Path, outputs: Path, dump: bool = False) -> Command:
+        """model_runner on a bmodel (the cmodel) or an MLIR (tpu-mlir's interpreter), in the inputs'
+        folder (where an MLIR's weight file is); `dump`: every tensor, not just the outputs."""
         return self._command("model_runner", ["--input", str(inputs), "--model", str(bmodel),
-                                              "--output", str(outputs)], inputs.parent, (outputs,))
+                                              "--output", str(outputs), *(["--dump_all_tensors"] if dump else [])],
+                             inputs.parent, (outputs,))
 
     def calibration(self, ctx: StageContext, cwd: Path, dataset: Path, samples: int, table: Path) -> Command:
         params = ctx.params
@@ -220,7 +242,8 @@ class TpuMlirToolchain:
     def calibrate_commands(self, ctx: StageContext) -> list[Command]:
         cwd = ctx.work_dir / "b1"
         onnx = ctx.inputs["compile_fp32"] / f"{ctx.recipe.name}.onnx"
-        return [self.transform(ctx, onnx, 1, cwd),
+        pre = ctx.recipe.calibration.preprocess if ctx.recipe.calibration else None
+        return [self.transform(ctx, onnx, 1, cwd, pre),
                 self.calibration(ctx, cwd, ctx.work_dir / "dataset", ctx.params["samples"], cwd / table_name(ctx))]
 
     def quantize_commands(self, ctx: StageContext) -> list[Command]:
@@ -238,14 +261,16 @@ class TpuMlirToolchain:
         """The command lines `stage` runs (paths as published; a real run works in a temp folder)."""
         name, params = ctx.recipe.name, ctx.params
         if stage == "compile_fp32":
-            lines = [export_line(ctx, quote(str(ctx.out_dir / (name + '.onnx'))))]
+            onnx = quote(str(ctx.out_dir / (name + '.onnx')))
+            lines = [export_line(ctx, onnx), *cut_line(ctx, onnx)]
             lines += [c.shell() for c in self.fp32_commands(ctx)]
             lines += [f"[in-process] move {ctx.work_dir}/b<N>/{BMODEL} -> {ctx.out_dir}/<N>b.fp32.compilation/ "
                       "(with the top MLIR and its weights)"]
             lines += [c.shell() for c in self.combine(ctx, self.bmodels(ctx, fp32_folder))]
             lines += [self.info(ctx, p).shell() for p in self.bmodels(ctx, fp32_folder).values()]
             if params["cmp"]:
-                lines.append(f"[in-process] cmp: model_runner (cmodel) vs torch on {params['cmp_samples']} seeded "
+                versus = "onnxruntime" if ctx.recipe.source.framework == "onnx" or ctx.recipe.output_names else "torch"
+                lines.append(f"[in-process] cmp: model_runner (cmodel) vs {versus} on {params['cmp_samples']} seeded "
                              f"input(s) per batch size {params['batch_sizes']}")
             return lines
         if stage == "calibrate":
@@ -265,6 +290,9 @@ class TpuMlirToolchain:
             if params["cmp"]:
                 lines.append(f"[in-process] cmp: int8 bmodel (model_runner, cmodel) vs fp32 on "
                              f"{params['cmodel_samples']} held-out samples")
+                batch = params["batch_sizes"][0]
+                lines.append(f"[in-process] per layer: model_runner --dump_all_tensors of the top MLIR (fp32) and the "
+                             f"int8 tpu MLIR (quantize) in {ctx.work_dir}/layers on {batch} held-out sample(s)")
             if ctx.recipe.eval:
                 lines.append(f"[in-process] {ctx.recipe.eval.metric} accuracy: int8 bmodel on the cmodel vs fp32")
             return lines
@@ -334,8 +362,10 @@ class TpuMlirToolchain:
         lowered = sorted(cwd.glob(f"{ctx.recipe.name}_{self.chip(ctx)}_int8*_tpu.mlir"))
         if not lowered:
             raise ToolchainError(f"model_deploy --not_gen_bmodel wrote no int8 tpu MLIR in {cwd}")
-        target = ctx.out_dir / f"{ctx.recipe.name}_{self.chip(ctx)}_int8_tpu.mlir"
+        target = ctx.out_dir / lowered_name(ctx, self.chip(ctx))
         shutil.copyfile(lowered[0], target)
+        # its weights, under the name the MLIR gives them: compile_int8 runs it for the per-layer data
+        shutil.copyfile(cwd / weight_file(lowered[0]), ctx.out_dir / weight_file(lowered[0]))
         counts = precisions(target)
         ctx.metrics.update({"quantized_nodes": counts["int8"], "float_nodes": counts["float"],
                             "fp32_layers": layers, "files": sorted(p.name for p in ctx.out_dir.iterdir())})
@@ -360,6 +390,7 @@ class TpuMlirToolchain:
         ctx.metrics["bmodels"] = self.bmodel_infos(ctx, bmodels)
         if ctx.params["cmp"]:
             ctx.metrics["cmp"] = tpu_mlir_run.compare_int8(self, ctx)
+            ctx.metrics["layers"] = tpu_mlir_run.layer_similarity(self, ctx)
         if ctx.recipe.eval:
             ctx.metrics["eval"] = tpu_mlir_run.evaluate(self, ctx)
 
@@ -384,6 +415,11 @@ def table_name(ctx: StageContext) -> str:
 
 def qtable_name(ctx: StageContext) -> str:
     return f"{ctx.recipe.name}_qtable"
+
+
+def lowered_name(ctx: StageContext, chip: str) -> str:
+    """The quantize stage's int8 tpu MLIR (published beside its weight file)."""
+    return f"{ctx.recipe.name}_{chip}_int8_tpu.mlir"
 
 
 def keep_top_mlir(ctx: StageContext, cwd: Path, folder: Path) -> None:

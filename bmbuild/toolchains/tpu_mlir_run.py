@@ -9,12 +9,14 @@ are few (fp32.cmp_samples, int8.cmodel_samples) and fed in batches of the bmodel
 
 from __future__ import annotations
 
+import re
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from bmbuild.compare import pooled_top1, similarity, worst
+from bmbuild.compare import per_sample, sample_rows, similarity, worst
 from bmbuild.errors import StageFailed, ToolchainError
 from bmbuild.stages.base import StageContext
 
@@ -69,11 +71,12 @@ def fit(values: list[np.ndarray], shapes: list[tuple[int, ...]], rows: int) -> l
 
 # --- fp32.cmp -------------------------------------------------------------------------------------
 def torch_reference(ctx: StageContext) -> Callable[[list[np.ndarray]], list[np.ndarray]]:
-    """The source model: torch for traced models, onnxruntime for ONNX sources."""
+    """The source model: torch for traced models, onnxruntime for ONNX sources and for a model cut at
+    output_names (torch cannot give inner tensors by name)."""
     from bmbuild.stages.compile_fp32 import source_model
     from bmbuild.toolchains.reference import ort_session, run_session
 
-    if ctx.recipe.source.framework == "onnx":
+    if ctx.recipe.source.framework == "onnx" or ctx.recipe.output_names:
         session = ort_session(onnx_file(ctx), 0)
         return lambda arrays: run_session(session, arrays)
     import torch
@@ -129,14 +132,17 @@ def write_dataset(ctx: StageContext, folder: Path) -> int:
 
 # --- int8.cmp and eval ----------------------------------------------------------------------------
 def compare_int8(toolchain: "TpuMlirToolchain", ctx: StageContext) -> dict[str, Any]:
-    """Each int8 bmodel on the cmodel against fp32 (onnxruntime) on the first held-out samples."""
-    from bmbuild.stages.int8_common import split
+    """Each int8 bmodel on the cmodel against fp32 (onnxruntime) on the first held-out samples.
+
+    Metrics are per sample (mean and worst over the samples, `compare.per_sample`, as the
+    reference toolchain reports them): a short last batch is padded and cut back, so every batch
+    size sees the same samples and reports the same numbers.
+    """
+    from bmbuild.calib.dataset import pad_rows, rows_of
+    from bmbuild.stages.int8_common import input_feeds, split
     from bmbuild.toolchains.reference import ort_session, run_session
     from bmbuild.toolchains.reference_int8 import batches
     from bmbuild.toolchains.tpu_mlir import BMODEL, int8_folder
-
-    from bmbuild.calib.dataset import pad_rows, rows_of
-    from bmbuild.stages.int8_common import input_feeds
 
     feeds = input_feeds(ctx.recipe)
     _, holdout = split(ctx.recipe)
@@ -155,14 +161,13 @@ def compare_int8(toolchain: "TpuMlirToolchain", ctx: StageContext) -> dict[str, 
             expected = [e[:rows] for e in run_session(fp32, full)]
             actual = fit(run_bmodel(toolchain, ctx, bmodel, full, len(names)), [e.shape for e in expected], rows)
             for name, ref, test in zip(names, expected, actual):
-                pairs[name].append((ref, test))
-        for name, values in pairs.items():
-            summary = worst(similarity(ref, test) for ref, test in values).to_json()
-            if values[0][0].ndim == 2 and values[0][0].shape[1] > 1:
-                summary["top1"] = pooled_top1(values)
+                pairs[name] += sample_rows(ref, test, rows)
+        for name in names:
+            summary = per_sample(pairs[name])
             results[f"b{batch}/{name}"] = summary
-            ctx.log.info(f"cmp int8 bmodel (cmodel) vs fp32 b{batch}/{name} on {len(holdout)} held-out samples: "
-                         + " ".join(f"{k}={v:.5g}" for k, v in summary.items()))
+            ctx.log.info(f"cmp int8 bmodel (cmodel) vs fp32 b{batch}/{name} over {summary['samples']} held-out "
+                         "samples: mean " + " ".join(f"{k}={v:.5g}" for k, v in summary.items() if isinstance(v, float))
+                         + "; worst " + " ".join(f"{k}={v:.5g}" for k, v in summary["worst"].items()))
     return results
 
 
@@ -206,3 +211,72 @@ def evaluate(toolchain: "TpuMlirToolchain", ctx: StageContext) -> dict[str, Any]
                  f"int8 bmodel (cmodel) {100 * scores['int8']:.2f}%")
     return {"metric": evaluation.metric, "samples": int(len(x)), **scores,
             "drop_points": 100 * (scores["fp32"] - scores["int8"])}
+
+
+# --- per layer ------------------------------------------------------------------------------------
+QUANT_TYPE = re.compile(r"->\s*tensor<[^>]*!quant\.uniform<([ui])8:f32,\s*([0-9.eE+-]+)(?::(-?\d+))?>>\s*"
+                        r"loc\((#loc\d+|\"[^\"]*\")\)")
+
+
+def quant_grids(tpu_mlir: Path) -> dict[str, tuple[float, int, int, int]]:
+    """Each int8 tensor of a lowered tpu MLIR by name: (scale, zero point, low, high)."""
+    text = tpu_mlir.read_text(encoding="utf-8", errors="replace")
+    aliases = dict(re.findall(r'^(#loc\d+)\s*=\s*loc\("([^"]*)"\)', text, re.MULTILINE))
+    grids = {}
+    for sign, scale, zero, loc in QUANT_TYPE.findall(text):
+        low, high = (-128, 127) if sign == "i" else (0, 255)
+        grids[aliases.get(loc, loc.strip('"'))] = (float(scale), int(zero or 0), low, high)
+    return grids
+
+
+def layer_similarity(toolchain: "TpuMlirToolchain", ctx: StageContext) -> list[dict[str, Any]]:
+    """Every tensor of the int8 model against its fp32 value, on the first held-out samples.
+
+    tpu-mlir's interpreter runs, on one batch of the first batch size (model_runner
+    --dump_all_tensors), the top MLIR (fp32) and the quantize stage's int8 tpu MLIR, which the
+    bmodels are generated from (tpu-mlir checks the bmodel against it; the bmodel keeps no
+    intermediate tensors, and bm1684's final MLIR does not run in the interpreter). Tensors are
+    matched by name (tpu-mlir's `<ONNX output>_<op>`). `cos`/`sqnr`/`max_abs`: the int8 value
+    (error accumulated from the input on) against fp32; `local_sqnr`: the fp32 value rounded to
+    this tensor's own int8 grid (low: its range cannot hold its values).
+    """
+    from bmbuild.calib.dataset import pad_rows, rows_of
+    from bmbuild.stages.int8_common import input_feeds, split
+    from bmbuild.toolchains.reference_int8 import batches
+    from bmbuild.toolchains.tpu_mlir import copy_top_mlir, fp32_folder, lowered_name, weight_file
+
+    batch = ctx.params["batch_sizes"][0]
+    cwd = ctx.work_dir / "layers"
+    top = copy_top_mlir(ctx, ctx.inputs["compile_fp32"] / fp32_folder(batch), cwd)
+    lowered = ctx.inputs["quantize"] / lowered_name(ctx, toolchain.chip(ctx))
+    shutil.copyfile(lowered, cwd / lowered.name)
+    shutil.copyfile(lowered.parent / weight_file(lowered), cwd / weight_file(lowered))
+    feeds = input_feeds(ctx.recipe)
+    _, holdout = split(ctx.recipe)
+    chunk = next(batches(ctx, holdout[:batch], batch))
+    inputs = cwd / "layers_in.npz"
+    np.savez(inputs, **dict(zip(input_names(ctx), pad_rows(chunk, feeds, rows_of(chunk, feeds), batch))))
+    values = {}
+    for label, model in (("fp32", top), ("int8", cwd / lowered.name)):
+        command = toolchain.runner(model, inputs, cwd / f"layers_{label}.npz", dump=True)
+        toolchain.run(ctx, command)
+        with np.load(command.outputs[0]) as data:
+            values[label] = {name: data[name] for name in data.files}
+    grids = quant_grids(lowered)
+    layers = []
+    for name, ref in values["fp32"].items():
+        test = values["int8"].get(name)
+        if name in input_names(ctx) or test is None or test.shape != ref.shape or not np.ptp(ref) > 0:
+            continue
+        sim = similarity(ref, test)
+        node, _, op = name.rpartition("_")
+        layer = {"name": name, "node": node.removesuffix("_output_0"), "op": op,
+                 "cos": sim.cos, "sqnr": sim.sqnr, "max_abs": sim.max_abs}
+        if name in grids:
+            scale, zero, low, high = grids[name]
+            layer["local_sqnr"] = similarity(ref, (np.clip(np.rint(ref / scale) + zero, low, high) - zero) * scale).sqnr
+        layers.append(layer)
+    worst_layers = sorted(layers, key=lambda layer: layer["cos"])[:3]
+    ctx.log.info(f"per layer, int8 (tpu MLIR) vs fp32 (top MLIR) on {rows_of(chunk, feeds)} held-out sample(s): "
+                 f"{len(layers)} tensors, lowest cos " + ", ".join(f"{w['name']} {w['cos']:.4f}" for w in worst_layers))
+    return layers

@@ -158,7 +158,7 @@ def _merge_shapes(recipes: list[dict[str, Any]], builds: list[Build]) -> dict[st
     return merged
 
 
-KEY_ORDER = ("name", "description", "source", "shapes", "target", "prec", "batch_sizes", "fp32",
+KEY_ORDER = ("name", "description", "source", "shapes", "output_names", "target", "prec", "batch_sizes", "fp32",
              "calibration", "int8", "variants")
 
 

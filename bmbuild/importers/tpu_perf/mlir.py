@@ -49,6 +49,12 @@ def _transform_handlers(t: Translator, pre: dict[str, Any]) -> dict[str, Callabl
     def name(flag: Flag) -> None:
         t.net_name(flag)
 
+    def outputs(flag: Flag) -> None:
+        names = [name.strip() for name in str(flag.value).split(",") if name.strip()]
+        if not names or len(set(names)) != len(names):
+            raise ValueError("expected distinct tensor names separated by commas")
+        t.set("output_names", names)
+
     def store(key: str, convert: Callable[[str], Any]) -> Callable[[Flag], None]:
         def handle(flag: Flag) -> None:
             pre[key] = (convert(str(flag.value)), flag.describe())
@@ -60,14 +66,34 @@ def _transform_handlers(t: Translator, pre: dict[str, Any]) -> dict[str, Callabl
         "pixel_format": store("pixel_format", str.lower), "channel_format": store("channel_format", str.lower),
         "resize_dims": store("resize_dims", lambda v: [int(x) for x in v.split(",")]),
         "keep_aspect_ratio": lambda f: pre.__setitem__("keep_aspect_ratio", (True, f.describe())),
-        "pad_value": store("pad_value", str), "pad_type": store("pad_type", str),
-        "output_names": lambda f: t.lose(f.describe(), "bmbuild compiles the whole graph: cut the model at "
-                                                    "these outputs before importing it"),
+        "pad_value": store("pad_value", _pad_value), "pad_type": store("pad_type", _pad_type),
+        "keep_ratio_mode": store("keep_ratio_mode", _letterbox_mode),
+        "output_names": outputs,
         "test_input": t.ignore(), "test_result": t.ignore(), "mlir": t.ignore(), "excepts": t.ignore(),
         "tolerance": t.ignore("model_transform's own top-MLIR check; the F32 deploy's --tolerance "
                               "gives fp32.tolerance"),
         "debug": t.ignore(),
     }
+
+
+def _pad_value(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 255:
+        raise ValueError("expected a pixel value 0..255")
+    return value
+
+
+def _letterbox_mode(text: str) -> str:
+    if text != "letterbox":
+        raise ValueError("bmbuild letterboxes (keep_aspect_ratio); for short_side_scale use an integer "
+                         "calibration.preprocess.resize and center_crop")
+    return text
+
+
+def _pad_type(text: str) -> str:
+    if text not in ("center", "normal"):
+        raise ValueError("expected center or normal")
+    return text
 
 
 def _mlir_calibration(t: Translator, command: CommandLine) -> dict[str, Any]:
@@ -107,20 +133,25 @@ def _mlir_calibration(t: Translator, command: CommandLine) -> dict[str, Any]:
 
 def _deploys(t: Translator, commands: list[CommandLine | None], calibration: dict[str, Any] | None
              ) -> CommandLine | None:
-    """The first F32 deploy gives the fp32 settings and the first symmetric INT8 deploy the int8
-    ones; every other deploy is a build bmbuild does not make. Returns the INT8 deploy."""
+    """The first F32 deploy gives the fp32 settings and the first INT8 deploy the int8 ones (its
+    --asymmetric: int8.asymmetric); every other deploy is a build bmbuild does not make. Returns the
+    INT8 deploy."""
     fp32 = int8 = None
     for command in filter(None, commands):
         quantize = str(command.value("quantize") or "").upper()
-        if quantize == "INT8" and command.first("asymmetric"):
-            t.lose(f"{command.key} --asymmetric", "asymmetric int8 has no bmbuild equivalent (symmetric only)")
-        elif quantize == "F32" and fp32 is None:
+        if quantize == "F32" and fp32 is None:
             fp32 = command
         elif quantize == "INT8" and int8 is None:
             int8 = command
+        elif quantize == "INT8" and int8 is not None:
+            kind = "asymmetric" if command.first("asymmetric") else "symmetric"
+            t.lose(f"{command.key} --quantize INT8{' --asymmetric' if kind == 'asymmetric' else ''}",
+                   f"another INT8 build ({kind}): bmbuild builds one int8 bmodel per batch size, here "
+                   f"{int8.key}'s (a copy of the recipe with int8.asymmetric: {str(kind == 'asymmetric').lower()} "
+                   "builds this one)")
         else:
             t.lose(f"{command.key} --quantize {quantize or '(none)'}",
-                   "bmbuild builds one F32 and one symmetric INT8 bmodel per batch size")
+                   "bmbuild builds one F32 and one INT8 bmodel per batch size")
     if fp32 is not None:
         t.apply(fp32, _deploy_handlers(t, "fp32", calibration))
     else:
@@ -158,8 +189,13 @@ def _deploy_handlers(t: Translator, role: str, calibration: dict[str, Any] | Non
     def quant_io(flag: Flag) -> None:
         t.lose(flag.describe(), "int8 inputs/outputs: bmbuild's int8 bmodels take and return float")
 
+    def asymmetric(flag: Flag) -> None:
+        if role != "int8":
+            raise ValueError("applies to INT8 deploys only")
+        t.set("int8.asymmetric", True)
+
     return {
-        "mlir": t.ignore(), "quantize": t.ignore(), "chip": chip, "tolerance": tolerance,
+        "mlir": t.ignore(), "quantize": t.ignore(), "chip": chip, "tolerance": tolerance, "asymmetric": asymmetric,
         "calibration_table": table, "quantize_table": qtable, "num_core": cores,
         "quant_input": quant_io, "quant_output": quant_io,
         "correctness": t.ignore("tpu-mlir's simulator-vs-bmodel check; bmbuild has none"),
@@ -241,10 +277,13 @@ def _mlir_preprocess(t: Translator, pre: dict[str, Any], applied: bool) -> dict[
         out["bgr2rgb"] = pixel[0] == "rgb"
     else:
         report(pixel[1], "no calibration.preprocess pixel format equivalent" + why)
-    for key in ("keep_aspect_ratio", "pad_value", "pad_type"):
-        if key in pre:
-            report(pre[key][1], "letterbox resizing has no calibration.preprocess equivalent "
-                                "(bmbuild stretches to resize)" + why)
+    if "keep_aspect_ratio" in pre:
+        out["keep_aspect_ratio"] = True
+        out.update({key: pre[key][0] for key in ("pad_value", "pad_type") if key in pre})
+    else:
+        for key in ("pad_value", "pad_type"):
+            if key in pre:
+                t.note(pre[key][1], "applies with --keep_aspect_ratio only (tpu-mlir ignores it here)")
     if out.get("layout") == "NCHW":
         del out["layout"]
     return out
