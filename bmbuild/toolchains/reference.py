@@ -265,7 +265,7 @@ class ReferenceToolchain:
     consumes = {
         "compile_fp32": ("opt", "dyn", "cmp", "opset", "cmp_samples", "seed"),
         "calibrate": ("bins",),
-        "quantize": ("per_channel", "fp32_layers"),
+        "quantize": ("target", "per_channel", "fp32_layers"),  # the target decides which ops run int8
         "compile_int8": ("opt", "dyn", "cmp", "cmp_samples"),
     }
 
