@@ -115,7 +115,10 @@ def explain_change(old: dict[str, Any], new: dict[str, Any]) -> str:
             changes.append(f"{section} changed: {old.get(section)} -> {new.get(section)}")
     for section, label in (("params", "parameter"), ("inputs", "input"), ("upstream", "upstream")):
         before, after = old.get(section, {}) or {}, new.get(section, {}) or {}
-        for name in sorted(set(before) | set(after)):
+        names = sorted(set(before) | set(after))
+        if section == "params" and any(n in before and n in after and before[n] != after[n] for n in names):
+            names = [n for n in names if n in before and n in after]  # one keyed only now: implied by the change
+        for name in names:
             if before.get(name) != after.get(name):
                 if section == "params":
                     changes.append(f"{label} {name}: {before.get(name)!r} -> {after.get(name)!r}")
