@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-KEY_VERSION = 1
+KEY_VERSION = 2  # 2: stage parameters keyed only when the running toolchain reads them
 CHUNK = 1 << 20
 MANIFEST = ".bmbuild-manifest.json"   # marks a published stage folder complete (see executor)
 HEX = frozenset("0123456789abcdef")

@@ -74,7 +74,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bmbuild.console import BuildConsole, format_record
     from bmbuild.engine import run_nodes
     from bmbuild.executor import Outcome
-    from bmbuild.project import built_models, preflight, write_reports
+    from bmbuild.project import built_models, preflight, toolchain_choices, write_reports
     from bmbuild.recipe import RecipeErrors
 
     if args.dry_run:
@@ -84,8 +84,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     console = BuildConsole(stream=sys.stderr if args.json else None, force_plain=args.plain,
                            quiet=args.quiet, verbose=args.verbose, color=args.color)
     toolchains = sorted(set(build.toolchains.values()))
-    header = (f"bmbuild {__version__}: {len(build.recipes)} recipe(s), {len(build.nodes)} stage(s), "
-              f"toolchain {', '.join(toolchains)}, cache {build.workspace.cache_dir}")
+    header = "\n".join([f"bmbuild {__version__}: {len(build.recipes)} recipe(s), {len(build.nodes)} stage(s), "
+                        f"cache {build.workspace.cache_dir}", *toolchain_choices(build)])
     if not args.quiet:
         console.print(header)
     if "nntc" in toolchains:
@@ -192,10 +192,10 @@ def _remember_noop(args: argparse.Namespace, build: Any, records: list[Any], run
     """Let the next run/plan/status of this selection answer from stat calls (bmbuild.snapshot),
     with what they print by default."""
     from bmbuild.executor import Status
-    from bmbuild.project import remember_noop
+    from bmbuild.project import remember_noop, toolchain_choices
 
     lines = {"run": run_lines,
-             "plan": [_plan_line(Status.UP_TO_DATE.value, r.node_id, r.reason) for r in records]
+             "plan": toolchain_choices(build) + [_plan_line(Status.UP_TO_DATE.value, r.node_id, r.reason) for r in records]
              + [_plan_footer(0, len(records))],
              "status": [_status_line(r.node_id, Status.UP_TO_DATE.value, r.summary) for r in records]}
     remember_noop(args, build, lines, since_ns)
@@ -238,7 +238,7 @@ def _dry_run(args: argparse.Namespace) -> int:
         status = load_toolchain(name).availability()
         if not status.usable:
             print(comment(f"note: toolchain {name!r} is not usable here ({status.reason}); "
-                          "a real run stops before any stage"))
+                          "a real run stops before any stage"), file=sys.stderr if args.json else sys.stdout)
     steps = dry_run(build, force=args.force)
     if args.json:
         from bmbuild import jsonout
@@ -359,17 +359,22 @@ def cmd_completion(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from bmbuild.executor import Status
-    from bmbuild.project import plan
+    from bmbuild.project import plan, toolchain_choices
 
-    rows = plan(_prepare(args), force=args.force)
+    build = _prepare(args)
+    rows = plan(build, force=args.force)
     pending = sum(1 for r in rows if r.status is not Status.UP_TO_DATE)
     if args.json:
         from bmbuild import jsonout
 
         print(jsonout.dumps(jsonout.document("plan", pending=pending, stages=[
             {"id": r.node.id, "recipe": r.node.recipe_name, "stage": r.node.stage.name, "status": r.status.value,
-             "reason": r.reason} for r in rows])))
+             "reason": r.reason} for r in rows], toolchains=[
+            {"recipe": loaded.name, "toolchain": build.toolchains[loaded.name],
+             "chosen_by": build.chosen_by.get(loaded.name) or None} for loaded in build.recipes])))
         return 0
+    for line in toolchain_choices(build) if not args.quiet else []:
+        print(line)
     for row in rows:
         if not (args.quiet and row.status is Status.UP_TO_DATE):
             print(_plan_line(row.status.value, row.node.id, row.reason))

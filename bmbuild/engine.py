@@ -25,6 +25,7 @@ from bmbuild.cache import warn_once
 from bmbuild.errors import BmbuildError
 from bmbuild.executor import Executor, NodeRecord, Outcome
 from bmbuild.graph import Node
+from bmbuild.planner import Expected
 from bmbuild.snapshot import forget
 from bmbuild.workers import WorkerPool
 from bmbuild.workspace import Workspace
@@ -192,13 +193,14 @@ def settle_up_to_date(nodes: list[Node], executor: Executor) -> tuple[list[Node]
     node and no scheduling. Returns the nodes doit must still handle, and which of those were
     decided here (to run or restore: the executor keeps that decision for `execute`).
     """
-    settled: set[str] = set()
+    settled = Expected()  # only up-to-date nodes: a restorable one is not published yet
     decided: set[str] = set()
     pending: list[Node] = []
     for node in nodes:
-        if all(dep.id in settled for dep in node.deps):
-            if executor.is_up_to_date(node):
-                settled.add(node.id)
+        if settled.pending(node) is None:
+            outputs = executor.up_to_date_outputs(node, settled.upstream(node))
+            if outputs is not None:
+                settled.record(node, outputs)
                 continue
             decided.add(node.id)
         pending.append(node)

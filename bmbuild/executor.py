@@ -19,11 +19,12 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Callable
 
-from bmbuild.cache import ActionEntry, StatCache, action_key, atomic_write_bytes, json_bytes, tree_digest
+from bmbuild.cache import ActionEntry, StatCache, action_key, atomic_write_bytes, json_bytes
 from bmbuild.cache import MANIFEST, validate_entry, warn_once
 from bmbuild.errors import BmbuildError, StageFailed
 from bmbuild.graph import Node, input_name
 from bmbuild.pipeline import Outcome
+from bmbuild.planner import key_components, stage_inputs
 from bmbuild.stagelog import StageLog, tail_of
 from bmbuild.store import Store
 from bmbuild.toolchains.base import Toolchain, load_toolchain, package_version
@@ -51,6 +52,15 @@ class Decision:
     components: dict[str, Any] | None = None
     entry: ActionEntry | None = None
     ran_on: str = ""  # `entry` was produced in this run elsewhere (a cluster worker): restoring it is executing
+    manifest: dict[str, Any] | None = None  # an up-to-date node's published manifest
+
+    @property
+    def outputs(self) -> dict[str, str] | None:
+        """The outputs the node will have once handled: known when it is restorable (and, for an
+        up-to-date node, set from its manifest by `decide`); None when only running it tells."""
+        if self.status is Status.UP_TO_DATE:
+            return self.manifest["outputs"] if self.manifest is not None else None
+        return self.entry.outputs if self.status is Status.RESTORE and self.entry is not None else None
 
 
 @dataclass
@@ -97,7 +107,10 @@ def explain_change(old: dict[str, Any], new: dict[str, Any]) -> str:
             changes.append(f"{section} changed: {old.get(section)} -> {new.get(section)}")
     for section, label in (("params", "parameter"), ("inputs", "input"), ("upstream", "upstream")):
         before, after = old.get(section, {}) or {}, new.get(section, {}) or {}
-        for name in sorted(set(before) | set(after)):
+        names = sorted(set(before) | set(after))
+        if section == "params" and any(n in before and n in after and before[n] != after[n] for n in names):
+            names = [n for n in names if n in before and n in after]  # one keyed only now: implied by the change
+        for name in names:
             if before.get(name) != after.get(name):
                 if section == "params":
                     changes.append(f"{label} {name}: {before.get(name)!r} -> {after.get(name)!r}")
@@ -138,24 +151,15 @@ class Executor:
     def components(self, node: Node, upstream_outputs: dict[str, dict[str, str]]) -> dict[str, Any]:
         """Everything a stage's result depends on; hashed by `action_key`."""
         stage, loaded = node.stage, node.loaded
-        params, files = stage.params(loaded.recipe), stage.external_inputs(loaded)
-        if stage.uses_toolchain:
-            toolchain = self.toolchain(node.toolchain)
+        toolchain = self.toolchain(node.toolchain) if stage.uses_toolchain else None
+        params, files = stage_inputs(stage, loaded, toolchain)
+        if toolchain is not None:
             tc: dict[str, Any] = {"name": toolchain.name, "versions": toolchain.versions()}
-            if stage.toolchain_inputs is not None:
-                more_params, more_files = stage.toolchain_inputs(loaded, toolchain)
-                params, files = {**params, **more_params}, [*files, *more_files]
         else:
             tc = {"name": "torch", "versions": {"torch": package_version("torch")}}
-        return {
-            "stage": stage.name,
-            "stage_version": stage.version,
-            "toolchain": tc,
-            "params": params,
-            "inputs": {input_name(p, loaded): self.stat.digest(p) for p in files},
-            "upstream": {name: tree_digest(outputs) for name, outputs in sorted(upstream_outputs.items())},
-            "env": {name: os.environ.get(name) for name in KEY_ENV},
-        }
+        return key_components(stage.name, stage.version, tc, params,
+                              {input_name(p, loaded): self.stat.digest(p) for p in files},
+                              upstream_outputs, {name: os.environ.get(name) for name in KEY_ENV})
 
     def published_outputs(self, node: Node) -> dict[str, str]:
         manifest = read_manifest(self.ws.stage_dir(node.recipe_name, node.stage.name))
@@ -182,7 +186,7 @@ class Executor:
             changed = self._changed_outputs(folder, manifest["outputs"])
             failures = self._stored_gate(node, manifest.get("metrics", {}), str(folder / MANIFEST))
             if not changed and failures == []:
-                return Decision(Status.UP_TO_DATE, "nothing changed", key, components)
+                return Decision(Status.UP_TO_DATE, "nothing changed", key, components, manifest=manifest)
             reason = (f"output {changed[0]} was modified or removed" if changed else
                       "tolerance gate fails" if failures else "output incomplete (metrics unreadable)")
         entry = self.store.get_action(key)
@@ -213,20 +217,26 @@ class Executor:
 
     def is_up_to_date(self, node: Node) -> bool:
         """doit's `uptodate` hook: decides once, remembers the decision for `execute`."""
+        return self.up_to_date_outputs(node) is not None
+
+    def up_to_date_outputs(self, node: Node,
+                           upstream_outputs: dict[str, dict[str, str]] | None = None) -> dict[str, str] | None:
+        """The node's published outputs when it is up to date (then recorded as such), else None;
+        the decision is remembered for `execute` either way. `upstream_outputs` as for `decide`."""
         try:
-            decision = self.decide(node)
+            decision = self.decide(node, upstream_outputs)
         except Exception:  # reported by execute, which decides again and raises properly
-            return False
+            return None
         with self._lock:
             self._decisions[node.id] = decision
-        if decision.status is Status.UP_TO_DATE:
-            manifest = read_manifest(self.ws.stage_dir(node.recipe_name, node.stage.name)) or {}
+        if decision.status is Status.UP_TO_DATE and decision.outputs is not None:
+            manifest = decision.manifest or {}
             self._record(node, NodeRecord(node.id, node.recipe_name, node.stage.name, Outcome.UP_TO_DATE,
                                           decision.reason, summary=manifest.get("summary", ""),
                                           log=str(self.ws.log_path(node.recipe_name, node.stage.name)),
                                           key=decision.key or "", metrics=manifest.get("metrics", {})))
-            return True
-        return False
+            return decision.outputs
+        return None
 
     # --- execution ------------------------------------------------------------------------
     def execute(self, node: Node) -> NodeRecord:

@@ -18,8 +18,9 @@ from bmbuild.errors import BmbuildError, RecipeError
 from bmbuild.executor import Decision, Executor, NodeRecord, Status, read_manifest
 from bmbuild.graph import Node, build_graph
 from bmbuild.pipeline import COMPILE_STAGES, OK_OUTCOMES, Outcome, StageName
+from bmbuild.planner import Expected
 from bmbuild.recipe import LoadedRecipe, load_recipes, load_recipes_partial
-from bmbuild.toolchains.base import load_toolchain, require_usable
+from bmbuild.toolchains.base import choose, load_toolchain, require_usable
 from bmbuild.workspace import Workspace
 
 
@@ -32,6 +33,7 @@ class Build:
     toolchains: dict[str, str]
     nodes: list[Node]
     errors: list[RecipeError] = field(default_factory=list)  # broken recipes left out (keep_going)
+    chosen_by: dict[str, str] = field(default_factory=dict)  # recipe name -> why `auto` picked its toolchain
 
 
 def in_shard(name: str, shard: tuple[int, int] | None) -> bool:
@@ -60,17 +62,31 @@ def prepare(paths: list[str], workspace: Workspace, toolchain: str | None = None
         recipes = load_recipes([Path(p) for p in paths], workspace.root, workspace.config.vars)
     recipes = [loaded for loaded in recipes if in_shard(loaded.name, shard)]
     chosen: dict[str, str] = {}
-    resolved_cache: dict[str, str] = {}
+    why: dict[str, str] = {}
+    resolved_cache: dict[str, tuple[str, str]] = {}
     for loaded in recipes:
         wanted = toolchain or loaded.recipe.toolchain
         choice = f"{wanted}/{loaded.recipe.target}"
         if choice not in resolved_cache:
-            instance = load_toolchain(wanted, loaded.recipe.target)
+            instance, reason = choose(wanted, loaded.recipe.target)
             if check_toolchains:
                 require_usable(instance)
-            resolved_cache[choice] = instance.name
-        chosen[loaded.name] = resolved_cache[choice]
-    return Build(workspace, recipes, chosen, build_graph(recipes, chosen, stages), errors)
+            resolved_cache[choice] = instance.name, reason
+        chosen[loaded.name], why[loaded.name] = resolved_cache[choice]
+    return Build(workspace, recipes, chosen, build_graph(recipes, chosen, stages), errors, why)
+
+
+def toolchain_choices(build: Build, shown: int = 8) -> list[str]:
+    """One line per toolchain choice: the toolchain, why `auto` picked it, and its recipes."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for loaded in build.recipes:
+        key = (build.toolchains[loaded.name], build.chosen_by.get(loaded.name, ""))
+        groups.setdefault(key, []).append(loaded.name)
+    lines = []
+    for (name, why), recipes in groups.items():
+        more = f" (+{len(recipes) - shown} more)" if len(recipes) > shown else ""
+        lines.append(f"toolchain {name}{f' ({why})' if why else ''}: {', '.join(recipes[:shown])}{more}")
+    return lines
 
 
 def preflight(build: Build, keep_going: bool = False) -> Build:
@@ -89,7 +105,8 @@ def preflight(build: Build, keep_going: bool = False) -> Build:
         raise RecipeErrors(build.errors + problems)
     names = {loaded.name for loaded in kept}
     return Build(build.workspace, kept, {n: t for n, t in build.toolchains.items() if n in names},
-                 [node for node in build.nodes if node.recipe_name in names], build.errors + problems)
+                 [node for node in build.nodes if node.recipe_name in names], build.errors + problems,
+                 {n: w for n, w in build.chosen_by.items() if n in names})
 
 
 @dataclass
@@ -119,21 +136,14 @@ def expected_decisions(build: Build, executor: Executor) -> Iterator[tuple[Node,
     and up to date, or restored from the cache); (node, None, the upstream node that must run
     first) when those are not known yet. The one propagation of expected upstream outputs:
     `plan` and `cache pull` both use it."""
-    expected: dict[str, dict[str, str] | None] = {}
+    expected = Expected()
     for node in build.nodes:
-        pending = [dep for dep in node.deps if expected.get(dep.id) is None]
-        if pending:
-            expected[node.id] = None
-            yield node, None, pending[0]
+        pending = expected.pending(node)
+        if pending is not None:
+            yield node, None, pending
             continue
-        decision: Decision = executor.decide(node, {dep.stage.name: expected[dep.id] for dep in node.deps})
-        if decision.status is Status.UP_TO_DATE:
-            manifest = read_manifest(build.workspace.stage_dir(node.recipe_name, node.stage.name))
-            expected[node.id] = manifest["outputs"] if manifest else None
-        elif decision.status is Status.RESTORE and decision.entry is not None:
-            expected[node.id] = decision.entry.outputs
-        else:
-            expected[node.id] = None
+        decision: Decision = executor.decide(node, expected.upstream(node))
+        expected.record(node, decision.outputs)
         yield node, decision, None
 
 
@@ -430,6 +440,7 @@ def dry_run(build: Build, force: bool = False) -> list[DryRunStep]:
     ones (`build/<recipe>/<stage>/...`); a real run writes into a private temp folder first.
     Nothing is written to the build folder.
     """
+    from bmbuild.planner import stage_inputs
     from bmbuild.stagecontext import StageContext
 
     steps = []
@@ -440,8 +451,7 @@ def dry_run(build: Build, force: bool = False) -> list[DryRunStep]:
         if row.status in (Status.UP_TO_DATE, Status.RESTORE):
             steps.append(DryRunStep(node, row.status, row.reason, []))
             continue
-        recipe = node.loaded.recipe
-        ctx = StageContext(node.loaded, node.stage.params(recipe),
+        ctx = StageContext(node.loaded, {},
                            {dep.stage.name: ws.stage_dir(node.recipe_name, dep.stage.name) for dep in node.deps},
                            ws.stage_dir(node.recipe_name, node.stage.name),
                            ws.temp_root(node.recipe_name) / f"{node.stage.name}.work",
@@ -451,6 +461,7 @@ def dry_run(build: Build, force: bool = False) -> list[DryRunStep]:
                 if node.toolchain not in toolchains:
                     toolchains[node.toolchain] = load_toolchain(node.toolchain)
                 ctx.toolchain = toolchains[node.toolchain]
+                ctx.params = stage_inputs(node.stage, node.loaded, ctx.toolchain)[0]  # what the run is given
                 commands = ctx.toolchain.commands(node.stage.name, ctx)
             else:
                 commands = _in_process_description(ctx, node.stage.name)

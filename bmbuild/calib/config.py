@@ -11,6 +11,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from bmbuild.calib.registry import METHOD_NAMES
+from bmbuild.calib.registry import description as methods_description
+
 Size = int | tuple[int, int]
 LETTERBOX_FIELDS = {"keep_aspect_ratio", "pad_value", "pad_type"}
 
@@ -198,11 +201,7 @@ class CalibrationConfig(BaseModel):
         description="Image preprocessing (required for image data, not allowed for arrays, which "
         "must already be preprocessed).",
     )
-    method: Literal["minmax", "percentile", "kl", "mse"] = Field(
-        "kl",
-        description="Threshold selection: minmax (max |x|), percentile of |x|, kl (TensorRT-style "
-        "entropy calibration) or mse (minimum expected squared quantization error).",
-    )
+    method: Literal[METHOD_NAMES] = Field("kl", description=methods_description())  # the registry's names
     percentile: float = Field(
         99.99, gt=0.0, le=100.0, description="Percentile of |x| used by method: percentile."
     )

@@ -7,15 +7,17 @@ the data only wastes int8 levels. A tensor that is all zeros gets `TINY`.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 
 from bmbuild.calib.histogram import TensorStats
+from bmbuild.calib.registry import METHOD_NAMES
 
 TINY = 1e-8
 QUANT_LEVELS = 128  # positive half of int8, as in TensorRT's entropy calibration
 KL_GRID = 256  # candidates tried before the search narrows to single bins
-METHODS = ("minmax", "percentile", "kl", "mse")
+METHODS = METHOD_NAMES  # the registry (bmbuild.calib.registry): recipes, schema and keys read it
 
 
 def _finish(t: float, stats: TensorStats) -> float:
@@ -200,13 +202,17 @@ def compute_threshold(stats: TensorStats, method: str = "kl", percentile: float 
     """Dispatch to a method by name; T > 0 always (TINY for an all-zero tensor)."""
     if stats.count == 0:
         raise ValueError("no values were recorded for this tensor")
-    if method == "minmax":
-        return minmax(stats)
-    if method == "percentile":
-        return _percentile(stats, percentile)
-    if method == "kl":
-        return kl_checked(stats)
-    if method == "mse":
-        return mse(stats)
-    raise ValueError(f"unknown calibration method {method!r} (one of {', '.join(METHODS)})")
+    if method not in THRESHOLDS:
+        raise ValueError(f"unknown calibration method {method!r} (one of {', '.join(METHODS)})")
+    return THRESHOLDS[method](stats, percentile)
+
+
+# registered method -> its threshold function (stats, the method's own settings); one per name in
+# the registry (tests/test_toolchain_contract.py checks both agree)
+THRESHOLDS: dict[str, Callable[[TensorStats, float], float]] = {
+    "minmax": lambda stats, percentile: minmax(stats),
+    "percentile": lambda stats, percentile: _percentile(stats, percentile),
+    "kl": lambda stats, percentile: kl_checked(stats),
+    "mse": lambda stats, percentile: mse(stats),
+}
 

@@ -31,6 +31,11 @@ class Stage:
     uses_toolchain: bool = True
     # key parts that depend on the toolchain doing the work: (loaded, toolchain) -> (params, files)
     toolchain_inputs: Callable[[LoadedRecipe, Any], tuple[dict[str, Any], list[Path]]] | None = None
+    # parameters only some toolchains read: keyed (and passed to the stage) only when the running
+    # toolchain lists them in its `consumes` for this stage; every other parameter is common
+    toolchain_params: frozenset[str] = frozenset()
+    # parameters the stage's own settings leave unread (another calibration method's): params -> names
+    unused_params: Callable[[dict[str, Any]], frozenset[str]] = lambda params: frozenset()
 
     def upstream_for(self, recipe: Recipe, present: set[str]) -> tuple[str, ...]:
         return tuple(name for name in self.upstream if name in present)

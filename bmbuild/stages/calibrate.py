@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from bmbuild.pipeline import StageName
+from bmbuild.calib.registry import unused_params
 from bmbuild.recipe import Recipe
 from bmbuild.stages.base import Stage, toolchain_step
 from bmbuild.stages.int8_common import dataset_files, dataset_params, is_int8
@@ -30,6 +31,8 @@ STAGE = Stage(
     params=_params,
     external_inputs=dataset_files,
     run=toolchain_step(StageName.CALIBRATE.value),
+    toolchain_params=frozenset({"bins", "fp32_layers", "per_channel"}),
+    unused_params=lambda params: unused_params(params["method"]),
     summary=lambda m: f"{m.get('method', '?')} calibration on {m.get('samples', '?')} samples, "
                       f"{m.get('tensors', '?')} tensors",
 )

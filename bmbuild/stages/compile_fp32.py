@@ -83,4 +83,6 @@ STAGE = Stage(
     gate=_gate,
     summary=_summary,
     toolchain_inputs=_model_source,
+    toolchain_params=frozenset({"target", "opt", "dyn", "cmp", "enable_profile", "opset", "cmp_samples", "seed",
+                                "tvm"}),
 )

@@ -111,6 +111,8 @@ STAGE = Stage(
     params=_params,
     external_inputs=_inputs,
     run=toolchain_step(StageName.COMPILE_INT8.value),
+    toolchain_params=frozenset({"target", "opt", "dyn", "cmp", "cmp_samples", "cmodel_samples", "tvm",
+                                "enable_profile"}),
     gate=gate,
     summary=summary,
 )

@@ -34,6 +34,9 @@ class Toolchain(Protocol):
     # the source is part of its key; False for a toolchain that compiles the traced file only.
     # Read with getattr(toolchain, "exports_eager", True).
     exports_eager: bool
+    # stage name -> the stage's toolchain-specific parameters (Stage.toolchain_params) this toolchain
+    # reads. Only those enter the stage's key and reach `ctx.params`; the common ones always do.
+    consumes: dict[str, tuple[str, ...]]
 
     def availability(self) -> Availability: ...
 
@@ -96,17 +99,29 @@ def _package_version(name: str, search_path: tuple[str, ...]) -> str:
         return "absent"
 
 
+def choose(name: str, target: str | None = None) -> tuple[Toolchain, str]:
+    """The toolchain a recipe asking for `name` gets, and why when `auto` chose it ('' otherwise):
+    per target the first usable of AUTO_ORDER, else the reference toolchain (BM1684's when None)."""
+    if name != "auto":
+        return load_toolchain(name), ""
+    target = target or "BM1684"
+    passed: list[str] = []
+    for candidate in AUTO_ORDER.get(target, ()):
+        try:
+            toolchain = load_toolchain(candidate)
+        except ToolchainError:
+            passed.append(f"{candidate} cannot load")
+            continue
+        if toolchain.availability().usable:
+            return toolchain, f"auto for {target}"
+        passed.append(f"{candidate} not usable here")
+    return load_toolchain("reference"), f"auto for {target}" + (f": {', '.join(passed)}" if passed else "")
+
+
 def load_toolchain(name: str, target: str | None = None) -> Toolchain:
-    """The toolchain called `name`; 'auto' picks by `target` (AUTO_ORDER; BM1684's when None)."""
+    """The toolchain called `name`; 'auto' picks by `target` (`choose`)."""
     if name == "auto":
-        for candidate in AUTO_ORDER.get(target or "BM1684", ()):
-            try:
-                toolchain = load_toolchain(candidate)
-            except ToolchainError:
-                continue
-            if toolchain.availability().usable:
-                return toolchain
-        return load_toolchain("reference")
+        return choose(name, target)[0]
     if name not in REGISTRY:
         raise ToolchainError(f"unknown toolchain {name!r}; known: {', '.join(REGISTRY)}")
     module_name, _, class_name = REGISTRY[name].partition(":")

@@ -219,6 +219,13 @@ class NntcToolchain:
 
     name = "nntc"
     exports_eager = False  # bmnetp compiles the traced file: compile_fp32 is keyed on it, not on the source
+    # the stage parameters beyond the common ones that the SDK's commands read (the key holds only these)
+    consumes = {
+        "compile_fp32": ("target", "opt", "dyn", "cmp", "enable_profile"),
+        "calibrate": ("fp32_layers", "per_channel"),
+        "quantize": ("fp32_layers",),
+        "compile_int8": ("target", "opt", "dyn", "cmp", "enable_profile"),
+    }
 
     def __init__(self) -> None:
         self._versions: dict[str, str] | None = None

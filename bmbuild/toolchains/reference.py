@@ -261,6 +261,13 @@ class ReferenceToolchain:
     """ONNX + onnxruntime: runs everywhere, and is how the pipeline is tested."""
 
     name = "reference"
+    # the stage parameters beyond the common ones that this toolchain reads (the key holds only these)
+    consumes = {
+        "compile_fp32": ("opt", "dyn", "cmp", "opset", "cmp_samples", "seed"),
+        "calibrate": ("bins",),
+        "quantize": ("target", "per_channel", "fp32_layers"),  # the target decides which ops run int8
+        "compile_int8": ("opt", "dyn", "cmp", "cmp_samples"),
+    }
 
     def availability(self) -> Availability:
         missing = [p for p in PACKAGES if importlib.util.find_spec(p) is None]

@@ -155,6 +155,7 @@ def calibrate(ctx: StageContext) -> None:
     import onnx
 
     from bmbuild.calib.histogram import StatsCollector
+    from bmbuild.calib.registry import method_settings
     from bmbuild.calib.table import write_table
 
     params = ctx.params
@@ -184,7 +185,7 @@ def calibrate(ctx: StageContext) -> None:
         seen += rows_of(batch, feeds)
         ctx.progress(seen, len(calib_refs), "calibration samples")
     ctx.log.info(f"collected statistics of {len(collector)} tensors over {seen} samples")
-    rows = collector.thresholds(params["method"], params["percentile"])
+    rows = collector.thresholds(params["method"], **method_settings(params))
     rows = {name: rows[name] for name in dict.fromkeys(input_names + tensors) if name in rows}
     for name, reason in collector.skipped.items():
         ctx.log.info(f"warning: tensor {name!r} {reason}: not calibrated (it stays in float)")

@@ -107,6 +107,13 @@ class TpuMlirToolchain:
     """model_transform, run_calibration, model_deploy, model_runner and model_tool from tpu-mlir."""
 
     name = "tpu-mlir"
+    # the stage parameters beyond the common ones that this adapter reads (the key holds only these)
+    consumes = {
+        "compile_fp32": ("target", "dyn", "cmp", "opset", "cmp_samples", "seed"),
+        "calibrate": ("bins",),
+        "quantize": ("target", "fp32_layers"),
+        "compile_int8": ("target", "cmp", "cmp_samples", "cmodel_samples"),
+    }
 
     def __init__(self) -> None:
         self._env: TpuMlirEnv | None = None

@@ -310,6 +310,13 @@ class TvmToolchain:
     """Apache TVM on the CPU: real compiled libraries, the numbers a deployment would see."""
 
     name = "tvm"
+    # the stage parameters beyond the common ones that this toolchain reads (the key holds only these)
+    consumes = {
+        "compile_fp32": ("opt", "dyn", "cmp", "opset", "cmp_samples", "seed", "tvm"),
+        "calibrate": ("bins",),
+        "quantize": ("target", "per_channel", "fp32_layers"),  # the target decides which ops run int8
+        "compile_int8": ("opt", "dyn", "cmp", "cmp_samples", "tvm"),
+    }
 
     def availability(self) -> Availability:
         version = f"apache-tvm {package_version('apache-tvm')}"
