@@ -46,7 +46,7 @@ def test_upstream_outputs_are_known_only_through_settled_nodes():
 def test_plan_and_cache_pull_compute_the_same_keys(workspace, write_recipe, run_bmbuild, tmp_path, monkeypatch):
     """Both walk the graph with the planner: after a change of compile_fp32's parameter, the keys
     `cache pull <recipe>` asks for are those the executor decides on, node for node."""
-    from bmbuild.cache_cmd import recipe_keys
+    from bmbuild.cache_ops import recipe_keys
     from bmbuild.executor import Executor
     from bmbuild.project import plan, prepare
     from bmbuild.workspace import Workspace
