@@ -233,3 +233,31 @@ def silu_values(graph: Any, x: np.ndarray) -> dict[str, np.ndarray]:
     out["silu2"] = out["c2"] * out["s2"]
     out["y"] = out["silu2"] + x
     return out
+
+
+def test_int8_asymmetric_gives_every_signed_activation_a_zero_point() -> None:
+    """The recipe's int8.asymmetric (tpu-mlir's model_deploy --asymmetric) on the reference
+    toolchain: every activation that dips below zero is int8 with a zero point over its clipped
+    range (also those tpu-mlir's default keeps symmetric, and on BM1684); weights stay symmetric."""
+    import onnxruntime as ort
+
+    from bmbuild.calib.qdq import GraphView, apply, plan
+    from bmbuild.compare import similarity
+    from bmbuild.toolchains.reference import run_session
+
+    graph = GraphView.of(silu_graph())
+    rng = np.random.default_rng(1)
+    calib, held = (rng.uniform(-3, 3, size=(n, 4, 8, 8)).astype(np.float32) for n in (16, 8))
+    values = {"x": calib, **silu_values(graph, calib)}
+    table = {name: (float(np.abs(v).max()), float(v.min()), float(v.max())) for name, v in values.items()}
+    default, asym = plan(graph, table, "BM1684").tensors, plan(graph, table, "BM1684", asymmetric=True).tensors
+    assert default["silu2"].zero_point == 0
+    low, high = table["silu2"][1:]
+    assert asym["silu2"].scale == pytest.approx((high - low) / 255)
+    assert asym["silu2"].zero_point == -128 + round(-low / asym["silu2"].scale) != 0
+    assert set(asym) == set(default)  # the same tensors are int8, only their grids differ
+    fp32, sym_out, asym_out = (
+        run_session(ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]), [held])[0]
+        for m in (graph.model, apply(graph, plan(graph, table, "BM1684")),
+                  apply(graph, plan(graph, table, "BM1684", asymmetric=True))))
+    assert similarity(fp32, asym_out).sqnr > similarity(fp32, sym_out).sqnr

@@ -94,7 +94,7 @@ def test_an_output_name_the_graph_lacks_fails_naming_the_closest(workspace, writ
 # --- refused where a toolchain does not implement a key ---------------------------------------------
 @pytest.mark.parametrize("toolchain, overrides, key, implementers", [
     ("nntc", {"output_names": [RELU]}, "output_names", "reference, tvm, tpu-mlir"),
-    ("reference", {"int8": {"asymmetric": True}}, "int8.asymmetric", "tpu-mlir"),
+    ("nntc", {"int8": {"asymmetric": True}}, "int8.asymmetric", "tpu-mlir, reference"),
 ])
 def test_a_key_a_toolchain_lacks_is_refused_by_validate(ws8: Int8Workspace, toolchain, overrides, key,
                                                         implementers):
@@ -185,3 +185,27 @@ def test_tpu_mlir_builds_a_cut_model_with_asymmetric_int8(real_tpu: Int8Workspac
     logs = real_tpu.root / "build" / "tiny8" / "logs"
     assert "--asymmetric" in (logs / "compile_int8.cmd").read_text()
     assert "--output_names /relu_1/Relu_output_0,output" in (logs / "compile_fp32.cmd").read_text()
+
+
+def test_reference_int8_asymmetric_reruns_quantize_with_zero_points(ws8: Int8Workspace) -> None:
+    """int8.asymmetric on the reference toolchain: only quantize and compile_int8 run again, and the
+    int8 model's activations now carry zero points (tpu-mlir's model_deploy --asymmetric)."""
+    import onnx
+    from onnx import numpy_helper
+
+    def zero_points() -> list[int]:
+        model = onnx.load(str(ws8.stage_dir("quantize") / "tiny8.int8.onnx"))
+        consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        return [int(consts[n.input[2]].ravel()[0]) for n in model.graph.node
+                if n.op_type == "QuantizeLinear" and len(n.input) > 2 and consts[n.input[2]].size == 1]
+
+    recipe = ws8.recipe()
+    code, out, err = ws8.build(recipe)
+    assert code == 0, out + err
+    assert not any(zero_points())
+    ws8.recipe(int8={"asymmetric": True})
+    code, out, err = ws8.build(recipe)
+    assert code == 0, out + err
+    got = ws8.outcomes()
+    assert got["calibrate"] == "up-to-date" and got["quantize"] == got["compile_int8"] == "executed"
+    assert any(zero_points())

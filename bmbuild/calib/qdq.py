@@ -352,8 +352,11 @@ class Plan:
 
 
 def plan(graph: GraphView, table: Mapping[str, tuple[float, float, float]], chip: str,
-         fp32_nodes: set[str] = frozenset(), per_channel: bool = True) -> Plan:
-    """Which tensors and weights to quantize, with which scales."""
+         fp32_nodes: set[str] = frozenset(), per_channel: bool = True, asymmetric: bool = False) -> Plan:
+    """Which tensors and weights to quantize, with which scales. `asymmetric` (the recipe's
+    int8.asymmetric, tpu-mlir's `model_deploy --asymmetric`): every activation that dips below zero
+    gets a zero point over its calibrated range clipped at the method's threshold; weights stay
+    symmetric."""
     grouped = layers(graph, chip, fp32_nodes)
     result = Plan(grouped)
     wanted: dict[str, str] = {}  # tensor -> op type that bounds it ('' when none)
@@ -375,7 +378,7 @@ def plan(graph: GraphView, table: Mapping[str, tuple[float, float, float]], chip
                     and graph.constants[node.input[1]] is not None:
                 result.weights[node.input[1]] = _weight_axis(graph, node, per_channel)
     kinds = {index: layer.kind for layer in grouped for index in layer.nodes}
-    asymmetric = _asymmetric_tensors(graph, grouped, chip)
+    lut_asymmetric = _asymmetric_tensors(graph, grouped, chip)
     for name in _tensors_in_order(graph):
         if name not in wanted:
             continue
@@ -392,9 +395,13 @@ def plan(graph: GraphView, table: Mapping[str, tuple[float, float, float]], chip
         if wanted[name]:  # a bounded op's whole range is meaningful: no clipping
             threshold = max(abs(low), abs(high))
         unsigned = low >= 0.0
-        if name in asymmetric and not unsigned:
+        if name in lut_asymmetric and not unsigned:
             # the recipe's method still clips the top: its threshold bounds the range
             result.tensors[name] = asymmetric_quant(low, min(high, threshold))
+            continue
+        if asymmetric and not unsigned:
+            # the range holds zero, so the zero point is a code of the int8 grid
+            result.tensors[name] = asymmetric_quant(min(max(low, -threshold), 0.0), max(min(high, threshold), 0.0))
             continue
         result.tensors[name] = TensorQuant(threshold / (255.0 if unsigned else 127.0), unsigned)
     return result

@@ -74,7 +74,7 @@ REGISTRY: dict[str, str] = {
 # `run` refuse the key, before any stage runs, for a toolchain not named here (bmbuild.preflight).
 OPTIONAL_KEYS: dict[str, tuple[str, ...]] = {
     "output_names": ("reference", "tvm", "tpu-mlir"),
-    "int8.asymmetric": ("tpu-mlir",),
+    "int8.asymmetric": ("tpu-mlir", "reference"),
 }
 # What `auto` tries per target, first usable wins; the reference toolchain when none is.
 AUTO_ORDER: dict[str, tuple[str, ...]] = {"BM1684": ("nntc", "tpu-mlir"), "BM1684X": ("tpu-mlir",)}

@@ -241,7 +241,7 @@ def quantize(ctx: StageContext) -> None:
     excluded = resolve_fp32_layers(model, ctx.params["fp32_layers"])
     graph = GraphView.of(model)
     chip = ctx.params["target"]
-    the_plan = plan(graph, table, chip, set(excluded), ctx.params["per_channel"])
+    the_plan = plan(graph, table, chip, set(excluded), ctx.params["per_channel"], bool(ctx.params.get("asymmetric")))
     if not the_plan.tensors:
         raise StageFailed(f"nothing to quantize: no tensor of this model is int8 on {chip}"
                           + (f" ({len(the_plan.kept_float)} kept in float: see the log)" if the_plan.kept_float else ""))
