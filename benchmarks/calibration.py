@@ -318,7 +318,7 @@ def main_one(name: str, ws: Path) -> None:
     import bmbuild.calib  # noqa: F401
     import bmbuild.toolchains.reference_int8  # noqa: F401
     from bmbuild.recipe import load_recipe
-    from bmbuild.stages.int8_common import sample_shape, split
+    from bmbuild.calib.feeds import split
 
     kind, method, recipe_file = CONFIGS[name]
     loaded = load_recipe(ws / "recipes" / recipe_file)
@@ -337,14 +337,14 @@ def main_one(name: str, ws: Path) -> None:
         int8, ratios = bmbuild_quantize(loaded, fp32_dir, tmp)
     else:
         int8 = tmp / "ort.int8.onnx"
-        reader = Reader(calib, loaded.recipe.calibration, sample_shape(loaded.recipe), "input")
+        reader = Reader(calib, loaded.recipe.calibration, loaded.recipe.sample_shape(0), "input")
         ratios = ort_quantize(method, fp32, int8, reader, tmp)
     wall = time.perf_counter() - started
     cpu = cpu_seconds() - cpu
     peak = max_rss_mib()
 
     quality = compare(fp32_dir / "resnet18.fp32.onnx", int8, holdout, reference.calibration,
-                      sample_shape(reference))
+                      reference.sample_shape(0))
     print(json.dumps({"config": name, "samples": len(calib), "wall_s": wall, "cpu_s": cpu, "peak_mib": peak,
                       "baseline_mib": baseline, "work_mib": peak - baseline, **quality,
                       "clip": None if ratios is None else
