@@ -71,10 +71,11 @@ def wait_for(path, seconds=120):
 
 def crashes_while_a_sibling_runs(started, crashing):
     import ctypes
+    import os
     from pathlib import Path
 
     wait_for(started)
-    Path(crashing).write_text("")
+    Path(crashing).write_text(str(os.getpid()))
     ctypes.CDLL(None)._exit(0)
 
 
@@ -84,7 +85,18 @@ def runs_while_a_sibling_crashes(started, crashing):
 
     Path(started).write_text("")
     wait_for(crashing)
-    time.sleep(10)  # still running (even on a loaded machine) when the sibling's worker dies and breaks the pool
+    time.sleep(0.5)  # the pid is written
+    pid = Path(crashing).read_text()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # still running when the sibling's worker dies and breaks the pool,
+        try:                            # however late that is on a loaded machine (the pool then kills this one)
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            state = "gone"
+        if state in ("Z", "X", "gone"):
+            time.sleep(10)  # the pool notices the death and terminates this worker meanwhile
+            break
+        time.sleep(0.05)
     return tiny_cnn()
 
 
