@@ -17,7 +17,6 @@ import os
 import shutil
 import sqlite3
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -162,22 +161,6 @@ def validate_entry(data: Any, key: str | None = None) -> dict[str, Any]:
         if not isinstance(components.get(section, {}), dict):
             raise BadEntry(f"components.{section} must be an object")
     return data
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so readers see the old file or the new one, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 STAT_TABLE = "file_stat"  # v2 of the stat cache: the signature includes st_ctime_ns

@@ -19,7 +19,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Callable
 
-from bmbuild.cache import ActionEntry, StatCache, action_key, atomic_write_bytes, json_bytes
+from bmbuild.atomic import atomic_write_bytes
+from bmbuild.cache import ActionEntry, StatCache, action_key, json_bytes
 from bmbuild.cache import MANIFEST, validate_entry, warn_once
 from bmbuild.errors import BmbuildError, StageFailed
 from bmbuild.graph import Node, input_name

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from bmbuild.cache import atomic_write_bytes, json_bytes
+from bmbuild.atomic import atomic_write_bytes
+from bmbuild.cache import json_bytes
 from bmbuild.errors import BmbuildError, RecipeError
 from bmbuild.executor import Decision, Executor, NodeRecord, Status, read_manifest
 from bmbuild.graph import Node, build_graph

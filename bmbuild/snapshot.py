@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from bmbuild import __version__
+from bmbuild.atomic import atomic_write_bytes
 
 FORMAT = 1
 FILE = "noop-snapshot.json"
@@ -267,19 +268,5 @@ def remember(args: Any, since_ns: int, inputs: Iterable[Path], anchors: Iterable
     while len(selections) >= MAX_SELECTIONS:
         selections.pop(next(iter(selections)))
     selections[key] = entry
-    _write(state_dir / FILE, json.dumps({"format": FORMAT, "selections": selections}).encode())
+    atomic_write_bytes(state_dir / FILE, json.dumps({"format": FORMAT, "selections": selections}).encode())
     return True
-
-
-def _write(path: Path, data: bytes) -> None:
-    """Replace `path` in one step (readers see the old file or the new one)."""
-    import tempfile
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
+from bmbuild.atomic import atomic_write_bytes
 from bmbuild.errors import DataError
 
 TITLE = "# bmbuild calibration table"
@@ -55,20 +55,7 @@ def write_table(path: str | Path, rows: Mapping[str, Row],
     of any file the user creates (mkstemp's 0600 made the table unreadable to others)."""
     path = Path(path)
     data = format_table(rows, header).encode("utf-8")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write_bytes(path, data, mode=0o666 & ~_umask())
 
 
 def _umask() -> int:

@@ -36,7 +36,7 @@ class Written:
 def write_report(build_dir: Path, out_dir: Path, names: list[str] | None = None,
                  not_run: Iterable[str] = (), formats: Iterable[str] | None = None) -> Written:
     """The named models' reports into `out_dir`, in `formats` (names in FORMATS; default: all)."""
-    from bmbuild.cache import atomic_write_bytes
+    from bmbuild.atomic import atomic_write_bytes
     from bmbuild.errors import BmbuildError
     from bmbuild.report.collect import collect, report_files
 
