@@ -8,7 +8,7 @@ cosine, SQNR and top-1 agreement of the 1000 logits, evaluated like bmbuild does
 session.disable_quant_qdq=1, see bmbuild/toolchains/reference.py:ort_session).
 
 Configurations
-- bmbuild minmax / kl: bmbuild.toolchains.reference_int8.calibrate + quantize, called directly
+- bmbuild minmax / kl: the reference toolchain's calibrate + quantize steps, run directly
   with the recipe's calibrate/quantize parameters (streaming |x| histograms, 2048 bins; QDQ
   through quantize_static with bmbuild's ranges).
 - ort minmax: onnxruntime.quantization.quantize_static, CalibrationMethod.MinMax.
@@ -267,19 +267,19 @@ def bmbuild_quantize(loaded, fp32_dir: Path, tmp: Path) -> tuple[Path, list[floa
     from bmbuild.stages import calibrate as calibrate_stage
     from bmbuild.stages import quantize as quantize_stage
     from bmbuild.stagecontext import StageContext
-    from bmbuild.toolchains import reference_int8
+    from bmbuild.steps import run_steps
+    from bmbuild.toolchains.reference import ReferenceToolchain
 
     recipe = loaded.recipe
     outputs = {}
-    for stage, function, inputs in (
-            (calibrate_stage.STAGE, reference_int8.calibrate, {"compile_fp32": fp32_dir}),
-            (quantize_stage.STAGE, reference_int8.quantize, {"compile_fp32": fp32_dir})):
+    for stage, inputs in ((calibrate_stage.STAGE, {"compile_fp32": fp32_dir}),
+                          (quantize_stage.STAGE, {"compile_fp32": fp32_dir})):
         out, work = tmp / stage.name, tmp / f"{stage.name}.work"
         out.mkdir()
         work.mkdir()
         log = StageLog(tmp / f"{stage.name}.log")
         ctx = StageContext(loaded, stage.params(recipe), {**inputs, **outputs}, out, work, log, None)
-        function(ctx)
+        run_steps(ctx, ReferenceToolchain().steps(stage.name, ctx), stage.name)
         log.close()
         outputs[stage.name] = out
     from bmbuild.calib.table import read_table

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from bmbuild.cache_ops import count
 from bmbuild.errors import BmbuildError
-from bmbuild.toolchains.base import REGISTRY
+from bmbuild.toolchain_registry import REGISTRY
 
 if TYPE_CHECKING:
     from bmbuild.cache_ops import Transfer

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from bmbuild import __version__, snapshot
 from bmbuild.errors import BmbuildError
-from bmbuild.toolchains.base import REGISTRY
+from bmbuild.toolchain_registry import REGISTRY
 
 DEFAULT_SCHEMA = Path("schemas/recipe.schema.json")
 TOOLCHAIN_CHOICES = ["auto", *REGISTRY]
@@ -231,7 +231,7 @@ def _dry_run(args: argparse.Namespace) -> int:
     from bmbuild.executor import Status
     from bmbuild.project import dry_run
     from bmbuild.toolchains.base import load_toolchain
-    from bmbuild.toolchains.commands import comment, paste_safe
+    from bmbuild.commands import comment, paste_safe
 
     build = _prepare(args, check_toolchains=False)
     for name in sorted(set(build.toolchains.values())):

@@ -65,22 +65,36 @@ def toolchain_problems(loaded: LoadedRecipe, name: str) -> list[RecipeError]:
 
 
 def unsupported_keys(loaded: LoadedRecipe, name: str) -> list[RecipeError]:
-    """The recipe's optional keys (OPTIONAL_KEYS) that toolchain `name` does not implement: an error
-    naming the toolchains that do, rather than a build that ignores the key."""
-    from bmbuild.toolchains.base import OPTIONAL_KEYS
-
+    """The recipe's optional keys (those only some toolchains declare in their `optional_keys`) that
+    toolchain `name` does not implement: an error naming the toolchains that do, rather than a build
+    that ignores the key. The toolchain modules are read only when the recipe sets such a key."""
     recipe = loaded.recipe
-    used = {"output_names": recipe.output_names is not None,
-            "int8.asymmetric": recipe.int8.asymmetric and recipe.prec == "INT8"}
-    return [loaded.error(f"toolchain {name!r} does not implement {key} (implemented by {', '.join(toolchains)})",
-                         tuple(key.split(".")), hint=f"use --toolchain {OPTIONAL_KEYS[key][-1]}, or remove {key}")
-            for key, toolchains in OPTIONAL_KEYS.items() if used[key] and name not in toolchains]
+    used = [key for key, is_set in (("output_names", recipe.output_names is not None),
+                                    ("int8.asymmetric", recipe.int8.asymmetric and recipe.prec == "INT8")) if is_set]
+    if not used:
+        return []
+    from bmbuild.toolchains.base import optional_keys
+
+    implementers = optional_keys()
+    return [loaded.error(f"toolchain {name!r} does not implement {key} (implemented by {', '.join(implementers[key])})",
+                         tuple(key.split(".")), hint=f"use --toolchain {implementers[key][0]}, or remove {key}")
+            for key in used if key in implementers and name not in implementers[key]]
 
 
 # --- an ONNX source --------------------------------------------------------------------------------
-# Compilers that take the input shapes on their command line (bmneto --shapes, model_transform
-# --input_shapes) and so compile a fixed-batch ONNX model at any batch size.
-RESHAPING_TOOLCHAINS = frozenset({"nntc", "tpu-mlir"})
+def reshapes_batch(toolchain: str | None) -> bool:
+    """Whether `toolchain` takes the input shapes on its command line (bmneto --shapes, model_transform
+    --input_shapes) and so compiles a fixed-batch ONNX model at any batch size (its class's
+    `reshapes_batch`)."""
+    from bmbuild.errors import ToolchainError
+    from bmbuild.toolchains.base import toolchain_class
+
+    if toolchain is None:
+        return False
+    try:
+        return bool(getattr(toolchain_class(toolchain), "reshapes_batch", False))
+    except ToolchainError:
+        return False
 
 
 def _check_onnx_source(loaded: LoadedRecipe, toolchain: str | None = None) -> None:
@@ -112,7 +126,7 @@ def _check_onnx_source(loaded: LoadedRecipe, toolchain: str | None = None) -> No
             if not isinstance(dim, int) or dim <= 0:
                 continue  # a named or unknown dimension takes any size
             if axis == spec.batch_axis:
-                if toolchain in RESHAPING_TOOLCHAINS:
+                if reshapes_batch(toolchain):
                     continue
                 fixed = [b for b in recipe.resolved_batch_sizes if b != dim]
                 if fixed:

@@ -443,6 +443,7 @@ def dry_run(build: Build, force: bool = False) -> list[DryRunStep]:
     """
     from bmbuild.planner import stage_inputs
     from bmbuild.stagecontext import StageContext
+    from bmbuild.steps import render
 
     steps = []
     toolchains: dict[str, Any] = {}
@@ -463,7 +464,7 @@ def dry_run(build: Build, force: bool = False) -> list[DryRunStep]:
                     toolchains[node.toolchain] = load_toolchain(node.toolchain)
                 ctx.toolchain = toolchains[node.toolchain]
                 ctx.params = stage_inputs(node.stage, node.loaded, ctx.toolchain)[0]  # what the run is given
-                commands = ctx.toolchain.commands(node.stage.name, ctx)
+                commands = [render(step) for step in ctx.toolchain.steps(node.stage.name, ctx)]
             else:
                 commands = _in_process_description(ctx, node.stage.name)
         except BmbuildError as exc:

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, f
 
 from bmbuild.calib.config import CalibrationConfig
 from bmbuild.errors import RecipeError
-from bmbuild.toolchains.base import REGISTRY
+from bmbuild.toolchain_registry import REGISTRY
 from bmbuild.yamlsource import KeyPath, SourceMap, dotted
 
 TOOLCHAIN_NAMES = ("auto", *REGISTRY)  # Literal[...] of these: recipe validation and the schema follow the registry

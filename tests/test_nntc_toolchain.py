@@ -23,7 +23,7 @@ import pytest
 
 from bmbuild.toolchains import nntc
 from bmbuild.toolchains.bmodel_info import BmodelInfoError, parse_info
-from bmbuild.toolchains.commands import Command
+from bmbuild.commands import Command
 from conftest import ROOT, deep_merge, plan_rows, read_report
 
 DOUBLE = Path(__file__).resolve().parent / "nntc_double"

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from bmbuild.stagelog import StageLog
-from bmbuild.toolchains.commands import Command, command_file, paste_safe, quote, start_command_file
+from bmbuild.commands import Command, command_file, paste_safe, quote, start_command_file
 from test_nntc_toolchain import DOUBLE, activate, invocations
 
 # a folder name: no '/' and no NUL, anything else goes

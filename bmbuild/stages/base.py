@@ -1,7 +1,7 @@
 """What every stage is: a name, a version, what it consumes, what it is keyed on, how it runs.
 
-A stage is toolchain-independent; the toolchain does the work of a stage where the vendor
-tools differ (compile, calibrate, quantize). Gates (tolerances) are kept out of the key, so
+A stage is toolchain-independent; the toolchain says the steps of a stage where the vendor
+tools differ (compile, calibrate, quantize) and bmbuild.steps runs them. Gates (tolerances) are kept out of the key, so
 changing a tolerance re-checks the cached metrics instead of recompiling.
 """
 
@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from bmbuild.recipe import LoadedRecipe, Recipe
 from bmbuild.stagecontext import StageContext
+from bmbuild.steps import run_steps
 
 
 @dataclass(frozen=True)
@@ -42,10 +43,13 @@ class Stage:
 
 
 def toolchain_step(name: str) -> Callable[[StageContext], None]:
-    """A stage's `run` for work that differs per toolchain: calls `ctx.toolchain.<name>(ctx)`."""
+    """A stage's `run` for work that differs per toolchain: the steps the toolchain gives for the
+    stage, executed by the one runner (the same steps `run --dry-run` prints)."""
 
     def run(ctx: StageContext) -> None:
-        getattr(ctx.toolchain, name)(ctx)
+        steps = ctx.toolchain.steps(name, ctx)
+        run_steps(ctx, steps, f"{ctx.recipe.name} {name} ({ctx.toolchain.name}): {len(steps)} step(s), "
+                              f"in the stage's private work folder {ctx.work_dir}")
 
     run.__name__ = f"toolchain_{name}"
     return run

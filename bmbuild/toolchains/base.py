@@ -14,9 +14,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from bmbuild.errors import ToolchainError
+from bmbuild.toolchain_registry import AUTO_ORDER, REGISTRY
 
 if TYPE_CHECKING:
     from bmbuild.stagecontext import StageContext
+    from bmbuild.steps import Step
+
+__all__ = ["AUTO_ORDER", "REGISTRY", "Availability", "Toolchain", "choose", "load_toolchain", "optional_keys",
+           "package_version", "require_usable", "toolchain_class"]
 
 
 @dataclass(frozen=True)
@@ -27,7 +32,8 @@ class Availability:
 
 
 class Toolchain(Protocol):
-    """What a toolchain does for the stages that differ between vendors."""
+    """What a toolchain does for the stages that differ between vendors: it says, per stage, the
+    steps it takes (bmbuild.steps); one runner executes them and `run --dry-run` renders them."""
 
     name: str
     # compile_fp32 builds a PyTorch model from its source (to export ONNX from the eager module), so
@@ -37,6 +43,9 @@ class Toolchain(Protocol):
     # stage name -> the stage's toolchain-specific parameters (Stage.toolchain_params) this toolchain
     # reads. Only those enter the stage's key and reach `ctx.params`; the common ones always do.
     consumes: dict[str, tuple[str, ...]]
+    # the recipe keys only some toolchains implement (dotted: "int8.asymmetric") that this one does;
+    # a class attribute, read without instantiating the toolchain (`optional_keys`)
+    optional_keys: frozenset[str]
 
     def availability(self) -> Availability: ...
 
@@ -47,37 +56,40 @@ class Toolchain(Protocol):
         """Versions that go into every action key (cheap: no heavy imports)."""
         ...
 
-    def compile_fp32(self, ctx: "StageContext") -> None: ...
-
-    def calibrate(self, ctx: "StageContext") -> None: ...
-
-    def quantize(self, ctx: "StageContext") -> None: ...
-
-    def compile_int8(self, ctx: "StageContext") -> None: ...
-
-    def commands(self, stage: str, ctx: "StageContext") -> list[str]:
-        """What `stage` would do in `ctx`, one line per step, without doing it (`run --dry-run`).
-
-        Vendor commands are shell lines a user can paste; work done in Python is described as
-        `[in-process] ...`. `ctx.out_dir` is the published stage folder and `ctx.log` is None.
-        """
+    def steps(self, stage: str, ctx: "StageContext") -> list["Step"]:
+        """The steps `stage` takes in `ctx`, built without running anything or importing heavy
+        libraries: a run executes them (bmbuild.steps.run_steps), `run --dry-run` renders them with
+        `ctx.out_dir` the published stage folder and `ctx.log` None. A recipe error found here
+        (a setting the toolchain cannot honour) is raised here, so the dry run reports it too."""
         ...
 
 
-REGISTRY: dict[str, str] = {
-    "reference": "bmbuild.toolchains.reference:ReferenceToolchain",
-    "nntc": "bmbuild.toolchains.nntc:NntcToolchain",
-    "tpu-mlir": "bmbuild.toolchains.tpu_mlir:TpuMlirToolchain",
-    "tvm": "bmbuild.toolchains.tvm:TvmToolchain",
-}
-# Recipe keys that only some toolchains implement (dotted key -> those toolchains): `validate` and
-# `run` refuse the key, before any stage runs, for a toolchain not named here (bmbuild.preflight).
-OPTIONAL_KEYS: dict[str, tuple[str, ...]] = {
-    "output_names": ("reference", "tvm", "tpu-mlir"),
-    "int8.asymmetric": ("tpu-mlir", "reference"),
-}
-# What `auto` tries per target, first usable wins; the reference toolchain when none is.
-AUTO_ORDER: dict[str, tuple[str, ...]] = {"BM1684": ("nntc", "tpu-mlir"), "BM1684X": ("tpu-mlir",)}
+def toolchain_class(name: str) -> type:
+    """The class registered as `name`, imported (its module imports nothing heavy) but not instantiated."""
+    if name not in REGISTRY:
+        raise ToolchainError(f"unknown toolchain {name!r}; known: {', '.join(REGISTRY)}")
+    module_name, _, class_name = REGISTRY[name].partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ToolchainError(f"toolchain {name!r} cannot be loaded: {exc}") from None
+    return getattr(module, class_name)
+
+
+@functools.lru_cache(maxsize=1)
+def optional_keys() -> dict[str, tuple[str, ...]]:
+    """Recipe keys that only some toolchains implement (dotted key -> those toolchains, in registry
+    order), from each toolchain's own `optional_keys`: `validate` and `run` refuse the key, before
+    any stage runs, for a toolchain not named here (bmbuild.preflight)."""
+    found: dict[str, list[str]] = {}
+    for name in REGISTRY:
+        try:
+            declared = getattr(toolchain_class(name), "optional_keys", frozenset())
+        except ToolchainError:
+            continue
+        for key in sorted(declared):
+            found.setdefault(key, []).append(name)
+    return {key: tuple(names) for key, names in sorted(found.items())}
 
 
 def package_version(name: str) -> str:
@@ -122,14 +134,7 @@ def load_toolchain(name: str, target: str | None = None) -> Toolchain:
     """The toolchain called `name`; 'auto' picks by `target` (`choose`)."""
     if name == "auto":
         return choose(name, target)[0]
-    if name not in REGISTRY:
-        raise ToolchainError(f"unknown toolchain {name!r}; known: {', '.join(REGISTRY)}")
-    module_name, _, class_name = REGISTRY[name].partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ToolchainError(f"toolchain {name!r} cannot be loaded: {exc}") from None
-    return getattr(module, class_name)()
+    return toolchain_class(name)()
 
 
 def require_usable(toolchain: Toolchain) -> None:

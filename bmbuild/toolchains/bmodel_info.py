@@ -23,7 +23,13 @@ Lines the parser does not know are skipped, and extra `key: value` fields after 
 from __future__ import annotations
 
 import re
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from bmbuild.commands import Command
+    from bmbuild.stagecontext import StageContext
+    from bmbuild.steps import Step
 
 _NET = re.compile(r"net\s+(\d+):\s*\[(?P<name>.*)\]\s*(?P<kind>static|dynamic)\b", re.IGNORECASE)
 _STAGE = re.compile(r"stage\s+(\d+)\s*(?::|,[^:]*:\s*\d+)?\s*$", re.IGNORECASE)  # tpu-mlir: "stage 0, core num: 1"
@@ -105,3 +111,33 @@ def describe(info: dict[str, Any]) -> str:
                      f"({len(stages)} stage(s): {inputs})")
     device = info.get("device_mem", {}).get("total")
     return f"{info['chip']} " + ", ".join(parts) + (f", device mem {device} bytes" if device is not None else "")
+
+
+# --- as steps: the `--info` command of each bmodel, then its output parsed into the metrics --------
+def info_steps(ctx: "StageContext", bmodels: dict[str, Path], info: Callable[[Path, Path], "Command"]) -> list["Step"]:
+    """`info(bmodel, output_file)` (tpu_model/model_tool --info, its output kept in the work folder)
+    for each bmodel, then `record_bmodels`: the stage's `bmodels` metrics (report.json)."""
+    from bmbuild.steps import InProcess
+
+    outputs = {label: ctx.work_dir / f"{label}.info.txt" for label in bmodels}
+    commands: list[Step] = [info(path, outputs[label]) for label, path in bmodels.items()]
+    tool = commands[0].tool if commands else "tpu_model"  # type: ignore[union-attr]
+    return commands + [InProcess(f"{__name__}:record_bmodels", {"bmodels": bmodels, "outputs": outputs, "tool": tool},
+                                 says=f"{tool} --info of every bmodel -> the stage's metrics (report.json)")]
+
+
+def record_bmodels(ctx: "StageContext", bmodels: dict[str, Path], outputs: dict[str, Path], tool: str) -> None:
+    """The `--info` outputs (label -> file) parsed into `ctx.metrics["bmodels"]`."""
+    from bmbuild.commands import quote
+    from bmbuild.errors import ToolchainError
+
+    found = {}
+    for label, path in bmodels.items():
+        text = outputs[label].read_text(encoding="utf-8", errors="replace")
+        try:
+            found[label] = parse_info(text)
+        except BmodelInfoError as exc:
+            raise ToolchainError(f"{tool} --info {path.name}: {exc}", f"{tool} --info {quote(str(path))}", 0,
+                                 "\n".join(text.splitlines()[-10:])) from None
+        ctx.log.info(f"{label}: {describe(found[label])}")
+    ctx.metrics["bmodels"] = found

@@ -12,8 +12,8 @@ pip-installs bmnetp/ufw into the active Python, and `sys.executable` is that Pyt
 modules `availability()` found — while `python3` on PATH may be another interpreter.
 
 Each command runs in the stage's private work folder (the vendor tools write beside their inputs),
-is appended to `build/<recipe>/logs/<stage>.cmd` and streams its output into the stage's log
-(bmbuild.toolchains.commands). `tpu_model --info` of every bmodel goes into the stage's metrics
+is a step (bmbuild.steps) appended to `build/<recipe>/logs/<stage>.cmd` as it runs, its output
+streamed into the stage's log. `tpu_model --info` of every bmodel goes into the stage's metrics
 (`bmodels`), hence into report.json.
 
 Nothing here imports the SDK: detection uses `importlib.util.find_spec` and `shutil.which`.
@@ -38,8 +38,10 @@ from bmbuild.errors import ToolchainError
 from bmbuild.recipe import LoadedRecipe
 from bmbuild.stagecontext import StageContext
 from bmbuild.toolchains.base import Availability, package_version
-from bmbuild.toolchains.bmodel_info import BmodelInfoError, describe, parse_info
-from bmbuild.toolchains.commands import Command, quote, run_command, start_command_file
+from bmbuild.toolchains.bmodel_info import info_steps
+from bmbuild.commands import Command, quote
+from bmbuild.pipeline import StageName
+from bmbuild.steps import InProcess, Step
 
 # Bump when this adapter changes the commands it runs or the files it keeps: part of every key.
 IMPLEMENTATION_VERSION = "1"
@@ -221,11 +223,13 @@ class NntcToolchain:
     exports_eager = False  # bmnetp compiles the traced file: compile_fp32 is keyed on it, not on the source
     # the stage parameters beyond the common ones that the SDK's commands read (the key holds only these)
     consumes = {
-        "compile_fp32": ("target", "opt", "dyn", "cmp", "enable_profile"),
-        "calibrate": ("fp32_layers", "per_channel"),
-        "quantize": ("fp32_layers",),
-        "compile_int8": ("target", "opt", "dyn", "cmp", "enable_profile"),
+        StageName.COMPILE_FP32.value: ("target", "opt", "dyn", "cmp", "enable_profile"),
+        StageName.CALIBRATE.value: ("fp32_layers", "per_channel"),
+        StageName.QUANTIZE.value: ("fp32_layers",),
+        StageName.COMPILE_INT8.value: ("target", "opt", "dyn", "cmp", "enable_profile"),
     }
+    optional_keys: frozenset[str] = frozenset()
+    reshapes_batch = True  # bmnetp/bmneto --shapes: a fixed-batch ONNX model compiles at any batch size
 
     def __init__(self) -> None:
         self._versions: dict[str, str] | None = None
@@ -292,6 +296,7 @@ class NntcToolchain:
         self._check_recipe(ctx.loaded)
         params, model = ctx.params, source_model(ctx)
         compiler = front_end(ctx)[0]
+        hint = torch_hint() if compiler == "bmnetp" else ""
         commands = []
         for batch in params["batch_sizes"]:
             outdir = ctx.out_dir / fp32_folder(batch)
@@ -302,7 +307,7 @@ class NntcToolchain:
             if params["enable_profile"]:
                 argv.append("--enable_profile=True")
             commands.append(Command(compiler, tuple(argv), ctx.work_dir, outputs=(outdir / "compilation.bmodel",),
-                                    banner=True))
+                                    banner=True, hint=hint))
         return commands
 
     def calibrate_commands(self, ctx: StageContext) -> list[Command]:
@@ -366,10 +371,6 @@ class NntcToolchain:
         return commands
 
     @staticmethod
-    def info_command(ctx: StageContext, bmodel: Path) -> Command:
-        return Command("tpu_model", ("tpu_model", "--info", str(bmodel)), ctx.work_dir)
-
-    @staticmethod
     def traced_model(ctx: StageContext) -> Path:
         """The model compile_fp32 keeps for calibration (pt_to_umodel's / on_to_umodel's -m)."""
         return ctx.inputs["compile_fp32"] / f"{ctx.recipe.name}{front_end(ctx)[2]}"
@@ -408,98 +409,95 @@ class NntcToolchain:
             bmodels[COMBINED_LABEL] = ctx.out_dir / COMBINED
         return bmodels
 
-    # --- dry run ------------------------------------------------------------------------------
-    def commands(self, stage: str, ctx: StageContext) -> list[str]:
-        """The command lines `stage` runs (paths as published; a real run writes into a temp folder)."""
-        name = ctx.recipe.name
-        if stage == "compile_fp32":
-            from bmbuild.artifacts import source_model
+    # --- steps (paths as published in a dry run; a real run writes into a temp folder) ----------
+    def steps(self, stage: str, ctx: StageContext) -> list[Step]:
+        return {StageName.COMPILE_FP32.value: self.fp32_steps, StageName.CALIBRATE.value: self.calibrate_steps,
+                StageName.QUANTIZE.value: self.quantize_steps,
+                StageName.COMPILE_INT8.value: self.int8_steps}[stage](ctx)
 
-            lines = [c.shell() for c in self.fp32_commands(ctx)]
-            lines.append(f"[in-process] copy {quote(str(source_model(ctx)))} -> "
-                         f"{quote(str(ctx.out_dir / (name + front_end(ctx)[2])))} (the model calibrate uses)")
-            return lines + [self.info_command(ctx, p).shell() for p in self.fp32_bmodels(ctx).values()]
-        if stage == "calibrate":
-            lines = [c.shell() for c in self.calibrate_commands(ctx)]
-            moved = ", ".join(map(quote, self.outputs(ctx)))
-            return lines + [f"[in-process] move {moved} -> {quote(str(ctx.out_dir))}"]
-        if stage == "quantize":
-            keep = ", ".join(map(quote, self.outputs(ctx)[:2]))
-            source = quote(str(ctx.inputs["calibrate"]))
-            return [f"[in-process] copy {keep} from {source} -> {quote(str(ctx.out_dir))}"]
-        if stage == "compile_int8":
-            lines = [c.shell() for c in self.int8_commands(ctx)]
-            return lines + [self.info_command(ctx, p).shell() for p in self.int8_bmodels(ctx).values()]
-        return []
-
-    # --- stages -------------------------------------------------------------------------------
-    def compile_fp32(self, ctx: StageContext) -> None:
+    def fp32_steps(self, ctx: StageContext) -> list[Step]:
+        """bmnetp per batch size, the model calibrate uses kept beside the bmodels, their `--info`."""
         from bmbuild.artifacts import source_model
 
-        commands = self.fp32_commands(ctx)
-        start_command_file(ctx.log, f"{ctx.recipe.name} compile_fp32 (nntc): {front_end(ctx)[0]} once per batch size")
-        hint = torch_hint() if front_end(ctx)[0] == "bmnetp" else ""
-        for command in commands:
-            run_command(command, ctx.log, hint=f" ({hint})" if hint else "")
-        shutil.copyfile(source_model(ctx), ctx.out_dir / f"{ctx.recipe.name}{front_end(ctx)[2]}")
-        ctx.metrics["bmodels"] = self._bmodel_infos(ctx, self.fp32_bmodels(ctx))
+        kept = ctx.out_dir / f"{ctx.recipe.name}{front_end(ctx)[2]}"
+        keep = InProcess(f"{MODULE}:copy_file", {"source": source_model(ctx), "target": kept}, (kept,),
+                         says=f"copy {quote(str(source_model(ctx)))} -> {quote(str(kept))} (the model calibrate uses)")
+        return [*self.fp32_commands(ctx), keep, *info_steps(ctx, self.fp32_bmodels(ctx), info_command)]
 
-    def calibrate(self, ctx: StageContext) -> None:
+    def calibrate_steps(self, ctx: StageContext) -> list[Step]:
+        """LMDB, fp32 umodel, calibration_use_pb; its three files moved into the stage's output."""
         commands = self.calibrate_commands(ctx)
-        start_command_file(ctx.log, f"{ctx.recipe.name} calibrate (nntc): LMDB, fp32 umodel, calibration_use_pb "
-                                    f"(in the stage's private work folder {ctx.work_dir})")
-        for command in commands:
-            run_command(command, ctx.log)
-        produced = commands[-1].outputs
-        for path in produced:
-            shutil.move(str(path), str(ctx.out_dir / path.name))
-        deploy = parse_prototxt(ctx.out_dir / self.outputs(ctx)[1])
-        ctx.metrics.update({"method": ctx.params["method"], "th_method": self._th_method(ctx),
-                            "samples": ctx.params["samples"], "iterations": ctx.params["samples"],
-                            "fp32_layers": self._fp32_layers(ctx), "tensors": len(deploy["tops"])})
-        ctx.log.info(f"calibrated {ctx.params['samples']} samples with -th_method={ctx.metrics['th_method']}: "
-                     f"{', '.join(p.name for p in produced)}")
+        produced = list(commands[-1].outputs)
+        moved = ", ".join(quote(path.name) for path in produced)
+        return [*commands, InProcess(f"{MODULE}:keep_calibration", {"files": produced, "folder": ctx.out_dir},
+                                     tuple(ctx.out_dir / path.name for path in produced),
+                                     says=f"move {moved} -> {quote(str(ctx.out_dir))}")]
 
-    def quantize(self, ctx: StageContext) -> None:
-        start_command_file(ctx.log, f"{ctx.recipe.name} quantize (nntc): no command; keeps calibration_use_pb's "
-                                    "int8 umodel and deploy prototxt")
-        for file_name in self.outputs(ctx)[:2]:
-            source = ctx.inputs["calibrate"] / file_name
-            if not source.is_file():
-                raise ToolchainError(f"calibrate's output {source} is missing")
-            shutil.copyfile(source, ctx.out_dir / file_name)
-        deploy = parse_prototxt(ctx.out_dir / self.outputs(ctx)[1])
-        fp32_layers = list(ctx.params["fp32_layers"])
-        quantized = [layer for layer in deploy["layers"]
-                     if layer["type"] != "Input" and not set(layer["tops"]) <= set(fp32_layers)]
-        ctx.metrics.update({"quantized_nodes": len(quantized), "fp32_layers": fp32_layers,
-                            "files": list(self.outputs(ctx)[:2])})
-        ctx.log.info(f"int8 umodel: {len(quantized)} layer(s) int8, kept in float: {fp32_layers or 'none'}")
+    def quantize_steps(self, ctx: StageContext) -> list[Step]:
+        """No command: calibration_use_pb's int8 umodel and deploy prototxt are bmnetu's input."""
+        source = ctx.inputs.get(StageName.CALIBRATE.value, ctx.out_dir)
+        files = list(self.outputs(ctx)[:2])
+        return [InProcess(f"{MODULE}:keep_int8_umodel", {"source": source, "files": files, "folder": ctx.out_dir},
+                          tuple(ctx.out_dir / name for name in files),
+                          says=f"copy {', '.join(map(quote, files))} from {quote(str(source))} -> "
+                               f"{quote(str(ctx.out_dir))}")]
 
-    def compile_int8(self, ctx: StageContext) -> None:
-        commands = self.int8_commands(ctx)
-        start_command_file(ctx.log, f"{ctx.recipe.name} compile_int8 (nntc): bmnetu -prec=INT8 once per batch size")
-        for command in commands:
-            run_command(command, ctx.log)
-        ctx.metrics["bmodels"] = self._bmodel_infos(ctx, self.int8_bmodels(ctx))
-        if ctx.params["cmp"]:
-            ctx.log.info("int8 vs fp32: compared layer by layer by bmnetu (-cmp=True); bmbuild's similarity "
-                         "metrics need the model run on a Sophon device (bmrt_test)")
-        if ctx.recipe.eval:
-            ctx.log.info("eval skipped: an int8 bmodel runs only on a Sophon device (bmrt_test)")
+    def int8_steps(self, ctx: StageContext) -> list[Step]:
+        """bmnetu per batch size (+ tpu_model --combine), their `--info`."""
+        steps: list[Step] = [*self.int8_commands(ctx), *info_steps(ctx, self.int8_bmodels(ctx), info_command)]
+        if ctx.params["cmp"] or ctx.recipe.eval:
+            steps.append(InProcess(f"{MODULE}:int8_checks_note",
+                                   says="int8 vs fp32 metrics and eval need the model run on a Sophon device "
+                                        "(bmrt_test): bmnetu compares layer by layer (-cmp)"))
+        return steps
 
-    def _bmodel_infos(self, ctx: StageContext, bmodels: dict[str, Path]) -> dict[str, Any]:
-        infos = {}
-        for label, path in bmodels.items():
-            command = self.info_command(ctx, path)
-            text = run_command(command, ctx.log, capture=True)
-            try:
-                infos[label] = parse_info(text)
-            except BmodelInfoError as exc:
-                raise ToolchainError(f"tpu_model --info {path.name}: {exc}", command.shell(), 0,
-                                     "\n".join(text.splitlines()[-10:])) from None
-            ctx.log.info(f"{label}: {describe(infos[label])}")
-        return infos
+
+MODULE = "bmbuild.toolchains.nntc"
+
+
+def info_command(bmodel: Path, output_file: Path) -> Command:
+    return Command("tpu_model", ("tpu_model", "--info", str(bmodel)), output_file.parent, output_file=output_file)
+
+
+def copy_file(ctx: StageContext, source: Path, target: Path) -> None:
+    shutil.copyfile(source, target)
+
+
+def keep_calibration(ctx: StageContext, files: list[Path], folder: Path) -> None:
+    """calibration_use_pb's files moved into the stage's output, and what it did in the metrics."""
+    for path in files:
+        shutil.move(str(path), str(folder / path.name))
+    toolchain = NntcToolchain()
+    deploy = parse_prototxt(folder / toolchain.outputs(ctx)[1])
+    params = ctx.params
+    th_method = toolchain._th_method(ctx)
+    ctx.metrics.update({"method": params["method"], "th_method": th_method, "samples": params["samples"],
+                        "iterations": params["samples"], "fp32_layers": toolchain._fp32_layers(ctx),
+                        "tensors": len(deploy["tops"])})
+    ctx.log.info(f"calibrated {params['samples']} samples with -th_method={th_method}: "
+                 f"{', '.join(path.name for path in files)}")
+
+
+def keep_int8_umodel(ctx: StageContext, source: Path, files: list[str], folder: Path) -> None:
+    """The int8 umodel and its deploy prototxt from calibrate, and what is int8 in the metrics."""
+    for file_name in files:
+        if not (source / file_name).is_file():
+            raise ToolchainError(f"calibrate's output {source / file_name} is missing")
+        shutil.copyfile(source / file_name, folder / file_name)
+    deploy = parse_prototxt(folder / files[1])
+    fp32_layers = list(ctx.params["fp32_layers"])
+    quantized = [layer for layer in deploy["layers"]
+                 if layer["type"] != "Input" and not set(layer["tops"]) <= set(fp32_layers)]
+    ctx.metrics.update({"quantized_nodes": len(quantized), "fp32_layers": fp32_layers, "files": list(files)})
+    ctx.log.info(f"int8 umodel: {len(quantized)} layer(s) int8, kept in float: {fp32_layers or 'none'}")
+
+
+def int8_checks_note(ctx: StageContext) -> None:
+    if ctx.params["cmp"]:
+        ctx.log.info("int8 vs fp32: compared layer by layer by bmnetu (-cmp=True); bmbuild's similarity "
+                     "metrics need the model run on a Sophon device (bmrt_test)")
+    if ctx.recipe.eval:
+        ctx.log.info("eval skipped: an int8 bmodel runs only on a Sophon device (bmrt_test)")
 
 
 def parse_prototxt(path: Path) -> dict[str, Any]:

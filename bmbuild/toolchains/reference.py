@@ -14,11 +14,16 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from bmbuild.commands import quote
 from bmbuild.compare import Similarity, similarity, worst
 from bmbuild.errors import StageFailed
 from bmbuild.modelsource import TORCH_LOCK
+from bmbuild.pipeline import StageName
 from bmbuild.stagecontext import StageContext
+from bmbuild.steps import InProcess, Step
 from bmbuild.toolchains.base import Availability, package_version
+
+MODULE = "bmbuild.toolchains.reference"
 
 PACKAGES = ("torch", "onnx", "onnxruntime")
 # Bump when this toolchain's code changes what it produces: it is part of every action key.
@@ -88,23 +93,32 @@ def export_onnx(ctx: StageContext, target: Path) -> None:
         _export(ctx, target)
 
 
-def write_onnx(ctx: StageContext) -> tuple[Path, Path]:
-    """(source model, `<name>.onnx` in the stage's output): exported (`export_onnx`) and checked.
-    The int8 stages calibrate and quantize this file."""
+def onnx_steps(ctx: StageContext, target: Path) -> list[InProcess]:
+    """`<name>.onnx` at `target`: exported (`export_onnx`), checked, cut at the recipe's output_names.
+    Every toolchain that starts from ONNX takes these steps; the int8 stages calibrate and quantize
+    this file."""
+    path = quote(str(target))
+    steps = [InProcess(f"{MODULE}:export_onnx", {"target": target}, (target,), says=export_says(ctx, path)),
+             InProcess(f"{MODULE}:check_onnx", {"model": target}, says=f"onnx.checker.check_model({path}, full_check=True)")]
+    names = ctx.recipe.output_names
+    if names:
+        steps.append(InProcess(f"{MODULE}:cut_at_output_names", {"model": target, "names": list(names)}, (target,),
+                               says=f"onnx.utils.extract_model({path}, outputs {','.join(names)}) -> {path}"))
+    return steps
+
+
+def check_onnx(ctx: StageContext, model: Path) -> None:
     import onnx
 
-    from bmbuild.artifacts import source_model
-
-    exported = ctx.out_dir / f"{ctx.recipe.name}.onnx"
-    export_onnx(ctx, exported)
     try:
-        onnx.checker.check_model(str(exported), full_check=True)
+        onnx.checker.check_model(str(model), full_check=True)
     except Exception as exc:  # onnx raises ValidationError and shape-inference errors
-        raise StageFailed(f"onnx.checker rejected {exported.name}: {exc}") from None
-    if ctx.recipe.output_names:
-        cut_outputs(exported, ctx.recipe.output_names)
-        ctx.log.info(f"cut the graph at output_names {ctx.recipe.output_names}")
-    return source_model(ctx), exported
+        raise StageFailed(f"onnx.checker rejected {model.name}: {exc}") from None
+
+
+def cut_at_output_names(ctx: StageContext, model: Path, names: list[str]) -> None:
+    cut_outputs(model, names)
+    ctx.log.info(f"cut the graph at output_names {names}")
 
 
 def cut_outputs(model: Path, names: list[str]) -> None:
@@ -132,12 +146,6 @@ def cut_outputs(model: Path, names: list[str]) -> None:
     except Exception as exc:  # onnx's shape inference or extraction refusing the graph
         raise StageFailed(f"cannot cut the ONNX model at output_names {names}: {exc}") from None
     os.replace(cut, model)
-
-
-def cut_line(ctx: StageContext, target: str) -> list[str]:
-    """`run --dry-run`'s line for `cut_outputs` (`target` already quoted), when output_names is set."""
-    names = ctx.recipe.output_names
-    return [f"[in-process] onnx.utils.extract_model({target}, outputs {','.join(names)}) -> {target}"] if names else []
 
 
 def _export(ctx: StageContext, target: Path) -> None:
@@ -176,27 +184,17 @@ def _export(ctx: StageContext, target: Path) -> None:
             raise ExportFailed(f"ONNX export failed: {headline(text)} (the exporter's output is in the log)") from None
 
 
-def onnx_lines(ctx: StageContext) -> list[str]:
-    """`run --dry-run` lines of `write_onnx`."""
-    from bmbuild.toolchains.commands import quote
-
-    exported = quote(str(ctx.out_dir / f"{ctx.recipe.name}.onnx"))
-    return [export_line(ctx, exported), f"[in-process] onnx.checker.check_model({exported}, full_check=True)",
-            *cut_line(ctx, exported)]
-
-
-def export_line(ctx: StageContext, target: str) -> str:
-    """`run --dry-run`'s line for `export_onnx` (`target` already quoted)."""
+def export_says(ctx: StageContext, target: str) -> str:
+    """What `export_onnx` does, for its step (`target` already quoted)."""
     from bmbuild.artifacts import source_model
-    from bmbuild.toolchains.commands import quote
 
     recipe, params = ctx.recipe, ctx.params
     if recipe.source.framework == "onnx":
-        return f"[in-process] copy {quote(str(source_model(ctx)))} -> {target}"
+        return f"copy {quote(str(source_model(ctx)))} -> {target}"
     dynamic = "dynamic" if params["dyn"] or len(params["batch_sizes"]) > 1 else "static"
     module = (f"{recipe.source.model} (eager, built from source)" if recipe.source.framework == "pytorch"
               else quote(str(source_model(ctx))))
-    return f"[in-process] torch.onnx.export({module}, opset {params['opset']}, {dynamic} batch) -> {target}"
+    return f"torch.onnx.export({module}, opset {params['opset']}, {dynamic} batch) -> {target}"
 
 
 def compare_fp32(ctx: StageContext, source: Path, exported: Path, sessions: dict[int, Any]) -> None:
@@ -263,11 +261,12 @@ class ReferenceToolchain:
     name = "reference"
     # the stage parameters beyond the common ones that this toolchain reads (the key holds only these)
     consumes = {
-        "compile_fp32": ("opt", "dyn", "cmp", "opset", "cmp_samples", "seed"),
-        "calibrate": ("bins",),
-        "quantize": ("target", "per_channel", "fp32_layers"),  # the target decides which ops run int8
-        "compile_int8": ("opt", "dyn", "cmp", "cmp_samples"),
+        StageName.COMPILE_FP32.value: ("opt", "dyn", "cmp", "opset", "cmp_samples", "seed"),
+        StageName.CALIBRATE.value: ("bins",),
+        StageName.QUANTIZE.value: ("target", "per_channel", "fp32_layers"),  # the target decides which ops run int8
+        StageName.COMPILE_INT8.value: ("opt", "dyn", "cmp", "cmp_samples"),
     }
+    optional_keys = frozenset({"output_names", "int8.asymmetric"})
 
     def availability(self) -> Availability:
         missing = [p for p in PACKAGES if importlib.util.find_spec(p) is None]
@@ -280,82 +279,96 @@ class ReferenceToolchain:
     def versions(self) -> dict[str, str]:
         return {"implementation": IMPLEMENTATION_VERSION, **{name: package_version(name) for name in PACKAGES}}
 
-    def commands(self, stage: str, ctx: StageContext) -> list[str]:
-        """What each stage does, for `run --dry-run`: all of it runs in-process (no vendor command)."""
-        from bmbuild.artifacts import table_name
-        from bmbuild.calib.feeds import input_feeds
-        from bmbuild.toolchains.commands import quote
+    def steps(self, stage: str, ctx: StageContext) -> list[Step]:
+        """Every stage runs in-process (no vendor command)."""
+        return {StageName.COMPILE_FP32.value: fp32_steps, StageName.CALIBRATE.value: calibrate_steps,
+                StageName.QUANTIZE.value: quantize_steps, StageName.COMPILE_INT8.value: int8_steps}[stage](ctx)
 
-        recipe, params, out = ctx.recipe, ctx.params, ctx.out_dir
 
-        def path(value: Path) -> str:  # a description is printed as a comment; paths in it quoted
-            return quote(str(value))
+# --- compile_fp32 -----------------------------------------------------------------------------
+def fp32_steps(ctx: StageContext) -> list[Step]:
+    """Export, then onnxruntime's optimised model at the recipe's `opt` level, then the comparison."""
+    from bmbuild.artifacts import source_model
 
-        name = recipe.name
-        if stage == "compile_fp32":
-            lines = [*onnx_lines(ctx),
-                     f"[in-process] onnxruntime {ORT_LEVELS[params['opt']]} -> {path(out / (name + '.fp32.onnx'))} "
-                     f"(kept only when it differs from {name}.onnx)"]
-            if params["cmp"]:
-                lines.append(f"[in-process] cmp source vs onnxruntime on {params['cmp_samples']} seeded input(s) "
-                             f"per batch size {params['batch_sizes']}")
-            return lines
-        fp32 = ctx.inputs.get("compile_fp32", out) / f"{name}.onnx"
-        if stage == "calibrate":
-            sources = {str(feed.source.data) for feed in input_feeds(recipe) if feed.source is not None}
-            data = ", ".join(map(quote, sorted(sources))) or "?"
-            return [f"[in-process] histograms ({params['bins']} bins) of every float tensor of {path(fp32)} over "
-                    f"{params['samples']} samples of {data} -> {params['method']} thresholds -> "
-                    f"{path(out / table_name(recipe))}"]
-        if stage == "quantize":
-            table = ctx.inputs.get("calibrate", out) / table_name(recipe)
-            kept = ", ".join(params["fp32_layers"]) or "none"
-            return [f"[in-process] onnxruntime.quantization.quantize_static({path(fp32)}, thresholds {path(table)}, "
-                    "QDQ, "
-                    f"symmetric int8, per_channel={params['per_channel']}, kept in fp32: {kept}) "
-                    f"-> {path(out / (name + '.int8.onnx'))}"]
-        if stage == "compile_int8":
-            lines = [f"[in-process] onnxruntime {ORT_LEVELS[params['opt']]} "
-                     f"{'dynamic' if params['dyn'] else 'static'} batch {batch} -> "
-                     f"{path(out / f'{batch}b.compilation' / (name + '.int8.onnx'))}"
-                     for batch in params["batch_sizes"]]
-            if params["cmp"]:
-                lines.append(f"[in-process] cmp int8 vs fp32 on {params['cmp_samples']} held-out samples, "
-                             "per output and per layer")
-            if recipe.eval:
-                lines.append(f"[in-process] {recipe.eval.metric} accuracy fp32 vs int8 on {path(recipe.eval.data)}")
-            return lines
-        return []
+    recipe, params, out = ctx.recipe, ctx.params, ctx.out_dir
+    exported, deployable = out / f"{recipe.name}.onnx", out / f"{recipe.name}.fp32.onnx"
+    steps: list[Step] = [*onnx_steps(ctx, exported), InProcess(
+        f"{MODULE}:optimise", {"model": exported, "target": deployable, "opt": params["opt"]},
+        says=f"onnxruntime {ORT_LEVELS[params['opt']]} -> {quote(str(deployable))} "
+             f"(kept only when it differs from {exported.name})")]
+    if params["cmp"]:
+        steps.append(InProcess(
+            f"{MODULE}:compare_deployable", {"source": source_model(ctx), "exported": exported},
+            says=f"cmp source vs onnxruntime on {params['cmp_samples']} seeded input(s) "
+                 f"per batch size {params['batch_sizes']}"))
+    return steps
 
-    # --- compile_fp32 -------------------------------------------------------------------
-    def compile_fp32(self, ctx: StageContext) -> None:
-        recipe, params = ctx.recipe, ctx.params
-        source, exported = write_onnx(ctx)
-        deployable = ctx.out_dir / f"{recipe.name}.fp32.onnx"
-        ort_session(exported, params["opt"], save_to=deployable)
-        if same_graph(exported, deployable):
-            deployable.unlink()
-            deployable = exported
-            ctx.log.info(f"onnxruntime {ORT_LEVELS[params['opt']]} left the model as it was: "
-                         f"{exported.name} is the deployable model too (stored once)")
-        else:
-            ctx.log.info(f"wrote {deployable.name} (onnxruntime {ORT_LEVELS[params['opt']]})")
-        if params["cmp"]:
-            session = ort_session(deployable, 0)
-            compare_fp32(ctx, source, exported, {batch: session for batch in params["batch_sizes"]})
 
-    # --- int8 stages: see bmbuild/toolchains/reference_int8.py ---------------------------
-    def calibrate(self, ctx: StageContext) -> None:
-        from bmbuild.toolchains import reference_int8
+def optimise(ctx: StageContext, model: Path, target: Path, opt: int) -> None:
+    """onnxruntime's optimised `model` at `target`, removed again when it is the same graph (the
+    deployable model is then `model` itself, stored once)."""
+    ort_session(model, opt, save_to=target)
+    if same_graph(model, target):
+        target.unlink()
+        ctx.log.info(f"onnxruntime {ORT_LEVELS[opt]} left the model as it was: "
+                     f"{model.name} is the deployable model too (stored once)")
+    else:
+        ctx.log.info(f"wrote {target.name} (onnxruntime {ORT_LEVELS[opt]})")
 
-        reference_int8.calibrate(ctx)
 
-    def quantize(self, ctx: StageContext) -> None:
-        from bmbuild.toolchains import reference_int8
+def compare_deployable(ctx: StageContext, source: Path, exported: Path) -> None:
+    session = ort_session(deployable_fp32(ctx.out_dir, ctx.recipe.name), 0)
+    compare_fp32(ctx, source, exported, {batch: session for batch in ctx.params["batch_sizes"]})
 
-        reference_int8.quantize(ctx)
 
-    def compile_int8(self, ctx: StageContext) -> None:
-        from bmbuild.toolchains import reference_int8
+# --- int8 stages: the work is in bmbuild/toolchains/reference_int8.py ------------------------
+INT8_MODULE = "bmbuild.toolchains.reference_int8"
 
-        reference_int8.compile_int8(ctx)
+
+def calibrate_steps(ctx: StageContext) -> list[Step]:
+    from bmbuild.artifacts import table_name
+    from bmbuild.calib.feeds import input_feeds
+
+    recipe, params = ctx.recipe, ctx.params
+    model = ctx.inputs.get(StageName.COMPILE_FP32.value, ctx.out_dir) / f"{recipe.name}.onnx"
+    table = ctx.out_dir / table_name(recipe)
+    sources = {str(feed.source.data) for feed in input_feeds(recipe) if feed.source is not None}
+    data = ", ".join(map(quote, sorted(sources))) or "?"
+    return [InProcess(f"{INT8_MODULE}:calibrate", {"model": model, "table": table}, (table,),
+                      says=f"histograms ({params['bins']} bins) of every float tensor of {quote(str(model))} over "
+                           f"{params['samples']} samples of {data} -> {params['method']} thresholds -> "
+                           f"{quote(str(table))}")]
+
+
+def quantize_steps(ctx: StageContext) -> list[Step]:
+    from bmbuild.artifacts import table_name
+
+    recipe, params = ctx.recipe, ctx.params
+    model = ctx.inputs.get(StageName.COMPILE_FP32.value, ctx.out_dir) / f"{recipe.name}.onnx"
+    table = ctx.inputs.get(StageName.CALIBRATE.value, ctx.out_dir) / table_name(recipe)
+    target = ctx.out_dir / f"{recipe.name}.int8.onnx"
+    kept = ", ".join(params["fp32_layers"]) or "none"
+    return [InProcess(f"{INT8_MODULE}:quantize", {"model": model, "table": table, "target": target}, (target,),
+                      says=f"onnxruntime.quantization.quantize_static({quote(str(model))}, thresholds "
+                           f"{quote(str(table))}, QDQ, symmetric int8, per_channel={params['per_channel']}, "
+                           f"kept in fp32: {kept}) -> {quote(str(target))}")]
+
+
+def int8_steps(ctx: StageContext) -> list[Step]:
+    """One onnxruntime-optimised int8 model per batch size, then int8 vs fp32 and the accuracy."""
+    recipe, params = ctx.recipe, ctx.params
+    umodel = ctx.inputs.get(StageName.QUANTIZE.value, ctx.out_dir) / f"{recipe.name}.int8.onnx"
+    targets = {str(batch): ctx.out_dir / f"{batch}b.compilation" / f"{recipe.name}.int8.onnx"
+               for batch in params["batch_sizes"]}
+    steps: list[Step] = [InProcess(
+        f"{INT8_MODULE}:compile_batch", {"model": umodel, "batch": int(batch), "target": target}, (target,),
+        says=f"onnxruntime {ORT_LEVELS[params['opt']]} {'dynamic' if params['dyn'] else 'static'} batch {batch} "
+             f"-> {quote(str(target))}") for batch, target in targets.items()]
+    if params["cmp"]:
+        steps.append(InProcess(f"{INT8_MODULE}:compare_compiled", {"umodel": umodel, "compiled": targets},
+                               says=f"cmp int8 vs fp32 on {params['cmp_samples']} held-out samples, "
+                                    "per output and per layer"))
+    if recipe.eval:
+        steps.append(InProcess(f"{INT8_MODULE}:evaluate_compiled", {"umodel": umodel},
+                               says=f"{recipe.eval.metric} accuracy fp32 vs int8 on {quote(str(recipe.eval.data))}"))
+    return steps

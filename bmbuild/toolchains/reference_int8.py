@@ -30,7 +30,6 @@ from bmbuild.calib.qdq import DEQUANT_SUFFIX
 from bmbuild.compare import per_sample, sample_rows, similarity
 from bmbuild.errors import StageFailed
 from bmbuild.stagecontext import StageContext
-from bmbuild.artifacts import table_name
 from bmbuild.calib.feeds import input_feeds, split
 from bmbuild.toolchains.reference import ORT_LEVELS, deployable_fp32, ort_session, run_session
 
@@ -49,17 +48,18 @@ PREPARED_OPSET = 13
 KEEP_STRUCTURE = ("MatMulAddFusion", "TransposeOptimizer")
 
 
-def prepared_model(ctx: StageContext) -> Path:
-    """The fp32 model that calibration and quantization share (see the module docstring), made
-    in the stage's work dir: deterministic, so both stages see the same tensor names."""
+def prepared_model(ctx: StageContext, fp32: Path | None = None) -> Path:
+    """The fp32 model that calibration and quantization share (see the module docstring), made from
+    `fp32` (compile_fp32's `<name>.onnx` by default) in the stage's work dir: deterministic, so both
+    stages see the same tensor names."""
     import onnx
 
     target = ctx.work_dir / "prepared.onnx"
     if target.exists():
         return target
-    model = onnx.load(str(fp32_model(ctx)))
+    source = fp32 or fp32_model(ctx)
+    model = onnx.load(str(source))
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), PREPARED_OPSET)
-    source = fp32_model(ctx)
     if opset < PREPARED_OPSET:
         from onnx import version_converter
 
@@ -149,7 +149,9 @@ def run_rows(session: Any, chunk: list[np.ndarray], feeds: list[Any]) -> list[np
 
 
 # --- calibrate ----------------------------------------------------------------------------
-def calibrate(ctx: StageContext) -> None:
+def calibrate(ctx: StageContext, model: Path, table: Path) -> None:
+    """Statistics of every float tensor of (the prepared) `model` over the calibration samples ->
+    the calibration table `table` (+ the statistics beside it)."""
     import json
 
     import onnx
@@ -161,13 +163,13 @@ def calibrate(ctx: StageContext) -> None:
     params = ctx.params
     feeds = input_feeds(ctx.recipe)
     calib_refs, _ = split(ctx.recipe)
-    prepared = prepared_model(ctx)
-    model = onnx.load(str(prepared))
-    tensors = float_tensors(model)
+    prepared = prepared_model(ctx, model)
+    graph = onnx.load(str(prepared))
+    tensors = float_tensors(graph)
     augmented = ctx.work_dir / "augmented.onnx"
     # graph inputs are recorded from the batch itself: exposed as outputs too, they were
     # counted twice (a doubled count in the stats file)
-    graph_inputs = {i.name for i in model.graph.input}
+    graph_inputs = {i.name for i in graph.graph.input}
     outputs = expose_tensors(prepared, [t for t in tensors if t not in graph_inputs], augmented)
     session = ort_session(augmented, 0)
     collector = StatsCollector(bins=params["bins"])
@@ -192,9 +194,9 @@ def calibrate(ctx: StageContext) -> None:
     header = {"method": params["method"], "samples": str(seen), "net_name": ctx.recipe.name}
     if params["method"] == "percentile":
         header["percentile"] = str(params["percentile"])
-    write_table(ctx.out_dir / table_name(ctx.recipe), rows, header)
+    write_table(table, rows, header)
     stats = collector.to_dict()
-    (ctx.out_dir / f"{ctx.recipe.name}_cali_stats.json").write_text(
+    (table.parent / f"{ctx.recipe.name}_cali_stats.json").write_text(
         json.dumps({name: stats[name] for name in rows}, indent=1, sort_keys=True) + "\n")
     ctx.metrics.update({"method": params["method"], "samples": seen, "tensors": len(rows)})
     if collector.skipped:
@@ -228,7 +230,8 @@ def _suggest(name: str, nodes: list[str], outputs: list[str]) -> str:
     return f" (its layers are named like {', '.join(nodes[:5])}{', ...' if len(nodes) > 5 else ''})"
 
 
-def quantize(ctx: StageContext) -> None:
+def quantize(ctx: StageContext, model: Path, table: Path, target: Path) -> None:
+    """The int8 QDQ model of (the prepared) `model` from the calibration table `table`, at `target`."""
     import json
 
     import onnx
@@ -236,16 +239,15 @@ def quantize(ctx: StageContext) -> None:
     from bmbuild.calib.qdq import GraphView, apply, plan
     from bmbuild.calib.table import read_table
 
-    table = read_table(ctx.inputs["calibrate"] / table_name(ctx.recipe))
-    model = onnx.load(str(prepared_model(ctx)))
-    excluded = resolve_fp32_layers(model, ctx.params["fp32_layers"])
-    graph = GraphView.of(model)
+    thresholds = read_table(table)
+    prepared = onnx.load(str(prepared_model(ctx, model)))
+    excluded = resolve_fp32_layers(prepared, ctx.params["fp32_layers"])
+    graph = GraphView.of(prepared)
     chip = ctx.params["target"]
-    the_plan = plan(graph, table, chip, set(excluded), ctx.params["per_channel"], bool(ctx.params.get("asymmetric")))
+    the_plan = plan(graph, thresholds, chip, set(excluded), ctx.params["per_channel"], bool(ctx.params.get("asymmetric")))
     if not the_plan.tensors:
         raise StageFailed(f"nothing to quantize: no tensor of this model is int8 on {chip}"
                           + (f" ({len(the_plan.kept_float)} kept in float: see the log)" if the_plan.kept_float else ""))
-    target = ctx.out_dir / int8_umodel_name(ctx)
     onnx.save(apply(graph, the_plan), str(target))
     for name, reason in the_plan.kept_float.items():
         ctx.log.info(f"tensor {name!r} kept in float: {reason}")
@@ -285,28 +287,33 @@ def static_batch(model_path: Path, batch: int, target: Path, feeds: list[Any]) -
     onnx.save(model, str(target))
 
 
-def compile_int8(ctx: StageContext) -> None:
-    recipe, params = ctx.recipe, ctx.params
-    umodel = ctx.inputs["quantize"] / int8_umodel_name(ctx)
-    deployables = {}
-    for batch in params["batch_sizes"]:
-        folder = ctx.out_dir / f"{batch}b.compilation"
-        folder.mkdir()
-        source = umodel
-        if not params["dyn"]:
-            source = ctx.work_dir / f"{batch}b.onnx"
-            static_batch(umodel, batch, source, input_feeds(recipe))
-        target = folder / f"{recipe.name}.int8.onnx"
-        # constant folding would turn every DequantizeLinear of an int8 weight into a float weight
-        ort_session(source, params["opt"], save_to=target, disabled_optimizers=KEEP_INT8_WEIGHTS)
-        deployables[batch] = target
-        ctx.log.info(f"wrote {target.relative_to(ctx.out_dir)} (onnxruntime {ORT_LEVELS[params['opt']]})")
-    fp32_deployable = deployable_fp32(ctx.inputs["compile_fp32"], recipe.name)
-    if params["cmp"]:
-        compare_int8(ctx, ort_session(fp32_deployable, 0),
-                     {batch: ort_session(path, 0) for batch, path in deployables.items()}, umodel)
-    if recipe.eval:
-        evaluate(ctx, ort_session(fp32_deployable, 0), ort_session(umodel, params["opt"]))
+def compile_batch(ctx: StageContext, model: Path, batch: int, target: Path) -> None:
+    """The int8 `model` optimised by onnxruntime at the recipe's `opt` level for one batch size, at
+    `target` (its batch fixed unless int8.dyn)."""
+    params = ctx.params
+    target.parent.mkdir(parents=True, exist_ok=True)
+    source = model
+    if not params["dyn"]:
+        source = ctx.work_dir / f"{batch}b.onnx"
+        static_batch(model, batch, source, input_feeds(ctx.recipe))
+    # constant folding would turn every DequantizeLinear of an int8 weight into a float weight
+    ort_session(source, params["opt"], save_to=target, disabled_optimizers=KEEP_INT8_WEIGHTS)
+    ctx.log.info(f"wrote {target.relative_to(ctx.out_dir)} (onnxruntime {ORT_LEVELS[params['opt']]})")
+
+
+def fp32_session(ctx: StageContext) -> Any:
+    """compile_fp32's deployable model in onnxruntime."""
+    return ort_session(deployable_fp32(ctx.inputs["compile_fp32"], ctx.recipe.name), 0)
+
+
+def compare_compiled(ctx: StageContext, umodel: Path, compiled: dict[str, Path]) -> None:
+    """`compare_int8` of the compiled models (batch size -> file) against compile_fp32's."""
+    compare_int8(ctx, fp32_session(ctx), {int(batch): ort_session(path, 0) for batch, path in compiled.items()},
+                 umodel)
+
+
+def evaluate_compiled(ctx: StageContext, umodel: Path) -> None:
+    evaluate(ctx, fp32_session(ctx), ort_session(umodel, ctx.params["opt"]))
 
 
 KEEP_INT8_WEIGHTS = ("ConstantFolding",)

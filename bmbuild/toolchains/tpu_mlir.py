@@ -15,7 +15,7 @@
                   per sample; per layer: model_runner --dump_all_tensors of the top and int8 tpu MLIRs
 
 tpu-mlir runs in its own Python 3.10 environment (bmbuild.toolchains.tpu_mlir_env). Every command
-is a `Command` (in `<stage>.cmd`, printed by `--dry-run`), runs in a folder of the stage's private
+is a `Command` step (bmbuild.steps: in `<stage>.cmd`, printed by `--dry-run`), runs in a folder of the stage's private
 work dir (model_deploy must run where the MLIR is: the MLIR names its weight file relative to the
 current folder), and holds the environment's lock: model_deploy and model_runner re-point symlinks
 inside the tpu_mlir package to the chip in use. Outputs that tpu-mlir renames (`output` ->
@@ -32,9 +32,11 @@ from typing import Any, Iterator
 from bmbuild.errors import StageFailed, ToolchainError
 from bmbuild.stagecontext import StageContext
 from bmbuild.toolchains.base import Availability
-from bmbuild.toolchains.bmodel_info import BmodelInfoError, describe, parse_info
-from bmbuild.toolchains.commands import Command, quote, run_command, start_command_file
-from bmbuild.toolchains.reference import cut_line, export_line
+from bmbuild.toolchains.bmodel_info import info_steps
+from bmbuild.commands import Command, quote, run_command
+from bmbuild.pipeline import StageName
+from bmbuild.steps import InProcess, Step
+from bmbuild.toolchains.reference import onnx_steps
 from bmbuild.toolchains.tpu_mlir_env import EnvNotFound, TpuMlirEnv, locate
 
 # Bump when this adapter changes the commands it runs or the files it keeps: part of every key.
@@ -109,11 +111,13 @@ class TpuMlirToolchain:
     name = "tpu-mlir"
     # the stage parameters beyond the common ones that this adapter reads (the key holds only these)
     consumes = {
-        "compile_fp32": ("target", "dyn", "cmp", "opset", "cmp_samples", "seed"),
-        "calibrate": ("bins",),
-        "quantize": ("target", "fp32_layers"),
-        "compile_int8": ("target", "cmp", "cmp_samples", "cmodel_samples"),
+        StageName.COMPILE_FP32.value: ("target", "dyn", "cmp", "opset", "cmp_samples", "seed"),
+        StageName.CALIBRATE.value: ("bins",),
+        StageName.QUANTIZE.value: ("target", "fp32_layers"),
+        StageName.COMPILE_INT8.value: ("target", "cmp", "cmp_samples", "cmodel_samples"),
     }
+    optional_keys = frozenset({"output_names", "int8.asymmetric"})
+    reshapes_batch = True  # model_transform --input_shapes: a fixed-batch ONNX model compiles at any batch size
 
     def __init__(self) -> None:
         self._env: TpuMlirEnv | None = None
@@ -163,8 +167,12 @@ class TpuMlirToolchain:
         return CALI_METHODS[params["method"]]
 
     # --- command lines -------------------------------------------------------------------------------
-    def _command(self, tool: str, args: list[str], cwd: Path, outputs: tuple[Path, ...] = ()) -> Command:
-        return Command(tool, (self.tool(tool), *args), cwd, env=dict(TOOL_ENV), outputs=outputs)
+    def _command(self, tool: str, args: list[str], cwd: Path, outputs: tuple[Path, ...] = (),
+                 output_file: Path | None = None) -> Command:
+        """A tpu-mlir command, run holding the environment's lock (when the environment is here)."""
+        lock = self._env.lock_file if self._env is not None else None
+        return Command(tool, (self.tool(tool), *args), cwd, env=dict(TOOL_ENV), outputs=outputs, lock=lock,
+                       output_file=output_file)
 
     def transform(self, ctx: StageContext, onnx: Path, batch: int, cwd: Path, preprocess: Any = None) -> Command:
         """ONNX -> top MLIR at one batch size (shapes are fixed at transform), written in `cwd`; the
@@ -206,8 +214,8 @@ class TpuMlirToolchain:
         return refresh + [self._command("model_tool", ["--combine", *parts, "-o", str(combined)], ctx.work_dir,
                                         (combined,))]
 
-    def info(self, ctx: StageContext, bmodel: Path) -> Command:
-        return self._command("model_tool", ["--info", str(bmodel)], ctx.work_dir)
+    def info(self, bmodel: Path, output_file: Path) -> Command:
+        return self._command("model_tool", ["--info", str(bmodel)], output_file.parent, output_file=output_file)
 
     def runner(self, bmodel: Path, inputs: Path, outputs: Path, dump: bool = False) -> Command:
         """model_runner on a bmodel (the cmodel) or an MLIR (tpu-mlir's interpreter), in the inputs'
@@ -231,14 +239,6 @@ class TpuMlirToolchain:
             found[COMBINED_LABEL] = ctx.out_dir / COMBINED
         return found
 
-    def fp32_commands(self, ctx: StageContext) -> list[Command]:
-        onnx = ctx.out_dir / f"{ctx.recipe.name}.onnx"
-        commands = []
-        for batch in ctx.params["batch_sizes"]:
-            cwd = ctx.work_dir / f"b{batch}"
-            commands += [self.transform(ctx, onnx, batch, cwd), self.deploy(ctx, cwd, "F32")]
-        return commands
-
     def calibrate_commands(self, ctx: StageContext) -> list[Command]:
         cwd = ctx.work_dir / "b1"
         onnx = ctx.inputs["compile_fp32"] / f"{ctx.recipe.name}.onnx"
@@ -246,166 +246,156 @@ class TpuMlirToolchain:
         return [self.transform(ctx, onnx, 1, cwd, pre),
                 self.calibration(ctx, cwd, ctx.work_dir / "dataset", ctx.params["samples"], cwd / table_name(ctx))]
 
-    def quantize_commands(self, ctx: StageContext) -> list[Command]:
-        batch = ctx.recipe.resolved_batch_sizes[0]
-        return [self.deploy(ctx, ctx.work_dir / f"b{batch}", "INT8", ctx.out_dir / table_name(ctx),
-                            ctx.out_dir / qtable_name(ctx), bmodel_file=False)]
+    # --- steps (paths as published in a dry run; a real run works in a temp folder) -------------------
+    def steps(self, stage: str, ctx: StageContext) -> list[Step]:
+        self.chip(ctx)  # a target tpu-mlir cannot compile for is the recipe's error, before any step
+        return {StageName.COMPILE_FP32.value: self.fp32_steps, StageName.CALIBRATE.value: self.calibrate_steps,
+                StageName.QUANTIZE.value: self.quantize_steps,
+                StageName.COMPILE_INT8.value: self.int8_steps}[stage](ctx)
 
-    def int8_commands(self, ctx: StageContext) -> list[Command]:
-        source = ctx.inputs["quantize"]
-        return [self.deploy(ctx, ctx.work_dir / f"b{batch}", "INT8", source / table_name(ctx),
-                            source / qtable_name(ctx)) for batch in ctx.params["batch_sizes"]]
+    def fp32_steps(self, ctx: StageContext) -> list[Step]:
+        """The ONNX export, model_transform + model_deploy F32 per batch size, combine, info, cmp."""
+        params = ctx.params
+        onnx = ctx.out_dir / f"{ctx.recipe.name}.onnx"
+        steps: list[Step] = [*onnx_steps(ctx, onnx)]
+        for batch in params["batch_sizes"]:
+            cwd = ctx.work_dir / f"b{batch}"
+            steps += [self.transform(ctx, onnx, batch, cwd), self.deploy(ctx, cwd, "F32"),
+                      keep_bmodel_step(cwd, ctx.out_dir / fp32_folder(batch), top_mlir=True)]
+        steps += self.compiled_steps(ctx, fp32_folder)
+        if params["cmp"]:
+            versus = "onnxruntime" if ctx.recipe.source.framework == "onnx" or ctx.recipe.output_names else "torch"
+            steps.append(InProcess(f"{RUN_MODULE}:compare_fp32_step",
+                                   says=f"cmp: model_runner (cmodel) vs {versus} on {params['cmp_samples']} seeded "
+                                        f"input(s) per batch size {params['batch_sizes']}"))
+        return steps
 
-    # --- dry run -------------------------------------------------------------------------------------
-    def commands(self, stage: str, ctx: StageContext) -> list[str]:
-        """The command lines `stage` runs (paths as published; a real run works in a temp folder)."""
-        name, params = ctx.recipe.name, ctx.params
-        if stage == "compile_fp32":
-            onnx = quote(str(ctx.out_dir / (name + '.onnx')))
-            lines = [export_line(ctx, onnx), *cut_line(ctx, onnx)]
-            lines += [c.shell() for c in self.fp32_commands(ctx)]
-            lines += [f"[in-process] move {ctx.work_dir}/b<N>/{BMODEL} -> {ctx.out_dir}/<N>b.fp32.compilation/ "
-                      "(with the top MLIR and its weights)"]
-            lines += [c.shell() for c in self.combine(ctx, self.bmodels(ctx, fp32_folder))]
-            lines += [self.info(ctx, p).shell() for p in self.bmodels(ctx, fp32_folder).values()]
-            if params["cmp"]:
-                versus = "onnxruntime" if ctx.recipe.source.framework == "onnx" or ctx.recipe.output_names else "torch"
-                lines.append(f"[in-process] cmp: model_runner (cmodel) vs {versus} on {params['cmp_samples']} seeded "
-                             f"input(s) per batch size {params['batch_sizes']}")
-            return lines
-        if stage == "calibrate":
-            return [f"[in-process] write {params['samples']} calibration samples as {ctx.work_dir / 'dataset'}/*.npz",
-                    *(c.shell() for c in self.calibrate_commands(ctx)),
-                    f"[in-process] copy {table_name(ctx)} -> {ctx.out_dir}"]
-        if stage == "quantize":
-            lines = [f"[in-process] copy {table_name(ctx)} from {ctx.inputs['calibrate']}"]
-            kept = ", ".join(params["fp32_layers"]) or "none"
-            lines.append(f"[in-process] write {ctx.out_dir / qtable_name(ctx)} (layers kept in F32: {kept})")
-            return lines + [c.shell() for c in self.quantize_commands(ctx)]
-        if stage == "compile_int8":
-            lines = [c.shell() for c in self.int8_commands(ctx)]
-            lines += [f"[in-process] move {ctx.work_dir}/b<N>/{BMODEL} -> {ctx.out_dir}/<N>b.compilation/"]
-            lines += [c.shell() for c in self.combine(ctx, self.bmodels(ctx, int8_folder))]
-            lines += [self.info(ctx, p).shell() for p in self.bmodels(ctx, int8_folder).values()]
-            if params["cmp"]:
-                lines.append(f"[in-process] cmp: int8 bmodel (model_runner, cmodel) vs fp32 on "
-                             f"{params['cmodel_samples']} held-out samples")
-                batch = params["batch_sizes"][0]
-                lines.append(f"[in-process] per layer: model_runner --dump_all_tensors of the top MLIR (fp32) and the "
-                             f"int8 tpu MLIR (quantize) in {ctx.work_dir}/layers on {batch} held-out sample(s)")
-            if ctx.recipe.eval:
-                lines.append(f"[in-process] {ctx.recipe.eval.metric} accuracy: int8 bmodel on the cmodel vs fp32")
-            return lines
-        return []
-
-    # --- stages --------------------------------------------------------------------------------------
-    def run(self, ctx: StageContext, command: Command, capture: bool = False) -> str:
-        """One tpu-mlir command, holding the environment's lock."""
-        from filelock import FileLock
-
-        lock_file = self.env().lock_file
-        lock_file.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(lock_file)):
-            return run_command(command, ctx.log, capture=capture)
-
-    def compile_fp32(self, ctx: StageContext) -> None:
-        self.env()
-        self.chip(ctx)
-        start_command_file(ctx.log, f"{ctx.recipe.name} compile_fp32 (tpu-mlir): model_transform + model_deploy "
-                                    "F32 per batch size")
-        from bmbuild.toolchains.reference import write_onnx
-
-        write_onnx(ctx)  # the eager module, legacy exporter at the recipe's opset (tpu-mlir rejects dynamo's 18)
-        for command in self.fp32_commands(ctx):
-            self.run(ctx, command)
-            if command.tool == "model_deploy":
-                folder = ctx.out_dir / fp32_folder(int(command.cwd.name[1:]))
-                keep_top_mlir(ctx, command.cwd, folder)
-                shutil.move(str(command.outputs[0]), str(folder / BMODEL))
-        for command in self.combine(ctx, self.bmodels(ctx, fp32_folder)):
-            self.run(ctx, command)
-        ctx.metrics["bmodels"] = self.bmodel_infos(ctx, self.bmodels(ctx, fp32_folder))
-        if ctx.params["cmp"]:
-            from bmbuild.toolchains import tpu_mlir_run
-
-            ctx.metrics["cmp"] = tpu_mlir_run.compare_fp32(self, ctx)
-
-    def calibrate(self, ctx: StageContext) -> None:
-        from bmbuild.toolchains import tpu_mlir_run
-
-        self.env()
+    def calibrate_steps(self, ctx: StageContext) -> list[Step]:
+        """The samples as .npz, model_transform (batch 1) + run_calibration, the table kept."""
+        dataset, target = ctx.work_dir / "dataset", ctx.out_dir / table_name(ctx)
         commands = self.calibrate_commands(ctx)
-        start_command_file(ctx.log, f"{ctx.recipe.name} calibrate (tpu-mlir): model_transform (batch 1) + "
-                                    "run_calibration")
-        samples = tpu_mlir_run.write_dataset(ctx, ctx.work_dir / "dataset")
-        for command in commands:
-            self.run(ctx, command)
-        shutil.copyfile(commands[-1].outputs[0], ctx.out_dir / table_name(ctx))  # not its side files
-        rows = [line for line in (ctx.out_dir / table_name(ctx)).read_text().splitlines()
-                if line.strip() and not line.startswith("#")]
-        ctx.metrics.update({"method": ctx.params["method"], "cali_method": self.cali_method(ctx),
-                            "samples": samples, "tensors": len(rows)})
+        return [InProcess(f"{RUN_MODULE}:write_dataset_step", {"folder": dataset},
+                          says=f"write {ctx.params['samples']} calibration samples as {quote(str(dataset))}/*.npz"),
+                *commands,
+                InProcess(f"{MODULE}:keep_table", {"table": commands[-1].outputs[0], "target": target}, (target,),
+                          says=f"copy {table_name(ctx)} -> {quote(str(ctx.out_dir))} (not its side files)")]
 
-    def quantize(self, ctx: StageContext) -> None:
-        self.env()
-        start_command_file(ctx.log, f"{ctx.recipe.name} quantize (tpu-mlir): model_deploy INT8 --not_gen_bmodel "
-                                    "(the int8 tpu MLIR)")
-        shutil.copyfile(ctx.inputs["calibrate"] / table_name(ctx), ctx.out_dir / table_name(ctx))
+    def quantize_steps(self, ctx: StageContext) -> list[Step]:
+        """The table, the top MLIR, the quantize table, model_deploy INT8 --not_gen_bmodel, the int8 tpu MLIR kept."""
+        quantize_fp32_layers(ctx)  # names that cannot go in a --quantize_table: the recipe's error
         batch = ctx.recipe.resolved_batch_sizes[0]
         cwd = ctx.work_dir / f"b{batch}"
-        top = copy_top_mlir(ctx, ctx.inputs["compile_fp32"] / fp32_folder(batch), cwd)
-        layers = quantize_fp32_layers(ctx, layer_names(top))
-        (ctx.out_dir / qtable_name(ctx)).write_text("# layers kept in float (int8.fp32_layers)\n"
-                                                    + "".join(f"{layer} F32\n" for layer in layers))
-        for command in self.quantize_commands(ctx):
-            self.run(ctx, command)
-        lowered = sorted(cwd.glob(f"{ctx.recipe.name}_{self.chip(ctx)}_int8*_tpu.mlir"))
-        if not lowered:
-            raise ToolchainError(f"model_deploy --not_gen_bmodel wrote no int8 tpu MLIR in {cwd}")
-        target = ctx.out_dir / lowered_name(ctx, self.chip(ctx))
-        shutil.copyfile(lowered[0], target)
-        # its weights, under the name the MLIR gives them: compile_int8 runs it for the per-layer data
-        shutil.copyfile(cwd / weight_file(lowered[0]), ctx.out_dir / weight_file(lowered[0]))
-        counts = precisions(target)
-        ctx.metrics.update({"quantized_nodes": counts["int8"], "float_nodes": counts["float"],
-                            "fp32_layers": layers, "files": sorted(p.name for p in ctx.out_dir.iterdir())})
-        ctx.log.info(f"int8 tpu MLIR: {counts['int8']} op(s) int8, {counts['float']} float; "
-                     f"kept in float by the recipe: {layers or 'none'}")
+        source = ctx.inputs.get(StageName.CALIBRATE.value, ctx.out_dir) / table_name(ctx)
+        table, qtable = ctx.out_dir / table_name(ctx), ctx.out_dir / qtable_name(ctx)
+        lowered = ctx.out_dir / lowered_name(ctx, self.chip(ctx))
+        kept = ", ".join(ctx.params["fp32_layers"]) or "none"
+        return [InProcess(f"{MODULE}:copy_file", {"source": source, "target": table}, (table,),
+                          says=f"copy {table_name(ctx)} from {quote(str(source.parent))}"),
+                copy_top_mlir_step(ctx, ctx.inputs.get(StageName.COMPILE_FP32.value, ctx.out_dir) / fp32_folder(batch),
+                                   cwd),
+                InProcess(f"{MODULE}:write_qtable", {"top": cwd / f"{ctx.recipe.name}.mlir", "target": qtable},
+                          (qtable,), says=f"write {quote(str(qtable))} (layers kept in F32: {kept})"),
+                self.deploy(ctx, cwd, "INT8", table, qtable, bmodel_file=False),
+                InProcess(f"{MODULE}:keep_lowered", {"cwd": cwd, "target": lowered}, (lowered,),
+                          says=f"copy the int8 tpu MLIR and its weights -> {quote(str(lowered))}")]
 
-    def compile_int8(self, ctx: StageContext) -> None:
-        from bmbuild.toolchains import tpu_mlir_run
-
-        self.env()
-        start_command_file(ctx.log, f"{ctx.recipe.name} compile_int8 (tpu-mlir): model_deploy INT8 per batch size")
-        for batch in ctx.params["batch_sizes"]:
-            copy_top_mlir(ctx, ctx.inputs["compile_fp32"] / fp32_folder(batch), ctx.work_dir / f"b{batch}")
-        for command in self.int8_commands(ctx):
-            self.run(ctx, command)
-            folder = ctx.out_dir / int8_folder(int(command.cwd.name[1:]))
-            folder.mkdir()
-            shutil.move(str(command.outputs[0]), str(folder / BMODEL))
-        for command in self.combine(ctx, self.bmodels(ctx, int8_folder)):
-            self.run(ctx, command)
-        bmodels = self.bmodels(ctx, int8_folder)
-        ctx.metrics["bmodels"] = self.bmodel_infos(ctx, bmodels)
-        if ctx.params["cmp"]:
-            ctx.metrics["cmp"] = tpu_mlir_run.compare_int8(self, ctx)
-            ctx.metrics["layers"] = tpu_mlir_run.layer_similarity(self, ctx)
+    def int8_steps(self, ctx: StageContext) -> list[Step]:
+        """model_deploy INT8 per batch size (from compile_fp32's top MLIR), combine, info, cmp, eval."""
+        params = ctx.params
+        source = ctx.inputs.get(StageName.QUANTIZE.value, ctx.out_dir)
+        fp32 = ctx.inputs.get(StageName.COMPILE_FP32.value, ctx.out_dir)
+        cwds = {batch: ctx.work_dir / f"b{batch}" for batch in params["batch_sizes"]}
+        steps: list[Step] = [copy_top_mlir_step(ctx, fp32 / fp32_folder(batch), cwd) for batch, cwd in cwds.items()]
+        for batch, cwd in cwds.items():
+            steps += [self.deploy(ctx, cwd, "INT8", source / table_name(ctx), source / qtable_name(ctx)),
+                      keep_bmodel_step(cwd, ctx.out_dir / int8_folder(batch), top_mlir=False)]
+        steps += self.compiled_steps(ctx, int8_folder)
+        if params["cmp"]:
+            batch = params["batch_sizes"][0]
+            steps += [InProcess(f"{RUN_MODULE}:compare_int8_step",
+                                says=f"cmp: int8 bmodel (model_runner, cmodel) vs fp32 on {params['cmodel_samples']} "
+                                     "held-out samples"),
+                      InProcess(f"{RUN_MODULE}:layer_similarity_step",
+                                says="per layer: model_runner --dump_all_tensors of the top MLIR (fp32) and the int8 "
+                                     f"tpu MLIR (quantize) in {quote(str(ctx.work_dir / 'layers'))} on {batch} held-out "
+                                     "sample(s)")]
         if ctx.recipe.eval:
-            ctx.metrics["eval"] = tpu_mlir_run.evaluate(self, ctx)
+            steps.append(InProcess(f"{RUN_MODULE}:evaluate_step",
+                                   says=f"{ctx.recipe.eval.metric} accuracy: int8 bmodel on the cmodel vs fp32"))
+        return steps
 
-    def bmodel_infos(self, ctx: StageContext, bmodels: dict[str, Path]) -> dict[str, Any]:
-        infos = {}
-        for label, path in bmodels.items():
-            command = self.info(ctx, path)
-            text = self.run(ctx, command, capture=True)
-            try:
-                infos[label] = parse_info(text)
-            except BmodelInfoError as exc:
-                raise ToolchainError(f"model_tool --info {path.name}: {exc}", command.shell(), 0,
-                                     "\n".join(text.splitlines()[-10:])) from None
-            ctx.log.info(f"{label}: {describe(infos[label])}")
-        return infos
+    def compiled_steps(self, ctx: StageContext, folder: Any) -> list[Step]:
+        """Refresh + combine of several batch sizes, then `model_tool --info` of every bmodel."""
+        bmodels = self.bmodels(ctx, folder)
+        return [*self.combine(ctx, bmodels), *info_steps(ctx, bmodels, self.info)]
+
+    def run(self, ctx: StageContext, command: Command, capture: bool = False) -> str:
+        """One tpu-mlir command run by an in-process step (model_runner on the cmodel)."""
+        return run_command(command, ctx.log, capture=capture)
+
+
+MODULE = "bmbuild.toolchains.tpu_mlir"
+RUN_MODULE = "bmbuild.toolchains.tpu_mlir_run"
+
+
+def keep_bmodel_step(cwd: Path, folder: Path, top_mlir: bool) -> InProcess:
+    also = " (with the top MLIR and its weights)" if top_mlir else ""
+    return InProcess(f"{MODULE}:keep_bmodel", {"cwd": cwd, "folder": folder, "top_mlir": top_mlir},
+                     (folder / BMODEL,), says=f"move {quote(str(cwd / BMODEL))} -> {quote(str(folder))}/{also}")
+
+
+def keep_bmodel(ctx: StageContext, cwd: Path, folder: Path, top_mlir: bool) -> None:
+    """model_deploy's bmodel moved into the stage's output (with the top MLIR: later stages deploy from it)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if top_mlir:
+        keep_top_mlir(ctx, cwd, folder)
+    shutil.move(str(cwd / BMODEL), str(folder / BMODEL))
+
+
+def copy_top_mlir_step(ctx: StageContext, folder: Path, cwd: Path) -> InProcess:
+    mlir = f"{ctx.recipe.name}.mlir"
+    return InProcess(f"{MODULE}:copy_top_mlir_into", {"folder": folder, "cwd": cwd}, (cwd / mlir,),
+                     says=f"copy {quote(str(folder / mlir))} and its weights -> {quote(str(cwd))}")
+
+
+def copy_top_mlir_into(ctx: StageContext, folder: Path, cwd: Path) -> None:
+    copy_top_mlir(ctx, folder, cwd)
+
+
+def copy_file(ctx: StageContext, source: Path, target: Path) -> None:
+    shutil.copyfile(source, target)
+
+
+def keep_table(ctx: StageContext, table: Path, target: Path) -> None:
+    """run_calibration's table (not its side files) in the stage's output, its size in the metrics."""
+    shutil.copyfile(table, target)
+    rows = [line for line in target.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    ctx.metrics.update({"method": ctx.params["method"], "cali_method": TpuMlirToolchain.cali_method(ctx),
+                        "tensors": len(rows)})
+
+
+def write_qtable(ctx: StageContext, top: Path, target: Path) -> None:
+    """The --quantize_table: int8.fp32_layers, checked against the top MLIR's layer names."""
+    layers = quantize_fp32_layers(ctx, layer_names(top))
+    target.write_text("# layers kept in float (int8.fp32_layers)\n" + "".join(f"{layer} F32\n" for layer in layers))
+    ctx.metrics["fp32_layers"] = layers
+
+
+def keep_lowered(ctx: StageContext, cwd: Path, target: Path) -> None:
+    """The int8 tpu MLIR model_deploy --not_gen_bmodel wrote, with its weights (compile_int8 runs it
+    for the per-layer data), and how many of its ops are int8."""
+    lowered = sorted(cwd.glob(f"{ctx.recipe.name}_{TpuMlirToolchain.chip(ctx)}_int8*_tpu.mlir"))
+    if not lowered:
+        raise ToolchainError(f"model_deploy --not_gen_bmodel wrote no int8 tpu MLIR in {cwd}")
+    shutil.copyfile(lowered[0], target)
+    # its weights, under the name the MLIR gives them
+    shutil.copyfile(cwd / weight_file(lowered[0]), target.parent / weight_file(lowered[0]))
+    counts = precisions(target)
+    layers = ctx.metrics.get("fp32_layers", [])
+    ctx.metrics.update({"quantized_nodes": counts["int8"], "float_nodes": counts["float"],
+                        "fp32_layers": layers, "files": sorted(p.name for p in target.parent.iterdir())})
+    ctx.log.info(f"int8 tpu MLIR: {counts['int8']} op(s) int8, {counts['float']} float; "
+                 f"kept in float by the recipe: {layers or 'none'}")
 
 
 # --- files between stages ------------------------------------------------------------------------

@@ -280,3 +280,30 @@ def layer_similarity(toolchain: "TpuMlirToolchain", ctx: StageContext) -> list[d
     ctx.log.info(f"per layer, int8 (tpu MLIR) vs fp32 (top MLIR) on {rows_of(chunk, feeds)} held-out sample(s): "
                  f"{len(layers)} tensors, lowest cos " + ", ".join(f"{w['name']} {w['cos']:.4f}" for w in worst_layers))
     return layers
+
+
+# --- the in-process steps of the tpu-mlir toolchain (bmbuild.toolchains.tpu_mlir) -----------------
+def toolchain() -> "TpuMlirToolchain":
+    from bmbuild.toolchains.tpu_mlir import TpuMlirToolchain
+
+    return TpuMlirToolchain()
+
+
+def write_dataset_step(ctx: StageContext, folder: Path) -> None:
+    ctx.metrics["samples"] = write_dataset(ctx, folder)
+
+
+def compare_fp32_step(ctx: StageContext) -> None:
+    ctx.metrics["cmp"] = compare_fp32(toolchain(), ctx)
+
+
+def compare_int8_step(ctx: StageContext) -> None:
+    ctx.metrics["cmp"] = compare_int8(toolchain(), ctx)
+
+
+def layer_similarity_step(ctx: StageContext) -> None:
+    ctx.metrics["layers"] = layer_similarity(toolchain(), ctx)
+
+
+def evaluate_step(ctx: StageContext) -> None:
+    ctx.metrics["eval"] = evaluate(toolchain(), ctx)

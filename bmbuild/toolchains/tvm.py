@@ -37,12 +37,15 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator
 
+from bmbuild.commands import quote
 from bmbuild.errors import StageFailed
+from bmbuild.pipeline import StageName
 from bmbuild.recipe import Tvm
 from bmbuild.stagecontext import StageContext
 from bmbuild.calib.feeds import input_feeds
+from bmbuild.steps import InProcess, Step
 from bmbuild.toolchains.base import Availability, package_version
-from bmbuild.toolchains.reference import ReferenceToolchain, onnx_lines, ort_session, run_session
+from bmbuild.toolchains.reference import calibrate_steps, onnx_steps, ort_session, quantize_steps, run_session
 
 PACKAGES = ("tvm", "torch", "onnx", "onnxruntime")
 DISTRIBUTIONS = ("apache-tvm", "torch", "onnx", "onnxruntime")
@@ -52,6 +55,7 @@ INSTALL_HINT = "pip install 'bmbuild[tvm]'"
 # What tvm.support.cc looks for to link a library (export_library): $CXX, $CC, or one of these.
 COMPILERS = ("g++", "gcc", "clang++", "clang", "c++", "cc")
 FLOAT_KERNELS_NOTE = "TVM runs the QDQ graph with float kernels"
+MODULE = "bmbuild.toolchains.tvm"
 
 
 # --- file names ---------------------------------------------------------------------------------
@@ -258,14 +262,56 @@ def _message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: " + " ".join(tail[-3:]) if tail else type(exc).__name__
 
 
-def build_all(ctx: StageContext, model_path: Path, precision: str, dyn: bool) -> dict[int, VmSession]:
-    """One library per batch size (or one symbolic-batch library); batch size -> its session."""
-    sessions: dict[int, VmSession] = {}
+def load_libraries(ctx: StageContext, model_path: Path, libraries: dict[str, Path]) -> dict[int, VmSession]:
+    """The libraries built from `model_path` (label -> file, `labels`) in the VM: batch size -> its session."""
+    import onnx
+
+    model = onnx.load(str(model_path))
+    axes = [spec.batch_axis for spec in ctx.recipe.input_specs]
     batch_sizes = ctx.params["batch_sizes"]
-    for label, batch in labels(batch_sizes, dyn).items():
-        session = build_library(ctx, model_path, batch, ctx.out_dir / library_name(label, precision))
-        sessions.update({b: session for b in ([batch] if batch is not None else batch_sizes)})
+    sessions: dict[int, VmSession] = {}
+    with native_output(ctx):
+        for label, batch in labels(batch_sizes, label_is_dyn(libraries)).items():
+            session = VmSession(libraries[label], *ports(model, batch, axes))
+            sessions.update({b: session for b in ([batch] if batch is not None else batch_sizes)})
     return sessions
+
+
+def label_is_dyn(libraries: dict[str, Path]) -> bool:
+    return list(libraries) == ["dyn"]
+
+
+def library_steps(ctx: StageContext, model: Path, precision: str) -> tuple[list[Step], dict[str, Path]]:
+    """One build step per library (`labels`), and the libraries by label."""
+    params, target = ctx.params, json.dumps(settings(ctx).target)
+    libraries = {label: ctx.out_dir / library_name(label, precision)
+                 for label in labels(params["batch_sizes"], params["dyn"])}
+    steps: list[Step] = [InProcess(
+        f"{MODULE}:build", {"model": model, "batch": batch, "library": libraries[label]}, (libraries[label],),
+        says=f"tvm.relax.frontend.onnx.from_onnx({quote(str(model))}, batch "
+             f"{batch if batch is not None else 'symbolic'}) -> tvm.compile(target {target}) "
+             f"-> {quote(str(libraries[label]))}")
+        for label, batch in labels(params["batch_sizes"], params["dyn"]).items()]
+    return steps, libraries
+
+
+def build(ctx: StageContext, model: Path, batch: int | None, library: Path) -> None:
+    """One library of `model` for the recipe's target (`build_library`)."""
+    build_library(ctx, model, batch, library)
+    ctx.metrics["target"] = settings(ctx).target
+
+
+def latency_step(ctx: StageContext, model: Path, libraries: dict[str, Path]) -> list[Step]:
+    runs = settings(ctx).latency_runs
+    if not runs:
+        return []
+    return [InProcess(f"{MODULE}:latency", {"model": model, "libraries": libraries},
+                      says=f"latency: median of {runs} runs of each library in the VM, "
+                           f"and of onnxruntime on {quote(str(model))}")]
+
+
+def latency(ctx: StageContext, model: Path, libraries: dict[str, Path]) -> None:
+    record_latency(ctx, load_libraries(ctx, model, libraries), model)
 
 
 def median_ms(session: Any, arrays: list[Any], runs: int) -> float:
@@ -312,11 +358,12 @@ class TvmToolchain:
     name = "tvm"
     # the stage parameters beyond the common ones that this toolchain reads (the key holds only these)
     consumes = {
-        "compile_fp32": ("opt", "dyn", "cmp", "opset", "cmp_samples", "seed", "tvm"),
-        "calibrate": ("bins",),
-        "quantize": ("target", "per_channel", "fp32_layers"),  # the target decides which ops run int8
-        "compile_int8": ("opt", "dyn", "cmp", "cmp_samples", "tvm"),
+        StageName.COMPILE_FP32.value: ("opt", "dyn", "cmp", "opset", "cmp_samples", "seed", "tvm"),
+        StageName.CALIBRATE.value: ("bins",),
+        StageName.QUANTIZE.value: ("target", "per_channel", "fp32_layers"),  # the target decides which ops run int8
+        StageName.COMPILE_INT8.value: ("opt", "dyn", "cmp", "cmp_samples", "tvm"),
     }
+    optional_keys = frozenset({"output_names"})
 
     def availability(self) -> Availability:
         version = f"apache-tvm {package_version('apache-tvm')}"
@@ -332,84 +379,92 @@ class TvmToolchain:
         return {"implementation": IMPLEMENTATION_VERSION, **{name: package_version(name) for name in DISTRIBUTIONS},
                 "defaults": json.dumps(Tvm().model_dump(), sort_keys=True)}
 
-    def commands(self, stage: str, ctx: StageContext) -> list[str]:
-        """What each stage does, for `run --dry-run`: all of it runs in-process."""
-        if stage in ("calibrate", "quantize"):
-            return ReferenceToolchain().commands(stage, ctx)
-        params, out, tvm = ctx.params, ctx.out_dir, settings(ctx)
-        target = json.dumps(tvm.target)
-        if stage == "compile_fp32":
-            model, precision, lines = out / f"{ctx.recipe.name}.onnx", "fp32", onnx_lines(ctx)
-            check = (f"[in-process] cmp source vs each library in tvm.relax.VirtualMachine on "
-                     f"{params['cmp_samples']} seeded input(s) per batch size {params['batch_sizes']}")
-        elif stage == "compile_int8":
-            model, precision, lines = ctx.inputs.get("quantize", out) / f"{ctx.recipe.name}.int8.onnx", "int8", []
-            check = (f"[in-process] cmp int8 vs fp32 libraries on {params['cmp_samples']} held-out samples, "
-                     "per output (per layer: the QDQ model in onnxruntime)")
-        else:
-            return []
-        for label, batch in labels(params["batch_sizes"], params["dyn"]).items():
-            lines.append(f"[in-process] tvm.relax.frontend.onnx.from_onnx({model}, batch "
-                         f"{batch if batch is not None else 'symbolic'}) -> tvm.compile(target {target}) "
-                         f"-> {out / library_name(label, precision)}")
-        if params["cmp"]:
-            lines.append(check)
-        if stage == "compile_int8":
-            lines.append(f"[in-process] note: {FLOAT_KERNELS_NOTE} (quantize/dequantize around float ops)")
-            if ctx.recipe.eval:
-                lines.append(f"[in-process] {ctx.recipe.eval.metric} accuracy of the fp32 and int8 libraries "
-                             f"on {ctx.recipe.eval.data}")
-        if tvm.latency_runs:
-            lines.append(f"[in-process] latency: median of {tvm.latency_runs} runs of each library in the VM, "
-                         f"and of onnxruntime on {model}")
-        return lines
+    def steps(self, stage: str, ctx: StageContext) -> list[Step]:
+        """All in-process: the reference toolchain's export, calibration and QDQ model, TVM's libraries."""
+        return {StageName.COMPILE_FP32.value: fp32_steps, StageName.CALIBRATE.value: calibrate_steps,
+                StageName.QUANTIZE.value: quantize_steps, StageName.COMPILE_INT8.value: int8_steps}[stage](ctx)
 
-    # --- compile_fp32 -------------------------------------------------------------------------
-    def compile_fp32(self, ctx: StageContext) -> None:
-        from bmbuild.toolchains.reference import compare_fp32, write_onnx
 
-        source, exported = write_onnx(ctx)
-        sessions = build_all(ctx, exported, "fp32", ctx.params["dyn"])
-        if ctx.params["cmp"]:
-            with native_output(ctx):
-                compare_fp32(ctx, source, exported, sessions)
-        record_latency(ctx, sessions, exported)
-        ctx.metrics["target"] = settings(ctx).target
+# --- compile_fp32 -----------------------------------------------------------------------------
+def fp32_steps(ctx: StageContext) -> list[Step]:
+    from bmbuild.artifacts import source_model
 
-    # --- int8: bmbuild's own calibration and QDQ model, compiled by TVM ----------------------
-    def calibrate(self, ctx: StageContext) -> None:
-        from bmbuild.toolchains import reference_int8
+    params = ctx.params
+    exported = ctx.out_dir / f"{ctx.recipe.name}.onnx"
+    builds, libraries = library_steps(ctx, exported, "fp32")
+    steps = [*onnx_steps(ctx, exported), *builds]
+    if params["cmp"]:
+        steps.append(InProcess(
+            f"{MODULE}:compare_fp32_libraries", {"source": source_model(ctx), "exported": exported,
+                                                 "libraries": libraries},
+            says=f"cmp source vs each library in tvm.relax.VirtualMachine on {params['cmp_samples']} seeded "
+                 f"input(s) per batch size {params['batch_sizes']}"))
+    return steps + latency_step(ctx, exported, libraries)
 
-        reference_int8.calibrate(ctx)
 
-    def quantize(self, ctx: StageContext) -> None:
-        from bmbuild.toolchains import reference_int8
+def compare_fp32_libraries(ctx: StageContext, source: Path, exported: Path, libraries: dict[str, Path]) -> None:
+    from bmbuild.toolchains.reference import compare_fp32
 
-        reference_int8.quantize(ctx)
+    sessions = load_libraries(ctx, exported, libraries)
+    with native_output(ctx):
+        compare_fp32(ctx, source, exported, sessions)
 
-    def compile_int8(self, ctx: StageContext) -> None:
-        import onnx
 
-        from bmbuild.toolchains import reference_int8
+# --- int8: bmbuild's own calibration and QDQ model, compiled by TVM ----------------------------
+def int8_steps(ctx: StageContext) -> list[Step]:
+    recipe, params = ctx.recipe, ctx.params
+    umodel = ctx.inputs.get(StageName.QUANTIZE.value, ctx.out_dir) / f"{recipe.name}.int8.onnx"
+    builds, libraries = library_steps(ctx, umodel, "int8")
+    steps = [*builds]
+    if params["cmp"]:
+        steps.append(InProcess(f"{MODULE}:compare_int8_libraries", {"umodel": umodel, "libraries": libraries},
+                               says=f"cmp int8 vs fp32 libraries on {params['cmp_samples']} held-out samples, "
+                                    "per output (per layer: the QDQ model in onnxruntime)"))
+    steps.append(InProcess(f"{MODULE}:float_kernels_note",
+                           says=f"note: {FLOAT_KERNELS_NOTE} (quantize/dequantize around float ops)"))
+    if recipe.eval:
+        steps.append(InProcess(f"{MODULE}:evaluate_libraries", {"umodel": umodel, "libraries": libraries},
+                               says=f"{recipe.eval.metric} accuracy of the fp32 and int8 libraries "
+                                    f"on {quote(str(recipe.eval.data))}"))
+    return steps + latency_step(ctx, umodel, libraries)
 
-        recipe, params = ctx.recipe, ctx.params
-        umodel = ctx.inputs["quantize"] / reference_int8.int8_umodel_name(ctx)
-        sessions = build_all(ctx, umodel, "int8", params["dyn"])
-        ctx.log.info(f"note: {FLOAT_KERNELS_NOTE}: quantize/dequantize pairs around float operators")
-        ctx.metrics["note"] = FLOAT_KERNELS_NOTE
-        fp32_folder = ctx.inputs["compile_fp32"]
-        fp32_model = onnx.load(str(reference_int8.fp32_model(ctx)))
-        with native_output(ctx):
-            axes = [spec.batch_axis for spec in recipe.input_specs]
-            fp32 = {batch: VmSession(fp32_library(fp32_folder, batch), *ports(fp32_model, batch, axes))
-                    for batch in params["batch_sizes"]}
-            if params["cmp"]:
-                reference_int8.compare_int8(ctx, FixedBatches(fp32, input_feeds(recipe)), sessions, umodel)
-            if recipe.eval:
-                largest = max(params["batch_sizes"])
-                reference_int8.evaluate(ctx, fp32[largest], sessions[largest])
-        record_latency(ctx, sessions, umodel)
-        ctx.metrics["target"] = settings(ctx).target
+
+def float_kernels_note(ctx: StageContext) -> None:
+    ctx.log.info(f"note: {FLOAT_KERNELS_NOTE}: quantize/dequantize pairs around float operators")
+    ctx.metrics["note"] = FLOAT_KERNELS_NOTE
+
+
+def fp32_libraries(ctx: StageContext) -> dict[int, VmSession]:
+    """compile_fp32's libraries in the VM, one session per batch size (a symbolic-batch library
+    serves each batch size at that size)."""
+    import onnx
+
+    from bmbuild.toolchains import reference_int8
+
+    fp32_model = onnx.load(str(reference_int8.fp32_model(ctx)))
+    axes = [spec.batch_axis for spec in ctx.recipe.input_specs]
+    with native_output(ctx):
+        return {batch: VmSession(fp32_library(ctx.inputs["compile_fp32"], batch), *ports(fp32_model, batch, axes))
+                for batch in ctx.params["batch_sizes"]}
+
+
+def compare_int8_libraries(ctx: StageContext, umodel: Path, libraries: dict[str, Path]) -> None:
+    from bmbuild.toolchains import reference_int8
+
+    sessions = load_libraries(ctx, umodel, libraries)
+    fp32 = fp32_libraries(ctx)
+    with native_output(ctx):
+        reference_int8.compare_int8(ctx, FixedBatches(fp32, input_feeds(ctx.recipe)), sessions, umodel)
+
+
+def evaluate_libraries(ctx: StageContext, umodel: Path, libraries: dict[str, Path]) -> None:
+    from bmbuild.toolchains import reference_int8
+
+    sessions = load_libraries(ctx, umodel, libraries)
+    largest = max(ctx.params["batch_sizes"])
+    fp32 = fp32_libraries(ctx)
+    with native_output(ctx):
+        reference_int8.evaluate(ctx, fp32[largest], sessions[largest])
 
 
 class FixedBatches:

@@ -30,7 +30,7 @@ from bmbuild.errors import ToolchainError
 if TYPE_CHECKING:
     from bmbuild.stagelog import StageLog
 
-IN_PROCESS = "[in-process]"  # how `Toolchain.commands()` describes work done in Python
+IN_PROCESS = "[in-process]"  # how a step done in Python is rendered (bmbuild.steps.InProcess)
 
 # bmnetp.md / bmnetu.md: a successful compile ends its log with this line (between '#' rules).
 BMCOMPILER_BANNER = "# Store bmodel of BMCompiler."
@@ -47,6 +47,9 @@ class Command:
     env: dict[str, str] = field(default_factory=dict)   # set on top of the current environment
     outputs: tuple[Path, ...] = ()              # files that must exist after a successful run
     banner: bool = False                        # expect the BMCompiler success banner
+    hint: str = ""                              # added to the message of a non-zero exit
+    lock: Path | None = None                    # a file lock held while it runs (a shared tool environment)
+    output_file: Path | None = None             # where its output is kept for a later step to read
 
     def shell(self) -> str:
         """One shell line a user can paste anywhere: `[VAR=value ...] argv...  # cwd: <dir>`.
@@ -95,7 +98,7 @@ def comment(text: str) -> str:
 
 
 def paste_safe(line: str) -> str:
-    """A line of `Toolchain.commands()` as printed: a shell line from `Command.shell()` unchanged,
+    """A rendered step (`bmbuild.steps.render`) as printed: a shell line from `Command.shell()` unchanged,
     everything else (`[in-process] ...` descriptions, anything not printable) as a comment."""
     if line.startswith("#"):
         return comment(line[1:].lstrip())
@@ -114,15 +117,31 @@ def start_command_file(log: "StageLog", header: str) -> None:
     command_file(log).write_text(comment(header) + "\n", encoding="utf-8")
 
 
-def run_command(command: Command, log: "StageLog", capture: bool = False, hint: str = "") -> str:
-    """Run `command`, output streamed into `log`; returns the output when `capture` is set.
-
-    Raises ToolchainError when the tool cannot start, exits non-zero, omits its success banner or
-    does not write a promised output; `hint` is added to the message of a non-zero exit.
-    """
-    line = command.shell()
+def append_command_line(log: "StageLog", line: str) -> None:
+    """One more line in the stage's `.cmd` (after `start_command_file`)."""
     with open(command_file(log), "a", encoding="utf-8") as handle:
         handle.write(line + "\n")
+
+
+def run_command(command: Command, log: "StageLog", capture: bool = False) -> str:
+    """Run `command`, output streamed into `log` (and into `command.output_file` when set), holding
+    `command.lock` when set; returns the output when `capture` is set.
+
+    Raises ToolchainError when the tool cannot start, exits non-zero, omits its success banner or
+    does not write a promised output; `command.hint` is added to the message of a non-zero exit.
+    """
+    if command.lock is None:
+        return _run(command, log, capture)
+    from filelock import FileLock
+
+    command.lock.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(command.lock)):
+        return _run(command, log, capture)
+
+
+def _run(command: Command, log: "StageLog", capture: bool) -> str:
+    line = command.shell()
+    append_command_line(log, line)
     log.info(f"$ {line}")
     command.cwd.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **command.env}
@@ -140,7 +159,7 @@ def run_command(command: Command, log: "StageLog", capture: bool = False, hint: 
         for output_line in process.stdout:
             log.write_raw(output_line if output_line.endswith("\n") else output_line + "\n")
             tail.append(output_line.rstrip("\n"))
-            if capture:
+            if capture or command.output_file is not None:
                 captured.append(output_line)
             if output_line.strip() == BMCOMPILER_BANNER:
                 banner_seen = True
@@ -151,6 +170,7 @@ def run_command(command: Command, log: "StageLog", capture: bool = False, hint: 
         raise
     output_tail = "\n".join(tail)
     if returncode != 0:
+        hint = f" ({command.hint})" if command.hint else ""
         raise ToolchainError(f"{command.tool} failed{hint}", line, returncode, output_tail)
     if command.banner and not banner_seen:
         raise ToolchainError(f"{command.tool} exited 0 without its success banner "
@@ -159,4 +179,7 @@ def run_command(command: Command, log: "StageLog", capture: bool = False, hint: 
     if missing:
         raise ToolchainError(f"{command.tool} exited 0 but did not write {', '.join(missing)}",
                              line, returncode, output_tail)
+    if command.output_file is not None:
+        command.output_file.parent.mkdir(parents=True, exist_ok=True)
+        command.output_file.write_text("".join(captured), encoding="utf-8")
     return "".join(captured)
