@@ -54,18 +54,29 @@ def components_of(loaded: Any) -> dict[str, dict[str, Any]]:
     return json.loads(json_bytes(result))  # as stored: JSON types, sorted keys
 
 
+def golden_problems(current: dict[str, Any], golden: dict[str, Any]) -> list[str]:
+    """What differs between the current key components and the golden file, each with what to do."""
+    regenerate = ("BMBUILD_UPDATE_GOLDEN=1 python -m pytest tests/test_key_golden.py, review and commit "
+                  "tests/golden/key_components.json (tests/golden/README.md)")
+    problems = [f"toolchain {name!r} is registered but has no golden key components yet: regenerate them with "
+                f"{regenerate}" for name in sorted(set(current) - set(golden))]
+    problems += [f"toolchain {name!r} has golden key components but is not registered any more: regenerate with "
+                 f"{regenerate}" for name in sorted(set(golden) - set(current))]
+    for toolchain in sorted(set(golden) & set(current)):
+        for stage in sorted(set(golden[toolchain]) | set(current[toolchain])):
+            if current[toolchain].get(stage) != golden[toolchain].get(stage):
+                problems.append(f"the key of {stage} under {toolchain} changed; if on purpose, regenerate with "
+                                f"{regenerate}")
+    return problems
+
+
 def test_key_components_of_every_stage_and_toolchain_are_pinned(tmp_path):
     current = components_of(fixture_recipe(tmp_path))
     if os.environ.get("BMBUILD_UPDATE_GOLDEN"):
         GOLDEN_FILE.write_text(json.dumps(current, indent=1, sort_keys=True) + "\n")
     golden = json.loads(GOLDEN_FILE.read_text())
-    assert set(current) == set(golden), "toolchains changed: regenerate tests/golden (see its README)"
-    for toolchain in golden:
-        for stage in golden[toolchain]:
-            assert current[toolchain].get(stage) == golden[toolchain][stage], (
-                f"the key of {stage} under {toolchain} changed; if on purpose, regenerate "
-                "tests/golden/key_components.json (tests/golden/README.md)")
-        assert set(current[toolchain]) == set(golden[toolchain])
+    problems = golden_problems(current, golden)
+    assert not problems, "\n".join(problems)
 
 
 def test_key_components_are_a_pure_function_of_plain_values():
