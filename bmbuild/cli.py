@@ -226,7 +226,7 @@ def _dry_run(args: argparse.Namespace) -> int:
     """`run --dry-run`: the commands each stage would run; nothing runs, nothing is written.
 
     The output is a shell script that is safe to paste, whole or line by line: the commands are
-    quoted shell lines, everything else is a `#` comment (`toolchains.commands.paste_safe`).
+    quoted shell lines, everything else is a `#` comment (`bmbuild.commands.paste_safe`).
     """
     from bmbuild.executor import Status
     from bmbuild.project import dry_run

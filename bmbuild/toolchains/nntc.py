@@ -350,7 +350,7 @@ class NntcToolchain:
         self._check_recipe(ctx.loaded)
         params = ctx.params
         int8umodel, deploy, _ = self.outputs(ctx)
-        source = ctx.inputs["quantize"]
+        source = ctx.inputs[StageName.QUANTIZE]
         commands = []
         for batch in params["batch_sizes"]:
             outdir = ctx.out_dir / int8_folder(batch)
@@ -373,7 +373,7 @@ class NntcToolchain:
     @staticmethod
     def traced_model(ctx: StageContext) -> Path:
         """The model compile_fp32 keeps for calibration (pt_to_umodel's / on_to_umodel's -m)."""
-        return ctx.inputs["compile_fp32"] / f"{ctx.recipe.name}{front_end(ctx)[2]}"
+        return ctx.inputs[StageName.COMPILE_FP32] / f"{ctx.recipe.name}{front_end(ctx)[2]}"
 
     @staticmethod
     def outputs(ctx: StageContext) -> tuple[str, str, str]:

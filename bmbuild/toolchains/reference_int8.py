@@ -29,6 +29,7 @@ from bmbuild.calib.dataset import rows_of
 from bmbuild.calib.qdq import DEQUANT_SUFFIX
 from bmbuild.compare import per_sample, sample_rows, similarity
 from bmbuild.errors import StageFailed
+from bmbuild.pipeline import StageName
 from bmbuild.stagecontext import StageContext
 from bmbuild.calib.feeds import input_feeds, split
 from bmbuild.toolchains.reference import ORT_LEVELS, deployable_fp32, ort_session, run_session
@@ -37,7 +38,7 @@ CALIBRATION_BATCH = 8
 
 
 def fp32_model(ctx: StageContext) -> Path:
-    return ctx.inputs["compile_fp32"] / f"{ctx.recipe.name}.onnx"
+    return ctx.inputs[StageName.COMPILE_FP32] / f"{ctx.recipe.name}.onnx"
 
 
 def int8_umodel_name(ctx: StageContext) -> str:
@@ -303,7 +304,7 @@ def compile_batch(ctx: StageContext, model: Path, batch: int, target: Path) -> N
 
 def fp32_session(ctx: StageContext) -> Any:
     """compile_fp32's deployable model in onnxruntime."""
-    return ort_session(deployable_fp32(ctx.inputs["compile_fp32"], ctx.recipe.name), 0)
+    return ort_session(deployable_fp32(ctx.inputs[StageName.COMPILE_FP32], ctx.recipe.name), 0)
 
 
 def compare_compiled(ctx: StageContext, umodel: Path, compiled: dict[str, Path]) -> None:

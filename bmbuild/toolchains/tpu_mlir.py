@@ -241,7 +241,7 @@ class TpuMlirToolchain:
 
     def calibrate_commands(self, ctx: StageContext) -> list[Command]:
         cwd = ctx.work_dir / "b1"
-        onnx = ctx.inputs["compile_fp32"] / f"{ctx.recipe.name}.onnx"
+        onnx = ctx.inputs[StageName.COMPILE_FP32] / f"{ctx.recipe.name}.onnx"
         pre = ctx.recipe.calibration.preprocess if ctx.recipe.calibration else None
         return [self.transform(ctx, onnx, 1, cwd, pre),
                 self.calibration(ctx, cwd, ctx.work_dir / "dataset", ctx.params["samples"], cwd / table_name(ctx))]

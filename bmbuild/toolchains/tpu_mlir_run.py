@@ -18,6 +18,7 @@ import numpy as np
 
 from bmbuild.compare import per_sample, sample_rows, similarity, worst
 from bmbuild.errors import StageFailed, ToolchainError
+from bmbuild.pipeline import StageName
 from bmbuild.stagecontext import StageContext
 
 if TYPE_CHECKING:
@@ -29,7 +30,7 @@ def input_names(ctx: StageContext) -> list[str]:
 
 
 def onnx_file(ctx: StageContext) -> Path:
-    return ctx.inputs.get("compile_fp32", ctx.out_dir) / f"{ctx.recipe.name}.onnx"
+    return ctx.inputs.get(StageName.COMPILE_FP32, ctx.out_dir) / f"{ctx.recipe.name}.onnx"
 
 
 def output_names(model: Path) -> list[str]:
@@ -247,8 +248,8 @@ def layer_similarity(toolchain: "TpuMlirToolchain", ctx: StageContext) -> list[d
 
     batch = ctx.params["batch_sizes"][0]
     cwd = ctx.work_dir / "layers"
-    top = copy_top_mlir(ctx, ctx.inputs["compile_fp32"] / fp32_folder(batch), cwd)
-    lowered = ctx.inputs["quantize"] / lowered_name(ctx, toolchain.chip(ctx))
+    top = copy_top_mlir(ctx, ctx.inputs[StageName.COMPILE_FP32] / fp32_folder(batch), cwd)
+    lowered = ctx.inputs[StageName.QUANTIZE] / lowered_name(ctx, toolchain.chip(ctx))
     shutil.copyfile(lowered, cwd / lowered.name)
     shutil.copyfile(lowered.parent / weight_file(lowered), cwd / weight_file(lowered))
     feeds = input_feeds(ctx.recipe)

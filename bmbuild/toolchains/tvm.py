@@ -444,7 +444,7 @@ def fp32_libraries(ctx: StageContext) -> dict[int, VmSession]:
     fp32_model = onnx.load(str(reference_int8.fp32_model(ctx)))
     axes = [spec.batch_axis for spec in ctx.recipe.input_specs]
     with native_output(ctx):
-        return {batch: VmSession(fp32_library(ctx.inputs["compile_fp32"], batch), *ports(fp32_model, batch, axes))
+        return {batch: VmSession(fp32_library(ctx.inputs[StageName.COMPILE_FP32], batch), *ports(fp32_model, batch, axes))
                 for batch in ctx.params["batch_sizes"]}
 
 
