@@ -18,7 +18,7 @@ from bmbuild.cache import json_bytes
 from bmbuild.errors import BmbuildError, RecipeError
 from bmbuild.executor import Decision, Executor, NodeRecord, Status, read_manifest
 from bmbuild.graph import Node, build_graph
-from bmbuild.pipeline import COMPILE_STAGES, OK_OUTCOMES, Outcome, StageName
+from bmbuild.pipeline import COMPILE_STAGES, OK_OUTCOMES, Outcome
 from bmbuild.planner import Expected
 from bmbuild.recipe import LoadedRecipe, load_recipes, load_recipes_partial
 from bmbuild.toolchains.base import choose, load_toolchain, require_usable
@@ -464,22 +464,9 @@ def dry_run(build: Build, force: bool = False) -> list[DryRunStep]:
                     toolchains[node.toolchain] = load_toolchain(node.toolchain)
                 ctx.toolchain = toolchains[node.toolchain]
                 ctx.params = stage_inputs(node.stage, node.loaded, ctx.toolchain)[0]  # what the run is given
-                commands = [render(step) for step in ctx.toolchain.steps(node.stage.name, ctx)]
-            else:
-                commands = _in_process_description(ctx, node.stage.name)
+            commands = [render(step) for step in node.stage.steps(ctx)]
         except BmbuildError as exc:
             steps.append(DryRunStep(node, row.status, row.reason, [], error=str(exc)))
             continue
         steps.append(DryRunStep(node, row.status, row.reason, commands))
     return steps
-
-
-def _in_process_description(ctx: Any, stage: str) -> list[str]:
-    recipe = ctx.recipe
-    if stage == StageName.TRACE:
-        source = recipe.source
-        kwargs = ", ".join(f"{k}={v!r}" for k, v in source.kwargs.items())
-        weights = f", weights {source.weights.path}" if source.weights else ""
-        return [f"[in-process] torch.jit.trace({source.model}({kwargs}){weights}) on CPU in eval mode, "
-                f"traced == eager at batch sizes {recipe.resolved_batch_sizes} -> {ctx.out_dir / (recipe.name + '.pt')}"]
-    return [f"[in-process] {stage} -> {ctx.out_dir}"]

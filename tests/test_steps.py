@@ -70,11 +70,15 @@ def _refuse(value: Any) -> Any:
 # --- every registered toolchain x stage: plain data, and the dry run is their rendering ------------
 @pytest.mark.parametrize("name", list(REGISTRY))
 def test_every_toolchain_gives_every_stage_as_plain_data_and_dry_run_prints_exactly_those_steps(
-        name, int8_recipe, run_bmbuild, recorded_steps):
+        name, workspace, int8_recipe, run_bmbuild, recorded_steps):
     recipe = int8_recipe(name, output_names=None)
     code, out, err = run_bmbuild("run", "--dry-run", "--json", recipe)
     assert code == 0, out + err
     printed = {step["stage"]: step["commands"] for step in json.loads(out)["steps"]}
+    target = workspace / "build" / "tiny" / "trace" / "tiny.pt"   # the trace stage's own step, rendered alike
+    assert printed["trace"] == [f"[in-process] torch.jit.trace(tiny_models.py:tiny_cnn()) on CPU in eval mode, "
+                                f"traced == eager at batch sizes [1, 2] -> {target}; "
+                                f"bmbuild.stages.trace:trace(target={target})"]
     for stage in TOOLCHAIN_STAGES:
         steps = recorded_steps[(name, stage)]
         assert steps and all(isinstance(step, (Command, InProcess)) for step in steps), steps

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from bmbuild.recipe import LoadedRecipe, Recipe
 from bmbuild.stagecontext import StageContext
-from bmbuild.steps import run_steps
+from bmbuild.steps import Step, run_steps
 
 
 @dataclass(frozen=True)
@@ -37,9 +37,16 @@ class Stage:
     toolchain_params: frozenset[str] = frozenset()
     # parameters the stage's own settings leave unread (another calibration method's): params -> names
     unused_params: Callable[[dict[str, Any]], frozenset[str]] = lambda params: frozenset()
+    # the steps of a stage done the same on every toolchain (what `run` executes); None: the
+    # toolchain's steps for this stage
+    own_steps: Callable[[StageContext], list[Step]] | None = None
 
     def upstream_for(self, recipe: Recipe, present: set[str]) -> tuple[str, ...]:
         return tuple(name for name in self.upstream if name in present)
+
+    def steps(self, ctx: StageContext) -> list[Step]:
+        """What `run` executes in `ctx`, as data: rendered by `run --dry-run`."""
+        return self.own_steps(ctx) if self.own_steps is not None else ctx.toolchain.steps(self.name, ctx)
 
 
 def toolchain_step(name: str) -> Callable[[StageContext], None]:
@@ -47,12 +54,17 @@ def toolchain_step(name: str) -> Callable[[StageContext], None]:
     stage, executed by the one runner (the same steps `run --dry-run` prints)."""
 
     def run(ctx: StageContext) -> None:
-        steps = ctx.toolchain.steps(name, ctx)
-        run_steps(ctx, steps, f"{ctx.recipe.name} {name} ({ctx.toolchain.name}): {len(steps)} step(s), "
-                              f"in the stage's private work folder {ctx.work_dir}")
+        run_stage_steps(ctx, name, ctx.toolchain.steps(name, ctx))
 
     run.__name__ = f"toolchain_{name}"
     return run
+
+
+def run_stage_steps(ctx: StageContext, name: str, steps: list[Step]) -> None:
+    """`steps` of stage `name` through the one runner (the `.cmd` header names the stage)."""
+    by = f" ({ctx.toolchain.name})" if ctx.toolchain is not None else ""
+    run_steps(ctx, steps, f"{ctx.recipe.name} {name}{by}: {len(steps)} step(s), "
+                          f"in the stage's private work folder {ctx.work_dir}")
 
 
 def tvm_params(recipe: Recipe) -> dict[str, Any]:

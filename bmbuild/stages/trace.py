@@ -23,7 +23,9 @@ from bmbuild.errors import StageFailed
 from bmbuild.modelsource import TORCH_LOCK, local_imports
 from bmbuild.pipeline import StageName
 from bmbuild.recipe import LoadedRecipe, Recipe
-from bmbuild.stages.base import Stage
+from bmbuild.commands import quote
+from bmbuild.stages.base import Stage, run_stage_steps
+from bmbuild.steps import InProcess, Step
 from bmbuild.stagecontext import StageContext
 from bmbuild.torchmodel import build_model, example_inputs, run_torch, torch_note
 
@@ -61,12 +63,27 @@ def source_files(loaded: LoadedRecipe) -> list[Path]:
     return files
 
 
+def steps(ctx: StageContext) -> list[Step]:
+    """One in-process step: trace, check against eager, save portably."""
+    recipe, source = ctx.recipe, ctx.recipe.source
+    target = traced_path(ctx.out_dir, recipe)
+    kwargs = ", ".join(f"{k}={v!r}" for k, v in source.kwargs.items())
+    weights = f", weights {quote(str(source.weights.path))}" if source.weights else ""
+    return [InProcess(f"{__name__}:trace", {"target": target}, (target,),
+                      says=f"torch.jit.trace({source.model}({kwargs}){weights}) on CPU in eval mode, "
+                           f"traced == eager at batch sizes {recipe.resolved_batch_sizes} -> {quote(str(target))}")]
+
+
 def run(ctx: StageContext) -> None:
+    run_stage_steps(ctx, StageName.TRACE.value, steps(ctx))
+
+
+def trace(ctx: StageContext, target: Path) -> None:
     with TORCH_LOCK:
-        _trace(ctx)
+        _trace(ctx, target)
 
 
-def _trace(ctx: StageContext) -> None:
+def _trace(ctx: StageContext, out: Path) -> None:
     import torch
 
     from bmbuild.compare import similarity
@@ -102,7 +119,6 @@ def _trace(ctx: StageContext) -> None:
                         f"traced model differs from eager at batch {batch} (seed {seed}), output {index}: "
                         f"max abs error {sim.max_abs:.4g} (relative {rel:.3g} > {TRACE_RTOL}), cosine {sim.cos:.6f}"
                         " — data-dependent control flow is frozen by torch.jit.trace")
-    out = traced_path(ctx.out_dir, recipe)
     model_file = (ctx.loaded.file.parent / recipe.source.model_file).resolve()
     left_out = save_portable(traced, out, path_roots(model_file, str(recipe.source.model_file)), ctx.work_dir)
     if left_out:
@@ -348,6 +364,7 @@ STAGE = Stage(
     params=_params,
     external_inputs=source_files,
     run=run,
+    own_steps=steps,
     summary=lambda m: f"traced == eager (max rel {m.get('trace_vs_eager_max_rel', 0):.2g})",
     uses_toolchain=False,
 )
