@@ -217,3 +217,11 @@ def test_a_new_toolchain_without_golden_keys_is_reported_with_how_to_regenerate(
         "toolchain 'fake' is registered but has no golden key components yet: regenerate them with "
         "BMBUILD_UPDATE_GOLDEN=1 python -m pytest tests/test_key_golden.py, review and commit "
         "tests/golden/key_components.json (tests/golden/README.md)"]
+
+
+def test_refusing_an_optional_key_reads_the_declarations_without_heavy_imports(workspace, write_recipe):
+    """Every toolchain module is read for its `optional_keys`: none may import numpy, torch or onnx."""
+    from test_imports import WITH_NUMPY, _probe
+
+    recipe = write_recipe("cut", toolchain="nntc", output_names=["/relu/Relu_output_0"])
+    assert _probe(workspace, "validate", recipe, heavy=(*WITH_NUMPY, "tvm")) == {"code": 2, "heavy": []}
