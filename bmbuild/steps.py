@@ -111,6 +111,13 @@ def run_in_process(ctx: "StageContext", step: InProcess, recorded: bool) -> None
         raise error
 
 
+def copy_file(ctx: "StageContext", source: Path, target: Path) -> None:
+    """The simplest in-process step, shared by the toolchains: a file copied as it is."""
+    import shutil
+
+    shutil.copyfile(source, target)
+
+
 def resolve(step: InProcess) -> Callable[..., None]:
     """The function a step names (imported now: a stage's heavy imports happen when it runs)."""
     module_name, _, name = step.function.partition(":")

@@ -37,11 +37,11 @@ import bmbuild
 from bmbuild.errors import ToolchainError
 from bmbuild.recipe import LoadedRecipe
 from bmbuild.stagecontext import StageContext
-from bmbuild.toolchains.base import Availability, package_version
-from bmbuild.toolchains.bmodel_info import info_steps
 from bmbuild.commands import Command, quote
 from bmbuild.pipeline import StageName
 from bmbuild.steps import InProcess, Step
+from bmbuild.toolchains.base import Availability, package_version
+from bmbuild.toolchains.bmodel_info import info_steps
 
 # Bump when this adapter changes the commands it runs or the files it keeps: part of every key.
 IMPLEMENTATION_VERSION = "1"
@@ -420,7 +420,7 @@ class NntcToolchain:
         from bmbuild.artifacts import source_model
 
         kept = ctx.out_dir / f"{ctx.recipe.name}{front_end(ctx)[2]}"
-        keep = InProcess(f"{MODULE}:copy_file", {"source": source_model(ctx), "target": kept}, (kept,),
+        keep = InProcess("bmbuild.steps:copy_file", {"source": source_model(ctx), "target": kept}, (kept,),
                          says=f"copy {quote(str(source_model(ctx)))} -> {quote(str(kept))} (the model calibrate uses)")
         return [*self.fp32_commands(ctx), keep, *info_steps(ctx, self.fp32_bmodels(ctx), info_command)]
 
@@ -457,10 +457,6 @@ MODULE = "bmbuild.toolchains.nntc"
 
 def info_command(bmodel: Path, output_file: Path) -> Command:
     return Command("tpu_model", ("tpu_model", "--info", str(bmodel)), output_file.parent, output_file=output_file)
-
-
-def copy_file(ctx: StageContext, source: Path, target: Path) -> None:
-    shutil.copyfile(source, target)
 
 
 def keep_calibration(ctx: StageContext, files: list[Path], folder: Path) -> None:

@@ -289,7 +289,7 @@ class TpuMlirToolchain:
         table, qtable = ctx.out_dir / table_name(ctx), ctx.out_dir / qtable_name(ctx)
         lowered = ctx.out_dir / lowered_name(ctx, self.chip(ctx))
         kept = ", ".join(ctx.params["fp32_layers"]) or "none"
-        return [InProcess(f"{MODULE}:copy_file", {"source": source, "target": table}, (table,),
+        return [InProcess("bmbuild.steps:copy_file", {"source": source, "target": table}, (table,),
                           says=f"copy {table_name(ctx)} from {quote(str(source.parent))}"),
                 copy_top_mlir_step(ctx, ctx.inputs.get(StageName.COMPILE_FP32.value, ctx.out_dir) / fp32_folder(batch),
                                    cwd),
@@ -360,10 +360,6 @@ def copy_top_mlir_step(ctx: StageContext, folder: Path, cwd: Path) -> InProcess:
 
 def copy_top_mlir_into(ctx: StageContext, folder: Path, cwd: Path) -> None:
     copy_top_mlir(ctx, folder, cwd)
-
-
-def copy_file(ctx: StageContext, source: Path, target: Path) -> None:
-    shutil.copyfile(source, target)
 
 
 def keep_table(ctx: StageContext, table: Path, target: Path) -> None:
