@@ -22,7 +22,8 @@ from typing import Any
 
 import yaml
 
-from bmbuild.errors import BmbuildError
+from bmbuild.errors import BmbuildError, DataError
+from bmbuild.fileinfo import onnx_graph_inputs
 from bmbuild.importers.tpu_perf.mlir import translate_mlir
 from bmbuild.importers.tpu_perf.nntc import translate_nntc
 from bmbuild.importers.tpu_perf.translator import TARGETS, Skip, Translation, Translator, append
@@ -134,8 +135,31 @@ def _translate_group(file: Path, zoo: Zoo, builds: list[Build], name: str, path:
     if str(builds[0].config["name"]) != name and not name.endswith("-mlir"):
         result.notes.insert(0, f"name: {builds[0].config['name']!r} is not a bmbuild recipe name; using {name!r}")
     recipe = _merge_shapes([t.recipe for t in parts], builds)
+    _unbatched_inputs(recipe, result, path.parent.resolve())
     result.recipe = _ordered(name, recipe, file, zoo)
     return result
+
+
+def _unbatched_inputs(recipe: dict[str, Any], result: Translation, recipe_dir: Path) -> None:
+    """tpu-perf compiles `--shapes` as written. Inputs whose first dimensions differ (an encoder's
+    [458,20,30] beside a length [1]) have no common batch size to set, so the recipe names every
+    input with `batch_axis: null`: bmbuild then compiles the shapes exactly as tpu-perf does."""
+    shapes = recipe.get("shapes") or []
+    if "inputs" in recipe or len({s[0] for s in shapes if s}) < 2 or len(recipe.get("batch_sizes") or [1]) > 1:
+        return
+    names = ["input"] if len(shapes) == 1 else [f"input{i}" for i in range(len(shapes))]
+    source = recipe.get("source") or {}
+    if source.get("framework") == "onnx":
+        try:
+            names = [item.name for item in onnx_graph_inputs((recipe_dir / str(source.get("model"))).resolve())]
+        except DataError:
+            return  # `validate` names the unreadable model
+        if len(names) != len(shapes):
+            return
+    recipe["inputs"] = [{"name": name, "batch_axis": None} for name in names]
+    firsts = ", ".join(str(s[0]) if s else "[]" for s in shapes)
+    result.notes.append(f"shapes: the inputs' first dimensions differ ({firsts}), so none is a batch axis: "
+                        "compiled as written (inputs[].batch_axis: null)")
 
 
 def _merge_shapes(recipes: list[dict[str, Any]], builds: list[Build]) -> dict[str, Any]:
@@ -158,7 +182,7 @@ def _merge_shapes(recipes: list[dict[str, Any]], builds: list[Build]) -> dict[st
     return merged
 
 
-KEY_ORDER = ("name", "description", "source", "shapes", "output_names", "target", "prec", "batch_sizes", "fp32",
+KEY_ORDER = ("name", "description", "source", "shapes", "inputs", "output_names", "target", "prec", "batch_sizes", "fp32",
              "calibration", "int8", "variants")
 
 
