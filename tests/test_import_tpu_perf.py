@@ -777,3 +777,22 @@ def test_git_lfs_pointers_fail_validate_by_name(what, workspace, write_recipe, r
     code, out, err = run_bmbuild("validate", path)
     assert code == 2, (out, err)
     assert f"{key}: {pointer.resolve()} is a Git LFS pointer, not the file itself: run `git lfs pull`" in err, err
+
+
+def test_a_calibration_set_without_room_for_held_out_samples_calibrates_on_the_rest(tmp_path, run_bmbuild,
+                                                                                    monkeypatch):
+    """sophgo/model-zoo's COCO caliset has 100 images and yolov5 calibrates on all 100; bmbuild holds
+    int8.cmp_samples (16) out, so the imported recipe calibrates on 84 and validates."""
+    folder = zoo(tmp_path, {"net/config.yaml": nntc_config(), "net/net.pt": "placeholder"})
+    cali = folder / "dataset" / "cali"
+    cali.mkdir(parents=True)
+    for i in range(20):
+        (cali / f"{i:03d}.jpg").write_bytes(b"\xff\xd8\xff placeholder")
+    result = imported(folder, tmp_path)
+    t = one(result)
+    assert t.recipe["calibration"]["samples"] == 4
+    assert any("holds 20 samples and bmbuild holds 16 out" in n and "calibrates on 4, not 20" in n for n in t.notes)
+    write_import(result)
+    monkeypatch.chdir(tmp_path / "out")
+    code, out, err = run_bmbuild("validate", ".")
+    assert code == 0, err

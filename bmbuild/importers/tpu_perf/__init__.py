@@ -23,7 +23,9 @@ from typing import Any
 import yaml
 
 from bmbuild.errors import BmbuildError, DataError
+from bmbuild.calib.sources import folder_files
 from bmbuild.fileinfo import onnx_graph_inputs
+from bmbuild.recipe import Int8
 from bmbuild.importers.tpu_perf.mlir import translate_mlir
 from bmbuild.importers.tpu_perf.nntc import translate_nntc
 from bmbuild.importers.tpu_perf.translator import TARGETS, Skip, Translation, Translator, append
@@ -136,6 +138,7 @@ def _translate_group(file: Path, zoo: Zoo, builds: list[Build], name: str, path:
         result.notes.insert(0, f"name: {builds[0].config['name']!r} is not a bmbuild recipe name; using {name!r}")
     recipe = _merge_shapes([t.recipe for t in parts], builds)
     _unbatched_inputs(recipe, result, path.parent.resolve())
+    _hold_out_comparison_samples(recipe, result, zoo)
     result.recipe = _ordered(name, recipe, file, zoo)
     return result
 
@@ -180,6 +183,29 @@ def _merge_shapes(recipes: list[dict[str, Any]], builds: list[Build]) -> dict[st
     merged["variants"] = [{"suffix": b.shape_key or f"v{i}", **{k: v for k, v in r.items() if v != first.get(k)}}
                           for i, (r, b) in enumerate(zip(recipes, builds, strict=True))]
     return merged
+
+
+def _hold_out_comparison_samples(recipe: dict[str, Any], result: Translation, zoo: Zoo) -> None:
+    """tpu-perf calibrates on every image it is told to (a 100-image caliset, `--cali_iterations
+    100`); bmbuild holds `int8.cmp_samples` of them out to compare int8 with fp32. Where the folder
+    has no room for both, calibration takes what is left, so the imported recipe validates."""
+    calibration = recipe.get("calibration") or {}
+    samples, data = calibration.get("samples"), calibration.get("data")
+    if recipe.get("prec") != "INT8" or not isinstance(samples, int) or not isinstance(data, str):
+        return
+    for name, value in zoo.variables.items():
+        data = data.replace("${" + name + "}", value)
+    try:
+        count = len(folder_files(Path(data))) if Path(data).is_dir() else 0
+    except DataError:
+        return
+    int8 = recipe.get("int8") or {}
+    held_out = int(int8.get("cmp_samples", Int8.model_fields["cmp_samples"].default)) if int8.get("cmp", True) else 0
+    if held_out and samples + held_out > count > held_out:
+        calibration["samples"] = count - held_out
+        result.notes.append(f"calibration.samples: {data} holds {count} samples and bmbuild holds {held_out} out for "
+                            f"the int8 comparison (int8.cmp_samples), so it calibrates on {count - held_out}, "
+                            f"not {samples}")
 
 
 KEY_ORDER = ("name", "description", "source", "shapes", "inputs", "output_names", "target", "prec", "batch_sizes", "fp32",
