@@ -1,8 +1,10 @@
-"""The toolchain protocol and registry: one implementation per vendor toolchain.
+"""The toolchain protocol, and loading a toolchain by its registered name (bmbuild.toolchain_registry).
 
 Implementations are imported lazily by name, so listing toolchains or planning a build never
 imports torch, onnxruntime or a vendor SDK. A toolchain that cannot load here is listed with the
-reason and fails only when a stage needs it.
+reason and fails only when a stage needs it. What a toolchain implements it declares on its class
+(`consumes`, `optional_keys`, `reshapes_batch`), so a new toolchain is its own module plus one
+registry line.
 """
 
 from __future__ import annotations
