@@ -291,20 +291,27 @@ def cmd_report(args: argparse.Namespace) -> int:
     from bmbuild.report import write_report
 
     workspace = _workspace(args)
-    names = [loaded.name for loaded in _prepare(args, check_toolchains=False).recipes] if args.paths else None
+    names, baseline = None, None
+    if args.baseline:  # resolved as `bmbuild diff` does
+        from bmbuild import diff
+
+        names, files = _built_selection(args, workspace)
+        baseline = diff.baseline(args.baseline, workspace, files)
+    elif args.paths:
+        names = [loaded.name for loaded in _prepare(args, check_toolchains=False).recipes]
     out = Path(args.out) if args.out else workspace.build_dir / "reports"
-    written = write_report(workspace.build_dir, out, names, formats=args.format)
+    written = write_report(workspace.build_dir, out, names, formats=args.format, baseline=baseline)
     totals = written.summary["totals"]
-    print(f"{totals['passed']} of {totals['models']} model(s) passed; wrote"
+    print(f"{totals['passed']} of {totals['models']} model(s) passed"
+          + (f"; baseline: {baseline[0]}" if baseline else "") + "; wrote"
           + "".join(f"\n  {path}" for path in written.paths.values()))
     return 0
 
 
-def cmd_diff(args: argparse.Namespace) -> int:
-    from bmbuild import diff
-    from bmbuild.report.collect import collect, report_files
+def _built_selection(args: argparse.Namespace, workspace: Any) -> tuple[list[str], list[Path]]:
+    """(names, recipe files) of the recipes named on the command line, else of every built model."""
+    from bmbuild.report.collect import report_files
 
-    workspace = _workspace(args)
     if args.paths:
         recipes = _prepare(args, check_toolchains=False).recipes
         names, files = [loaded.name for loaded in recipes], [loaded.file for loaded in recipes]
@@ -314,8 +321,17 @@ def cmd_diff(args: argparse.Namespace) -> int:
         files = [Path(json.loads(path.read_text()).get("recipe", "")) for _, path in found]
     if not names:
         raise BmbuildError(f"no built model below {workspace.build_dir}: run `bmbuild run` first")
+    return names, [f for f in files if str(f)]
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from bmbuild import diff
+    from bmbuild.report.collect import collect, report_files
+
+    workspace = _workspace(args)
+    names, files = _built_selection(args, workspace)
     current = collect(report_files(workspace.build_dir, names))
-    source, base = diff.baseline(args.baseline, workspace, [f for f in files if str(f)])
+    source, base = diff.baseline(args.baseline, workspace, files)
     rows = diff.diff_summaries(base, current)
     if args.json:
         from bmbuild import jsonout
@@ -677,6 +693,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--format", action="append", choices=list(FORMATS), metavar="FORMAT",
                         help="write only this format (repeatable; default: all): "
                              + "; ".join(f"{f.name}: {f.filename}, {f.description}" for f in FORMATS.values()))
+    report.add_argument("--baseline", metavar="REV|SUMMARY",
+                        help="show each model next to a baseline, as `bmbuild diff` compares: a summary.json (or a "
+                             "folder holding one) or a git revision")
     report.set_defaults(func=cmd_report)
 
     diff_parser = sub.add_parser(
