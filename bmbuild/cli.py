@@ -100,6 +100,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = run_nodes(build.nodes, build.workspace, console, jobs=jobs, force=args.force,
                        keep_going=args.keep_going, cluster=cluster)
     write_reports(build, result.records)
+    if not args.stage:  # a whole build of each recipe is the remote's last build of it (`diff --remote`)
+        from bmbuild.buildrecords import publish_builds
+
+        publish_builds(build, result.records, result.store)
     for error in build.errors:  # broken recipes left out under --keep-going
         console.print(f"error: {error.render()}", style="red")
     exit_code = max([result.exit_code] + [error.exit_code for error in build.errors])
@@ -331,7 +335,10 @@ def cmd_diff(args: argparse.Namespace) -> int:
     workspace = _workspace(args)
     names, files = _built_selection(args, workspace)
     current = collect(report_files(workspace.build_dir, names))
-    source, base = diff.baseline(args.baseline, workspace, files)
+    if args.remote and args.baseline:
+        raise BmbuildError(f"compare with either {args.baseline!r} or --remote, not both")
+    source, base = diff.remote_baseline(workspace, names) if args.remote else \
+        diff.baseline(args.baseline or "HEAD", workspace, files)
     rows = diff.diff_summaries(base, current)
     if args.json:
         from bmbuild import jsonout
@@ -701,11 +708,18 @@ def build_parser() -> argparse.ArgumentParser:
     diff_parser = sub.add_parser(
         "diff", help="per model, metrics and recipe parameters against a git revision or a saved summary.json",
         description="Compare this workspace's built models with a baseline: a summary.json (from `bmbuild report` "
-                    "or `run --report-dir`), or a git revision, built in a temporary copy of the repository with "
-                    "this workspace's cache (a revision built before is only restored).")
-    diff_parser.add_argument("baseline", nargs="?", default="HEAD",
+                    "or `run --report-dir`), a git revision, built in a temporary copy of the repository with "
+                    "this workspace's cache (a revision built before is only restored), or with --remote the "
+                    "remote cache's last build of each recipe.")
+    diff_parser.add_argument("baseline", nargs="?",
                              help="a summary.json (or a folder holding one), or a git revision (default: HEAD)")
     _add_common(diff_parser, paths="*")
+    diff_parser.add_argument("--remote", action="store_true",
+                             help="compare with the remote cache's last build of each recipe (what `bmbuild run` "
+                                  "with a remote cache records) instead of a revision or summary.json")
+    diff_parser.add_argument("--remote-cache", metavar="URL",
+                             help="the remote cache --remote reads: a folder or an fsspec URL (default: "
+                                  "$BMBUILD_REMOTE_CACHE or bmbuild.yaml remote_cache)")
     diff_parser.add_argument("--all", action="store_true", help="every metric, not only those that changed")
     _add_json(diff_parser)
     diff_parser.set_defaults(func=cmd_diff)

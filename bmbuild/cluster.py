@@ -629,4 +629,4 @@ def run_on_cluster(nodes: list[Node], workspace: Workspace, console: Any, config
             if run is not None:
                 run.executor.stat.close()
             client.close()
-    return RunResult(records, time.monotonic() - started, 0, run.errors, run.exit_codes)
+    return RunResult(records, time.monotonic() - started, 0, run.errors, run.exit_codes, run.executor.store)

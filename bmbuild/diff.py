@@ -1,8 +1,8 @@
 """`bmbuild diff`: per model, the metrics and the recipe parameters that changed against a baseline.
 
 Like `dvc metrics diff` + `dvc params diff`. Both sides are report summaries (bmbuild.report.collect):
-the current one from this workspace's build folder, the baseline either a saved `summary.json` or a
-git revision. A revision is built in a temporary copy of the repository at that commit, with this
+the current one from this workspace's build folder, the baseline a saved `summary.json`, a git
+revision, or (`--remote`) the remote cache's last build of each recipe (bmbuild.buildrecords). A revision is built in a temporary copy of the repository at that commit, with this
 workspace's action cache: a revision built before (here, or by CI through a shared cache) is only
 restored, nothing runs again. Files git does not track are not in that copy.
 """
@@ -146,6 +146,16 @@ def baseline(spec: str, workspace: Any, recipes: list[Path]) -> tuple[str, dict[
     if commit is None:
         raise BmbuildError(f"{spec!r} is neither a summary.json nor a git revision of {workspace.root}")
     return f"git {spec} ({commit[:12]})", summary_at_revision(workspace, commit, recipes)
+
+
+def remote_baseline(workspace: Any, names: list[str]) -> tuple[str, dict[str, Any]]:
+    """(description, summary) of the remote cache's last build of each named recipe (bmbuild.buildrecords)."""
+    from bmbuild.buildrecords import remote_summary
+
+    remote = workspace.open_remote()
+    summary = remote_summary(remote, names)
+    when = ", ".join(f"{m['name']} {m['written']}" for m in summary["models"])
+    return f"remote cache {remote.url}, last builds ({when or 'none of these recipes'})", summary
 
 
 # --- output -------------------------------------------------------------------------------
