@@ -3,7 +3,8 @@ against a remote).
 
 A remote cache holds objects and action entries, which say nothing about "the build of recipe X".
 So a run with a remote cache also writes, per recipe whose stages it ran (not only restored) and
-which passed, a small record of that build next to them:
+which passed, a small record of that build next to them (as does `bmbuild cache push` for the
+passed models of the workspace whose stage results it uploaded):
 
     builds/ab/<sha256 of the recipe name>.json   {"kind", "format", "name", "written", "bmbuild", "model"}
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from bmbuild import __version__
@@ -89,25 +91,40 @@ def publish_builds(build: Any, records: list[Any], store: Any) -> int:
     whose remote is still writable; else nothing). A failed write warns and stops; returns how many
     records were written."""
     from bmbuild.project import read_report
-    from bmbuild.report.collect import model_summary
-    from bmbuild.store import describe
 
     remote = getattr(store, "remote", None)
     if remote is None or not getattr(store, "can_push", False):
         return 0
-    written = 0
-    for name in publishable(records):
-        report = read_report(build.workspace.report_path(name))
-        if not report:
-            continue
+    reports = {name: read_report(build.workspace.report_path(name)) for name in publishable(records)}
+    return _write(remote, {name: report for name, report in reports.items() if report}, store.warn)
+
+
+def publish_pushed(build_dir: Path, remote: FsStore, keys: list[str], warn: Callable[[str], None]) -> int:
+    """After `bmbuild cache push`: the record of each model built in `build_dir` that passed and whose
+    stage results this push uploaded (a build made without the remote, published now)."""
+    from bmbuild.project import read_report
+    from bmbuild.report.collect import report_files
+
+    pushed = set(keys)
+    reports = {name: read_report(path) for name, path in report_files(build_dir)}
+    return _write(remote, {name: report for name, report in reports.items() if report and report.get("ok")
+                           and any(isinstance(stage, dict) and stage.get("key") in pushed
+                                   for stage in report["stages"].values())}, warn)
+
+
+def _write(remote: FsStore, reports: dict[str, dict[str, Any]], warn: Callable[[str], None]) -> int:
+    """The records of these recipes' report.json; the first failed write warns and stops."""
+    from bmbuild.report.collect import model_summary
+    from bmbuild.store import describe
+
+    for written, (name, report) in enumerate(reports.items()):
         try:
             remote.put_named(record_name(name), record_bytes(model_summary(report)))
         except Exception as exc:
-            store.warn(f"remote cache {remote.url}: the build record of {name} cannot be written "
-                       f"({describe(exc)}); `bmbuild diff --remote` will not see this build")
+            warn(f"remote cache {remote.url}: the build record of {name} cannot be written "
+                 f"({describe(exc)}); `bmbuild diff --remote` will not see this build")
             return written
-        written += 1
-    return written
+    return len(reports)
 
 
 # --- reading --------------------------------------------------------------------------------

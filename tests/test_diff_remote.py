@@ -82,6 +82,20 @@ def test_a_run_that_only_restores_or_fails_leaves_the_record_alone(tmp_path, mon
     assert record.read_bytes() == before  # a failed build is not the last build
 
 
+def test_cache_push_publishes_the_builds_it_uploads(tmp_path, workspace, write_recipe, run_bmbuild):
+    remote = tmp_path / "remote"
+    write_recipe("tiny")
+    assert run_bmbuild("run", "recipes", "--plain")[0] == 0  # built without the remote
+    code, out, err = run_bmbuild("cache", "push", "--remote-cache", remote)
+    assert code == 0, out + err
+    assert "recorded 1 build of this workspace" in out
+    [record] = record_files(remote)
+    assert json.loads(record.read_text())["model"]["status"] == "passed"
+    record.unlink()
+    code, out, _ = run_bmbuild("cache", "push", "--remote-cache", remote)  # nothing new uploaded
+    assert code == 0 and "recorded" not in out and record_files(remote) == []
+
+
 @pytest.mark.parametrize("content", [
     b"\x00\x01 truncated garbage",
     b'{"kind": "bmbuild-build-record", "format": 1, "name": "tiny"}',
