@@ -715,8 +715,9 @@ def build_parser() -> argparse.ArgumentParser:
                              help="a summary.json (or a folder holding one), or a git revision (default: HEAD)")
     _add_common(diff_parser, paths="*")
     diff_parser.add_argument("--remote", action="store_true",
-                             help="compare with the remote cache's last build of each recipe (what `bmbuild run` "
-                                  "with a remote cache records) instead of a revision or summary.json")
+                             help="compare with builds in the remote cache instead of the local one: its last "
+                                  "build of each recipe (recorded by `bmbuild run` or `cache push` with a remote "
+                                  "cache), not a git revision or summary.json")
     diff_parser.add_argument("--remote-cache", metavar="URL",
                              help="the remote cache --remote reads: a folder or an fsspec URL (default: "
                                   "$BMBUILD_REMOTE_CACHE or bmbuild.yaml remote_cache)")
