@@ -200,3 +200,11 @@ def remote_summary(remote: FsStore, names: list[str]) -> dict[str, Any]:
         if data is not None:
             models.append(parse_record(data, name, where))
     return {"models": models}
+
+
+def remote_baseline(workspace: Any, names: list[str]) -> tuple[str, dict[str, Any]]:
+    """(description, summary) of the remote cache's last build of each named recipe, for bmbuild.diff."""
+    remote = workspace.open_remote()
+    summary = remote_summary(remote, names)
+    when = ", ".join(f"{m['name']} {m['written']}" for m in summary["models"])
+    return f"remote cache {remote.url}, last builds ({when or 'none of these recipes'})", summary

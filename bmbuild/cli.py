@@ -337,8 +337,12 @@ def cmd_diff(args: argparse.Namespace) -> int:
     current = collect(report_files(workspace.build_dir, names))
     if args.remote and args.baseline:
         raise BmbuildError(f"compare with either {args.baseline!r} or --remote, not both")
-    source, base = diff.remote_baseline(workspace, names) if args.remote else \
-        diff.baseline(args.baseline or "HEAD", workspace, files)
+    if args.remote:
+        from bmbuild.buildrecords import remote_baseline
+
+        source, base = remote_baseline(workspace, names)
+    else:
+        source, base = diff.baseline(args.baseline or "HEAD", workspace, files)
     rows = diff.diff_summaries(base, current)
     if args.json:
         from bmbuild import jsonout

@@ -148,16 +148,6 @@ def baseline(spec: str, workspace: Any, recipes: list[Path]) -> tuple[str, dict[
     return f"git {spec} ({commit[:12]})", summary_at_revision(workspace, commit, recipes)
 
 
-def remote_baseline(workspace: Any, names: list[str]) -> tuple[str, dict[str, Any]]:
-    """(description, summary) of the remote cache's last build of each named recipe (bmbuild.buildrecords)."""
-    from bmbuild.buildrecords import remote_summary
-
-    remote = workspace.open_remote()
-    summary = remote_summary(remote, names)
-    when = ", ".join(f"{m['name']} {m['written']}" for m in summary["models"])
-    return f"remote cache {remote.url}, last builds ({when or 'none of these recipes'})", summary
-
-
 # --- output -------------------------------------------------------------------------------
 def fmt_value(value: Any, digits: int) -> str:
     """A metric or parameter value as `diff` and the report's baseline table print it."""
