@@ -103,8 +103,15 @@ def cmd_cache(args: argparse.Namespace) -> int:
     workspace = _workspace(args)
     command = args.cache_command
     if command == "push":
+        from bmbuild.buildrecords import publish_pushed
+        from bmbuild.cache import warn_stderr
+
         remote = workspace.open_remote()
-        _print_transfer("pushed", "to", remote.url, cache_ops.push(LocalStore(workspace.cache_dir), remote))
+        result = cache_ops.push(LocalStore(workspace.cache_dir), remote)
+        _print_transfer("pushed", "to", remote.url, result)
+        records = publish_pushed(workspace.build_dir, remote, result.keys, warn_stderr)
+        if records:
+            print(f"recorded {count(records, 'build')} of this workspace for `bmbuild diff --remote`")
         return 0
     if command == "pull":
         remote = workspace.open_remote()

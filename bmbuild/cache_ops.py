@@ -55,6 +55,7 @@ class Transfer:
     incomplete: int = 0       # entries skipped: an object is missing or corrupt at the source
     corrupt: list[str] = field(default_factory=list)   # corrupt source objects (digests)
     not_found: int = 0        # pull by recipe: keys in no cache
+    keys: list[str] = field(default_factory=list)      # the entries transferred (push: bmbuild.buildrecords)
 
 
 def _local_entries(local: LocalStore) -> list[ActionEntry]:
@@ -114,6 +115,7 @@ def push(local: LocalStore, remote: FsStore) -> Transfer:
                 result.bytes += size
             remote.put_action(entry)
             result.entries += 1
+            result.keys.append(entry.key)
     except BmbuildError:
         raise
     except Exception as exc:

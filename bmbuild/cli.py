@@ -100,6 +100,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = run_nodes(build.nodes, build.workspace, console, jobs=jobs, force=args.force,
                        keep_going=args.keep_going, cluster=cluster)
     write_reports(build, result.records)
+    if not args.stage:  # a whole build of each recipe is the remote's last build of it (`diff --remote`)
+        from bmbuild.buildrecords import publish_builds
+
+        publish_builds(build, result.records, result.store)
     for error in build.errors:  # broken recipes left out under --keep-going
         console.print(f"error: {error.render()}", style="red")
     exit_code = max([result.exit_code] + [error.exit_code for error in build.errors])
@@ -291,20 +295,27 @@ def cmd_report(args: argparse.Namespace) -> int:
     from bmbuild.report import write_report
 
     workspace = _workspace(args)
-    names = [loaded.name for loaded in _prepare(args, check_toolchains=False).recipes] if args.paths else None
+    names, baseline = None, None
+    if args.baseline:  # resolved as `bmbuild diff` does
+        from bmbuild import diff
+
+        names, files = _built_selection(args, workspace)
+        baseline = diff.baseline(args.baseline, workspace, files)
+    elif args.paths:
+        names = [loaded.name for loaded in _prepare(args, check_toolchains=False).recipes]
     out = Path(args.out) if args.out else workspace.build_dir / "reports"
-    written = write_report(workspace.build_dir, out, names, formats=args.format)
+    written = write_report(workspace.build_dir, out, names, formats=args.format, baseline=baseline)
     totals = written.summary["totals"]
-    print(f"{totals['passed']} of {totals['models']} model(s) passed; wrote"
+    print(f"{totals['passed']} of {totals['models']} model(s) passed"
+          + (f"; baseline: {baseline[0]}" if baseline else "") + "; wrote"
           + "".join(f"\n  {path}" for path in written.paths.values()))
     return 0
 
 
-def cmd_diff(args: argparse.Namespace) -> int:
-    from bmbuild import diff
-    from bmbuild.report.collect import collect, report_files
+def _built_selection(args: argparse.Namespace, workspace: Any) -> tuple[list[str], list[Path]]:
+    """(names, recipe files) of the recipes named on the command line, else of every built model."""
+    from bmbuild.report.collect import report_files
 
-    workspace = _workspace(args)
     if args.paths:
         recipes = _prepare(args, check_toolchains=False).recipes
         names, files = [loaded.name for loaded in recipes], [loaded.file for loaded in recipes]
@@ -314,8 +325,24 @@ def cmd_diff(args: argparse.Namespace) -> int:
         files = [Path(json.loads(path.read_text()).get("recipe", "")) for _, path in found]
     if not names:
         raise BmbuildError(f"no built model below {workspace.build_dir}: run `bmbuild run` first")
+    return names, [f for f in files if str(f)]
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from bmbuild import diff
+    from bmbuild.report.collect import collect, report_files
+
+    workspace = _workspace(args)
+    names, files = _built_selection(args, workspace)
     current = collect(report_files(workspace.build_dir, names))
-    source, base = diff.baseline(args.baseline, workspace, [f for f in files if str(f)])
+    if args.remote and args.baseline:
+        raise BmbuildError(f"compare with either {args.baseline!r} or --remote, not both")
+    if args.remote:
+        from bmbuild.buildrecords import remote_baseline
+
+        source, base = remote_baseline(workspace, names)
+    else:
+        source, base = diff.baseline(args.baseline or "HEAD", workspace, files)
     rows = diff.diff_summaries(base, current)
     if args.json:
         from bmbuild import jsonout
@@ -677,16 +704,27 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--format", action="append", choices=list(FORMATS), metavar="FORMAT",
                         help="write only this format (repeatable; default: all): "
                              + "; ".join(f"{f.name}: {f.filename}, {f.description}" for f in FORMATS.values()))
+    report.add_argument("--baseline", metavar="REV|SUMMARY",
+                        help="show each model next to a baseline, as `bmbuild diff` compares: a summary.json (or a "
+                             "folder holding one) or a git revision")
     report.set_defaults(func=cmd_report)
 
     diff_parser = sub.add_parser(
         "diff", help="per model, metrics and recipe parameters against a git revision or a saved summary.json",
         description="Compare this workspace's built models with a baseline: a summary.json (from `bmbuild report` "
-                    "or `run --report-dir`), or a git revision, built in a temporary copy of the repository with "
-                    "this workspace's cache (a revision built before is only restored).")
-    diff_parser.add_argument("baseline", nargs="?", default="HEAD",
+                    "or `run --report-dir`), a git revision, built in a temporary copy of the repository with "
+                    "this workspace's cache (a revision built before is only restored), or with --remote the "
+                    "remote cache's last build of each recipe.")
+    diff_parser.add_argument("baseline", nargs="?",
                              help="a summary.json (or a folder holding one), or a git revision (default: HEAD)")
     _add_common(diff_parser, paths="*")
+    diff_parser.add_argument("--remote", action="store_true",
+                             help="compare with builds in the remote cache instead of the local one: its last "
+                                  "build of each recipe (recorded by `bmbuild run` or `cache push` with a remote "
+                                  "cache), not a git revision or summary.json")
+    diff_parser.add_argument("--remote-cache", metavar="URL",
+                             help="the remote cache --remote reads: a folder or an fsspec URL (default: "
+                                  "$BMBUILD_REMOTE_CACHE or bmbuild.yaml remote_cache)")
     diff_parser.add_argument("--all", action="store_true", help="every metric, not only those that changed")
     _add_json(diff_parser)
     diff_parser.set_defaults(func=cmd_diff)

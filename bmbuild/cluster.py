@@ -11,7 +11,8 @@ outputs from the remote cache by their digests, checks that the worker sees what
 planned with (input digests, toolchain versions, a usable toolchain), and runs the stage through
 the same Executor and `execute_job` as a local build, which pushes the objects and then the entry.
 It returns the entry; the client restores it into the workspace like a cache hit, recorded as
-executed on that worker. A task first looks the key up in the remote cache: a stage someone else
+executed on that worker. Meanwhile the stage's `ctx.progress` reaches the client as Dask events of
+the run's topic (`Worker.log_event`, `Client.subscribe_topic`), shown like a local stage's progress. A task first looks the key up in the remote cache: a stage someone else
 finished meanwhile is never executed again.
 
 What cannot corrupt anything: a worker killed mid-stage leaves its private folder behind and no
@@ -40,6 +41,7 @@ from bmbuild.engine import RunResult
 from bmbuild.errors import BmbuildError, StageFailed, ToolchainError
 from bmbuild.executor import Decision, Executor, NodeRecord, Outcome, Status, explain_change, read_manifest
 from bmbuild.graph import Node
+from bmbuild.progress import parse_progress
 from bmbuild.recipe import LoadedRecipe
 from bmbuild.snapshot import forget
 from bmbuild.store import LocalStore
@@ -50,6 +52,7 @@ from bmbuild.workspace import ExecutorConfig, Workspace, WorkspaceConfig
 # adds to or replaces these.
 DEFAULT_RESOURCES: dict[str, dict[str, float]] = {"tpu-mlir": {"tpu-mlir": 1}}
 LOG_LIMIT = 1 << 20  # bytes of a failed stage's log sent back to the client (its end)
+PROGRESS_INTERVAL = 0.5  # seconds between two progress events of a stage (coarse steps always go)
 INSTALL_HINT = "the dask executor needs dask's `distributed` package: pip install 'bmbuild[dask]'"
 
 
@@ -145,7 +148,7 @@ class TaskExecutor(Executor):
     """The Executor on a worker: the client's environment in the key, and how a stage failed."""
 
     def __init__(self, workspace: Workspace, task: StageTask, worker: str, pool: Any = None):
-        super().__init__(workspace, force=task.force, pool=pool)
+        super().__init__(workspace, force=task.force, pool=pool, on_event=progress_events(task.session))
         self.warnings: list[str] = []
         self.store = _task_store(workspace, task.remote, worker, self.warnings)
         self.client_env = task.expected.get("env", {})
@@ -208,6 +211,31 @@ def _announce(task: StageTask, worker: str) -> None:
         get_worker().log_event(f"bmbuild-{task.session}", {"node": task.node_id, "worker": worker})
     except (ImportError, ValueError):
         pass
+
+
+def progress_events(session: str) -> Any:
+    """The worker side of a stage's progress: `ctx.progress` updates become events of the run's topic,
+    which the client shows as it shows a local stage's (ClusterRun.on_event). At most one per
+    PROGRESS_INTERVAL seconds, but every coarse step and the end always: plain output prints those."""
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):  # not in a worker (called directly)
+        return None
+    sent: dict[str, tuple[float, Any]] = {}  # node id -> (when, coarse step) last sent
+
+    def on_event(event: str, node: Node, progress: Any) -> None:
+        if event != "progress" or progress is None:
+            return
+        now, mark = time.monotonic(), (progress.label, progress.step)
+        when, last = sent.get(node.id, (0.0, None))
+        if mark == last and now - when < PROGRESS_INTERVAL and progress.done < progress.total:
+            return
+        sent[node.id] = (now, mark)
+        worker.log_event(f"bmbuild-{session}", {"node": node.id, "progress": progress.to_json()})
+
+    return on_event
 
 
 def run_task(task: StageTask, *upstream: TaskResult) -> TaskResult:
@@ -407,10 +435,16 @@ class ClusterRun:
 
     # --- events from the workers ----------------------------------------------------------
     def on_event(self, event: Any) -> None:
-        """A task started on a worker (runs in the client's event loop thread)."""
+        """A task started on a worker, or reports its progress (runs in the client's event loop thread;
+        the events come from workers: untrusted)."""
         message = event[1] if isinstance(event, (tuple, list)) and len(event) == 2 else {}
         node = self.nodes.get(message.get("node")) if isinstance(message, dict) else None
         if node is None:
+            return
+        if "progress" in message:
+            progress = parse_progress(message["progress"])
+            if progress is not None:
+                self.console.node_event("progress", node, progress)
             return
         self.started.add(node.id)
         self.console.node_event("run", node, NodeRecord(node.id, node.recipe_name, node.stage.name,
@@ -629,4 +663,4 @@ def run_on_cluster(nodes: list[Node], workspace: Workspace, console: Any, config
             if run is not None:
                 run.executor.stat.close()
             client.close()
-    return RunResult(records, time.monotonic() - started, 0, run.errors, run.exit_codes)
+    return RunResult(records, time.monotonic() - started, 0, run.errors, run.exit_codes, run.executor.store)

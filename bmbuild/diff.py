@@ -1,8 +1,8 @@
 """`bmbuild diff`: per model, the metrics and the recipe parameters that changed against a baseline.
 
 Like `dvc metrics diff` + `dvc params diff`. Both sides are report summaries (bmbuild.report.collect):
-the current one from this workspace's build folder, the baseline either a saved `summary.json` or a
-git revision. A revision is built in a temporary copy of the repository at that commit, with this
+the current one from this workspace's build folder, the baseline a saved `summary.json`, a git
+revision, or (`--remote`) the remote cache's last build of each recipe (bmbuild.buildrecords). A revision is built in a temporary copy of the repository at that commit, with this
 workspace's action cache: a revision built before (here, or by CI through a shared cache) is only
 restored, nothing runs again. Files git does not track are not in that copy.
 """
@@ -149,7 +149,8 @@ def baseline(spec: str, workspace: Any, recipes: list[Path]) -> tuple[str, dict[
 
 
 # --- output -------------------------------------------------------------------------------
-def _fmt(value: Any, digits: int) -> str:
+def fmt_value(value: Any, digits: int) -> str:
+    """A metric or parameter value as `diff` and the report's baseline table print it."""
     if value is None:
         return "–"
     if isinstance(value, float):
@@ -168,13 +169,13 @@ def render(rows: list[dict[str, Any]], show_all: bool = False) -> list[str]:
             if status["old"] != status["new"] else f"{row['name']}: {status['new']}"
         body = []
         for key, values in row["metrics"].items():
-            if not show_all and _fmt(values["old"], digits[key]) == _fmt(values["new"], digits[key]):
+            if not show_all and fmt_value(values["old"], digits[key]) == fmt_value(values["new"], digits[key]):
                 continue
             change = "" if values["change"] is None else f"{values['change']:+.{digits[key]}f}"
-            body.append(f"  {labels[key]:<22} {_fmt(values['old'], digits[key]):>14} "
-                        f"{_fmt(values['new'], digits[key]):>14}  {change}".rstrip())
+            body.append(f"  {labels[key]:<22} {fmt_value(values['old'], digits[key]):>14} "
+                        f"{fmt_value(values['new'], digits[key]):>14}  {change}".rstrip())
         for key, values in row["params"].items():
-            body.append(f"  param {key:<16} {_fmt(values['old'], 6):>14} {_fmt(values['new'], 6):>14}")
+            body.append(f"  param {key:<16} {fmt_value(values['old'], 6):>14} {fmt_value(values['new'], 6):>14}")
         lines.append(head + ("" if body else "  (no change)"))
         if body:
             lines.append(f"  {'':<22} {'baseline':>14} {'current':>14}  change")

@@ -169,6 +169,7 @@ class RunResult:
     doit_code: int
     errors: list[str] = field(default_factory=list)
     exit_codes: list[int] = field(default_factory=list)  # one per failed stage
+    store: Any = None  # the run's store: its remote gets the build records (bmbuild.buildrecords)
 
     @property
     def ok(self) -> bool:
@@ -288,4 +289,5 @@ def run_nodes(nodes: list[Node], workspace: Workspace, console: Any, jobs: int =
             executor.records[node.id] = NodeRecord(node.id, node.recipe_name, node.stage.name, Outcome.BLOCKED,
                                                    error="upstream failed")
     records = [executor.records[n.id] for n in nodes if n.id in executor.records]
-    return RunResult(records, time.monotonic() - started, code, reporter.errors, reporter.exit_codes)
+    return RunResult(records, time.monotonic() - started, code, reporter.errors, reporter.exit_codes,
+                     executor.store)

@@ -3,8 +3,9 @@
 A stage's loop calls `ctx.progress(done, total, label)`. A `ProgressReporter` turns the calls
 into (a) a line in the stage's log at coarse steps (every quarter), and (b) a `StageProgress`
 for the console: handed to a callback when the stage runs in bmbuild's process (`-j 1`), or
-written to a small file the parent polls when it runs in a worker process (`-j N`). Writes are
-throttled, so a loop may report after every sample.
+written to a small file the parent polls when it runs in a worker process (`-j N`), or sent as a
+Dask event when it runs on a cluster worker (bmbuild.cluster). Updates are throttled, so a loop
+may report after every sample; the first update of each coarse step always goes on.
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ class ProgressReporter:
         self._started = time.monotonic()
         self._last_sent = 0.0
         self._logged: tuple[str, int] | None = None
+        self._sent: tuple[str, int] | None = None  # the coarse step last handed on
 
     @classmethod
     def to_file(cls, log: "StageLog | None", path: Path) -> "ProgressReporter":
@@ -89,8 +91,10 @@ class ProgressReporter:
         progress = StageProgress(max(0, min(int(done), int(total))), max(0, int(total)), label)
         self._log_step(progress)
         now = time.monotonic()
-        if self.sink is not None and (now - self._last_sent >= MIN_INTERVAL or progress.done == progress.total):
-            self._last_sent = now
+        mark = (progress.label, progress.step)  # a new coarse step always goes on: plain output prints those
+        if self.sink is not None and (now - self._last_sent >= MIN_INTERVAL or mark != self._sent
+                                      or progress.done == progress.total):
+            self._last_sent, self._sent = now, mark
             try:
                 self.sink(progress)
             except OSError:  # progress is only shown: a full disk must not fail the stage

@@ -3,6 +3,7 @@
     objects/ab/<sha256>        file contents by digest (read-only in a local folder)
     actions/ab/<key>.json      ActionEntry by action key
     tmp/                       temp files of writes in progress (renamed into place)
+    builds/ab/<sha256>.json    the last build of each recipe, on a remote (bmbuild.buildrecords)
 
 `FsStore` keeps that layout on any fsspec filesystem (a shared folder, file://, s3://, gs://, ...)
 and, through `LocalFolderFS`, on the local cache folder: `LocalStore` is the same class plus what
@@ -298,6 +299,17 @@ class FsStore:
         """Write an entry; call only once all of its objects are stored."""
         data = json_bytes(entry.to_json())
         self._put(lambda target: self.fs.pipe_file(target, data), self.action_path(entry.key))
+
+    def put_named(self, name: str, data: bytes) -> None:
+        """Write a small file under `name`, a layout path made by its owner (bmbuild.buildrecords)."""
+        self._put(lambda target: self.fs.pipe_file(target, data), self._path(name))
+
+    def get_named(self, name: str, limit: int) -> bytes | None:
+        """The file under `name` (None when there is none), at most `limit` + 1 bytes of it."""
+        try:
+            return self.fs.cat_file(self._path(name), start=0, end=limit + 1)
+        except FileNotFoundError:
+            return None
 
     def _remove(self, path: str, quiet: bool = False) -> None:
         try:

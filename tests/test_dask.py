@@ -235,6 +235,40 @@ def test_zoo_builds_on_the_cluster_once_per_stage_and_matches_a_local_build(
     assert_folder_remote_consistent(remote)
 
 
+def test_a_stage_on_a_worker_shows_its_progress_in_the_clients_plain_output(
+        tmp_path, monkeypatch, cluster, tasks, run_bmbuild):
+    import re
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures" / "int8"))
+    from int8_support import BASE, MODELS, write_npz
+
+    root = tmp_path / "ws"
+    (root / "recipes").mkdir(parents=True)
+    shutil.copyfile(MODELS, root / "recipes" / MODELS.name)
+    write_npz(root / "recipes" / "data" / "calib.npz")
+    recipe = deep_merge({"name": "tiny8", **BASE}, {"calibration": {"samples": 16}, "int8": {"cmp_samples": 8}})
+    (root / "recipes" / "tiny8.yaml").write_text(yaml_text(recipe))
+    monkeypatch.setenv("BMBUILD_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(root)
+
+    code, out, err = run_bmbuild("run", "recipes", "--plain", "--scheduler", cluster.scheduler_address,
+                                 "--remote-cache", tmp_path / "remote")
+    assert code == 0, out + err
+    assert tasks.counts()["tiny8:calibrate"] == 1 and tasks.counts()["tiny8:compile_int8"] == 1  # on workers
+    clock = r"\[\d\d:\d\d:\d\d\]"
+    for node, total, label in (("tiny8:calibrate", 16, "calibration samples"),
+                               ("tiny8:compile_int8", 8, "int8 vs fp32 samples")):
+        lines = out.splitlines()
+        running = next(i for i, line in enumerate(lines) if line.startswith(f"  running    {node} on "))
+        progress = [(i, int(m.group(1))) for i, line in enumerate(lines)
+                    if (m := re.fullmatch(rf"  progress   {node}  (\d+)/{total} {label} \(\d+%\) [\d.]+s  {clock}",
+                                          line))]
+        assert progress and progress[-1][1] == total, out   # the worker's progress, shown by the client
+        assert all(i > running for i, _ in progress), out    # after the line saying where it runs
+        assert [done for _, done in progress] == [1, *(total * q // 4 for q in (1, 2, 3, 4))]  # a line per quarter
+
+
 def started_on_now(tasks: TaskLog, node_id: str) -> str:
     return next(worker for node, worker, _ in tasks.started if node == node_id)
 

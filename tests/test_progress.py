@@ -96,3 +96,13 @@ def test_progress_written_by_a_worker_is_untrusted(tmp_path: Path) -> None:
         assert read_progress(path) is None, text
     path.write_text('{"done": 1, "total": 2, "label": "samples"}')
     assert read_progress(path) == StageProgress(1, 2, "samples")
+
+
+def test_each_coarse_step_goes_on_however_fast_the_loop_reports() -> None:
+    from bmbuild.progress import ProgressReporter
+
+    sent: list[int] = []
+    reporter = ProgressReporter(sink=lambda progress: sent.append(progress.done))
+    for done in range(1, 17):  # far faster than the throttle's interval
+        reporter(done, 16)
+    assert [1, 4, 8, 12, 16] == [done for done in sent if done in (1, 4, 8, 12, 16)]

@@ -137,3 +137,16 @@ def test_chromium_shows_the_failing_int8_model_against_its_gate(tmp_path: Path) 
     ticks = [float(t) for t in re.findall(r'class="tick"[^>]*>([0-9.]+)<', far_svg[:far_svg.index("</svg>")])
              if "." in t]
     assert min(ticks) < INT8_GATE["cos"]
+
+
+def test_chromium_shows_the_baseline_next_to_each_model(tmp_path: Path) -> None:
+    from test_report_baseline import check_baseline_tables, write_with_baseline
+
+    page = write_with_baseline(tmp_path).paths["html"]
+    result = chromium("--dump-dom", page.as_uri(), profile=tmp_path / "profile")
+    assert result.returncode == 0, result.stderr[-2000:]
+    check_baseline_tables(result.stdout)  # the DOM Chromium built, not only the file
+    shot = tmp_path / "baseline.png"
+    assert chromium(f"--screenshot={shot}", "--window-size=1280,2400", page.as_uri(),
+                    profile=tmp_path / "profile").returncode == 0
+    assert shot.is_file() and shot.stat().st_size > 20_000

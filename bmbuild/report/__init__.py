@@ -8,6 +8,10 @@ of the registry (formats.py) renders that summary into one file, from one module
 - `markdown` -> `summary.md`   a table and the failures' log tails, for $GITHUB_STEP_SUMMARY (markdown.py)
 - `html`     -> `report.html`  one self-contained page: tables and hand-made inline SVG plots (html.py, svg.py)
 
+With a baseline (`bmbuild report --baseline REV|summary.json`, resolved by bmbuild.diff), the
+summary also holds, per model, the baseline's metrics, their changes and the changed recipe
+parameters; report.html shows them in each model's section.
+
 The package reads JSON files and the logs of failed stages only: no torch, onnx or numpy. Its
 modules are imported when a report is written, so the CLI can list the formats cheaply.
 
@@ -34,8 +38,12 @@ class Written:
 
 
 def write_report(build_dir: Path, out_dir: Path, names: list[str] | None = None,
-                 not_run: Iterable[str] = (), formats: Iterable[str] | None = None) -> Written:
-    """The named models' reports into `out_dir`, in `formats` (names in FORMATS; default: all)."""
+                 not_run: Iterable[str] = (), formats: Iterable[str] | None = None,
+                 baseline: tuple[str, dict[str, Any]] | None = None) -> Written:
+    """The named models' reports into `out_dir`, in `formats` (names in FORMATS; default: all).
+
+    `baseline` (description, summary), as `bmbuild diff` resolves it: the summary then carries,
+    per model, the baseline's metrics, their changes and the changed parameters (bmbuild.diff)."""
     from bmbuild.atomic import atomic_write_bytes
     from bmbuild.errors import BmbuildError
     from bmbuild.report.collect import collect, report_files
@@ -44,6 +52,11 @@ def write_report(build_dir: Path, out_dir: Path, names: list[str] | None = None,
     if not files:
         raise BmbuildError(f"no report.json below {build_dir}: run `bmbuild run` first")
     summary = collect(files, not_run)
+    if baseline is not None:
+        from bmbuild.diff import diff_summaries
+
+        source, base = baseline
+        summary["baseline"] = {"source": source, "models": {row["name"]: row for row in diff_summaries(base, summary)}}
     paths = {}
     for kind in formats or FORMATS:
         paths[kind] = out_dir / FORMATS[kind].filename

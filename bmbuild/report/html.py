@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from bmbuild.diff import METRICS, fmt_value
 from bmbuild.pipeline import INT8_STAGES, PIPELINE_ORDER, StageName
 from bmbuild.report.collect import (BLOCKED, EXECUTED, FAILED, OK_OUTCOMES, RESTORED, UP_TO_DATE, ModelStatus,
                                     stage_order)
@@ -63,6 +64,8 @@ details { margin:8px 0; } summary { cursor:pointer; font-weight:600; }
 .chart .bar:hover .v { fill:#0550ae; } .chart .bar:hover .hit { fill:rgba(9,105,218,0.08); }
 .worst { color:var(--muted); font-size:12px; margin:4px 0 0; }
 footer { color:var(--muted); font-size:12px; margin-top:32px; }
+table.baseline { width:auto; min-width:520px; margin-top:10px; }
+td.better { color:var(--ok); } td.worse { color:var(--bad); }
 """
 
 
@@ -70,6 +73,7 @@ def html_page(summary: dict[str, Any]) -> str:
     """The whole report as one HTML document with no external resources."""
     totals = summary["totals"]
     stages = totals["stages"]
+    baseline = summary.get("baseline") or {"source": "", "models": {}}
     cards = [
         (f"{totals['passed']}/{totals['models']}", "models passed"),
         (str(totals[ModelStatus.FAILED.value]), "models failed"),
@@ -81,15 +85,16 @@ def html_page(summary: dict[str, Any]) -> str:
     ]
     body = [
         tag("h1", "bmbuild report"),
-        tag("p", f"{totals['models']} model(s) · generated {summary['generated']} · bmbuild {summary['bmbuild']}",
-            class_="sub"),
+        tag("p", f"{totals['models']} model(s) · generated {summary['generated']} · bmbuild {summary['bmbuild']}"
+            + (f" · baseline: {baseline['source']}" if baseline["source"] else ""), class_="sub"),
         tag("div", *(tag("div", tag("b", value), tag("span", label), class_="card") for value, label in cards),
             class_="cards"),
         tag("h2", "Models"),
         models_table(summary["models"]),
         legend(),
         tag("h2", "Details"),
-        *(model_section(i, m) for i, m in enumerate(summary["models"])),
+        *(model_section(i, m, baseline["models"].get(m["name"]) if baseline["source"] else None)
+          for i, m in enumerate(summary["models"])),
         tag("footer", "Made by bmbuild from build/<recipe>/report.json. Per-layer plots: cosine "
                       "similarity of each int8 tensor with its fp32 twin, in graph order; hover a bar "
                       "for the layer."),
@@ -174,7 +179,7 @@ def legend() -> Markup:
                class_="legend")
 
 
-def model_section(index: int, model: dict[str, Any]) -> Markup:
+def model_section(index: int, model: dict[str, Any], baseline: dict[str, Any] | None = None) -> Markup:
     status_class = model["status"].replace(" ", "-")
     meta = [f"{k}: {model[k]}" for k in ("recipe", "toolchain", "target", "prec") if model.get(k)]
     if model.get("batch_sizes"):
@@ -187,6 +192,8 @@ def model_section(index: int, model: dict[str, Any]) -> Markup:
         parts.append(tag("p", model["note"]))
         return tag("section", *parts, class_="model", id=_anchor(index, model["name"]))
     parts.append(stage_table(model))
+    if baseline is not None:
+        parts.append(baseline_table(model["name"], baseline))
     accuracy = model.get("accuracy")
     if accuracy:
         parts.append(tag("p", f"accuracy ({accuracy.get('metric', '')}, {accuracy.get('samples', '?')} samples): "
@@ -206,6 +213,47 @@ def model_section(index: int, model: dict[str, Any]) -> Markup:
                                                       if stage["log_tail"] else "")),
                          open=True))
     return tag("section", *parts, class_="model", id=_anchor(index, model["name"]))
+
+
+HIGHER_IS_BETTER = ("fp32.", "int8.", "accuracy.")  # similarity and accuracy; sizes are neither
+
+
+def _baseline_value(key: str, value: Any, digits: int, signed: bool = False) -> str:
+    if value is None:
+        return "–"
+    if key.startswith("size."):
+        return f"{value:+,.0f} B" if signed else fmt_bytes(int(value))
+    return f"{value:+,.{digits}f}" if signed else fmt_value(value, digits)
+
+
+def baseline_table(name: str, row: dict[str, Any]) -> Markup:
+    """This model next to the baseline: each metric (baseline, current, change) and each changed parameter."""
+    status = row["status"]
+    if status["old"] is None:
+        return tag("p", "not in the baseline", class_="meta baseline-absent")
+    rows = []
+    if status["old"] != status["new"]:
+        rows.append(tag("tr", tag("td", "status"), tag("td", status["old"]), tag("td", status["new"] or "–"),
+                        tag("td", "")))
+    for key, label, digits in METRICS:
+        values = row["metrics"].get(key)
+        if values is None:
+            continue
+        change = values["change"]
+        trend = None
+        if change and key.startswith(HIGHER_IS_BETTER):
+            trend = "n better" if change > 0 else "n worse"
+        rows.append(tag("tr", tag("td", label), tag("td", _baseline_value(key, values["old"], digits), class_="n"),
+                        tag("td", _baseline_value(key, values["new"], digits), class_="n"),
+                        tag("td", _baseline_value(key, change, digits, signed=True), class_=trend or "n"),
+                        data_metric=key))
+    for key, values in row["params"].items():
+        rows.append(tag("tr", tag("td", f"param {key}"), tag("td", fmt_value(values["old"], 6), class_="n mono"),
+                        tag("td", fmt_value(values["new"], 6), class_="n mono"), tag("td", "changed"),
+                        data_param=key))
+    head = tag("thead", tag("tr", *(tag("th", h, class_=c) for h, c in (
+        ("vs baseline", None), ("baseline", "n"), ("current", "n"), ("change", "n")))))
+    return tag("table", head, tag("tbody", *rows), class_="baseline", data_model=name)
 
 
 def stage_table(model: dict[str, Any]) -> Markup:
