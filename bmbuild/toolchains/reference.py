@@ -349,9 +349,9 @@ def quantize_steps(ctx: StageContext) -> list[Step]:
     target = ctx.out_dir / f"{recipe.name}.int8.onnx"
     kept = ", ".join(params["fp32_layers"]) or "none"
     return [InProcess(f"{INT8_MODULE}:quantize", {"model": model, "table": table, "target": target}, (target,),
-                      says=f"onnxruntime.quantization.quantize_static({quote(str(model))}, thresholds "
-                           f"{quote(str(table))}, QDQ, symmetric int8, per_channel={params['per_channel']}, "
-                           f"kept in fp32: {kept}) -> {quote(str(target))}")]
+                      says=f"QDQ int8 model of what the target runs in int8 (bmbuild.calib.qdq) from "
+                           f"{quote(str(model))}, thresholds {quote(str(table))}, per_channel="
+                           f"{params['per_channel']}, kept in fp32: {kept} -> {quote(str(target))}")]
 
 
 def int8_steps(ctx: StageContext) -> list[Step]:
