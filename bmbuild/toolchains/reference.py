@@ -27,7 +27,7 @@ IMPLEMENTATION_VERSION = "3"  # 3: eager export, batch axes, the deployable stor
 ORT_LEVELS = {0: "ORT_DISABLE_ALL", 1: "ORT_ENABLE_BASIC", 2: "ORT_ENABLE_EXTENDED"}
 
 
-def ort_session(path: Path, opt: int = 0, save_to: Path | None = None, disabled_optimizers: tuple[str, ...] = ()) -> Any:
+def ort_session(path: Path | bytes, opt: int = 0, save_to: Path | None = None, disabled_optimizers: tuple[str, ...] = ()) -> Any:
     """An onnxruntime CPU session at a bmnetp-style optimisation level (minus `disabled_optimizers`).
 
     QDQ pairs are never fused into onnxruntime's x86 int8 kernels: without VNNI those saturate
@@ -45,7 +45,7 @@ def ort_session(path: Path, opt: int = 0, save_to: Path | None = None, disabled_
         options.intra_op_num_threads = threads
     if save_to is not None:
         options.optimized_model_filepath = str(save_to)
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
+    return ort.InferenceSession(path if isinstance(path, bytes) else str(path), options, providers=["CPUExecutionProvider"],
                                 disabled_optimizers=list(disabled_optimizers) or None)
 
 
