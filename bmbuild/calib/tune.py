@@ -134,11 +134,11 @@ def _with_constant_producers(graph: GraphView, members: list[int]) -> list[int]:
     return sorted(needed)
 
 
-def distance(ref: np.ndarray, out: np.ndarray) -> float:
-    """`SimpleTuner.calc_distance`'s measure: ||ref - out||_2 / ||ref||_1."""
-    ref = ref.astype(np.float64).ravel()
-    norm = float(np.abs(ref).sum())
-    return float(np.linalg.norm(ref - out.astype(np.float64).ravel()) / norm) if norm > 0 else 0.0
+def distance(ref: np.ndarray, out: np.ndarray, norm: float | None = None) -> float:
+    """`SimpleTuner.calc_distance`'s measure: ||ref - out||_2 / ||ref||_1 (`norm`, if known)."""
+    if norm is None:
+        norm = float(np.abs(ref).sum(dtype=np.float64))
+    return float(np.linalg.norm((ref - out).ravel()) / norm) if norm > 0 else 0.0
 
 
 class Tuner:
@@ -160,9 +160,10 @@ class Tuner:
         for pair, sums in zip(self.pairs, self.sums):
             session = self.sessions[id(pair.consumer)]
             ref = values[pair.output]
+            norm = float(np.abs(ref).sum(dtype=np.float64))
             for i, threshold in enumerate(pair.candidates):
                 feeds = {name: import_quant_bias(values[name], float(threshold)) for name in pair.inputs}
-                sums[i] += distance(ref, session.run([pair.output], feeds)[0])
+                sums[i] += distance(ref, session.run([pair.output], feeds)[0], norm)
         self.samples += 1
 
     def thresholds(self, table: Mapping[str, tuple[float, float, float]]) -> dict[str, float]:

@@ -220,7 +220,7 @@ def tuned_rows(ctx: StageContext, model: Any, rows: dict[str, tuple[float, float
             yield values
 
     absmax = {name: collector[name].absmax for name in rows}
-    thresholds, pairs = tune(GraphView.of(model), rows, absmax, samples(), lambda model_bytes: ort_session(model_bytes))
+    thresholds, pairs = tune(GraphView.of(model), rows, absmax, samples(), lambda model_bytes: ort_session(model_bytes, threads=1))
     raised = [name for name in rows if thresholds[name] > rows[name][0]]
     ctx.log.info(f"threshold tuning (tpu-mlir's SimpleTuner, {len(refs)} samples): {pairs} tensor/consumer pairs "
                  f"scored, {len(raised)} thresholds raised")
