@@ -47,9 +47,9 @@ def test_tuning_raises_a_kl_threshold_that_hurts_its_consumer() -> None:
     table = collector.thresholds("kl")
     absmax = {name: collector[name].absmax for name in table}
     tune_set = {name: value[:5] for name, value in values.items()}
-    tuned, pairs = tune(GraphView.of(model), table, absmax, [tune_set], session_of)
+    tuned, pairs, failed = tune(GraphView.of(model), table, absmax, [tune_set], session_of)
     kl = table["x"][0]
-    assert pairs == 1 and kl < tuned["x"] <= absmax["x"]
+    assert pairs == 1 and not failed and kl < tuned["x"] <= absmax["x"]
     assert tuned["y"] == table["y"][0]  # a graph output has no consumer to tune against
 
     def error(threshold: float) -> float:
@@ -88,3 +88,21 @@ def test_pairs_follow_simple_tuner_order_and_keep_the_largest_threshold() -> Non
     assert tuned["x"] == pytest.approx(pairs[1].candidates[7])  # the larger of Conv1's and Conv2's
     assert tuned["a"] == tuned["b"] == 1.0 and tuned["c"] == 1.0
     assert isinstance(pairs[0], Pair)
+
+
+def test_a_consumer_onnxruntime_cannot_run_is_skipped_and_named() -> None:
+    """A layer that cannot run on its own leaves its tensors' kl thresholds alone: no crash."""
+    from onnx import helper
+
+    from bmbuild.calib.qdq import GraphView
+    from bmbuild.calib.tune import tune
+
+    model = model_of([helper.make_node("Exp", ["x"], ["y"])], {"x": 4}, {"y": 4}, {})
+    table = {"x": (1.0, -2.0, 2.0), "y": (7.0, 0.1, 7.4)}
+
+    def broken(model_bytes: bytes) -> Any:
+        raise RuntimeError("cannot load this op")
+
+    tuned, pairs, failed = tune(GraphView.of(model), table, {"x": 2.0, "y": 7.4}, [], broken)
+    assert tuned == {"x": 1.0, "y": 7.0} and pairs == 0
+    assert failed == {"y": "RuntimeError: cannot load this op"}

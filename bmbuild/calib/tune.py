@@ -142,50 +142,67 @@ def distance(ref: np.ndarray, out: np.ndarray, norm: float | None = None) -> flo
 
 
 class Tuner:
-    """Accumulates each pair's distances over the tune samples, then picks the thresholds."""
+    """Accumulates each pair's distances over the tune samples, then picks the thresholds.
+
+    A consumer that onnxruntime cannot run on its own (an op it cannot load cut out of its graph,
+    a shape it cannot take) is not a failure of calibration: its pairs are dropped, named in
+    `failed`, and their tensors keep the thresholds they have."""
 
     def __init__(self, graph: GraphView, pairs: list[Pair], session_of: Any):
-        self.pairs = pairs
-        self.sums = [np.zeros(len(p.candidates)) for p in pairs]
-        self.samples = 0
-        sessions: dict[int, Any] = {}
+        self.sessions: dict[int, Any] = {}
+        self.failed: dict[str, str] = {}
         for pair in pairs:
             key = id(pair.consumer)
-            if key not in sessions:
-                sessions[key] = session_of(layer_model(graph, pair).SerializeToString())
-        self.sessions = sessions
+            if key not in self.sessions and pair.output not in self.failed:
+                try:
+                    self.sessions[key] = session_of(layer_model(graph, pair).SerializeToString())
+                except Exception as exc:  # onnxruntime's errors have no common base class
+                    self.failed[pair.output] = f"{type(exc).__name__}: {str(exc)[:200]}"
+        self.pairs = [p for p in pairs if id(p.consumer) in self.sessions]
+        self.sums = [np.zeros(len(p.candidates)) for p in self.pairs]
 
     def add(self, values: Mapping[str, np.ndarray]) -> None:
         """One tune sample (batch): every tensor's fp32 value."""
         for pair, sums in zip(self.pairs, self.sums):
-            session = self.sessions[id(pair.consumer)]
-            ref = values[pair.output]
-            norm = float(np.abs(ref).sum(dtype=np.float64))
-            for i, threshold in enumerate(pair.candidates):
-                feeds = {name: import_quant_bias(values[name], float(threshold)) for name in pair.inputs}
-                sums[i] += distance(ref, session.run([pair.output], feeds)[0], norm)
-        self.samples += 1
+            if pair.output in self.failed:
+                continue
+            try:
+                sums += self._distances(pair, values)
+            except Exception as exc:
+                self.failed[pair.output] = f"{type(exc).__name__}: {str(exc)[:200]}"
+
+    def _distances(self, pair: Pair, values: Mapping[str, np.ndarray]) -> np.ndarray:
+        session = self.sessions[id(pair.consumer)]
+        ref = values[pair.output]
+        norm = float(np.abs(ref).sum(dtype=np.float64))
+        found = np.empty(len(pair.candidates))
+        for i, threshold in enumerate(pair.candidates):
+            feeds = {name: import_quant_bias(values[name], float(threshold)) for name in pair.inputs}
+            found[i] = distance(ref, session.run([pair.output], feeds)[0], norm)
+        return found
 
     def thresholds(self, table: Mapping[str, tuple[float, float, float]]) -> dict[str, float]:
         """Tensor -> tuned threshold: the first lowest-distance candidate of each pair, the
         largest over a tensor's pairs and never below its kl threshold."""
         tuned = {name: float(row[0]) for name, row in table.items()}
         for pair, sums in zip(self.pairs, self.sums):
-            best = float(pair.candidates[int(np.argmin(sums))])
-            tuned[pair.tensor] = max(tuned[pair.tensor], best)
+            if pair.output not in self.failed:
+                tuned[pair.tensor] = max(tuned[pair.tensor], float(pair.candidates[int(np.argmin(sums))]))
         return tuned
 
 
 def tune(graph: GraphView, table: Mapping[str, tuple[float, float, float]], absmax: Mapping[str, float],
-         samples: Iterable[Mapping[str, np.ndarray]], session_of: Any) -> tuple[dict[str, float], int]:
-    """The tuned threshold of every tensor in `table` and the number of pairs scored.
+         samples: Iterable[Mapping[str, np.ndarray]], session_of: Any) -> tuple[dict[str, float], int, dict[str, str]]:
+    """The tuned threshold of every tensor in `table`, the number of pairs scored, and the
+    consumers (by output) that could not be run, with why.
 
     `samples` yields every tensor's fp32 value per tune sample; `session_of(model_bytes)` makes
     an onnxruntime session."""
     pairs = tune_pairs(graph, table, absmax)
     if not pairs:
-        return {name: float(row[0]) for name, row in table.items()}, 0
+        return {name: float(row[0]) for name, row in table.items()}, 0, {}
     tuner = Tuner(graph, pairs, session_of)
     for values in samples:
         tuner.add(values)
-    return tuner.thresholds(table), len(pairs)
+    scored = sum(1 for pair in tuner.pairs if pair.output not in tuner.failed)
+    return tuner.thresholds(table), scored, tuner.failed

@@ -220,7 +220,10 @@ def tuned_rows(ctx: StageContext, model: Any, rows: dict[str, tuple[float, float
             yield values
 
     absmax = {name: collector[name].absmax for name in rows}
-    thresholds, pairs = tune(GraphView.of(model), rows, absmax, samples(), lambda model_bytes: ort_session(model_bytes, threads=1))
+    thresholds, pairs, failed = tune(GraphView.of(model), rows, absmax, samples(),
+                                     lambda model_bytes: ort_session(model_bytes, threads=1))
+    for output, reason in failed.items():
+        ctx.log.info(f"warning: threshold tuning skips the layer writing {output!r} ({reason})")
     raised = [name for name in rows if thresholds[name] > rows[name][0]]
     ctx.log.info(f"threshold tuning (tpu-mlir's SimpleTuner, {len(refs)} samples): {pairs} tensor/consumer pairs "
                  f"scored, {len(raised)} thresholds raised")
