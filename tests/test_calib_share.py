@@ -22,19 +22,20 @@ def graph_of(nodes: list[Any], inputs: list[str], outputs: list[str]) -> Any:
 
 
 def test_relu_input_used_once_is_quantized_with_the_relu_range() -> None:
-    """Add -> Relu -> Conv: tpu-mlir fuses the Relu into the Add (BackwardCalibartion<Relu>), so
-    the sum is uint8 over the Relu's range instead of int8 over its own signed range."""
+    """AveragePool -> Relu -> Conv (an op tpu-mlir does not fuse a Relu into): its
+    BackwardCalibartion<Relu> gives the pooled tensor the Relu's range, uint8, instead of int8 over
+    its own signed range."""
     from onnx import helper
 
     from bmbuild.calib.qdq import plan
 
-    graph = graph_of([helper.make_node("Add", ["x1", "x2"], ["s"]), helper.make_node("Relu", ["s"], ["r"]),
-                      helper.make_node("Conv", ["r", "w0"], ["y"])], ["x1", "x2"], ["y"])
-    table = {"x1": (2.0, -2.0, 2.0), "x2": (2.0, -2.0, 2.0), "s": (3.0, -4.0, 3.5), "r": (2.5, 0.0, 3.5),
-             "y": (5.0, -6.0, 6.0)}
+    graph = graph_of([helper.make_node("AveragePool", ["x"], ["s"], kernel_shape=[2, 2]),
+                      helper.make_node("Relu", ["s"], ["r"]), helper.make_node("Conv", ["r", "w0"], ["y"])],
+                     ["x"], ["y"])
+    table = {"x": (2.0, -2.0, 2.0), "s": (3.0, -4.0, 3.5), "r": (2.5, 0.0, 3.5), "y": (5.0, -6.0, 6.0)}
     tensors = plan(graph, table, "BM1684X").tensors
     assert tensors["s"] == tensors["r"] and tensors["s"].unsigned and tensors["s"].scale == 2.5 / 255
-    assert tensors["x1"].scale == 2.0 / 127  # inputs of the Add keep their own
+    assert tensors["x"].scale == 2.0 / 127  # the pool's input keeps its own
 
 
 def test_concat_inputs_share_the_concat_range_and_a_shared_relu_input_is_not_changed() -> None:

@@ -32,6 +32,12 @@ DEQUANT_SUFFIX = "_DequantizeLinear_Output"
 QUANT_SUFFIX = "_QuantizeLinear_Output"
 _ABSORBED_AFTER_WEIGHTS = frozenset({"BatchNormalization", "Add", "Mul", "Relu", "Clip"})
 _ACTIVATIONS = frozenset({"Relu", "Clip"})
+# tpu-mlir's Top canonicalizer folds a Relu (a Clip from 0 is a Relu with relu_limit) into the op
+# before it when that op has the SupportFuseRelu trait and its output has no other use
+# (lib/Dialect/Top/Canonicalize/Relu.cpp, TopFuseRelu; TopOps.td marks Add, Sub, Mul, BatchNorm,
+# Scale, Conv, MatMul, ...): a residual sum is never held in int8 before its Relu, only after,
+# as an unsigned tensor with all 256 levels. Ops with weights are grouped in `_weighted_layers`.
+_FUSES_RELU = frozenset({"Add", "Sub", "Mul", "BatchNormalization"})
 
 
 @dataclass
@@ -120,7 +126,7 @@ class Layer:
 def layers(graph: GraphView, chip: str, fp32_nodes: set[str] = frozenset()) -> list[Layer]:
     """Group the graph's nodes into the target's ops, in graph order."""
     taken: dict[int, Layer] = {}
-    for finder in (_norm_layers, _weighted_layers, _lut_layers):
+    for finder in (_norm_layers, _weighted_layers, _fused_relu_layers, _lut_layers):
         for layer in finder(graph, taken, chip):
             for index in layer.nodes:
                 taken[index] = layer
@@ -206,6 +212,37 @@ def _weighted_layers(graph: GraphView, taken: Mapping[int, Layer], chip: str) ->
         label = "+".join(graph.nodes[i].op_type for i in group)
         found.append(Layer(group, _single_kind(graph, index, chip), label))
     return found
+
+
+def _fused_relu_layers(graph: GraphView, taken: Mapping[int, Layer], chip: str) -> list[Layer]:
+    """An Add/Sub/Mul of two tensors, or a BatchNorm, and the Relu (or Clip from 0) that is the
+    only reader of its output: one int8 op, as tpu-mlir fuses them (`_FUSES_RELU`)."""
+    found = []
+    for index, node in enumerate(graph.nodes):
+        if node.op_type not in _FUSES_RELU or index in taken or not node.output:
+            continue
+        if node.op_type != "BatchNormalization" and len(graph.variable_inputs(index)) != 2:
+            continue  # one constant operand: part of a HardSwish-like chain, a lookup table
+        out = node.output[0]
+        users = graph.consumers.get(out, [])
+        if len(users) != 1 or out in graph.outputs or users[0] in taken or not _is_relu(graph, users[0]):
+            continue
+        if _single_kind(graph, index, chip) is Kind.INT8:
+            found.append(Layer([index, users[0]], Kind.INT8, f"{node.op_type}+{graph.nodes[users[0]].op_type}"))
+    return found
+
+
+def _is_relu(graph: GraphView, index: int) -> bool:
+    """A Relu, or a Clip whose lower bound is 0 (tpu-mlir's Relu with a relu_limit)."""
+    node = graph.nodes[index]
+    if node.op_type == "Relu":
+        return True
+    if node.op_type != "Clip":
+        return False
+    if len(node.input) > 1 and node.input[1]:
+        low = graph.constants.get(node.input[1])
+        return low is not None and float(np.ravel(low)[0]) == 0.0
+    return float(_attr(node, "min", float("-inf"))) == 0.0
 
 
 def _lut_layers(graph: GraphView, taken: Mapping[int, Layer], chip: str) -> list[Layer]:
@@ -435,8 +472,8 @@ def shared_table(graph: GraphView, table: Mapping[str, Row], chip: str) -> dict[
     for index, node in enumerate(graph.nodes):
         if node.op_type in _MULTI_IN:
             _share_multi_input(graph, rows, index)
-    for node in graph.nodes:
-        op = _relu_alias(graph, node)
+    for index, node in enumerate(graph.nodes):
+        op = _range_op(graph, index)
         if op in _BACKWARD | _BACKWARD_KEEP_SIGN and node.input and node.output[0] in rows \
                 and node.input[0] in rows and _single_use(graph, node.input[0]):
             threshold, low, high = rows[node.output[0]]
@@ -450,21 +487,15 @@ def shared_table(graph: GraphView, table: Mapping[str, Row], chip: str) -> dict[
                     i in rows and _producer_op(graph, i, ("Mul",)) is not None and _single_use(graph, i) for i in ins):
                 for name in ins:
                     _set_backward(graph, rows, name, rows[node.output[0]])
-    for node in graph.nodes:
-        if _relu_alias(graph, node) in _FORWARD and node.input and node.input[0] in rows and node.output[0] in rows:
+    for index, node in enumerate(graph.nodes):
+        if _range_op(graph, index) in _FORWARD and node.input and node.input[0] in rows and node.output[0] in rows:
             rows[node.output[0]] = rows[node.input[0]]
     return rows
 
 
-def _relu_alias(graph: GraphView, node: Any) -> str:
-    """The op type as tpu-mlir imports it: Clip with a lower bound of 0 is a Relu (with a limit)."""
-    if node.op_type != "Clip":
-        return node.op_type
-    low = _attr(node, "min", None)
-    if low is None and len(node.input) > 1 and node.input[1]:
-        value = graph.constants.get(node.input[1])
-        low = None if value is None or np.size(value) != 1 else float(np.ravel(value)[0])
-    return "Relu" if low == 0.0 else "Clip"
+def _range_op(graph: GraphView, index: int) -> str:
+    """The op type as tpu-mlir imports it: a Clip from 0 is a Relu (with a relu_limit)."""
+    return "Relu" if _is_relu(graph, index) else graph.nodes[index].op_type
 
 
 def _single_use(graph: GraphView, tensor: str) -> bool:
