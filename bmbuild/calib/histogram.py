@@ -35,6 +35,7 @@ class TensorStats:
         self.count = 0
         self.min = math.inf
         self.max = -math.inf
+        self.zeros = 0  # exact zeros, which tpu-mlir leaves out of its histogram
 
     @property
     def absmax(self) -> float:
@@ -73,6 +74,7 @@ class TensorStats:
             raise ValueError(f"{int((~np.isfinite(x)).sum())} non-finite values (NaN/inf)")
         self.min, self.max = min(self.min, lo), max(self.max, hi)
         self.count += x.size
+        self.zeros += x.size - int(np.count_nonzero(x))
         amax = max(-lo, hi)
         if amax > self.hi:
             self._grow(amax)
@@ -96,6 +98,7 @@ class TensorStats:
             "absmax": self.absmax,
             "bins": self.bins,
             "hist_range": self.hi,
+            "zeros": self.zeros,
         }
         if histogram:
             d["hist"] = self.hist.tolist()
@@ -111,6 +114,7 @@ class TensorStats:
         stats.hist = hist
         stats.hi = float(d["hist_range"])
         stats.count = int(d["count"])
+        stats.zeros = min(max(int(d.get("zeros", 0)), 0), stats.count)
         if stats.count:
             stats.min, stats.max = float(d["min"]), float(d["max"])
         return stats

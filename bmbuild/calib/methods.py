@@ -15,8 +15,7 @@ from bmbuild.calib.histogram import TensorStats
 from bmbuild.calib.registry import METHOD_NAMES
 
 TINY = 1e-8
-QUANT_LEVELS = 128  # positive half of int8, as in TensorRT's entropy calibration
-KL_GRID = 256  # candidates tried before the search narrows to single bins
+QUANT_LEVELS = 128  # positive half of int8: kl's levels (tpu-mlir's dst_bins)
 METHODS = METHOD_NAMES  # the registry (bmbuild.calib.registry): recipes, schema and keys read it
 
 
@@ -47,92 +46,6 @@ def percentile(stats: TensorStats, p: float = 99.99) -> float:
 
 
 _percentile = percentile  # compute_threshold's `percentile` argument shadows the function
-
-
-def _smooth(d: np.ndarray, eps: float = 1e-4) -> np.ndarray:
-    """Give zero bins eps, taken evenly from the nonzero ones (total unchanged), as TensorRT and
-    MXNet do; eps shrinks when the nonzero bins are too small to give it."""
-    nz = d > 0
-    n_nz = int(nz.sum())
-    n_zero = d.size - n_nz
-    if n_zero == 0 or n_nz == 0:
-        return d
-    eps = min(eps, 0.5 * float(d[nz].min()) * n_nz / n_zero)
-    return np.where(nz, d - eps * n_zero / n_nz, eps)
-
-
-def kl(stats: TensorStats) -> float:
-    """TensorRT-style entropy calibration (as in TensorRT's description and MXNet's code).
-
-    For each candidate i in [128, bins]: the reference P = hist[:i] with the outliers
-    sum(hist[i:]) added to its last bin; the candidate Q = hist[:i] (without the outliers, which
-    is what penalises clipping) merged into 128 levels (the last level absorbs the remainder)
-    and spread back evenly over the bins where P is nonzero (zero bins stay zero). Both are
-    eps-smoothed so that Q has no zero where P has mass, normalised, and KL(P||Q) computed.
-    Returns (i* + 0.5) * bin_width for the minimising i*, capped at the |x| max. Candidates stop
-    at the last nonzero bin: wider ones only quantize the same P more coarsely.
-    """
-    if stats.bins < QUANT_LEVELS:
-        raise ValueError(f"kl needs at least {QUANT_LEVELS} bins, the histogram has {stats.bins}")
-    if stats.hi == 0.0:
-        return TINY
-    hist = stats.hist.astype(np.float64)
-    # The first bin holds every exact zero (half of a ReLU output). Left in, its spike is
-    # smeared over the first merged level and drives the search towards tiny thresholds
-    # (1.87 sigma on a ReLU'd Gaussian); NVIDIA's entropy calibrator flattens it the same way.
-    if hist.size > 1:
-        hist[0] = hist[1]
-    tail = np.concatenate([np.cumsum(hist[::-1])[::-1], [0.0]])  # tail[i] = sum(hist[i:])
-    # A candidate that clips most values is not an outlier cut, and on sparse data it is
-    # degenerate: below the first nonzero bin P and Q are the same one-bin spike (KL = 0), so
-    # 160 logits far from zero were clipped to their smallest |x|. Keep at least half in range.
-    half = 0.5 * tail[0]
-    last = int(np.flatnonzero(hist)[-1]) + 1
-    stop = min(stats.bins, max(last, QUANT_LEVELS))
-    positions = np.arange(stats.bins)
-    ids_by_merge: dict[int, np.ndarray] = {}
-    scores: dict[int, float] = {}
-
-    def divergence(i: int) -> float:
-        """KL(P||Q) of candidate i (inf when Q is empty)."""
-        if i in scores:
-            return scores[i]
-        sliced = hist[:i]
-        p = sliced.copy()
-        p[-1] += tail[i]
-        merge = i // QUANT_LEVELS
-        ids = ids_by_merge.get(merge)
-        if ids is None:
-            ids = ids_by_merge[merge] = np.minimum(positions // merge, QUANT_LEVELS - 1)
-        ids = ids[:i]
-        nz = p > 0
-        level_sum = np.bincount(ids, weights=sliced, minlength=QUANT_LEVELS)
-        level_nz = np.bincount(ids, weights=nz, minlength=QUANT_LEVELS)
-        q = np.zeros(i)
-        q[nz] = level_sum[ids[nz]] / level_nz[ids[nz]]
-        if not q.any():
-            scores[i] = math.inf
-            return math.inf
-        ps, qs = _smooth(p), _smooth(q)
-        ps /= ps.sum()
-        qs /= qs.sum()
-        mask = ps > 0
-        scores[i] = float(np.sum(ps[mask] * np.log(ps[mask] / qs[mask])))
-        return scores[i]
-
-    candidates = [i for i in range(QUANT_LEVELS, stop + 1) if tail[i] <= half]
-    if not candidates:
-        return _finish((stop + 0.5) * stats.bin_width, stats)
-    # Every candidate costs O(bins): search a grid of them, then every bin around the best
-    # (7x fewer evaluations at 2048 bins; the divergence varies smoothly between neighbours).
-    step = max(1, len(candidates) // KL_GRID)
-    grid = candidates[::step] + [candidates[-1]]
-    best = min(grid, key=lambda i: (divergence(i), i))
-    at = candidates.index(best)
-    best_i = min(candidates[max(0, at - step): at + step + 1], key=lambda i: (divergence(i), i))
-    if math.isinf(divergence(best_i)):
-        best_i = stop
-    return _finish((best_i + 0.5) * stats.bin_width, stats)
 
 
 def _rounding_integral(u: np.ndarray) -> np.ndarray:
@@ -183,19 +96,59 @@ def mse(stats: TensorStats, candidates: int = 2048) -> float:
     return _finish(float(fine[int(np.argmin(expected_error(stats, fine)))]), stats)
 
 
-def kl_checked(stats: TensorStats) -> float:
-    """kl, unless clipping there costs more than not clipping at all (|x| max).
+def tpu_mlir_histogram(stats: TensorStats) -> tuple[np.ndarray, float]:
+    """The histogram tpu-mlir's kl reads, rebuilt from the streaming one: counts of the nonzero
+    |x| (exact zeros left out) in `stats.bins` bins of width |x| max / (bins - 1), value v in bin
+    floor(v / width + 0.5) (tpu-mlir 1.30.2 `calibration/cali_math.py` `CaliMathCpu.histogram`),
+    padded with empty bins to a multiple of 128 (`kld_calibrator.py` `find_threshold`).
 
-    KL divergence judges the shape of a histogram, and on a tensor with few values (a pooled
-    vector, a gate) it cuts real values as outliers. tpu-mlir tunes each kl threshold against
-    the error it causes (its SimpleTuner, on samples); here the check is the expected squared
-    error on the calibration histogram, which keeps kl wherever its clipping pays off.
+    tpu-mlir sets the width from the first sample's |x| max and appends bins when a later sample
+    goes further (`combine_histogram`); here the width is set as if the first sample held the
+    largest value. The streaming bins are spread evenly over the bins they overlap."""
+    bins = stats.bins
+    width = stats.absmax / (bins - 1)
+    counts = stats.hist.astype(np.float64)
+    counts[0] = max(counts[0] - stats.zeros, 0.0)
+    below = np.concatenate([[0.0], np.cumsum(counts)])  # nonzero values below each streaming edge
+    cuts = (np.arange(bins + 1) - 0.5) * width
+    cuts[0] = 0.0
+    cumulative = np.interp(cuts, np.arange(stats.bins + 1) * stats.bin_width, below)
+    cumulative[-1] = below[-1]
+    hist = np.diff(cumulative)
+    return np.concatenate([hist, np.zeros(-bins % QUANT_LEVELS)]), width
+
+
+def kl_tpu_mlir(stats: TensorStats) -> float:
+    """tpu-mlir's kl threshold: `kl_diversity_hist` (its `calibration_math.cpp`, loaded by
+    `kld_calibrator.py`) on `tpu_mlir_histogram`, capped at |x| max (`calibration_result.canonicalize`).
+
+    The candidates are every 128th bin i. P is hist[:i] with the values beyond added to its last
+    bin, over all nonzero values; Q merges hist[:i] into 128 levels, spreads each level evenly
+    over its nonempty bins and divides by sum(hist[:i]) (so Q lacks the clipped values); KL(P||Q)
+    in log10 with 1e-30 for empty bins, no smoothing. The threshold is width * i of the first
+    smallest KL. On smooth distributions (Gaussian, Laplacian) this keeps about the whole range,
+    and the threshold tuning (`bmbuild.calib.tune`) then only moves it within [kl, |x| max].
     """
-    t = kl(stats)
-    if stats.hi == 0.0:
-        return t
-    errors = expected_error(stats, np.asarray([t, stats.absmax]))
-    return t if errors[0] <= errors[1] else _finish(stats.absmax, stats)
+    if stats.hi == 0.0 or stats.count <= stats.zeros:
+        return _finish(stats.absmax, stats)
+    hist, width = tpu_mlir_histogram(stats)
+    total = hist.sum()
+    tails = np.concatenate([np.cumsum(hist[::-1])[::-1], [0.0]])
+    best, best_i = math.inf, hist.size
+    for i in range(QUANT_LEVELS, hist.size + 1, QUANT_LEVELS):
+        kept = total - tails[i]
+        if not kept > 0:
+            continue  # every value beyond the candidate: Q is empty (NaN in the C code, never chosen)
+        p = hist[:i] / total
+        p[-1] += tails[i] / total
+        blocks = hist[:i].reshape(QUANT_LEVELS, -1)
+        filled = blocks > 0
+        level = blocks.sum(axis=1) / np.maximum(filled.sum(axis=1), 1) / kept
+        q = np.where(filled, level[:, None], 0.0).ravel()
+        divergence = float(np.sum(p * (np.log10(p + 1e-30) - np.log10(q + 1e-30))))
+        if divergence < best:
+            best, best_i = divergence, i
+    return _finish(width * best_i, stats)
 
 
 def compute_threshold(stats: TensorStats, method: str = "kl", percentile: float = 99.99) -> float:
@@ -212,7 +165,7 @@ def compute_threshold(stats: TensorStats, method: str = "kl", percentile: float 
 THRESHOLDS: dict[str, Callable[[TensorStats, float], float]] = {
     "minmax": lambda stats, percentile: minmax(stats),
     "percentile": lambda stats, percentile: _percentile(stats, percentile),
-    "kl": lambda stats, percentile: kl_checked(stats),
+    "kl": lambda stats, percentile: kl_tpu_mlir(stats),
     "mse": lambda stats, percentile: mse(stats),
 }
 

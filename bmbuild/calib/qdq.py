@@ -413,9 +413,10 @@ def plan(graph: GraphView, table: Mapping[str, tuple[float, float, float]], chip
                     wanted.setdefault(name, node.op_type if node.op_type in SATURATING else "")
             if node.op_type in WEIGHTED and len(node.input) > 1 and node.input[1] in graph.constants \
                     and graph.constants[node.input[1]] is not None:
-                result.weights[node.input[1]] = _weight_axis(graph, node, per_channel)
+                result.weights[node.input[1]] = weight_axis(graph, node, per_channel)
     kinds = {index: layer.kind for layer in grouped for index in layer.nodes}
     lut_asymmetric = _asymmetric_tensors(graph, grouped, chip)
+    table = shared_table(graph, table, chip)
     for name in _tensors_in_order(graph):
         if name not in wanted:
             continue
@@ -442,6 +443,92 @@ def plan(graph: GraphView, table: Mapping[str, tuple[float, float, float]], chip
             continue
         result.tensors[name] = TensorQuant(threshold / (255.0 if unsigned else 127.0), unsigned)
     return result
+
+
+# --- thresholds the target shares between tensors --------------------------------------------
+# tpu-mlir's lowering (`lib/Conversion/TopToTpu/TopToTpuPass.cpp`, `ConvertTopToTpu::
+# calibration_process`) rewrites the calibrated ranges before it quantizes: `BackwardMutiInSingleOut`
+# gives the inputs of a Concat/Min/Max the output's range, `BackwardCalibartion` gives the input of
+# a Relu/MaxPool/DepthToSpace/Abs (PRelu/LeakyRelu: keeping the input's sign) the output's range,
+# `BackwardAddThToMuls` (BM1684X) gives Mul outputs summed by an Add the Add's range, each only when
+# that input has no other user; then `ForwardCalibartion` gives a Relu/MaxPool/LeakyRelu/PRelu/Abs
+# output its input's range. A range set backwards on a Reshape/Transpose/DepthToSpace output goes to
+# its input too (`Backward`). Relu here includes Clip(0, x), which tpu-mlir imports as a Relu.
+_BACKWARD = frozenset({"Relu", "MaxPool", "DepthToSpace", "Abs"})
+_BACKWARD_KEEP_SIGN = frozenset({"LeakyRelu", "PRelu"})
+_FORWARD = frozenset({"Relu", "MaxPool", "LeakyRelu", "PRelu", "Abs"})
+_MULTI_IN = frozenset({"Concat", "Min", "Max"})
+_RESHAPES = frozenset({"Reshape", "Transpose", "DepthToSpace"})
+Row = tuple[float, float, float]
+
+
+def shared_table(graph: GraphView, table: Mapping[str, Row], chip: str) -> dict[str, Row]:
+    """The calibration table as the target sees it after sharing ranges (see above). A tensor a
+    saturating op makes keeps its whole range (no clipping) before it is shared."""
+    rows: dict[str, Row] = {}
+    for name, row in table.items():
+        threshold, low, high = (float(v) for v in row)
+        rows[name] = (max(abs(low), abs(high)), low, high) if _bounding_op(graph, name) else (threshold, low, high)
+    for index, node in enumerate(graph.nodes):
+        if node.op_type in _MULTI_IN:
+            _share_multi_input(graph, rows, index)
+    for index, node in enumerate(graph.nodes):
+        op = _range_op(graph, index)
+        if op in _BACKWARD | _BACKWARD_KEEP_SIGN and node.input and node.output[0] in rows \
+                and node.input[0] in rows and _single_use(graph, node.input[0]):
+            threshold, low, high = rows[node.output[0]]
+            if op in _BACKWARD_KEEP_SIGN:
+                low = rows[node.input[0]][1]
+            _set_backward(graph, rows, node.input[0], (threshold, low, high))
+    if chip == "BM1684X":
+        for node in graph.nodes:
+            ins = [i for i in node.input if i]
+            if node.op_type == "Add" and node.output[0] in rows and all(
+                    i in rows and _producer_op(graph, i, ("Mul",)) is not None and _single_use(graph, i) for i in ins):
+                for name in ins:
+                    _set_backward(graph, rows, name, rows[node.output[0]])
+    for index, node in enumerate(graph.nodes):
+        if _range_op(graph, index) in _FORWARD and node.input and node.input[0] in rows and node.output[0] in rows:
+            rows[node.output[0]] = rows[node.input[0]]
+    return rows
+
+
+def _range_op(graph: GraphView, index: int) -> str:
+    """The op type as tpu-mlir imports it: a Clip from 0 is a Relu (with a relu_limit)."""
+    return "Relu" if _is_relu(graph, index) else graph.nodes[index].op_type
+
+
+def _single_use(graph: GraphView, tensor: str) -> bool:
+    return tensor not in graph.outputs and len(graph.consumers.get(tensor, [])) == 1
+
+
+def _set_backward(graph: GraphView, rows: dict[str, Row], tensor: str, row: Row) -> None:
+    rows[tensor] = row
+    parent = _producer_op(graph, tensor, tuple(_RESHAPES))
+    if parent is not None and graph.nodes[parent].input[0] in rows:
+        rows[graph.nodes[parent].input[0]] = row
+
+
+def _share_multi_input(graph: GraphView, rows: dict[str, Row], index: int) -> None:
+    """`BackwardMutiInSingleOut`: inputs used only here (or by MaxPools too) take the output's range;
+    a Concat of signed and unsigned inputs keeps them apart, identical inputs set the output's."""
+    node = graph.nodes[index]
+    ins = graph.variable_inputs(index)
+    out = node.output[0]
+    if len(ins) < 2 or out not in rows or any(i not in rows for i in ins):
+        return
+    for name in ins:
+        others = [u for u in graph.consumers.get(name, []) if u != index]
+        if name in graph.outputs or any(graph.nodes[u].op_type != "MaxPool" for u in others):
+            return
+    signs = {rows[i][1] < 0 for i in ins}
+    if node.op_type == "Concat" and len(signs) > 1:
+        return
+    if len({(rows[i][0], rows[i][1] < 0) for i in ins}) == 1:
+        rows[out] = rows[ins[0]]
+        return
+    for name in ins:
+        _set_backward(graph, rows, name, rows[out])
 
 
 def asymmetric_quant(low: float, high: float) -> TensorQuant:
@@ -489,7 +576,7 @@ def _bounding_op(graph: GraphView, tensor: str) -> str:
     return op if op in SATURATING else ""
 
 
-def _weight_axis(graph: GraphView, node: Any, per_channel: bool) -> int | None:
+def weight_axis(graph: GraphView, node: Any, per_channel: bool) -> int | None:
     """Conv weights per output channel (tpu-mlir's default); Gemm/MatMul per tensor (its default
     `matmul_perchannel=False`)."""
     if not per_channel:
@@ -562,22 +649,35 @@ def _qdq_nodes(name: str, source: str, quant: TensorQuant, inits: list[Any]) -> 
                              name=f"{name}_DequantizeLinear")]
 
 
+def weight_codes(weight: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 codes of a weight and their scale (per tensor, or per slice of `axis`)."""
+    if axis is None:
+        scale = np.asarray(max(float(np.abs(weight).max()), 1e-12) / 127.0, dtype=np.float32)
+        return np.clip(np.rint(weight / scale), -127, 127).astype(np.int8), scale
+    moved = np.moveaxis(weight, axis, 0).reshape(weight.shape[axis], -1)
+    amax = np.abs(moved).max(axis=1)
+    scale = (np.where(amax > 0, amax, 1.0) / 127.0).astype(np.float32)
+    shape = [1] * weight.ndim
+    shape[axis] = -1
+    return np.clip(np.rint(weight / scale.reshape(shape)), -127, 127).astype(np.int8), scale
+
+
+def fake_quant_weight(weight: np.ndarray, axis: int | None) -> np.ndarray:
+    """The float value of a weight's int8 codes (what the int8 model computes with)."""
+    q, scale = weight_codes(weight, axis)
+    if axis is not None:
+        shape = [1] * weight.ndim
+        shape[axis] = -1
+        scale = scale.reshape(shape)
+    return (q.astype(np.float32) * scale).astype(np.float32)
+
+
 def _quantized_weight(name: str, weight: np.ndarray, axis: int | None, inits: list[Any]) -> Any:
     """int8 weight + scale (+ axis) -> a DequantizeLinear producing `name`_DequantizeLinear_Output."""
     from onnx import helper, numpy_helper
 
-    if axis is None:
-        scale = np.asarray(max(float(np.abs(weight).max()), 1e-12) / 127.0, dtype=np.float32)
-        q = np.clip(np.rint(weight / scale), -127, 127).astype(np.int8)
-        zero = np.asarray(0, dtype=np.int8)
-    else:
-        moved = np.moveaxis(weight, axis, 0).reshape(weight.shape[axis], -1)
-        amax = np.abs(moved).max(axis=1)
-        scale = (np.where(amax > 0, amax, 1.0) / 127.0).astype(np.float32)
-        shape = [1] * weight.ndim
-        shape[axis] = -1
-        q = np.clip(np.rint(weight / scale.reshape(shape)), -127, 127).astype(np.int8)
-        zero = np.zeros(scale.shape, dtype=np.int8)
+    q, scale = weight_codes(weight, axis)
+    zero = np.zeros(scale.shape, dtype=np.int8)
     inits += [numpy_helper.from_array(q, f"{name}_quantized"), numpy_helper.from_array(scale, f"{name}_scale"),
               numpy_helper.from_array(zero, f"{name}_zero_point")]
     kwargs = {"axis": axis} if axis is not None else {}

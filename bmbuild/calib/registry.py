@@ -21,7 +21,7 @@ class Method:
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("minmax", "max |x|"),
     Method("percentile", "percentile of |x|", ("percentile",)),
-    Method("kl", "TensorRT-style entropy calibration"),
+    Method("kl", "tpu-mlir's entropy calibration, then its threshold tuning"),
     Method("mse", "minimum expected squared quantization error"),
 )}
 METHOD_NAMES = tuple(METHODS)

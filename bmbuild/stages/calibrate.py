@@ -25,7 +25,7 @@ def _params(recipe: Recipe) -> dict[str, Any]:
 
 STAGE = Stage(
     name=StageName.CALIBRATE.value,
-    version="5",  # 5: the prepared (opset >= 13, basic-optimised) model; uncalibratable tensors skipped
+    version="7",  # 7: kl as tpu-mlir computes and tunes it (reference); 5: the prepared model, skipped tensors
     upstream=(StageName.COMPILE_FP32.value,),
     applies=is_int8,
     params=_params,

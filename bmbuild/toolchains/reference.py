@@ -32,7 +32,8 @@ IMPLEMENTATION_VERSION = "3"  # 3: eager export, batch axes, the deployable stor
 ORT_LEVELS = {0: "ORT_DISABLE_ALL", 1: "ORT_ENABLE_BASIC", 2: "ORT_ENABLE_EXTENDED"}
 
 
-def ort_session(path: Path, opt: int = 0, save_to: Path | None = None, disabled_optimizers: tuple[str, ...] = ()) -> Any:
+def ort_session(path: Path | bytes, opt: int = 0, save_to: Path | None = None, disabled_optimizers: tuple[str, ...] = (),
+                threads: int = 0) -> Any:
     """An onnxruntime CPU session at a bmnetp-style optimisation level (minus `disabled_optimizers`).
 
     QDQ pairs are never fused into onnxruntime's x86 int8 kernels: without VNNI those saturate
@@ -45,12 +46,14 @@ def ort_session(path: Path, opt: int = 0, save_to: Path | None = None, disabled_
     options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, ORT_LEVELS[opt])
     options.add_session_config_entry("session.disable_quant_qdq", "1")
     options.log_severity_level = 3
-    threads = int(os.environ.get("BMBUILD_THREADS", "0"))  # set in -j worker processes
+    if threads:  # many small sessions run one after another: no thread pools spinning between runs
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    threads = threads or int(os.environ.get("BMBUILD_THREADS", "0"))  # set in -j worker processes
     if threads:
         options.intra_op_num_threads = threads
     if save_to is not None:
         options.optimized_model_filepath = str(save_to)
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
+    return ort.InferenceSession(path if isinstance(path, bytes) else str(path), options, providers=["CPUExecutionProvider"],
                                 disabled_optimizers=list(disabled_optimizers) or None)
 
 

@@ -190,6 +190,8 @@ def calibrate(ctx: StageContext, model: Path, table: Path) -> None:
     ctx.log.info(f"collected statistics of {len(collector)} tensors over {seen} samples")
     rows = collector.thresholds(params["method"], **method_settings(params))
     rows = {name: rows[name] for name in dict.fromkeys(input_names + tensors) if name in rows}
+    if params["method"] == "kl":  # tpu-mlir tunes kl thresholds only (ActivationCalibrator.run)
+        rows = tuned_rows(ctx, model, rows, collector, session, outputs, calib_refs)
     for name, reason in collector.skipped.items():
         ctx.log.info(f"warning: tensor {name!r} {reason}: not calibrated (it stays in float)")
     header = {"method": params["method"], "samples": str(seen), "net_name": ctx.recipe.name}
@@ -202,6 +204,34 @@ def calibrate(ctx: StageContext, model: Path, table: Path) -> None:
     ctx.metrics.update({"method": params["method"], "samples": seen, "tensors": len(rows)})
     if collector.skipped:
         ctx.metrics["skipped"] = dict(collector.skipped)
+
+
+def tuned_rows(ctx: StageContext, model: Any, rows: dict[str, tuple[float, float, float]], collector: Any,
+               session: Any, outputs: list[str], calib_refs: list[Any]) -> dict[str, tuple[float, float, float]]:
+    """The table after tpu-mlir's default threshold tuning (`bmbuild.calib.tune`) on the first
+    calibration samples, run again through the calibration session."""
+    from bmbuild.calib.qdq import GraphView
+    from bmbuild.calib.tune import TUNE_NUM, tune
+
+    feeds = input_feeds(ctx.recipe)
+    refs = calib_refs[:TUNE_NUM]
+
+    def samples() -> Iterator[dict[str, np.ndarray]]:
+        for batch in batches(ctx, refs, chunk_size(session, feeds, CALIBRATION_BATCH)):
+            values = dict(zip(outputs, run_rows(session, batch, feeds)))
+            values.update((feed.name, array) for feed, array in zip(feeds, batch))
+            yield values
+
+    absmax = {name: collector[name].absmax for name in rows}
+    thresholds, pairs, failed = tune(GraphView.of(model), rows, absmax, samples(),
+                                     lambda model_bytes: ort_session(model_bytes, threads=1))
+    for output, reason in failed.items():
+        ctx.log.info(f"warning: threshold tuning skips the layer writing {output!r} ({reason})")
+    raised = [name for name in rows if thresholds[name] > rows[name][0]]
+    ctx.log.info(f"threshold tuning (tpu-mlir's SimpleTuner, {len(refs)} samples): {pairs} tensor/consumer pairs "
+                 f"scored, {len(raised)} thresholds raised")
+    ctx.metrics["tuned"] = len(raised)
+    return {name: (thresholds[name], low, high) for name, (_, low, high) in rows.items()}
 
 
 # --- quantize -----------------------------------------------------------------------------
