@@ -191,7 +191,7 @@ def calibrate(ctx: StageContext, model: Path, table: Path) -> None:
     rows = collector.thresholds(params["method"], **method_settings(params))
     rows = {name: rows[name] for name in dict.fromkeys(input_names + tensors) if name in rows}
     if params["method"] == "kl":  # tpu-mlir tunes kl thresholds only (ActivationCalibrator.run)
-        rows = tuned_rows(ctx, model, rows, collector, session, outputs, calib_refs)
+        rows = tuned_rows(ctx, graph, rows, collector, session, outputs, calib_refs)
     for name, reason in collector.skipped.items():
         ctx.log.info(f"warning: tensor {name!r} {reason}: not calibrated (it stays in float)")
     header = {"method": params["method"], "samples": str(seen), "net_name": ctx.recipe.name}
