@@ -328,12 +328,17 @@ def compare_deployable(ctx: StageContext, source: Path, exported: Path) -> None:
 INT8_MODULE = "bmbuild.toolchains.reference_int8"
 
 
+def fp32_onnx(ctx: StageContext) -> Path:
+    """The fp32 ONNX model compile_fp32 published: what calibrate and quantize read."""
+    return ctx.inputs.get(StageName.COMPILE_FP32.value, ctx.out_dir) / f"{ctx.recipe.name}.onnx"
+
+
 def calibrate_steps(ctx: StageContext) -> list[Step]:
     from bmbuild.artifacts import table_name
     from bmbuild.calib.feeds import input_feeds
 
     recipe, params = ctx.recipe, ctx.params
-    model = ctx.inputs.get(StageName.COMPILE_FP32.value, ctx.out_dir) / f"{recipe.name}.onnx"
+    model = fp32_onnx(ctx)
     table = ctx.out_dir / table_name(recipe)
     sources = {str(feed.source.data) for feed in input_feeds(recipe) if feed.source is not None}
     data = ", ".join(map(quote, sorted(sources))) or "?"
@@ -347,7 +352,7 @@ def quantize_steps(ctx: StageContext) -> list[Step]:
     from bmbuild.artifacts import table_name
 
     recipe, params = ctx.recipe, ctx.params
-    model = ctx.inputs.get(StageName.COMPILE_FP32.value, ctx.out_dir) / f"{recipe.name}.onnx"
+    model = fp32_onnx(ctx)
     table = ctx.inputs.get(StageName.CALIBRATE.value, ctx.out_dir) / table_name(recipe)
     target = ctx.out_dir / f"{recipe.name}.int8.onnx"
     kept = ", ".join(params["fp32_layers"]) or "none"
