@@ -280,6 +280,22 @@ def test_calibrate_is_keyed_on_the_target_for_tpu_mlir_only() -> None:
     assert "target" not in keyed_params(stage, params, ReferenceToolchain.consumes)
 
 
+def test_outputs_whose_first_axis_is_not_the_batch_are_compared_whole() -> None:
+    """A sequence model's [time, batch, classes] output (ddddocr's [24, 1, 8210]) at batch 1: the
+    bmodel's output is the reference's whole (before: cut to its first time step, and compile_fp32
+    failed with `shapes differ`); a padded batch is still cut back to its real samples."""
+    import numpy as np
+
+    from bmbuild.toolchains.tpu_mlir_run import fit, unpad
+
+    sequence = np.arange(24 * 5, dtype=np.float32).reshape(24, 1, 5)
+    assert fit([sequence], [(24, 1, 5)], 1)[0].shape == (24, 1, 5)
+    assert unpad([sequence], 1, 1)[0].shape == (24, 1, 5)
+    padded = np.arange(6, dtype=np.float32).reshape(2, 3)          # batch 2, one real sample
+    assert fit([padded], [(1, 3)], 1)[0].tolist() == [[0, 1, 2]]
+    assert unpad([padded], 1, 2)[0].tolist() == [[0, 1, 2]]
+
+
 # --- dry run, errors ---------------------------------------------------------------------------------
 @needs_python310
 def test_dry_run_prints_the_tpu_mlir_commands_and_runs_nothing(tws: Int8Workspace) -> None:

@@ -38,9 +38,10 @@ from bmbuild.toolchains.reference import cut_line, export_line
 from bmbuild.toolchains.tpu_mlir_env import EnvNotFound, TpuMlirEnv, locate
 
 # Bump when this adapter changes the commands it runs or the files it keeps: part of every key.
-IMPLEMENTATION_VERSION = "4"  # 2: ONNX exported from the eager module; several inputs calibrate
+IMPLEMENTATION_VERSION = "5"  # 2: ONNX exported from the eager module; several inputs calibrate
 # 3: quantize keeps the int8 tpu MLIR's weights (compile_int8 runs it for per-layer data)
 # 4: run_calibration --part_asymmetric on BM1684X
+# 5: outputs whose first axis is not the batch are compared whole (they were cut to one row)
 CHIPS = {"BM1684X": "bm1684x", "BM1684": "bm1684"}
 # recipe calibration.method -> run_calibration --cali_method
 CALI_METHODS = {"kl": "kl", "mse": "mse", "minmax": "max", "percentile": "percentile9999"}
