@@ -354,19 +354,21 @@ def measure(model: ZooModel, work: Path) -> dict[str, Any]:
     return row
 
 
-def measure_tpu_mlir(model: ZooModel, work: Path) -> dict[str, Any]:
-    """The tpu-mlir build's int8 bmodel against fp32 on the held-out samples, from its report.json:
-    compile_int8's per-sample summaries (one per output) pooled as `evaluate` pools outputs (equal
-    sample counts, so the mean of the means; the worst of the worsts); or why there is none."""
+def measure_tpu_mlir(model: ZooModel, work: Path, since: float) -> dict[str, Any]:
+    """The tpu-mlir build's int8 bmodel against fp32 on the held-out samples, from its report.json
+    (written after `since`): compile_int8's per-sample summaries (one per output) pooled as
+    `evaluate` pools outputs (equal sample counts, so the mean of the means; the worst of the
+    worsts); or why there is none. `seconds`: the stages' build time (a no-op run's report keeps
+    the timings of the run that built them; restored stages count what they saved)."""
     path = workspace(work, "tpu-mlir") / "build" / model.name / "report.json"
-    if not path.exists():
-        return {"error": "no report.json (the build did not start)"}
+    if not path.exists() or path.stat().st_mtime < since:
+        return {"error": "no report.json from this run (the build did not start)"}
     stages = json.loads(path.read_text()).get("stages", {})
-    seconds = sum(float(s.get("seconds") or 0.0) for s in stages.values() if s.get("outcome") == "executed")
-    failed = next((name for name, s in stages.items() if s.get("outcome") in ("failed", "blocked")), None)
+    seconds = sum(float(s.get("saved_seconds" if s.get("outcome") == "restored" else "seconds") or 0.0)
+                  for s in stages.values())
+    failed = [name for name, s in stages.items() if s.get("outcome") == "failed"]
     if failed:
-        error = (stages[failed].get("error") or stages[failed]["outcome"]).strip().splitlines()
-        return {"error": f"{failed}: {error[0][:160] if error else 'failed'}", "seconds": seconds}
+        return {"error": f"{failed[0]}: {headline(stages[failed[0]].get('error') or 'failed')}", "seconds": seconds}
     cmp = stages.get("compile_int8", {}).get("metrics", {}).get("cmp", {})
     outputs = [v for k, v in cmp.items() if k.startswith("b1/")]
     if not outputs:
@@ -375,6 +377,13 @@ def measure_tpu_mlir(model: ZooModel, work: Path) -> dict[str, Any]:
         return {"error": f"compared {outputs[0]['samples']} held-out samples, not {HOLDOUT}", "seconds": seconds}
     return {"cos": float(np.mean([v["cos"] for v in outputs])), "worst": min(v["worst"]["cos"] for v in outputs),
             "sqnr": float(np.mean([v["sqnr"] for v in outputs])), "seconds": seconds}
+
+
+def headline(error: str) -> str:
+    """An error's first line, with its last when the first only introduces it (a traceback)."""
+    lines = [line.strip() for line in error.strip().splitlines() if line.strip()] or ["failed"]
+    text = lines[0] if len(lines) == 1 or not lines[0].endswith(":") else f"{lines[0]} {lines[-1]}"
+    return text[:200].replace("|", "/")
 
 
 # --- the table ---------------------------------------------------------------------------------------
@@ -463,10 +472,9 @@ def main() -> None:
         for m in available:
             build([write_recipe(m, work, args.target, args.method)], work)
             tpu_recipe = write_recipe(m, work, args.target, args.method, toolchain="tpu-mlir")
-            (workspace(work, "tpu-mlir") / "build" / m.name / "report.json").unlink(missing_ok=True)
             began = time.time()
             build([tpu_recipe], work, "tpu-mlir")
-            rows.append({**measure(m, work), "tpu_mlir": {**measure_tpu_mlir(m, work), "wall": time.time() - began}})
+            rows.append({**measure(m, work), "tpu_mlir": {**measure_tpu_mlir(m, work, began), "wall": time.time() - began}})
             write_table(out, rows, args, work)
             print(f"{m.name}: {rows[-1].get('bmbuild', {}).get('cos')} vs tpu-mlir {rows[-1]['tpu_mlir']}", flush=True)
     text = write_table(out, rows, args, work)
