@@ -447,6 +447,8 @@ def main() -> None:
                                                   "zoo_tpu_mlir.md with --tpu-mlir)")
     parser.add_argument("--tpu-mlir", action="store_true", help="also build with toolchain tpu-mlir and measure "
                                                                  "its int8 bmodel on the cmodel")
+    parser.add_argument("--merge", action="store_true", help="keep the rows of <work>/zoo.json for the models not "
+                                                              "measured now (a long run done in parts)")
     args = parser.parse_args()
     results = REPO / "benchmarks" / "results"
     out = Path(args.out or results / ("zoo_tpu_mlir.md" if args.tpu_mlir else "zoo.md"))
@@ -468,7 +470,7 @@ def main() -> None:
         build(recipes, work)
         rows = [measure(m, work) for m in available]
     else:  # one model at a time, the table rewritten after each: a long run can be read as it goes
-        rows = []
+        rows = earlier_rows(work, {m.name for m in available}) if args.merge else []
         for m in available:
             build([write_recipe(m, work, args.target, args.method)], work)
             tpu_recipe = write_recipe(m, work, args.target, args.method, toolchain="tpu-mlir")
@@ -480,6 +482,13 @@ def main() -> None:
     text = write_table(out, rows, args, work)
     print(text)
     print(f"({time.time() - start:.0f} s)")
+
+
+def earlier_rows(work: Path, measuring: set[str]) -> list[dict[str, Any]]:
+    """The rows of the last run's zoo.json for models not in `measuring`."""
+    path = work / "zoo.json"
+    rows = json.loads(path.read_text()) if path.exists() else []
+    return [row for row in rows if row.get("model") not in measuring]
 
 
 def write_table(out: Path, rows: list[dict[str, Any]], args: argparse.Namespace, work: Path) -> str:
