@@ -217,7 +217,8 @@ CORPUS: list[ZooModel] = [
 
 
 # --- building ----------------------------------------------------------------------------------------
-def write_recipe(model: ZooModel, work: Path, target: str, method: str = "kl", toolchain: str = "reference") -> Path:
+def write_recipe(model: ZooModel, work: Path, target: str, method: str = "kl", toolchain: str = "reference",
+                 cmodel_samples: int = HOLDOUT) -> Path:
     data = work / "data" / f"{model.name}.npz"
     if not data.exists():
         data.parent.mkdir(parents=True, exist_ok=True)
@@ -231,7 +232,7 @@ def write_recipe(model: ZooModel, work: Path, target: str, method: str = "kl", t
         "int8": {"cmp_samples": HOLDOUT, "tolerance": {"cos": -1, "euclid": -100}},
     }
     if toolchain == "tpu-mlir":  # every held-out sample on the cmodel; one seeded fp32 check is enough
-        recipe["int8"]["cmodel_samples"] = HOLDOUT
+        recipe["int8"]["cmodel_samples"] = cmodel_samples
         recipe["fp32"]["cmp_samples"] = 1
     if model.onnx:  # bmbuild feeds an ONNX model's inputs by name
         recipe["inputs"] = [{"name": name} for name in onnx_inputs(Path(recipe["source"]["model"]))]
@@ -295,7 +296,7 @@ def agreement(spec: tuple[str, float] | None, ref: np.ndarray, test: np.ndarray)
 
 def evaluate(fp32: Any, int8: Any, holdout: np.ndarray, spec: tuple[str, float] | None,
              feeds: list[Any]) -> dict[str, Any]:
-    from bmbuild.compare import per_sample, sample_rows
+    from bmbuild.compare import per_sample, sample_rows, similarity
     from bmbuild.toolchains.reference_int8 import run_rows
 
     pairs, agrees = [], []
@@ -308,8 +309,12 @@ def evaluate(fp32: Any, int8: Any, holdout: np.ndarray, spec: tuple[str, float] 
             if value is not None:
                 agrees.append(value)
     summary = per_sample(pairs)
+    # cos by sample (the mean over its outputs): to compare with a bmodel run on the first few only
+    per_output = len(pairs) // len(holdout)
+    by_sample = [float(np.mean([similarity(*pair).cos for pair in pairs[i * per_output:(i + 1) * per_output]]))
+                 for i in range(len(holdout))]
     return {"cos": summary["cos"], "worst": summary["worst"]["cos"], "sqnr": summary["sqnr"],
-            "agree": float(np.mean(agrees)) if agrees else None}
+            "agree": float(np.mean(agrees)) if agrees else None, "cos_by_sample": by_sample}
 
 
 def measure(model: ZooModel, work: Path) -> dict[str, Any]:
@@ -354,7 +359,7 @@ def measure(model: ZooModel, work: Path) -> dict[str, Any]:
     return row
 
 
-def measure_tpu_mlir(model: ZooModel, work: Path, since: float) -> dict[str, Any]:
+def measure_tpu_mlir(model: ZooModel, work: Path, since: float, samples: int = HOLDOUT) -> dict[str, Any]:
     """The tpu-mlir build's int8 bmodel against fp32 on the held-out samples, from its report.json
     (written after `since`): compile_int8's per-sample summaries (one per output) pooled as
     `evaluate` pools outputs (equal sample counts, so the mean of the means; the worst of the
@@ -373,10 +378,10 @@ def measure_tpu_mlir(model: ZooModel, work: Path, since: float) -> dict[str, Any
     outputs = [v for k, v in cmp.items() if k.startswith("b1/")]
     if not outputs:
         return {"error": "compile_int8 recorded no int8 comparison", "seconds": seconds}
-    if any(v["samples"] != HOLDOUT for v in outputs):
-        return {"error": f"compared {outputs[0]['samples']} held-out samples, not {HOLDOUT}", "seconds": seconds}
+    if any(v["samples"] != samples for v in outputs):
+        return {"error": f"compared {outputs[0]['samples']} held-out samples, not {samples}", "seconds": seconds}
     return {"cos": float(np.mean([v["cos"] for v in outputs])), "worst": min(v["worst"]["cos"] for v in outputs),
-            "sqnr": float(np.mean([v["sqnr"] for v in outputs])), "seconds": seconds}
+            "sqnr": float(np.mean([v["sqnr"] for v in outputs])), "seconds": seconds, "samples": samples}
 
 
 def headline(error: str) -> str:
@@ -393,12 +398,25 @@ def _f(value: Any, digits: int = 3) -> str:
 
 def tpu_mlir_cells(row: dict[str, Any]) -> str:
     """The tpu-mlir columns of one row: bmodel cos (worst), SQNR, |ref - bmodel| within WITHIN, seconds."""
-    tpu, bm = row.get("tpu_mlir", {}), row.get("bmbuild")
+    tpu = row.get("tpu_mlir", {})
     seconds = _f(tpu.get("seconds"), 0)
     if "cos" not in tpu:
         return f" {tpu.get('error', '-')} | - | - | {seconds} |"
-    diff = "-" if not bm else f"{abs(bm['cos'] - tpu['cos']):.3f} {'yes' if abs(bm['cos'] - tpu['cos']) <= WITHIN else '**no**'}"
+    samples = tpu.get("samples", HOLDOUT)
+    diff, ref = "-", reference_cos(row)
+    if ref is not None:
+        diff = f"{abs(ref - tpu['cos']):.3f} {'yes' if abs(ref - tpu['cos']) <= WITHIN else '**no**'}"
+        if samples < HOLDOUT:
+            diff += f" (first {samples} samples: reference {ref:.3f})"
     return f" {_f(tpu['cos'])} ({_f(tpu['worst'])}) | {_f(tpu['sqnr'], 1)} | {diff} | {seconds} |"
+
+
+def reference_cos(row: dict[str, Any]) -> float | None:
+    """bmbuild's reference int8 mean cos on the samples the bmodel ran (the first `samples`)."""
+    bm, samples = row.get("bmbuild"), row.get("tpu_mlir", {}).get("samples", HOLDOUT)
+    if not bm:
+        return None
+    return bm["cos"] if samples >= HOLDOUT else float(np.mean(bm["cos_by_sample"][:samples]))
 
 
 def table(rows: list[dict[str, Any]], target: str, method: str) -> str:
@@ -430,7 +448,7 @@ def table(rows: list[dict[str, Any]], target: str, method: str) -> str:
               f"{', '.join(below) or 'none'}."]
     if with_tpu:
         measured = [row for row in rows if "cos" in row.get("tpu_mlir", {}) and row.get("bmbuild")]
-        apart = [row["model"] for row in measured if abs(row["bmbuild"]["cos"] - row["tpu_mlir"]["cos"]) > WITHIN]
+        apart = [row["model"] for row in measured if abs(reference_cos(row) - row["tpu_mlir"]["cos"]) > WITHIN]
         lines.append(f"tpu-mlir int8 bmodels measured for {len(measured)} of {len(rows)} models; reference more than "
                      f"{WITHIN} mean cos from the bmodel: {', '.join(apart) or 'none'}.")
     notes = [f"- {row['model']}: {row['note']}" for row in rows if row.get("note")]
@@ -447,6 +465,8 @@ def main() -> None:
                                                   "zoo_tpu_mlir.md with --tpu-mlir)")
     parser.add_argument("--tpu-mlir", action="store_true", help="also build with toolchain tpu-mlir and measure "
                                                                  "its int8 bmodel on the cmodel")
+    parser.add_argument("--cmodel-samples", default="", help="model=N,...: run only the first N held-out samples "
+                                                              "on the cmodel for these (slow) models")
     parser.add_argument("--merge", action="store_true", help="keep the rows of <work>/zoo.json for the models not "
                                                               "measured now (a long run done in parts)")
     args = parser.parse_args()
@@ -471,12 +491,15 @@ def main() -> None:
         rows = [measure(m, work) for m in available]
     else:  # one model at a time, the table rewritten after each: a long run can be read as it goes
         rows = earlier_rows(work, {m.name for m in available}) if args.merge else []
+        fewer = {name: int(n) for name, _, n in (item.partition("=") for item in args.cmodel_samples.split(",") if item)}
         for m in available:
+            samples = min(fewer.get(m.name, HOLDOUT), HOLDOUT)
             build([write_recipe(m, work, args.target, args.method)], work)
-            tpu_recipe = write_recipe(m, work, args.target, args.method, toolchain="tpu-mlir")
+            tpu_recipe = write_recipe(m, work, args.target, args.method, toolchain="tpu-mlir", cmodel_samples=samples)
             began = time.time()
             build([tpu_recipe], work, "tpu-mlir")
-            rows.append({**measure(m, work), "tpu_mlir": {**measure_tpu_mlir(m, work, began), "wall": time.time() - began}})
+            tpu = measure_tpu_mlir(m, work, began, samples)
+            rows.append({**measure(m, work), "tpu_mlir": {**tpu, "wall": time.time() - began}})
             write_table(out, rows, args, work)
             print(f"{m.name}: {rows[-1].get('bmbuild', {}).get('cos')} vs tpu-mlir {rows[-1]['tpu_mlir']}", flush=True)
     text = write_table(out, rows, args, work)
