@@ -21,6 +21,34 @@ from bmbuild.errors import DataError
 NPY_MAGIC = b"\x93NUMPY"
 MAX_NPY_HEADER = 1 << 16  # numpy writes a few hundred bytes; it refuses more than 10 000 itself
 _READ_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile)
+# A clone made without `git lfs pull` (model zoos keep their models and data in Git LFS) holds
+# these small text files in place of the models and data: say so instead of "not an ONNX model".
+LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+
+
+def is_lfs_pointer(path: Path) -> bool:
+    """Whether `path` is a Git LFS pointer file rather than the content it stands for."""
+    try:
+        with open(path, "rb") as stream:
+            return stream.read(len(LFS_POINTER)) == LFS_POINTER
+    except OSError:
+        return False
+
+
+LFS_HINT = "a Git LFS pointer, not the file itself: run `git lfs pull` in its repository"
+
+
+def lfs_message(path: Path) -> str:
+    return f"{path} is {LFS_HINT}"
+
+
+def _unreadable(path: Path, what: str, exc: BaseException) -> DataError:
+    """The error for a file that cannot be read as `what`, naming an LFS pointer as such."""
+    if is_lfs_pointer(path):
+        error = DataError(lfs_message(path))
+        error.file = str(path)
+        return error
+    return DataError(f"{what}: {exc}", file=path)
 
 
 @dataclass(frozen=True)
@@ -69,7 +97,7 @@ def npz_keys(path: Path) -> list[str]:
         with zipfile.ZipFile(path) as zf:
             return [n[:-4] if n.endswith(".npy") else n for n in zf.namelist()]
     except _READ_ERRORS as exc:
-        raise DataError(f"cannot read as .npz: {exc}", file=path) from exc
+        raise _unreadable(path, "cannot read as .npz", exc) from None
 
 
 def resolve_key(path: Path, key: str | None) -> str:
@@ -98,7 +126,7 @@ def array_header(path: Path, key: str | None = None) -> ArrayHeader:
     except DataError:
         raise
     except _READ_ERRORS as exc:
-        raise DataError(f"cannot read array: {exc}", file=path) from None
+        raise _unreadable(path, "cannot read array", exc) from None
 
 
 # --- ONNX graph inputs ---------------------------------------------------------------------------
@@ -222,7 +250,7 @@ def onnx_graph_inputs(path: Path) -> list[GraphInput]:
             with mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as buf:
                 return _inputs_of(buf)
     except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read the ONNX model's inputs: {exc}", file=path) from None
+        raise _unreadable(path, "cannot read the ONNX model's inputs", exc) from None
 
 
 def _inputs_of(buf: mmap.mmap) -> list[GraphInput]:

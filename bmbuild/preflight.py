@@ -22,7 +22,7 @@ from pathlib import Path
 
 from bmbuild.calib.sources import InputFeed, content_files, is_image, unpaired
 from bmbuild.errors import DataError, RecipeError
-from bmbuild.fileinfo import array_header, npz_keys, onnx_graph_inputs
+from bmbuild.fileinfo import array_header, is_lfs_pointer, lfs_message, npz_keys, onnx_graph_inputs
 from bmbuild.recipe import LoadedRecipe
 from bmbuild.yamlsource import KeyPath
 
@@ -284,7 +284,8 @@ def _check_images(loaded: LoadedRecipe, index: int, feed: InputFeed, first: Path
     except OSError as exc:
         raise loaded.error(f"cannot read {first}: {exc.strerror or exc}", data_key) from None
     if not any(head.startswith(magic) for magic in IMAGE_MAGIC):
-        raise loaded.error(f"{first} is not a JPEG or PNG image", data_key)
+        raise loaded.error(lfs_message(first) if is_lfs_pointer(first) else f"{first} is not a JPEG or PNG image",
+                           data_key)
 
 
 # --- the evaluation set ----------------------------------------------------------------------------

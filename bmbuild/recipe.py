@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, f
 
 from bmbuild.calib.config import CalibrationConfig
 from bmbuild.errors import RecipeError
+from bmbuild.fileinfo import is_lfs_pointer, lfs_message
 from bmbuild.toolchains.base import REGISTRY
 from bmbuild.yamlsource import KeyPath, SourceMap, dotted
 
@@ -511,6 +512,8 @@ def _check_files(loaded: LoadedRecipe) -> None:
     model_file = _resolved(loaded, base / recipe.source.model_file, ("source", "model"))
     if not model_file.is_file():
         raise loaded.error(f"model file not found: {_shown(model_file)}", ("source", "model"))
+    if is_lfs_pointer(model_file):
+        raise loaded.error(lfs_message(model_file), ("source", "model"))
     if recipe.source.framework == "pytorch":
         name = recipe.source.callable_name or ""
         tree = _parse_model(model_file)
@@ -520,6 +523,8 @@ def _check_files(loaded: LoadedRecipe) -> None:
         _check_kwargs(loaded, _definition(tree, name))
     if recipe.source.weights and not recipe.source.weights.path.is_file():
         raise loaded.error(f"weights file not found: {_shown(recipe.source.weights.path)}", ("source", "weights"))
+    if recipe.source.weights and is_lfs_pointer(recipe.source.weights.path):
+        raise loaded.error(lfs_message(recipe.source.weights.path), ("source", "weights"))
     cfg = recipe.calibration
     if cfg and cfg.data is not None and not cfg.data.exists():
         raise loaded.error(f"calibration data not found: {_shown(cfg.data)}", ("calibration", "data"))

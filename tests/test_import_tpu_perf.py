@@ -720,3 +720,79 @@ def test_tpu_mlir_dry_run_matches_the_configs_commands(tmp_path, run_bmbuild, mo
         (cali,) = tool_commands(commands, "run_calibration")
         assert cali["input_num"] == theirs["input_num"] and cali["cali_method"] == theirs["cali_method"]
         assert recipe["calibration"]["data"] == "${imagenet2012_mlir_cali_set}"
+
+
+def test_inputs_whose_first_dims_differ_build_as_written(tmp_path, run_bmbuild, monkeypatch):
+    """tpu-perf compiles `--shapes` as written: a sequence [6,4] beside a length [1] has no shared
+    batch size, so the recipe says so (every batch_axis null) and builds those exact shapes."""
+    import torch
+
+    class Scale(torch.nn.Module):
+        def forward(self, x: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
+            return x * length
+
+    folder = zoo(tmp_path, {"seq/config.yaml": {
+        "name": "seq", "model": "$(home)/seq.pt",
+        "fp_compile_options": "python3 -m bmnetp --model $(model) --shapes '[6,4],[1]' --target $(target) --opt 1"}})
+    torch.jit.trace(Scale(), (torch.ones(6, 4), torch.ones(1))).save(str(folder / "seq" / "seq.pt"))
+    result = imported(folder, tmp_path)
+    t = one(result)
+    assert t.recipe["inputs"] == [{"name": "input0", "batch_axis": None}, {"name": "input1", "batch_axis": None}]
+    assert any("first dimensions differ (6, 1)" in n for n in t.notes)
+    write_import(result)
+    monkeypatch.chdir(tmp_path / "out")
+    code, out, err = run_bmbuild("run", ".", "--toolchain", "reference", "--plain")
+    assert code == 0, err
+    import onnx
+
+    onnx_file = next(Path("build").rglob("seq*.onnx"))
+    dims = [[d.dim_value for d in i.type.tensor_type.shape.dim] for i in onnx.load(str(onnx_file)).graph.input]
+    assert dims == [[6, 4], [1]]
+
+
+LFS_TEXT = "version https://git-lfs.github.com/spec/v1\noid sha256:{}\nsize 9\n".format("0" * 64)
+
+
+@pytest.mark.parametrize("what", ["torchscript", "onnx", "weights", "eval", "images"])
+def test_git_lfs_pointers_fail_validate_by_name(what, workspace, write_recipe, run_bmbuild):
+    """A clone without `git lfs pull` holds pointer files in place of models and data: `validate`
+    names the file as an LFS pointer at the key that reads it, before any stage runs."""
+    folder = workspace / "recipes"
+    files = {"torchscript": "net.pt", "onnx": "net.onnx", "weights": "w.pt", "eval": "eval.npz",
+             "images": "photos/a.jpg"}
+    pointer = folder / files[what]
+    pointer.parent.mkdir(parents=True, exist_ok=True)
+    pointer.write_text(LFS_TEXT)
+    overrides: dict[str, Any] = {
+        "torchscript": {"source": {"framework": "torchscript", "model": "net.pt"}},
+        "onnx": {"source": {"framework": "onnx", "model": "net.onnx"}},
+        "weights": {"source": {"weights": {"path": "w.pt"}}},
+        "eval": {"eval": {"data": "eval.npz", "metric": "top1"}},
+        "images": {"prec": "INT8", "calibration": {"data": "photos", "samples": 1,
+                                                   "preprocess": {"resize": 8, "mean": [0, 0, 0], "scale": 1}}},
+    }[what]
+    key = {"torchscript": "source.model", "onnx": "source.model", "weights": "source.weights",
+           "eval": "eval.data", "images": "calibration.data"}[what]
+    path = write_recipe("lfs", **overrides)
+    code, out, err = run_bmbuild("validate", path)
+    assert code == 2, (out, err)
+    assert f"{key}: {pointer.resolve()} is a Git LFS pointer, not the file itself: run `git lfs pull`" in err, err
+
+
+def test_a_calibration_set_without_room_for_held_out_samples_calibrates_on_the_rest(tmp_path, run_bmbuild,
+                                                                                    monkeypatch):
+    """sophgo/model-zoo's COCO caliset has 100 images and yolov5 calibrates on all 100; bmbuild holds
+    int8.cmp_samples (16) out, so the imported recipe calibrates on 84 and validates."""
+    folder = zoo(tmp_path, {"net/config.yaml": nntc_config(), "net/net.pt": "placeholder"})
+    cali = folder / "dataset" / "cali"
+    cali.mkdir(parents=True)
+    for i in range(20):
+        (cali / f"{i:03d}.jpg").write_bytes(b"\xff\xd8\xff placeholder")
+    result = imported(folder, tmp_path)
+    t = one(result)
+    assert t.recipe["calibration"]["samples"] == 4
+    assert any("holds 20 samples and bmbuild holds 16 out" in n and "calibrates on 4, not 20" in n for n in t.notes)
+    write_import(result)
+    monkeypatch.chdir(tmp_path / "out")
+    code, out, err = run_bmbuild("validate", ".")
+    assert code == 0, err

@@ -32,6 +32,12 @@ DEQUANT_SUFFIX = "_DequantizeLinear_Output"
 QUANT_SUFFIX = "_QuantizeLinear_Output"
 _ABSORBED_AFTER_WEIGHTS = frozenset({"BatchNormalization", "Add", "Mul", "Relu", "Clip"})
 _ACTIVATIONS = frozenset({"Relu", "Clip"})
+# tpu-mlir's Top canonicalizer folds a Relu (a Clip from 0 is a Relu with relu_limit) into the op
+# before it when that op has the SupportFuseRelu trait and its output has no other use
+# (lib/Dialect/Top/Canonicalize/Relu.cpp, TopFuseRelu; TopOps.td marks Add, Sub, Mul, BatchNorm,
+# Scale, Conv, MatMul, ...): a residual sum is never held in int8 before its Relu, only after,
+# as an unsigned tensor with all 256 levels. Ops with weights are grouped in `_weighted_layers`.
+_FUSES_RELU = frozenset({"Add", "Sub", "Mul", "BatchNormalization"})
 
 
 @dataclass
@@ -120,7 +126,7 @@ class Layer:
 def layers(graph: GraphView, chip: str, fp32_nodes: set[str] = frozenset()) -> list[Layer]:
     """Group the graph's nodes into the target's ops, in graph order."""
     taken: dict[int, Layer] = {}
-    for finder in (_norm_layers, _weighted_layers, _lut_layers):
+    for finder in (_norm_layers, _weighted_layers, _fused_relu_layers, _lut_layers):
         for layer in finder(graph, taken, chip):
             for index in layer.nodes:
                 taken[index] = layer
@@ -206,6 +212,37 @@ def _weighted_layers(graph: GraphView, taken: Mapping[int, Layer], chip: str) ->
         label = "+".join(graph.nodes[i].op_type for i in group)
         found.append(Layer(group, _single_kind(graph, index, chip), label))
     return found
+
+
+def _fused_relu_layers(graph: GraphView, taken: Mapping[int, Layer], chip: str) -> list[Layer]:
+    """An Add/Sub/Mul of two tensors, or a BatchNorm, and the Relu (or Clip from 0) that is the
+    only reader of its output: one int8 op, as tpu-mlir fuses them (`_FUSES_RELU`)."""
+    found = []
+    for index, node in enumerate(graph.nodes):
+        if node.op_type not in _FUSES_RELU or index in taken or not node.output:
+            continue
+        if node.op_type != "BatchNormalization" and len(graph.variable_inputs(index)) != 2:
+            continue  # one constant operand: part of a HardSwish-like chain, a lookup table
+        out = node.output[0]
+        users = graph.consumers.get(out, [])
+        if len(users) != 1 or out in graph.outputs or users[0] in taken or not _is_relu(graph, users[0]):
+            continue
+        if _single_kind(graph, index, chip) is Kind.INT8:
+            found.append(Layer([index, users[0]], Kind.INT8, f"{node.op_type}+{graph.nodes[users[0]].op_type}"))
+    return found
+
+
+def _is_relu(graph: GraphView, index: int) -> bool:
+    """A Relu, or a Clip whose lower bound is 0 (tpu-mlir's Relu with a relu_limit)."""
+    node = graph.nodes[index]
+    if node.op_type == "Relu":
+        return True
+    if node.op_type != "Clip":
+        return False
+    if len(node.input) > 1 and node.input[1]:
+        low = graph.constants.get(node.input[1])
+        return low is not None and float(np.ravel(low)[0]) == 0.0
+    return float(_attr(node, "min", float("-inf"))) == 0.0
 
 
 def _lut_layers(graph: GraphView, taken: Mapping[int, Layer], chip: str) -> list[Layer]:

@@ -19,7 +19,7 @@ def _params(recipe: Recipe) -> dict[str, Any]:
 
 STAGE = Stage(
     name=StageName.QUANTIZE.value,
-    version="3",  # 3: BM1684X SiLU/GELU outputs read by Conv/MatMul asymmetric (tpu-mlir --part_asymmetric)
+    version="4",  # 4: a Relu after a residual Add/BatchNorm fused into it (tpu-mlir TopFuseRelu)
     # 2: quantizes what the target runs in int8 (bmbuild.calib.qdq), the rest stays float
     upstream=(StageName.COMPILE_FP32.value, StageName.CALIBRATE.value),
     applies=is_int8,

@@ -22,7 +22,10 @@ from typing import Any
 
 import yaml
 
-from bmbuild.errors import BmbuildError
+from bmbuild.errors import BmbuildError, DataError
+from bmbuild.calib.sources import folder_files
+from bmbuild.fileinfo import onnx_graph_inputs
+from bmbuild.recipe import Int8
 from bmbuild.importers.tpu_perf.mlir import translate_mlir
 from bmbuild.importers.tpu_perf.nntc import translate_nntc
 from bmbuild.importers.tpu_perf.translator import TARGETS, Skip, Translation, Translator, append
@@ -134,8 +137,32 @@ def _translate_group(file: Path, zoo: Zoo, builds: list[Build], name: str, path:
     if str(builds[0].config["name"]) != name and not name.endswith("-mlir"):
         result.notes.insert(0, f"name: {builds[0].config['name']!r} is not a bmbuild recipe name; using {name!r}")
     recipe = _merge_shapes([t.recipe for t in parts], builds)
+    _unbatched_inputs(recipe, result, path.parent.resolve())
+    _hold_out_comparison_samples(recipe, result, zoo)
     result.recipe = _ordered(name, recipe, file, zoo)
     return result
+
+
+def _unbatched_inputs(recipe: dict[str, Any], result: Translation, recipe_dir: Path) -> None:
+    """tpu-perf compiles `--shapes` as written. Inputs whose first dimensions differ (an encoder's
+    [458,20,30] beside a length [1]) have no common batch size to set, so the recipe names every
+    input with `batch_axis: null`: bmbuild then compiles the shapes exactly as tpu-perf does."""
+    shapes = recipe.get("shapes") or []
+    if "inputs" in recipe or len({s[0] for s in shapes if s}) < 2 or len(recipe.get("batch_sizes") or [1]) > 1:
+        return
+    names = ["input"] if len(shapes) == 1 else [f"input{i}" for i in range(len(shapes))]
+    source = recipe.get("source") or {}
+    if source.get("framework") == "onnx":
+        try:
+            names = [item.name for item in onnx_graph_inputs((recipe_dir / str(source.get("model"))).resolve())]
+        except DataError:
+            return  # `validate` names the unreadable model
+        if len(names) != len(shapes):
+            return
+    recipe["inputs"] = [{"name": name, "batch_axis": None} for name in names]
+    firsts = ", ".join(str(s[0]) if s else "[]" for s in shapes)
+    result.notes.append(f"shapes: the inputs' first dimensions differ ({firsts}), so none is a batch axis: "
+                        "compiled as written (inputs[].batch_axis: null)")
 
 
 def _merge_shapes(recipes: list[dict[str, Any]], builds: list[Build]) -> dict[str, Any]:
@@ -158,7 +185,30 @@ def _merge_shapes(recipes: list[dict[str, Any]], builds: list[Build]) -> dict[st
     return merged
 
 
-KEY_ORDER = ("name", "description", "source", "shapes", "output_names", "target", "prec", "batch_sizes", "fp32",
+def _hold_out_comparison_samples(recipe: dict[str, Any], result: Translation, zoo: Zoo) -> None:
+    """tpu-perf calibrates on every image it is told to (a 100-image caliset, `--cali_iterations
+    100`); bmbuild holds `int8.cmp_samples` of them out to compare int8 with fp32. Where the folder
+    has no room for both, calibration takes what is left, so the imported recipe validates."""
+    calibration = recipe.get("calibration") or {}
+    samples, data = calibration.get("samples"), calibration.get("data")
+    if recipe.get("prec") != "INT8" or not isinstance(samples, int) or not isinstance(data, str):
+        return
+    for name, value in zoo.variables.items():
+        data = data.replace("${" + name + "}", value)
+    try:
+        count = len(folder_files(Path(data))) if Path(data).is_dir() else 0
+    except DataError:
+        return
+    int8 = recipe.get("int8") or {}
+    held_out = int(int8.get("cmp_samples", Int8.model_fields["cmp_samples"].default)) if int8.get("cmp", True) else 0
+    if held_out and samples + held_out > count > held_out:
+        calibration["samples"] = count - held_out
+        result.notes.append(f"calibration.samples: {data} holds {count} samples and bmbuild holds {held_out} out for "
+                            f"the int8 comparison (int8.cmp_samples), so it calibrates on {count - held_out}, "
+                            f"not {samples}")
+
+
+KEY_ORDER = ("name", "description", "source", "shapes", "inputs", "output_names", "target", "prec", "batch_sizes", "fp32",
              "calibration", "int8", "variants")
 
 

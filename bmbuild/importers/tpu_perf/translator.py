@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bmbuild.importers.tpu_perf.command import CommandLine, Flag, parse_bool, parse_command, parse_shapes
+from bmbuild.fileinfo import is_lfs_pointer
 from bmbuild.importers.tpu_perf.tree import Build, Scope, Zoo, dict_override
 
 TARGETS = ("BM1684", "BM1684X")
@@ -134,7 +135,7 @@ class Translator:
         if file is not None and not file.exists():
             self.note("model", f"{model} is not present (a Git LFS file not fetched?): "
                                "`bmbuild validate` fails until it is")
-        elif file is not None and file.is_file() and _is_lfs_pointer(file):
+        elif file is not None and file.is_file() and is_lfs_pointer(file):
             self.note("model", f"{model} is a Git LFS pointer: run `git lfs pull` before building")
 
     def shapes(self, text: str, what: str) -> None:
@@ -182,14 +183,6 @@ def append(items: list[str], item: str) -> None:
 
 def _shapes_text(shapes: list[list[int]]) -> str:
     return ",".join("[" + ",".join(map(str, s)) + "]" for s in shapes)
-
-
-def _is_lfs_pointer(file: Path) -> bool:
-    try:
-        with open(file, "rb") as handle:
-            return handle.read(48).startswith(b"version https://git-lfs.github.com/spec/")
-    except OSError:
-        return False
 
 
 def add_layers(t: Translator, text: str) -> None:
