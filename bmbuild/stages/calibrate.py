@@ -20,7 +20,8 @@ def _params(recipe: Recipe) -> dict[str, Any]:
     assert cfg is not None
     return {**dataset_params(recipe), "net_name": recipe.name, "method": cfg.method, "percentile": cfg.percentile,
             "bins": cfg.bins, "fp32_layers": recipe.int8.fp32_layers,
-            "per_channel": recipe.int8.per_channel}  # NNTC calibrates per channel (-per_channel)
+            "per_channel": recipe.int8.per_channel,  # NNTC calibrates per channel (-per_channel)
+            "target": recipe.target}  # tpu-mlir: --part_asymmetric on BM1684X
 
 
 STAGE = Stage(
@@ -31,7 +32,7 @@ STAGE = Stage(
     params=_params,
     external_inputs=dataset_files,
     run=toolchain_step(StageName.CALIBRATE.value),
-    toolchain_params=frozenset({"bins", "fp32_layers", "per_channel"}),
+    toolchain_params=frozenset({"bins", "fp32_layers", "per_channel", "target"}),
     unused_params=lambda params: unused_params(params["method"]),
     summary=lambda m: f"{m.get('method', '?')} calibration on {m.get('samples', '?')} samples, "
                       f"{m.get('tensors', '?')} tensors",

@@ -40,8 +40,10 @@ from bmbuild.toolchains.reference import onnx_steps
 from bmbuild.toolchains.tpu_mlir_env import EnvNotFound, TpuMlirEnv, locate
 
 # Bump when this adapter changes the commands it runs or the files it keeps: part of every key.
-IMPLEMENTATION_VERSION = "3"  # 2: ONNX exported from the eager module; several inputs calibrate
+IMPLEMENTATION_VERSION = "5"  # 2: ONNX exported from the eager module; several inputs calibrate
 # 3: quantize keeps the int8 tpu MLIR's weights (compile_int8 runs it for per-layer data)
+# 4: run_calibration --part_asymmetric on BM1684X
+# 5: outputs whose first axis is not the batch are compared whole (they were cut to one row)
 CHIPS = {"BM1684X": "bm1684x", "BM1684": "bm1684"}
 # recipe calibration.method -> run_calibration --cali_method
 CALI_METHODS = {"kl": "kl", "mse": "mse", "minmax": "max", "percentile": "percentile9999"}
@@ -112,7 +114,7 @@ class TpuMlirToolchain:
     # the stage parameters beyond the common ones that this adapter reads (the key holds only these)
     consumes = {
         StageName.COMPILE_FP32.value: ("target", "dyn", "cmp", "opset", "cmp_samples", "seed"),
-        StageName.CALIBRATE.value: ("bins",),
+        StageName.CALIBRATE.value: ("bins", "target"),
         StageName.QUANTIZE.value: ("target", "fp32_layers"),
         StageName.COMPILE_INT8.value: ("target", "cmp", "cmp_samples", "cmodel_samples"),
     }
@@ -230,6 +232,16 @@ class TpuMlirToolchain:
                 "--cali_method", self.cali_method(ctx)]
         if params["method"] == "kl":
             args += ["--histogram_bin_num", str(params["bins"])]
+        if self.chip(ctx) == "bm1684x":
+            # What the reference toolchain models on BM1684X (bmbuild.calib.targets.asymmetric_output):
+            # a SiLU/GELU output read only by Conv/MatMul in int8 with a zero point. tpu-mlir 1.30.2
+            # does it only when asked: `--part_asymmetric` is a store_true flag, off by default
+            # (python/tools/run_calibration.py:73); kld_calibrator.py:667 calls choose_asym_op
+            # (:349-362: top.SiLU/top.GELU whose next ops are all top.Conv/top.MatMul) only under it,
+            # :493-510 gives those tensors their percentile min..max, :883-887 lists them under
+            # `#asym_op` in the table, which model_deploy's import turns into zero points. BM1684
+            # ignores the section (symmetric int8) but would still get the percentile thresholds.
+            args.append("--part_asymmetric")
         return self._command("run_calibration", [*args, "-o", str(table)], cwd, (table,))
 
     @staticmethod

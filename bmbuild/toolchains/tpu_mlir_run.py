@@ -62,12 +62,21 @@ def run_bmodel(toolchain: "TpuMlirToolchain", ctx: StageContext, bmodel: Path, a
 
 
 def fit(values: list[np.ndarray], shapes: list[tuple[int, ...]], rows: int) -> list[np.ndarray]:
-    """Outputs cut back to `rows` samples (a padded batch) and reshaped like the reference's."""
+    """Outputs cut back to `rows` samples (a padded batch) and reshaped like the reference's. An
+    output that already holds the reference's values is only reshaped: its first axis need not be
+    the batch (a sequence model's [time, batch, classes])."""
     fitted = []
     for value, shape in zip(values, shapes):
-        value = value[:rows] if value.ndim and value.shape[0] > rows else value
+        if value.size != int(np.prod(shape)) and value.ndim and value.shape[0] > rows:
+            value = value[:rows]
         fitted.append(value.reshape(shape) if value.size == int(np.prod(shape)) else value)
     return fitted
+
+
+def unpad(values: list[np.ndarray], rows: int, batch: int) -> list[np.ndarray]:
+    """The first `rows` samples of outputs computed on a batch padded to `batch`; a full batch is
+    left whole (axis 0 of an output need not be the batch)."""
+    return values if rows == batch else [value[:rows] for value in values]
 
 
 # --- fp32.cmp -------------------------------------------------------------------------------------
@@ -159,7 +168,7 @@ def compare_int8(toolchain: "TpuMlirToolchain", ctx: StageContext) -> dict[str, 
         for chunk in batches(ctx, holdout, batch):
             rows = rows_of(chunk, feeds)
             full = pad_rows(chunk, feeds, rows, batch)
-            expected = [e[:rows] for e in run_session(fp32, full)]
+            expected = unpad(run_session(fp32, full), rows, batch)
             actual = fit(run_bmodel(toolchain, ctx, bmodel, full, len(names)), [e.shape for e in expected], rows)
             for name, ref, test in zip(names, expected, actual):
                 pairs[name] += sample_rows(ref, test, rows)
