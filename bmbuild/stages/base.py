@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from bmbuild.recipe import LoadedRecipe, Recipe
 from bmbuild.stagecontext import StageContext
-from bmbuild.steps import Step, run_steps
+
+if TYPE_CHECKING:  # the runner (and shlex, subprocess) is imported when a stage runs, not to plan
+    from bmbuild.steps import Step
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,8 @@ def toolchain_step(name: str) -> Callable[[StageContext], None]:
 
 def run_stage_steps(ctx: StageContext, name: str, steps: list[Step]) -> None:
     """`steps` of stage `name` through the one runner (the `.cmd` header names the stage)."""
+    from bmbuild.steps import run_steps
+
     by = f" ({ctx.toolchain.name})" if ctx.toolchain is not None else ""
     run_steps(ctx, steps, f"{ctx.recipe.name} {name}{by}: {len(steps)} step(s), "
                           f"in the stage's private work folder {ctx.work_dir}")
