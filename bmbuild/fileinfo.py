@@ -45,9 +45,7 @@ def lfs_message(path: Path) -> str:
 def _unreadable(path: Path, what: str, exc: BaseException) -> DataError:
     """The error for a file that cannot be read as `what`, naming an LFS pointer as such."""
     if is_lfs_pointer(path):
-        error = DataError(lfs_message(path))
-        error.file = str(path)
-        return error
+        return DataError(lfs_message(path))  # the message names the file itself
     return DataError(f"{what}: {exc}", file=path)
 
 

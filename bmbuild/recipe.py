@@ -94,6 +94,11 @@ class Tolerance(_Strict):
     top1: float | None = Field(None, ge=0, le=1, description="Minimum top-1 agreement (classifier outputs).")
 
 
+def default_input_names(count: int) -> list[str]:
+    """The names of inputs a recipe does not name: `input`, or `input0`, `input1`, ..."""
+    return ["input"] if count == 1 else [f"input{i}" for i in range(count)]
+
+
 class InputSpec(_Strict):
     """One model input: its name and dtype, which axis of its shape is the batch, or a constant."""
 
@@ -356,8 +361,7 @@ class Recipe(_Strict):
         if self.inputs is not None:
             specs = list(self.inputs)
         else:
-            names = ["input"] if len(self.shapes) == 1 else [f"input{i}" for i in range(len(self.shapes))]
-            specs = [InputSpec(name=n) for n in names]
+            specs = [InputSpec(name=n) for n in default_input_names(len(self.shapes))]
         return [spec if shape or spec.batch_axis is None else spec.model_copy(update={"batch_axis": None})
                 for spec, shape in zip(specs, self.shapes)]
 

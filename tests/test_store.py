@@ -84,13 +84,19 @@ def test_every_store_speaks_the_same_protocol(kind, tmp_path):
         assert not store.has_object(digest) and store.get_action(entry.key) is None
 
 
+def stored_file(store: Any, tmp_path: Path, data: bytes) -> tuple[Path, str]:
+    """tmp_path/x.bin holding `data`, put into `store`: its path and digest."""
+    src = tmp_path / "x.bin"
+    src.write_bytes(data)
+    digest = file_digest(src)
+    store.put_file(src, digest)
+    return src, digest
+
+
 @pytest.mark.parametrize("kind", ["local", "folder_remote"])
 def test_the_layout_is_the_same_everywhere(kind, tmp_path):
     store = STORES[kind](tmp_path)
-    src = tmp_path / "x.bin"
-    src.write_bytes(b"x")
-    digest = file_digest(src)
-    store.put_file(src, digest)
+    src, digest = stored_file(store, tmp_path, b"x")
     store.put_action(ActionEntry(key="cd" * 32, outputs={"x.bin": digest}))
 
     root = tmp_path / ("local" if kind == "local" else "remote")
@@ -102,10 +108,7 @@ def test_the_layout_is_the_same_everywhere(kind, tmp_path):
 @pytest.mark.parametrize("kind", ["local", "folder_remote"])
 def test_a_corrupt_object_is_never_restored_and_is_dropped(kind, tmp_path):
     store = STORES[kind](tmp_path)
-    src = tmp_path / "x.bin"
-    src.write_bytes(b"the real bytes")
-    digest = file_digest(src)
-    store.put_file(src, digest)
+    src, digest = stored_file(store, tmp_path, b"the real bytes")
     stored = tmp_path / ("local" if kind == "local" else "remote") / object_name(digest)
     stored.chmod(0o644)
     stored.write_bytes(b"the fake bytes")  # same size
@@ -235,10 +238,7 @@ def test_push_pull_verify_and_gc_are_library_calls(tmp_path):
 
     local = LocalStore(tmp_path / "local")
     remote = _folder_remote(tmp_path)
-    src = tmp_path / "x.bin"
-    src.write_bytes(b"x" * 1000)
-    digest = file_digest(src)
-    local.put_file(src, digest)
+    src, digest = stored_file(local, tmp_path, b"x" * 1000)
     local.put_action(ActionEntry(key="ef" * 32, outputs={"x.bin": digest}))
 
     pushed = cache_ops.push(local, remote)

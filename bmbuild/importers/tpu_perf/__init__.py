@@ -25,7 +25,7 @@ import yaml
 from bmbuild.errors import BmbuildError, DataError
 from bmbuild.calib.sources import folder_files
 from bmbuild.fileinfo import onnx_graph_inputs
-from bmbuild.recipe import Int8
+from bmbuild.recipe import Int8, default_input_names
 from bmbuild.importers.tpu_perf.mlir import translate_mlir
 from bmbuild.importers.tpu_perf.nntc import translate_nntc
 from bmbuild.importers.tpu_perf.translator import TARGETS, Skip, Translation, Translator, append
@@ -150,7 +150,7 @@ def _unbatched_inputs(recipe: dict[str, Any], result: Translation, recipe_dir: P
     shapes = recipe.get("shapes") or []
     if "inputs" in recipe or len({s[0] for s in shapes if s}) < 2 or len(recipe.get("batch_sizes") or [1]) > 1:
         return
-    names = ["input"] if len(shapes) == 1 else [f"input{i}" for i in range(len(shapes))]
+    names = default_input_names(len(shapes))
     source = recipe.get("source") or {}
     if source.get("framework") == "onnx":
         try:
