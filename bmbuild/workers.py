@@ -277,8 +277,15 @@ class WorkerPool:
 
     def _new_pool(self, size: int) -> ProcessPoolExecutor:
         threads = max(1, (os.cpu_count() or 1) // self.size)
-        return ProcessPoolExecutor(max_workers=size, initializer=_init_worker, initargs=(threads,),
+        pool = ProcessPoolExecutor(max_workers=size, initializer=_init_worker, initargs=(threads,),
                                    mp_context=multiprocessing.get_context("spawn"))
+        # Start every worker with the pool, as the executor does under fork, so that its manager
+        # thread watches every worker's death. Spawned on demand (3.11's default for spawn), a
+        # worker starts after `submit` has woken the manager, which may then wait without that
+        # worker's sentinel: its death goes unnoticed until some other result arrives (a sibling
+        # stage finished minutes later; seen under CI load).
+        pool._safe_to_dynamically_spawn_children = False
+        return pool
 
     def _executor(self) -> ProcessPoolExecutor:
         with self._lock:

@@ -183,6 +183,26 @@ def test_a_dead_worker_fails_only_its_own_stage(workspace, write_recipe, tmp_pat
     assert "running the stage again in a worker of its own" in log  # the sibling's first worker was killed
 
 
+def test_a_worker_pool_watches_every_worker_from_its_first_stage():
+    """Workers start with the pool: one started on demand after `submit` woke the pool's manager
+    thread could die unwatched, its death seen only when a sibling's result arrived."""
+    import os
+    from concurrent.futures.process import BrokenProcessPool
+
+    from bmbuild.workers import WorkerPool
+
+    pool = WorkerPool(2)._new_pool(2)
+    try:
+        sleeper = pool.submit(__import__("time").sleep, 300)
+        assert len(pool._processes) == 2  # both workers exist before the second stage is submitted
+        dying = pool.submit(os._exit, 0)
+        with pytest.raises(BrokenProcessPool):
+            dying.result(timeout=200)
+        assert isinstance(sleeper.exception(timeout=200), BrokenProcessPool)  # not after its 300 s
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def test_a_process_forked_by_model_code_exits_normally(workspace, write_recipe):
     write_exit_models(workspace / "recipes")
     write_recipe("forks", source={"model": "exits.py:forks_a_child"})
