@@ -78,3 +78,32 @@ def test_table_has_the_permissions_of_a_normal_file(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert (tmp_path / "m_cali_table").stat().st_mode & 0o777 == 0o644
+
+
+# --- graph outputs keep their |x| max -----------------------------------------------------------
+def test_an_output_clipped_by_kl_gets_its_absmax_and_nothing_else_changes() -> None:
+    from bmbuild.calib.table import outputs_unclipped
+
+    rows = {"hidden": (2.0, -1.0, 9.0), "boxes": (60.0, 0.0, 320.0), "scores": (0.5, -0.9, 0.4),
+            "exact": (1.0, -1.0, 1.0), "symmetric": (2.0, -2.0 * 128 / 127, 2.0)}
+    out, raised = outputs_unclipped(rows, ["boxes", "scores", "exact", "symmetric", "not_a_tensor"])
+    assert raised == ["boxes", "scores"]
+    assert out["boxes"] == (320.0, 0.0, 320.0) and out["scores"] == (0.9, -0.9, 0.4)
+    assert out["hidden"] == rows["hidden"]  # not an output: kl's cut stays
+    assert out["exact"] == rows["exact"] and out["symmetric"] == rows["symmetric"]
+    assert list(out) == list(rows)
+
+
+def test_a_tpu_mlir_table_is_unclipped_line_by_line(tmp_path: Path) -> None:
+    from bmbuild.calib.table import unclip_outputs_in_text
+
+    text = ("# mlir version: v1.30.2\r\n###\r\n# op_name    threshold    min    max\r\n"
+            "input 1.0000080 0.0000000 1.0000080\r\n/head/Conv_output_0_Conv 7.5 -9.5 9.4\r\n"
+            "output_Gemm 7.5034552 -9.4738913 9.4240189\r\n\r\n#asym_op\r\noutput_Gemm\r\n")
+    new, raised = unclip_outputs_in_text(text, ["output_Gemm"])
+    assert raised == ["output_Gemm"]
+    assert new == text.replace("output_Gemm 7.5034552 -9.4738913", "output_Gemm 9.4738913 -9.4738913")
+    (tmp_path / "t").write_bytes(new.encode())
+    assert read_table(tmp_path / "t")["output_Gemm"] == (9.4738913, -9.4738913, 9.4240189)
+    assert unclip_outputs_in_text(text, ["input"]) == (text, [])
+

@@ -77,10 +77,10 @@ def norm_output(qdq: Any) -> str:
     return norm[-1].output[0]
 
 
-def qdq_model(ws: Int8Workspace) -> Any:
+def qdq_model(ws: Int8Workspace, name: str = "head") -> Any:
     import onnx
 
-    return onnx.load(str(ws.stage_dir("quantize", "head") / "head.int8.onnx"))
+    return onnx.load(str(ws.stage_dir("quantize", name) / f"{name}.int8.onnx"))
 
 
 @pytest.mark.parametrize("target", ["BM1684X", "BM1684"])
@@ -299,3 +299,23 @@ def test_a_relu_after_a_residual_add_is_fused_as_tpu_mlir_does() -> None:
                                    providers=["CPUExecutionProvider"])
     reference = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     assert similarity(run_session(reference, [held])[0], run_session(session, [held])[0]).sqnr > 25
+
+
+def test_a_graph_output_is_never_clipped_by_kl(ws8: Int8Workspace) -> None:
+    """A cut output reaches the user cut (tpu-mlir's tuner never revisits an output): the output,
+    and the cube whose int8 values the Flatten moves out, get their |x| max."""
+    from bmbuild.calib import read_table
+
+    recipe = ws8.recipe("cubed", source={"model": "int8_models.py:cubed"},
+                        calibration={"method": "kl"}, int8={"tolerance": {"cos": 0.5, "euclid": 0.1}})
+    code, out, err = ws8.build(recipe)
+    assert code == 0, out + err
+    qdq = qdq_model(ws8, "cubed")
+    flatten = next(node for node in qdq.graph.node if node.op_type == "Flatten")
+    cube = flatten.input[0].removesuffix("_DequantizeLinear_Output")  # the values the Flatten moves out
+    table = read_table(ws8.stage_dir("calibrate", "cubed") / "cubed_cali_table")
+    for name in (qdq.graph.output[0].name, cube):
+        threshold, low, high = table[name]
+        assert threshold == max(abs(low), abs(high)), name
+    log = (ws8.root / "build" / "cubed" / "logs" / "calibrate.log").read_text()
+    assert "graph outputs kept at their |x| max (a clipped output reaches the user clipped): " in log and cube in log

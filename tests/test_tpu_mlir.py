@@ -21,6 +21,7 @@ from int8_support import Int8Workspace, ws8  # noqa: E402,F401
 
 from bmbuild.errors import ToolchainError  # noqa: E402
 from bmbuild.toolchains import tpu_mlir_env  # noqa: E402
+from bmbuild.toolchains.tpu_mlir import output_layer_names  # noqa: E402
 
 SHARED_DIR = tpu_mlir_env.toolchains_dir()   # $BMBUILD_TOOLCHAINS_DIR or the user cache dir, read at import
 
@@ -263,6 +264,45 @@ def test_bm1684x_silu_read_by_a_conv_has_a_zero_point_in_the_reference_and_the_b
     found["reference"] = asymmetric_tensors_reference(tws.stage_dir("quantize", "silu_reference") /
                                                       "silu_reference.int8.onnx")
     assert found["tpu-mlir"] == found["reference"] == {"/Mul_output_0"}  # the SiLU (Sigmoid, Mul) output
+
+
+@needs_python310
+def test_graph_outputs_keep_their_absmax_in_tpu_mlirs_table(tws: Int8Workspace) -> None:
+    """run_calibration's kl cuts a heavy-tailed output and its tuner never revisits an output (no
+    layer reads it): the kept table raises it to its |x| max, as the reference's does."""
+    from bmbuild.calib import read_table
+
+    recipe = tws.recipe("cubed", source={"framework": "pytorch", "model": "int8_models.py:cubed"},
+                        toolchain="tpu-mlir", target="BM1684X", batch_sizes=[1],
+                        calibration={"samples": 8, "method": "kl"})
+    code, out, err = tws.build(recipe, "--stage", "calibrate")
+    assert code == 0, out + err
+    table = read_table(tws.stage_dir("calibrate", "cubed") / "cubed_cali_table")
+    for name in ("output_Flatten", "/Mul_1_output_0_Mul"):  # the output, and the cube the Flatten moves
+        threshold, low, high = table[name]
+        assert threshold == max(abs(low), abs(high)), name
+    log = (tws.root / "build" / "cubed" / "logs" / "calibrate.log").read_text()
+    assert "graph outputs kept at their |x| max (a clipped output reaches the user clipped): " in log
+    assert "/Mul_1_output_0_Mul" in log
+
+
+def test_output_layer_names_are_the_ops_the_main_function_returns(tmp_path: Path) -> None:
+    mlir = tmp_path / "m.mlir"
+    mlir.write_text('''module attributes {module.name = "m"} {
+  func.func @main(%arg0: tensor<1x3xf32> loc(unknown)) -> (tensor<1x3xf32>, tensor<1x2xf32>) {
+    %0 = "top.Input"(%arg0) : (tensor<1x3xf32>) -> tensor<1x3xf32> loc(#loc1)
+    %1 = "top.Relu"(%0) : (tensor<1x3xf32>) -> tensor<1x3xf32> loc(#loc2)
+    %2 = "top.Gemm"(%1) {do_relu = false} : (tensor<1x3xf32>) -> tensor<1x2xf32> loc("/fc/Gemm_output_0_Gemm")
+    %3 = "top.Reshape"(%2) {shape = [1, 2]} : (tensor<1x2xf32>) -> tensor<1x2xf32> loc("output_Reshape")
+    return %1, %3 : tensor<1x3xf32>, tensor<1x2xf32> loc(#loc)
+  } loc(#loc)
+} loc(#loc)
+#loc = loc(unknown)
+#loc1 = loc("input")
+#loc2 = loc("/relu/Relu_output_0_Relu")
+''')
+    # the Reshape's output holds the Gemm's int8 values: both
+    assert output_layer_names(mlir) == ["/relu/Relu_output_0_Relu", "output_Reshape", "/fc/Gemm_output_0_Gemm"]
 
 
 def test_calibrate_is_keyed_on_the_target_for_tpu_mlir_only() -> None:

@@ -462,6 +462,22 @@ _RESHAPES = frozenset({"Reshape", "Transpose", "DepthToSpace"})
 Row = tuple[float, float, float]
 
 
+def output_sources(graph: GraphView) -> list[str]:
+    """The graph outputs and the tensors whose int8 values they carry: back through the ops that
+    only move values (a Flatten before the output holds its input's grid)."""
+    found: list[str] = []
+    pending = list(graph.outputs)
+    while pending:
+        name = pending.pop(0)
+        if name in found:
+            continue
+        found.append(name)
+        index = graph.producer.get(name)
+        if index is not None and graph.nodes[index].op_type in PASS_THROUGH and graph.nodes[index].input:
+            pending.append(graph.nodes[index].input[0])
+    return found
+
+
 def shared_table(graph: GraphView, table: Mapping[str, Row], chip: str) -> dict[str, Row]:
     """The calibration table as the target sees it after sharing ranges (see above). A tensor a
     saturating op makes keeps its whole range (no clipping) before it is shared."""

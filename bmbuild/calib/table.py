@@ -23,7 +23,9 @@ from bmbuild.errors import DataError
 TITLE = "# bmbuild calibration table"
 COLUMNS = "# op_name    threshold    min    max"
 Row = tuple[float, float, float]
-_LATER_SECTIONS = ("#int4_th", "#weight_scale")
+_LATER_SECTIONS = ("#int4_th", "#weight_scale", "#asym_op")
+UNCLIPPED = 1.01  # an output cut by less than this factor is left as it is (tpu-mlir writes a symmetric
+                  # tensor's min as -threshold*128/127: not a clip)
 
 
 def _fmt(x: float) -> str:
@@ -58,6 +60,53 @@ def write_table(path: str | Path, rows: Mapping[str, Row],
     atomic_write_bytes(path, data, mode=0o666 & ~_umask())
 
 
+def _unclipped(row: Row) -> float | None:
+    """The |x| max a row's threshold cuts by more than UNCLIPPED, else None."""
+    threshold, low, high = row
+    absmax = max(abs(low), abs(high))
+    return absmax if math.isfinite(absmax) and absmax > threshold * UNCLIPPED else None
+
+
+def outputs_unclipped(rows: Mapping[str, Row], outputs: list[str]) -> tuple[dict[str, Row], list[str]]:
+    """The rows with every graph output's threshold at its |x| max, and the outputs raised.
+
+    A clipped output reaches the user clipped: no later layer absorbs the error, and tpu-mlir's
+    threshold tuning never revisits it (SimpleTuner scores a tensor through the layers that read
+    it; an output has none), so kl's cut of a detector's box coordinates stayed (nudenet's cos
+    0.87 where onnxruntime's min-max gave 0.999).
+    """
+    result = dict(rows)
+    raised = []
+    for name in outputs:
+        absmax = _unclipped(result[name]) if name in result else None
+        if absmax is not None:
+            result[name] = (absmax, *result[name][1:])
+            raised.append(name)
+    return result, raised
+
+
+def unclip_outputs_in_text(text: str, outputs: list[str]) -> tuple[str, list[str]]:
+    """`outputs_unclipped` on a table's text (tpu-mlir's own too), every other line kept as it is."""
+    wanted = set(outputs)
+    lines = text.splitlines(keepends=True)
+    raised = []
+    for index, line in enumerate(lines):
+        fields = line.split()
+        if line.strip().startswith(_LATER_SECTIONS):
+            break
+        if len(fields) != 4 or fields[0] not in wanted:
+            continue
+        try:
+            absmax = _unclipped((float(fields[1]), float(fields[2]), float(fields[3])))
+        except ValueError:
+            continue
+        if absmax is not None:
+            ending = line[len(line.rstrip("\r\n")):]
+            lines[index] = " ".join([fields[0], _fmt(absmax), fields[2], fields[3]]) + ending
+            raised.append(fields[0])
+    return "".join(lines), raised
+
+
 def _umask() -> int:
     """The process umask, read without changing it where Linux shows it (other threads may be
     creating files)."""
@@ -76,7 +125,7 @@ def read_table(path: str | Path) -> dict[str, Row]:
     """{name: (threshold, min, max)} in file order; `#` and blank lines are skipped.
 
     Accepts tables written by tpu-mlir too: extra `#` headers are skipped and reading stops at its
-    later `#int4_th` / `#weight_scale` sections. DataError with file:line on a malformed line or
+    later `#int4_th` / `#weight_scale` / `#asym_op` sections. DataError with file:line on a malformed line or
     a repeated name.
     """
     path = Path(path)

@@ -159,7 +159,8 @@ def calibrate(ctx: StageContext, model: Path, table: Path) -> None:
 
     from bmbuild.calib.histogram import StatsCollector
     from bmbuild.calib.registry import method_settings
-    from bmbuild.calib.table import write_table
+    from bmbuild.calib.qdq import GraphView, output_sources
+    from bmbuild.calib.table import outputs_unclipped, write_table
 
     params = ctx.params
     feeds = input_feeds(ctx.recipe)
@@ -192,6 +193,10 @@ def calibrate(ctx: StageContext, model: Path, table: Path) -> None:
     rows = {name: rows[name] for name in dict.fromkeys(input_names + tensors) if name in rows}
     if params["method"] == "kl":  # tpu-mlir tunes kl thresholds only (ActivationCalibrator.run)
         rows = tuned_rows(ctx, graph, rows, collector, session, outputs, calib_refs)
+    rows, raised = outputs_unclipped(rows, output_sources(GraphView.of(graph)))
+    if raised:
+        ctx.log.info(f"graph outputs kept at their |x| max (a clipped output reaches the user clipped): "
+                     f"{', '.join(raised)}")
     for name, reason in collector.skipped.items():
         ctx.log.info(f"warning: tensor {name!r} {reason}: not calibrated (it stays in float)")
     header = {"method": params["method"], "samples": str(seen), "net_name": ctx.recipe.name}

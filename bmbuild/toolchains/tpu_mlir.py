@@ -95,6 +95,35 @@ def layer_names(mlir: Path) -> list[str]:
     return [aliases.get(name, name.strip('"')) for name in names]
 
 
+MOVES = ("Reshape", "Flatten", "Permute", "Squeeze", "Unsqueeze", "Slice")  # their output is on the input's grid
+
+
+def output_layer_names(mlir: Path) -> list[str]:
+    """Names of the operations whose results the top MLIR's main function returns (the graph's
+    outputs, as the calibration table names them: `output_Gemm` for ONNX's `output`), and back
+    through ops that only move values, the ops whose int8 grid those carry."""
+    text = mlir.read_text(encoding="utf-8", errors="replace")
+    returned = re.findall(r"^\s*return\s+(.*?)\s*:", text, re.MULTILINE)
+    if not returned:
+        return []
+    aliases = dict(re.findall(r'^(#loc\d+)\s*=\s*loc\("([^"]*)"\)', text, re.MULTILINE))
+    names: list[str] = []
+    pending = re.findall(r"%[\w.]+", returned[-1])
+    while pending:
+        value = pending.pop(0)
+        defined = re.search(rf'^\s*{re.escape(value)}\s*=\s*"top\.(\w+)"\(([^)]*)\).*?loc\((#loc\d+|"[^"]*")\)\s*$',
+                            text, re.MULTILINE)
+        if not defined:
+            continue
+        name = aliases.get(defined.group(3), defined.group(3).strip('"'))
+        if name in names:
+            continue
+        names.append(name)
+        if defined.group(1) in MOVES:
+            pending += re.findall(r"%[\w.]+", defined.group(2))[:1]
+    return names
+
+
 def precisions(tpu_mlir: Path) -> dict[str, int]:
     """How many tpu ops of the lowered MLIR produce int8 tensors and how many stay float."""
     counts = {"int8": 0, "float": 0}
@@ -289,8 +318,10 @@ class TpuMlirToolchain:
         return [InProcess(f"{RUN_MODULE}:write_dataset_step", {"folder": dataset},
                           says=f"write {ctx.params['samples']} calibration samples as {quote(str(dataset))}/*.npz"),
                 *commands,
-                InProcess(f"{MODULE}:keep_table", {"table": commands[-1].outputs[0], "target": target}, (target,),
-                          says=f"copy {table_name(ctx)} -> {quote(str(ctx.out_dir))} (not its side files)")]
+                InProcess(f"{MODULE}:keep_table", {"table": commands[-1].outputs[0], "target": target,
+                                                   "top": commands[0].outputs[0]},
+                          (target,), says=f"copy {table_name(ctx)} -> {quote(str(ctx.out_dir))} (not its side files), "
+                                          "graph outputs at their |x| max")]
 
     def quantize_steps(self, ctx: StageContext) -> list[Step]:
         """The table, the top MLIR, the quantize table, model_deploy INT8 --not_gen_bmodel, the int8 tpu MLIR kept."""
@@ -374,10 +405,18 @@ def copy_top_mlir_into(ctx: StageContext, folder: Path, cwd: Path) -> None:
     copy_top_mlir(ctx, folder, cwd)
 
 
-def keep_table(ctx: StageContext, table: Path, target: Path) -> None:
-    """run_calibration's table (not its side files) in the stage's output, its size in the metrics."""
-    shutil.copyfile(table, target)
-    rows = [line for line in target.read_text().splitlines() if line.strip() and not line.startswith("#")]
+def keep_table(ctx: StageContext, table: Path, target: Path, top: Path) -> None:
+    """run_calibration's table (not its side files) in the stage's output, its size in the metrics;
+    the graph outputs' thresholds raised to their |x| max, as the reference toolchain does
+    (`bmbuild.calib.table.outputs_unclipped`: tpu-mlir's tuner never revisits an output)."""
+    from bmbuild.calib.table import unclip_outputs_in_text
+
+    text, raised = unclip_outputs_in_text(table.read_text(), output_layer_names(top))
+    if raised:
+        ctx.log.info(f"graph outputs kept at their |x| max (a clipped output reaches the user clipped): "
+                     f"{', '.join(raised)}")
+    target.write_text(text)
+    rows = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
     ctx.metrics.update({"method": ctx.params["method"], "cali_method": TpuMlirToolchain.cali_method(ctx),
                         "tensors": len(rows)})
 
