@@ -296,11 +296,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     workspace = _workspace(args)
     names, baseline = None, None
-    if args.baseline:  # resolved as `bmbuild diff` does
-        from bmbuild import diff
-
+    if args.baseline or args.remote:  # resolved as `bmbuild diff` does
         names, files = _built_selection(args, workspace)
-        baseline = diff.baseline(args.baseline, workspace, files)
+        baseline = _baseline(args, workspace, names, files, default=None)
     elif args.paths:
         names = [loaded.name for loaded in _prepare(args, check_toolchains=False).recipes]
     out = Path(args.out) if args.out else workspace.build_dir / "reports"
@@ -328,6 +326,21 @@ def _built_selection(args: argparse.Namespace, workspace: Any) -> tuple[list[str
     return names, [f for f in files if str(f)]
 
 
+def _baseline(args: argparse.Namespace, workspace: Any, names: list[str], files: list[Path],
+              default: str | None) -> tuple[str, dict[str, Any]]:
+    """(description, summary) of what `diff` and `report` compare with: the remote cache's last
+    builds (--remote), else a summary.json or git revision (the positional/--baseline value)."""
+    from bmbuild import diff
+
+    if args.remote and args.baseline:
+        raise BmbuildError(f"compare with either {args.baseline!r} or --remote, not both")
+    if args.remote:
+        from bmbuild.buildrecords import remote_baseline
+
+        return remote_baseline(workspace, names)
+    return diff.baseline(args.baseline or default, workspace, files)
+
+
 def cmd_diff(args: argparse.Namespace) -> int:
     from bmbuild import diff
     from bmbuild.report.collect import collect, report_files
@@ -335,14 +348,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     workspace = _workspace(args)
     names, files = _built_selection(args, workspace)
     current = collect(report_files(workspace.build_dir, names))
-    if args.remote and args.baseline:
-        raise BmbuildError(f"compare with either {args.baseline!r} or --remote, not both")
-    if args.remote:
-        from bmbuild.buildrecords import remote_baseline
-
-        source, base = remote_baseline(workspace, names)
-    else:
-        source, base = diff.baseline(args.baseline or "HEAD", workspace, files)
+    source, base = _baseline(args, workspace, names, files, default="HEAD")
     rows = diff.diff_summaries(base, current)
     if args.json:
         from bmbuild import jsonout
@@ -614,6 +620,16 @@ def _add_output_options(parser: argparse.ArgumentParser, top: bool = False) -> N
                 _add_output_options(child)
 
 
+def _add_remote_baseline(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--remote", action="store_true",
+                        help="compare with builds in the remote cache instead of the local one: its last "
+                             "build of each recipe (recorded by `bmbuild run` or `cache push` with a remote "
+                             "cache), not a git revision or summary.json")
+    parser.add_argument("--remote-cache", metavar="URL",
+                        help="the remote cache --remote reads: a folder or an fsspec URL (default: "
+                             "$BMBUILD_REMOTE_CACHE or bmbuild.yaml remote_cache)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from bmbuild.report.formats import FORMATS, file_list
 
@@ -707,6 +723,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--baseline", metavar="REV|SUMMARY",
                         help="show each model next to a baseline, as `bmbuild diff` compares: a summary.json (or a "
                              "folder holding one) or a git revision")
+    _add_remote_baseline(report)
     report.set_defaults(func=cmd_report)
 
     diff_parser = sub.add_parser(
@@ -718,13 +735,7 @@ def build_parser() -> argparse.ArgumentParser:
     diff_parser.add_argument("baseline", nargs="?",
                              help="a summary.json (or a folder holding one), or a git revision (default: HEAD)")
     _add_common(diff_parser, paths="*")
-    diff_parser.add_argument("--remote", action="store_true",
-                             help="compare with builds in the remote cache instead of the local one: its last "
-                                  "build of each recipe (recorded by `bmbuild run` or `cache push` with a remote "
-                                  "cache), not a git revision or summary.json")
-    diff_parser.add_argument("--remote-cache", metavar="URL",
-                             help="the remote cache --remote reads: a folder or an fsspec URL (default: "
-                                  "$BMBUILD_REMOTE_CACHE or bmbuild.yaml remote_cache)")
+    _add_remote_baseline(diff_parser)
     diff_parser.add_argument("--all", action="store_true", help="every metric, not only those that changed")
     _add_json(diff_parser)
     diff_parser.set_defaults(func=cmd_diff)

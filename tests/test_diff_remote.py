@@ -63,6 +63,15 @@ def test_diff_against_the_last_build_on_a_folder_remote(tmp_path, monkeypatch, w
     assert "param fp32.cmp_samples" in out and out.split("param fp32.cmp_samples")[1].split()[:2] == ["1", "3"]
     assert "fp32 SQNR dB" in out
 
+    # the report shows the same baseline next to each model
+    code, out, err = run_bmbuild("report", "--remote", "--remote-cache", remote, "--out", "now")
+    assert code == 0, out + err
+    assert f"baseline: remote cache {remote}, last builds (tiny " in out
+    row = json.loads(Path("now/summary.json").read_text())["baseline"]["models"]["tiny"]
+    assert row["params"] == {"fp32.cmp_samples": {"old": 1, "new": 3}, "fp32.tolerance.cos": {"old": 0.99, "new": 0.95}}
+    code, _, err = run_bmbuild("report", "--remote", "--baseline", "HEAD")
+    assert code == 2 and "either 'HEAD' or --remote, not both" in err
+
 
 def test_a_run_that_only_restores_or_fails_leaves_the_record_alone(tmp_path, monkeypatch, workspace, write_recipe,
                                                                    run_bmbuild):

@@ -54,7 +54,7 @@ def test_remote_means_the_remote_instead_of_the_local_cache_everywhere(workspace
                                                                       tmp_path):
     helps = {path: action.help for path, _, action in walk(build_parser())
              if not isinstance(action, tuple) and "--remote" in action.option_strings}
-    assert set(helps) == {"bmbuild cache ls", "bmbuild cache gc", "bmbuild cache verify", "bmbuild diff"}
+    assert set(helps) == {"bmbuild cache ls", "bmbuild cache gc", "bmbuild cache verify", "bmbuild diff", "bmbuild report"}
     assert all("instead of the local one" in text for text in helps.values()), helps
     write_recipe("tiny")
     remote = tmp_path / "remote"
