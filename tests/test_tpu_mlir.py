@@ -466,3 +466,11 @@ def test_the_tpu_mlir_demo_builds_resnet_yaml_for_both_chips() -> None:
     assert all(r.int8.cmodel_samples <= r.int8.cmp_samples for r in chips)
     makefile = (root / "Makefile").read_text()
     assert "recipes/resnet_chips.yaml" in makefile and "$(filter tpu-mlir,$(TOOLCHAIN))" in makefile
+
+
+def test_a_scalar_input_is_given_to_model_transform_as_one_element() -> None:
+    """tpu-mlir gives a shapeless ONNX input the shape [1] and checks the count: `[]` failed with
+    'input shapes error: ... 1 vs 0'."""
+    from bmbuild.toolchains.tpu_mlir import shapes_arg
+
+    assert shapes_arg([[1, 512], [], [2, 1, 128]]) == "[[1,512],[1],[2,1,128]]"

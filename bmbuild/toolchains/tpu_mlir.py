@@ -64,8 +64,9 @@ def int8_folder(batch: int) -> str:
 
 
 def shapes_arg(shapes: list[list[int]]) -> str:
-    """model_transform --input_shapes: [[1,3,224,224]] (no spaces)."""
-    return "[" + ",".join("[" + ",".join(map(str, shape)) + "]" for shape in shapes) + "]"
+    """model_transform --input_shapes: [[1,3,224,224]] (no spaces). A scalar is [1]: tpu-mlir gives
+    a shapeless ONNX input that shape (`OnnxConverter.input_shape_assign`) and checks the count."""
+    return "[" + ",".join("[" + ",".join(map(str, shape or [1])) + "]" for shape in shapes) + "]"
 
 
 def letterbox_args(preprocess: Any) -> list[str]:
