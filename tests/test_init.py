@@ -85,7 +85,7 @@ def test_init_reads_each_inputs_batch_axis_and_names_what_to_check(workspace, ru
 
     batch, sequence = ("batch", "sequence") if named else (None, None)
     graph = helper.make_graph(
-        [helper.make_node("ReduceMean", ["x"], ["m"], keepdims=0), helper.make_node("Cast", ["sr"], ["srf"], to=1),
+        [helper.make_node("ReduceMean", ["x"], ["m"], axes=[1], keepdims=0), helper.make_node("Cast", ["sr"], ["srf"], to=1),
          helper.make_node("Mul", ["m", "srf"], ["y"]), helper.make_node("Relu", ["state"], ["state_out"])], "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, sequence]),
          helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, batch, 128]),
