@@ -139,8 +139,8 @@ DIM_VALUE, DIM_PARAM = 1, 2
 INITIALIZER_NAME = 8
 SPARSE_VALUES = 1
 # TensorProto.DataType -> the dtype names recipes use (others have no recipe name)
-ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64", 9: "bool",
-               10: "float16", 11: "float64", 16: "bfloat16"}
+ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64", 8: "string",
+               9: "bool", 10: "float16", 11: "float64", 12: "uint32", 13: "uint64", 16: "bfloat16"}
 
 
 @dataclass(frozen=True)

@@ -86,10 +86,13 @@ def batch_axes(dims: list[list[int | str]]) -> list[int | None]:
     """Each input's batch axis, read from the dynamic dimensions: the first input's first dynamic
     dimension is the batch; another input has it where the same name is (`state [2, batch, 128]`),
     or, where dimensions have no names, at its first dynamic one; none: no batch axis (a fixed
-    state, a scalar). Without a dynamic dimension anywhere, the first axis, as before."""
+    state, a scalar). Without a dynamic dimension anywhere, the first axis when every input's first
+    dimension is the same, else none (a fixed [2, 3] @ [3, 4] has no batch to vary: the importer's
+    rule for tpu-perf configs too)."""
     first = next((d for d in (dims[0] if dims else []) if isinstance(d, str)), None)
     if first is None:
-        return [0 if shape else None for shape in dims]
+        same = len({shape[0] for shape in dims if shape}) <= 1
+        return [0 if shape and same else None for shape in dims]
     axes: list[int | None] = []
     for shape in dims:
         if first != DYNAMIC:

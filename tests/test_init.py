@@ -111,6 +111,8 @@ def test_init_batch_axes_from_dimensions() -> None:
     from bmbuild.init import DYNAMIC, batch_axes
 
     assert batch_axes([[1, 3, 8, 8]]) == [0]                                   # no dynamic axis: as before
+    assert batch_axes([[1, 3], [1, 8], []]) == [0, 0, None]
+    assert batch_axes([[2, 3], [3, 4]]) == [None, None]                         # a fixed matmul: no batch
     assert batch_axes([["N", 3], [2, "N", 4], [], [1, 128]]) == [0, 1, None, None]
     assert batch_axes([[DYNAMIC, DYNAMIC], [2, DYNAMIC, 128], []]) == [0, 1, None]
     assert batch_axes([["seq", 576], [1, 1, 128]]) == [0, None]                 # LSTM states of a fixed size

@@ -113,8 +113,34 @@ def export_onnx(ctx: StageContext, target: Path) -> None:
 
     if ctx.recipe.source.framework == "onnx":
         shutil.copyfile(source_model(ctx), target)
+        upgrade_old_opset(ctx, target)
     else:
         _export(ctx, target)
+
+
+OLDEST_OPSET = 7      # onnxruntime has no kernels for older operator versions
+UPGRADED_OPSET = 13   # where onnx's version converter takes an older model
+
+
+def upgrade_old_opset(ctx: StageContext, model: Path) -> None:
+    """An ONNX model older than opset 7 (ONNX 1.0/1.1 exports) converted in place to opset 13 by
+    onnx's version converter: onnxruntime runs none of its ops ('Could not find an implementation
+    for AveragePool(1)'), tpu-mlir expects current ones."""
+    import onnx
+    from onnx import version_converter
+
+    loaded = onnx.load(str(model))
+    opset = next((o.version for o in loaded.opset_import if o.domain in ("", "ai.onnx")), OLDEST_OPSET)
+    if opset >= OLDEST_OPSET:
+        return
+    try:
+        converted = version_converter.convert_version(loaded, UPGRADED_OPSET)
+    except Exception as exc:  # the converter lacks an adapter for one of its ops
+        raise StageFailed(f"the ONNX model is opset {opset}, older than onnxruntime runs ({OLDEST_OPSET}), and onnx's "
+                          f"version converter cannot bring it to {UPGRADED_OPSET}: {type(exc).__name__}: {exc}") from None
+    onnx.save(converted, str(model))
+    ctx.log.info(f"converted the model from opset {opset} to {UPGRADED_OPSET} (onnxruntime runs opset "
+                 f"{OLDEST_OPSET} and later)")
 
 
 def onnx_steps(ctx: StageContext, target: Path) -> list[InProcess]:
@@ -221,6 +247,17 @@ def export_says(ctx: StageContext, target: str) -> str:
     return f"torch.onnx.export({module}, opset {params['opset']}, {dynamic} batch) -> {target}"
 
 
+def random_integers_hint(recipe: Any) -> str:
+    """What to do when a model fails on the seeded inputs and some of them are integers drawn at
+    random: indices, shapes or lengths want the model's own values (ONNX's Gather, Expand)."""
+    named = [f"inputs[{i}] {spec.name!r}" for i, spec in enumerate(recipe.input_specs)
+             if spec.value is None and not spec.dtype.startswith("float")]
+    if not named:
+        return ""
+    return (f"the comparison fed {', '.join(named)} seeded random integers 0..9; if such an input holds indices, "
+            "a shape or a length, give the value the model expects in the recipe (inputs[i].value)")
+
+
 def compare_fp32(ctx: StageContext, source: Path, exported: Path, sessions: dict[int, Any]) -> None:
     """The compiled model (`sessions`: batch size -> a session running it) against the source on
     seeded inputs; the worst similarity per batch size and output goes to `ctx.metrics["cmp"]`.
@@ -243,7 +280,13 @@ def compare_fp32(ctx: StageContext, source: Path, exported: Path, sessions: dict
         per_output: dict[str, list[Similarity]] = {name: [] for name in names}
         for sample in range(params["cmp_samples"]):
             arrays = example_inputs(recipe, batch, seed=params["seed"] * 1000 + sample + 1)
-            expected, actual = reference(arrays), run_session(session, arrays)
+            try:
+                expected, actual = reference(arrays), run_session(session, arrays)
+            except Exception as exc:
+                hint = random_integers_hint(recipe)
+                if not hint:
+                    raise
+                raise StageFailed(f"{type(exc).__name__}: {exc}\n{hint}") from exc
             for name, ref, test in zip(names, expected, actual):
                 per_output[name].append(similarity(ref, test))
         for name, sims in per_output.items():
