@@ -30,6 +30,7 @@ def init(run_bmbuild, workspace: Path, source: Path, name: str) -> tuple[int, st
     (DATA / "light" / "light_bvlc_alexnet.onnx", "alexnet"),
     (DATA / "pytorch-converted" / "test_AvgPool2d" / "model.onnx", "avgpool"),
     (DATA / "pytorch-operator" / "test_operator_mm" / "model.onnx", "mm"),
+    (DATA / "pytorch-converted" / "test_ZeroPad2d" / "model.onnx", "pad"),  # IR 3, opset 6: Pad's pads become an input
 ])
 def test_old_onnx_models_init_and_build(workspace, run_bmbuild, source, name):
     code, out, err = init(run_bmbuild, workspace, source, name)

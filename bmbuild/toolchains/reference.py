@@ -120,6 +120,7 @@ def export_onnx(ctx: StageContext, target: Path) -> None:
 
 OLDEST_OPSET = 7      # onnxruntime has no kernels for older operator versions
 UPGRADED_OPSET = 13   # where onnx's version converter takes an older model
+UPGRADED_IR = 7       # the IR version of opset 13
 
 
 def upgrade_old_opset(ctx: StageContext, model: Path) -> None:
@@ -138,6 +139,9 @@ def upgrade_old_opset(ctx: StageContext, model: Path) -> None:
     except Exception as exc:  # the converter lacks an adapter for one of its ops
         raise StageFailed(f"the ONNX model is opset {opset}, older than onnxruntime runs ({OLDEST_OPSET}), and onnx's "
                           f"version converter cannot bring it to {UPGRADED_OPSET}: {type(exc).__name__}: {exc}") from None
+    # opset 13 came with IR version 7; an IR 3 model's new initializers (Pad's pads) would fail the
+    # checker's "in initializer but not in graph input" of IR < 4
+    converted.ir_version = max(converted.ir_version, UPGRADED_IR)
     onnx.save(converted, str(model))
     ctx.log.info(f"converted the model from opset {opset} to {UPGRADED_OPSET} (onnxruntime runs opset "
                  f"{OLDEST_OPSET} and later)")
