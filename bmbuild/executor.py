@@ -42,11 +42,13 @@ CONSOLE_LINE = 400      # characters of each log-tail line on the console
 
 
 def clipped(text: str, limit: int) -> str:
-    """`text`, cut at `limit` characters with a note: a tool's error may list a thousand names
-    (onnxruntime's missing inputs), which buries the console; the log keeps every character."""
+    """`text` within about `limit` characters: its start and its end (where a tool's output tail
+    ends with the tool's own message), the middle replaced by a note. A tool's error may list a
+    thousand names (onnxruntime's missing inputs), which buries the console; the log keeps all."""
     if len(text) <= limit:
         return text
-    return f"{text[:limit]} ... ({len(text) - limit} more characters in the log)"
+    head, tail = limit * 2 // 5, limit * 3 // 5
+    return f"{text[:head]} ... ({len(text) - head - tail} more characters in the log) ... {text[-tail:]}"
 
 
 class Status(Enum):
