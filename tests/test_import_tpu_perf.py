@@ -395,7 +395,7 @@ def corpus_copy(tmp_path: Path, model: str) -> tuple[Path, dict[str, Any], dict[
     for key, value in variables.items():
         if key.endswith("_set") and not Path(value).suffix:
             Path(value).mkdir(parents=True, exist_ok=True)
-            (Path(value) / "a.jpg").write_bytes(b"\xff\xd8 placeholder")
+            (Path(value) / "a.jpg").write_bytes(b"\xff\xd8\xff placeholder")
     for file in (root / model).glob("*config.yaml"):
         for path in re.findall(r"\$\(home\)/([\w.-]+\.(?:pt|onnx))", file.read_text()):
             (root / model / path).write_bytes(ONNX_BYTES)
@@ -796,3 +796,39 @@ def test_a_calibration_set_without_room_for_held_out_samples_calibrates_on_the_r
     monkeypatch.chdir(tmp_path / "out")
     code, out, err = run_bmbuild("validate", ".")
     assert code == 0, err
+
+
+def onnx_model(path: Path, inputs: list[tuple[str, int, list[Any]]]) -> None:
+    """An ONNX model whose graph inputs are `inputs` (name, onnx element type, dims); one Identity each."""
+    from onnx import helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", [name], [f"{name}_out"]) for name, _, _ in inputs], "m",
+        [helper.make_tensor_value_info(name, kind, dims) for name, kind, dims in inputs],
+        [helper.make_tensor_value_info(f"{name}_out", kind, dims) for name, kind, dims in inputs])
+    import onnx
+
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+
+
+def test_onnx_input_names_and_types_come_from_the_model(tmp_path, run_bmbuild, monkeypatch):
+    """tpu-perf's commands never name a model's inputs; bmbuild feeds them by name (and as float32
+    unless told). A fetched vendor ONNX model names its input `data` (resnet50-v2-7.onnx), ...: the recipe
+    names them as the graph does, so it validates (it failed validate on the input names)."""
+    from onnx import TensorProto
+
+    folder, _, _ = corpus_copy(tmp_path, "vision/classification/resnet50-v2")
+    onnx_model(folder / "resnet50-v2-7.onnx", [("data", TensorProto.FLOAT, ["N", 3, 224, 224])])
+    (tmp_path / "zoo" / "seq").mkdir()
+    onnx_model(tmp_path / "zoo" / "seq" / "seq.onnx", [("feats", TensorProto.FLOAT, [6, 4]),
+                                                      ("length", TensorProto.INT64, [1])])
+    (tmp_path / "zoo" / "seq" / "config.yaml").write_text(yaml.safe_dump({
+        "name": "seq", "fp_compile_options": "python3 -m bmneto --model $(home)/seq.onnx --shapes '[6,4],[1]'"}))
+    result = import_zoo(tmp_path / "zoo", tmp_path / "out")
+    assert one(result, "resnet50-v2").recipe["inputs"] == [{"name": "data"}]
+    assert one(result, "seq").recipe["inputs"] == [{"name": "feats", "batch_axis": None},
+                                                   {"name": "length", "dtype": "int64", "batch_axis": None}]
+    write_import(result)
+    monkeypatch.chdir(tmp_path / "out")
+    code, out, err = run_bmbuild("validate", ".")
+    assert code == 0, out + err

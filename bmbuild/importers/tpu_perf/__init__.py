@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import re
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ import yaml
 from bmbuild.errors import BmbuildError, DataError
 from bmbuild.calib.sources import folder_files
 from bmbuild.fileinfo import onnx_graph_inputs
-from bmbuild.recipe import Int8, default_input_names
+from bmbuild.recipe import Int8, InputSpec, default_input_names
 from bmbuild.importers.tpu_perf.mlir import translate_mlir
 from bmbuild.importers.tpu_perf.nntc import translate_nntc
 from bmbuild.importers.tpu_perf.translator import TARGETS, Skip, Translation, Translator, append
@@ -42,6 +43,7 @@ from bmbuild.importers.tpu_perf.tree import (
 )
 
 DEFAULT_OUT = Path("recipes/imported")
+INPUT_DTYPES = typing.get_args(InputSpec.model_fields["dtype"].annotation)
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # Config keys tpu-perf's build reads that have no effect on the bmodels, and why.
 RUNTIME_KEYS = {
@@ -137,32 +139,47 @@ def _translate_group(file: Path, zoo: Zoo, builds: list[Build], name: str, path:
     if str(builds[0].config["name"]) != name and not name.endswith("-mlir"):
         result.notes.insert(0, f"name: {builds[0].config['name']!r} is not a bmbuild recipe name; using {name!r}")
     recipe = _merge_shapes([t.recipe for t in parts], builds)
-    _unbatched_inputs(recipe, result, path.parent.resolve())
+    _inputs(recipe, result, path.parent.resolve())
     _hold_out_comparison_samples(recipe, result, zoo)
     result.recipe = _ordered(name, recipe, file, zoo)
     return result
 
 
-def _unbatched_inputs(recipe: dict[str, Any], result: Translation, recipe_dir: Path) -> None:
-    """tpu-perf compiles `--shapes` as written. Inputs whose first dimensions differ (an encoder's
-    [458,20,30] beside a length [1]) have no common batch size to set, so the recipe names every
-    input with `batch_axis: null`: bmbuild then compiles the shapes exactly as tpu-perf does."""
-    shapes = recipe.get("shapes") or []
-    if "inputs" in recipe or len({s[0] for s in shapes if s}) < 2 or len(recipe.get("batch_sizes") or [1]) > 1:
-        return
-    names = default_input_names(len(shapes))
+def _graph_inputs(recipe: dict[str, Any], recipe_dir: Path) -> list[Any] | None:
+    """The ONNX source's graph inputs, None when it is not ONNX or cannot be read (an LFS pointer,
+    a file not fetched: `validate` names it)."""
     source = recipe.get("source") or {}
-    if source.get("framework") == "onnx":
-        try:
-            names = [item.name for item in onnx_graph_inputs((recipe_dir / str(source.get("model"))).resolve())]
-        except DataError:
-            return  # `validate` names the unreadable model
-        if len(names) != len(shapes):
-            return
-    recipe["inputs"] = [{"name": name, "batch_axis": None} for name in names]
-    firsts = ", ".join(str(s[0]) if s else "[]" for s in shapes)
-    result.notes.append(f"shapes: the inputs' first dimensions differ ({firsts}), so none is a batch axis: "
-                        "compiled as written (inputs[].batch_axis: null)")
+    if source.get("framework") != "onnx" or "${" in str(source.get("model")):
+        return None
+    try:
+        return onnx_graph_inputs((recipe_dir / str(source.get("model"))).resolve())
+    except DataError:
+        return None
+
+
+def _inputs(recipe: dict[str, Any], result: Translation, recipe_dir: Path) -> None:
+    """`inputs` as the model has them. bmbuild feeds inputs by name (`input`, `input0`, ... unless
+    named) and as float32 unless told, while tpu-perf's commands name neither: the names and
+    element types come from the ONNX graph when it can be read."""
+    shapes = recipe.get("shapes") or []
+    graph = _graph_inputs(recipe, recipe_dir)
+    if "inputs" in recipe or (graph is not None and len(graph) != len(shapes)):
+        return
+    unbatched = len({s[0] for s in shapes if s}) >= 2 and len(recipe.get("batch_sizes") or [1]) == 1
+    names = [item.name for item in graph] if graph is not None else default_input_names(len(shapes))
+    specs: list[dict[str, Any]] = [{"name": name} for name in names]
+    for spec, item in zip(specs, graph or [], strict=False):
+        if item.dtype != "float32" and item.dtype in INPUT_DTYPES:
+            spec["dtype"] = item.dtype
+    if unbatched:
+        firsts = ", ".join(str(s[0]) if s else "[]" for s in shapes)
+        result.notes.append(f"shapes: the inputs' first dimensions differ ({firsts}), so none is a batch axis: "
+                            "compiled as written (inputs[].batch_axis: null)")
+        for spec in specs:
+            spec["batch_axis"] = None
+    elif names == default_input_names(len(shapes)) and all(len(spec) == 1 for spec in specs):
+        return      # bmbuild's defaults already
+    recipe["inputs"] = specs
 
 
 def _merge_shapes(recipes: list[dict[str, Any]], builds: list[Build]) -> dict[str, Any]:
