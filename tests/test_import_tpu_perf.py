@@ -832,3 +832,29 @@ def test_onnx_input_names_and_types_come_from_the_model(tmp_path, run_bmbuild, m
     monkeypatch.chdir(tmp_path / "out")
     code, out, err = run_bmbuild("validate", ".")
     assert code == 0, out + err
+
+
+def test_nntc_layer_names_keep_nntc_or_are_named_where_tpu_mlir_builds(tmp_path, run_bmbuild, monkeypatch):
+    """yolov5s5 keeps NNTC's names for three PyTorch layers in float (-fpfwd_outputs=< 24 >14,...):
+    only NNTC knows them. For BM1684 the recipe asks for NNTC; for BM1684X, which bmbuild builds
+    with tpu-mlir, they are untranslated (tpu-mlir's dry run failed on them)."""
+    folder, _, _ = corpus_copy(tmp_path, "vision/detection/yolov5")
+    for other in folder.glob("*config.yaml"):
+        if other.name != "yolov5s5.config.yaml":
+            other.unlink()
+    layers = ["< 24 >14", "< 24 >51", "< 24 >82"]
+    for target, toolchain in (("BM1684", None), ("BM1684X", "tpu-mlir")):
+        result = import_zoo(folder, tmp_path / target, target=target)
+        t = one(result)
+        if target == "BM1684":
+            assert t.recipe["toolchain"] == "nntc" and t.recipe["int8"]["fp32_layers"] == layers
+            assert t.status == "imported"
+        else:
+            assert "toolchain" not in t.recipe and "fp32_layers" not in t.recipe["int8"]
+            assert f"fp32 layers {', '.join(layers)}: NNTC's names for the model's layers" in " ".join(t.untranslated)
+        write_import(result)
+        monkeypatch.chdir(tmp_path / target)
+        code, out, err = run_bmbuild("run", ".", "--dry-run", *(["--toolchain", toolchain] if toolchain else []))
+        assert code == 0 and "error:" not in out + err, out + err
+        if toolchain is None:
+            assert "-fpfwd_outputs=< 24 >14,< 24 >51,< 24 >82" in out

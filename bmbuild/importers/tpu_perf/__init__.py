@@ -225,8 +225,8 @@ def _hold_out_comparison_samples(recipe: dict[str, Any], result: Translation, zo
                             f"not {samples}")
 
 
-KEY_ORDER = ("name", "description", "source", "shapes", "inputs", "output_names", "target", "prec", "batch_sizes", "fp32",
-             "calibration", "int8", "variants")
+KEY_ORDER = ("name", "description", "source", "shapes", "inputs", "output_names", "target", "toolchain", "prec",
+             "batch_sizes", "fp32", "calibration", "int8", "variants")
 
 
 def _ordered(name: str, recipe: dict[str, Any], file: Path, zoo: Zoo) -> dict[str, Any]:
