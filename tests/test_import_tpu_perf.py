@@ -385,7 +385,8 @@ def test_git_lfs_pointers_are_noted(tmp_path):
 # --- round trip: tpu-perf's commands vs bmbuild's NNTC dry run ---------------------------------------
 def corpus_copy(tmp_path: Path, model: str) -> tuple[Path, dict[str, Any], dict[str, Any]]:
     """The corpus root config and one model's folder, with placeholder model files and a calibration
-    image folder for every dataset variable; returns (model folder, model config, root variables)."""
+    image folder for every dataset variable (room for 100 samples + 16 held out, so no recipe
+    calibrates on fewer than its config); returns (model folder, model config, root variables)."""
     root = tmp_path / "zoo"
     shutil.copytree(CORPUS / model, root / model)
     shutil.copyfile(CORPUS / "config.yaml", root / "config.yaml")
@@ -395,7 +396,8 @@ def corpus_copy(tmp_path: Path, model: str) -> tuple[Path, dict[str, Any], dict[
     for key, value in variables.items():
         if key.endswith("_set") and not Path(value).suffix:
             Path(value).mkdir(parents=True, exist_ok=True)
-            (Path(value) / "a.jpg").write_bytes(b"\xff\xd8\xff placeholder")
+            for i in range(116):
+                (Path(value) / f"{i:03d}.jpg").write_bytes(b"\xff\xd8\xff placeholder")
     for file in (root / model).glob("*config.yaml"):
         for path in re.findall(r"\$\(home\)/([\w.-]+\.(?:pt|onnx))", file.read_text()):
             (root / model / path).write_bytes(ONNX_BYTES)
@@ -858,3 +860,71 @@ def test_nntc_layer_names_keep_nntc_or_are_named_where_tpu_mlir_builds(tmp_path,
         assert code == 0 and "error:" not in out + err, out + err
         if toolchain is None:
             assert "-fpfwd_outputs=< 24 >14,< 24 >51,< 24 >82" in out
+
+
+# tpu-mlir's model-zoo config generator (python/utils/gen_shell.py, yaml_template): a folder of
+# .npz inputs (one data.npz, keyed by input name) calibrated with --input_num 10.
+GEN_SHELL_CONFIG = """
+name: {name}
+pure_name: {name}
+gops: [1]
+shapes:
+ - [1,3,8,8]
+model: $(home)/{name}.onnx
+cali_input_key: {name}/cali_data
+time_rountds: 50
+mlir_transform: model_transform.py
+  --model_name $(name)
+  --model_def $(model)
+  --tolerance 0.99,0.9
+  --test_input $(root)/dataset/{name}/test_input.npz
+  --input_shapes [$(shape_param)]
+  --test_result $(workdir)/$(pure_name)_top_outputs.npz
+  --mlir $(workdir)/$(pure_name).mlir
+mlir_calibration: run_calibration.py $(workdir)/$(pure_name).mlir
+  --dataset $(root)/dataset/$(cali_input_key)
+  --input_num 10
+  -o $(workdir)/$(pure_name)_cali_table
+BM1684X:
+  deploy:
+    - model_deploy.py
+      --mlir $(workdir)/$(pure_name).mlir
+      --quantize F32
+      --chip $(target)
+      --model $(workdir)/$(pure_name)_$(target)_f32.bmodel
+    - model_deploy.py
+      --mlir $(workdir)/$(pure_name).mlir
+      --quantize INT8
+      --chip $(target)
+      --tolerance 0.8,0.4
+      --model $(workdir)/$(pure_name)_$(target)_int8_sym.bmodel
+      --calibration_table $(workdir)/$(pure_name)_cali_table
+"""
+
+
+def test_npz_calibration_sets_are_fed_as_they_are_and_small_ones_calibrate_on_what_is_there(
+        tmp_path, run_bmbuild, monkeypatch):
+    """run_calibration feeds a --dataset of .npz files as they are and calibrates on at most the
+    files there are. The recipes had a calibration.preprocess (refused for arrays) and 10 samples +
+    16 held out from a folder of 1 or 13: neither validated."""
+    import numpy as np
+    from onnx import TensorProto
+
+    folder = zoo(tmp_path, {f"m/{name}/{name}.mlir.config.yaml": GEN_SHELL_CONFIG.format(name=name)
+                            for name in ("one", "some")}, root={})
+    for name, files in (("one", 1), ("some", 13)):
+        onnx_model(folder / "m" / name / f"{name}.onnx", [("x.1", TensorProto.FLOAT, [1, 3, 8, 8])])
+        cali = folder / "dataset" / name / "cali_data"
+        cali.mkdir(parents=True)
+        for i in range(files):
+            np.savez(cali / f"data{i}.npz", **{"x.1": np.zeros((1, 3, 8, 8), np.float32)})
+    result = import_zoo(folder, tmp_path / "out", target="BM1684X")
+    one_npz, some = one(result, "one").recipe, one(result, "some").recipe
+    assert one_npz["calibration"] == {"data": "${tpu_perf_root}/dataset/one/cali_data", "samples": 1}
+    assert one_npz["int8"]["cmp"] is False
+    assert some["calibration"]["samples"] == 7 and some["int8"]["cmp_samples"] == 6
+    assert "preprocess" not in some["calibration"]
+    write_import(result)
+    monkeypatch.chdir(tmp_path / "out")
+    code, out, err = run_bmbuild("validate", ".")
+    assert code == 0, out + err

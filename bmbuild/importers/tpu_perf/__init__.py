@@ -24,7 +24,8 @@ from typing import Any
 import yaml
 
 from bmbuild.errors import BmbuildError, DataError
-from bmbuild.calib.sources import folder_files
+from bmbuild.calib.config import CalibrationConfig
+from bmbuild.calib.sources import folder_files, is_image
 from bmbuild.fileinfo import onnx_graph_inputs
 from bmbuild.recipe import Int8, InputSpec, default_input_names
 from bmbuild.importers.tpu_perf.mlir import translate_mlir
@@ -140,6 +141,7 @@ def _translate_group(file: Path, zoo: Zoo, builds: list[Build], name: str, path:
         result.notes.insert(0, f"name: {builds[0].config['name']!r} is not a bmbuild recipe name; using {name!r}")
     recipe = _merge_shapes([t.recipe for t in parts], builds)
     _inputs(recipe, result, path.parent.resolve())
+    _arrays_fed_as_they_are(recipe, result, zoo)
     _hold_out_comparison_samples(recipe, result, zoo)
     result.recipe = _ordered(name, recipe, file, zoo)
     return result
@@ -202,27 +204,64 @@ def _merge_shapes(recipes: list[dict[str, Any]], builds: list[Build]) -> dict[st
     return merged
 
 
-def _hold_out_comparison_samples(recipe: dict[str, Any], result: Translation, zoo: Zoo) -> None:
-    """tpu-perf calibrates on every image it is told to (a 100-image caliset, `--cali_iterations
-    100`); bmbuild holds `int8.cmp_samples` of them out to compare int8 with fp32. Where the folder
-    has no room for both, calibration takes what is left, so the imported recipe validates."""
-    calibration = recipe.get("calibration") or {}
-    samples, data = calibration.get("samples"), calibration.get("data")
-    if recipe.get("prec") != "INT8" or not isinstance(samples, int) or not isinstance(data, str):
-        return
+def _calibration_files(recipe: dict[str, Any], zoo: Zoo) -> tuple[str, list[Path]] | None:
+    """The calibration folder (its ${vars} expanded) and its sample files; None when the recipe
+    calibrates on no folder here (not INT8, a folder not fetched, a single file)."""
+    data = (recipe.get("calibration") or {}).get("data")
+    if recipe.get("prec") != "INT8" or not isinstance(data, str):
+        return None
     for name, value in zoo.variables.items():
         data = data.replace("${" + name + "}", value)
     try:
-        count = len(folder_files(Path(data))) if Path(data).is_dir() else 0
+        return (data, folder_files(Path(data))) if Path(data).is_dir() else None
     except DataError:
+        return None
+
+
+def _arrays_fed_as_they_are(recipe: dict[str, Any], result: Translation, zoo: Zoo) -> None:
+    """A tpu-mlir --dataset of .npz/.npy files holds model inputs, which run_calibration feeds as
+    they are (model_transform's --mean/--scale/--resize_dims apply to images): the recipe has no
+    calibration.preprocess then, as bmbuild refuses one for arrays."""
+    found = _calibration_files(recipe, zoo)
+    if found is None or not found[1] or any(is_image(path) for path in found[1]):
         return
-    int8 = recipe.get("int8") or {}
+    preprocess = recipe["calibration"].pop("preprocess", None)
+    if preprocess:
+        result.notes.append(f"calibration.preprocess: {found[0]} holds .npy/.npz arrays, fed as they are "
+                            "(tpu-mlir applies its preprocessing to images only)")
+
+
+def _hold_out_comparison_samples(recipe: dict[str, Any], result: Translation, zoo: Zoo) -> None:
+    """tpu-perf calibrates on at most the files there are (a 100-image caliset, `--cali_iterations
+    100`; a one-file npz set, `--input_num 10`); bmbuild holds `int8.cmp_samples` of them out to
+    compare int8 with fp32 and needs calibration.samples + those. Where the folder has no room for
+    both, calibration takes what is left, or the comparison takes half (none of a single sample)."""
+    calibration = recipe.get("calibration") or {}
+    samples = calibration.get("samples", CalibrationConfig.model_fields["samples"].default)
+    found = _calibration_files(recipe, zoo)
+    if not isinstance(samples, int) or found is None:
+        return
+    data, count = found[0], len(found[1])
+    int8 = dict(recipe.get("int8") or {})
     held_out = int(int8.get("cmp_samples", Int8.model_fields["cmp_samples"].default)) if int8.get("cmp", True) else 0
-    if held_out and samples + held_out > count > held_out:
-        calibration["samples"] = count - held_out
-        result.notes.append(f"calibration.samples: {data} holds {count} samples and bmbuild holds {held_out} out for "
-                            f"the int8 comparison (int8.cmp_samples), so it calibrates on {count - held_out}, "
-                            f"not {samples}")
+    if not count or samples + held_out <= count:
+        return
+    kept = held_out if count > held_out else count // 2
+    calibration["samples"] = min(samples, count - kept)
+    why = f"calibration.samples: {data} holds {count} samples"
+    if kept == held_out:
+        why += (f" and bmbuild holds {held_out} out for the int8 comparison (int8.cmp_samples)" if held_out
+                else " (tpu-perf calibrates on at most those)")
+    elif kept:
+        int8["cmp_samples"] = kept
+        why += (f" (tpu-perf calibrates on at most those) and bmbuild holds {kept} out for the int8 comparison "
+                f"(int8.cmp_samples, not {held_out})")
+    else:
+        int8["cmp"] = False
+        why += " (tpu-perf calibrates on at most those), none left for bmbuild's int8 comparison (int8.cmp: false)"
+    if int8:
+        recipe["int8"] = int8
+    result.notes.append(f"{why}, so it calibrates on {calibration['samples']}, not {samples}")
 
 
 KEY_ORDER = ("name", "description", "source", "shapes", "inputs", "output_names", "target", "toolchain", "prec",
