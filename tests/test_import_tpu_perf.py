@@ -86,10 +86,16 @@ def test_variables_expand_and_dataset_variables_become_workspace_vars(tmp_path):
 def test_unknown_and_cyclic_variables_skip_the_config_with_the_name(tmp_path):
     folder = zoo(tmp_path, {
         "a/config.yaml": nntc_config("a", cali="python3 -m ufw.cali.cali_model --cali_image_path $(nowhere)"),
-        "b/config.yaml": nntc_config("b", model="$(x)", x="$(model)/y")})
+        "b/config.yaml": nntc_config("b", model="$(x)", x="$(model)/y"),
+        # tpu-mlir's model-zoo generator (gen_shell.py) writes `excepts: ""` and `--excepts $(excepts)`
+        "c/config.yaml": nntc_config("c", excepts="", fp_compile_options="python3 -m bmnetp --model $(model) "
+                                                                         "--shapes [1,3,8,8] --excepts $(excepts)")})
     result = imported(folder, tmp_path)
     assert one(result, "a").status == "skipped" and "unknown variable $(nowhere)" in one(result, "a").skipped
     assert one(result, "b").status == "skipped" and "cyclic variable" in one(result, "b").skipped
+    assert one(result, "c").skipped == ("variable $(excepts) in 'python3 -m bmnetp --model $(model) --shapes [1,3,8,8] "
+                                        "--excepts $(excepts)' is empty (''): tpu-perf takes an empty value for no "
+                                        "value and stops")
 
 
 def test_target_blocks_override_for_the_chosen_target_only(tmp_path):
