@@ -934,3 +934,20 @@ def test_npz_calibration_sets_are_fed_as_they_are_and_small_ones_calibrate_on_wh
     monkeypatch.chdir(tmp_path / "out")
     code, out, err = run_bmbuild("validate", ".")
     assert code == 0, out + err
+
+
+def test_tool_option_aliases_translate_like_their_first_names(tmp_path):
+    """tpu-mlir's tools take --processor for --chip and run_calibration --calibration_table for -o
+    (argparse aliases). The table written under the long name was taken for a prebuilt one: the
+    recipe stayed FP32, and both --processor flags were untranslated."""
+    folder, _, _ = corpus_copy(tmp_path, "vision/classification/resnet50-v2")
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    config["mlir_calibration"] = ("run_calibration.py $(workdir)/transformed.mlir --dataset $(imagenet2012_mlir_cali_set) "
+                                  "--input_num 100 --processor bm1684x --calibration_table $(workdir)/$(name).calitable")
+    config["deploy"] = [config["deploy"][0].replace("--chip", "--processor"),
+                        config["deploy"][2].replace("$(home)/cali_table", "$(workdir)/$(name).calitable")]
+    (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    t = one(import_zoo(folder, tmp_path / "out"))
+    assert t.recipe["prec"] == "INT8" and t.recipe["target"] == "BM1684X"
+    assert t.recipe["int8"]["asymmetric"] is True
+    assert t.status == "imported", t.untranslated
