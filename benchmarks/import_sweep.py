@@ -42,7 +42,8 @@ from bmbuild.importers.tpu_perf.tree import find_root, open_zoo, read_builds  # 
 ONNX_BYTES = b"\x08\x07\x12\x07pytorch"      # starts like a serialized ModelProto
 JPEG_BYTES = b"\xff\xd8\xff placeholder"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
-TOOLCHAINS = ("nntc", "tpu-mlir")
+TOOLCHAINS = ("auto", "nntc", "tpu-mlir")   # auto: the recipe's own choice (no --toolchain)
+OUTCOMES = ("ok", "n/a", "error", "crash", "hang", "mismatch")
 BOOLEAN_FLAGS = ("dyn", "cmp", "enable_profile")
 # Flags whose value is a file the build writes or reads elsewhere (compared by name or not at all).
 PATH_FLAGS = ("model", "weight", "outdir")
@@ -230,7 +231,8 @@ def check_flags(t: Any, recipe: dict[str, Any], stdout: str, toolchain: str, com
     ran = dry_run_commands(stdout)
     lost = t.untranslated
     problems: list[str] = []
-    mode = "mlir" if any(k[0] == "mlir" for k in commands) and not any(k[0] == "nntc" for k in commands) else "nntc"
+    nntc = any(k[0] == "nntc" for k in commands)
+    mode = "mlir" if t.name.endswith("-mlir") or (commands and not nntc) else "nntc"
     if toolchain == "nntc" and mode == "nntc":
         fp = commands.get(("nntc", "fp_compile_options"))
         if fp is not None:
@@ -327,23 +329,45 @@ def sweep_target(zoo: Path, copy: Path, work: Path, target: str, timeout: float)
             commands = {}
             row.checks["config"] = Check("crash", f"expanding the config's commands: {exc}")
         for toolchain in TOOLCHAINS:
-            code, stdout, err = bmbuild(["run", str(file), "--dry-run", "--toolchain", toolchain],
-                                        out / "recipes", timeout)
-            check = classify(code, stdout, err, timeout)
-            if check.outcome == "ok":
-                problems = check_flags(t, t.recipe, stdout, toolchain, commands)
-                if problems:
-                    check = Check("mismatch", "; ".join(problems))
-            row.checks[toolchain] = check
+            row.checks[toolchain] = dry_run(t.recipe, file, out / "recipes", toolchain, target, timeout,
+                                            lambda stdout, used: check_flags(t, t.recipe, stdout, used, commands))
     return rows
 
 
+def dry_run(recipe: dict[str, Any], file: Path, cwd: Path, toolchain: str, target: str, timeout: float,
+            check: Any) -> Check:
+    """`run --dry-run` with one toolchain, where the recipe can use it (NNTC builds BM1684 only; a
+    recipe that asks for NNTC is not run with tpu-mlir), and its commands against the config's."""
+    pinned = recipe.get("toolchain")
+    if toolchain == "nntc" and recipe.get("target", target) != "BM1684":
+        return Check("n/a", "NNTC builds BM1684 only")
+    if toolchain == "tpu-mlir" and pinned == "nntc":
+        return Check("n/a", "the recipe asks for NNTC")
+    flag = [] if toolchain == "auto" else ["--toolchain", toolchain]
+    code, stdout, err = bmbuild(["run", str(file), "--dry-run", *flag], cwd, timeout)
+    result = classify(code, stdout, err, timeout)
+    if result.outcome != "ok":
+        return result
+    used = toolchain
+    if toolchain == "auto":
+        tools = {Path(c[0]).name for c in dry_run_commands(stdout) if c}
+        used = "tpu-mlir" if "model_deploy" in tools else "nntc" if tools & {"bmnetu", "calibration_use_pb"} or any(
+            "-m bmnetp" in line or "-m bmneto" in line for line in stdout.splitlines()) else "reference"
+    problems = check(stdout, used)
+    return Check("mismatch", "; ".join(problems)) if problems else result
+
+
 def _reason(t: Any) -> str:
+    """Why a config was skipped, or the keys and reasons of what was untranslated (values cut)."""
     if t.recipe is None:
         text = str(t.skipped)
-        return re.sub(r" \((?:model_transform|fp_compile_options)[^)]*\)$", "", text)
-    return "; ".join(sorted({u.split(":")[0].split(" ", 1)[0] + ": " + u.split(": ", 1)[-1].split(":")[0]
-                             for u in t.untranslated}))
+        return re.sub(r" \((?:model_transform|fp_compile_options|time_only_cali|cali)[^)]*\)$", "", text)
+    reasons = set()
+    for item in t.untranslated:
+        parts = item.split(": ")
+        why = next((p for p in parts[1:] if "=" not in p), parts[-1]).split(":")[0]
+        reasons.add(f"{parts[0].split(' ', 1)[0]}: {why}")
+    return "; ".join(sorted(reasons))
 
 
 # --- the report -----------------------------------------------------------------------------------
@@ -356,12 +380,13 @@ def render(zoo: Path, commit: str, command: str, title: str, results: dict[str, 
         lines += ["", "| status | reason | configs |", "|---|---|---|"]
         for (status, reason), n in sorted(Counter((r.status, _short(r)) for r in rows).items()):
             lines.append(f"| {status} | {reason or '-'} | {n} |")
-        lines += ["", "| check | ok | error | crash | hang | mismatch |", "|---|---|---|---|---|---|"]
+        lines += ["", "| check | " + " | ".join(OUTCOMES) + " |", "|---" * (len(OUTCOMES) + 1) + "|"]
         for name in ("validate", *TOOLCHAINS):
             counts = Counter(r.checks[name].outcome for r in rows if name in r.checks)
-            lines.append(f"| {name} | " + " | ".join(str(counts.get(o, 0))
-                                                     for o in ("ok", "error", "crash", "hang", "mismatch")) + " |")
-        lines += ["", "| config | status | recipe | validate | dry-run nntc | dry-run tpu-mlir |", "|---|---|---|---|---|---|"]
+            label = name if name == "validate" else f"dry-run {name}"
+            lines.append(f"| {label} | " + " | ".join(str(counts.get(o, 0)) for o in OUTCOMES) + " |")
+        lines += ["", "| config | status | recipe | validate | dry-run auto | dry-run nntc | dry-run tpu-mlir |",
+                  "|---|---|---|---|---|---|---|"]
         for r in rows:
             cells = [_cell(r.checks.get(n)) for n in ("validate", *TOOLCHAINS)]
             lines.append(f"| {r.config} | {r.status} | {r.recipe or _esc(r.reason)} | " + " | ".join(cells) + " |")

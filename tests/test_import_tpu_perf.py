@@ -375,6 +375,9 @@ def test_missing_model_files_import_and_fail_validate_with_the_path(tmp_path, ru
     t = one(result)
     missing = CORPUS.resolve() / "vision" / "classification" / "efficientnetv2" / "efficientnetv2.onnx"
     assert t.status == "imported" and any(n.startswith(f"model: {missing} is not present") for n in t.notes)
+    caliset = CORPUS.resolve() / "dataset" / "ILSVRC2012" / "caliset"     # datasets are fetched apart
+    assert f"calibration.data: {caliset} is not present (a dataset fetched apart from the zoo?): `bmbuild " \
+           "validate` fails until the data is there" in t.notes
     write_import(result)
     monkeypatch.chdir(tmp_path / "out")
     code, out, err = run_bmbuild("validate", ".")

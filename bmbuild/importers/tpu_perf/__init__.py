@@ -141,6 +141,7 @@ def _translate_group(file: Path, zoo: Zoo, builds: list[Build], name: str, path:
         result.notes.insert(0, f"name: {builds[0].config['name']!r} is not a bmbuild recipe name; using {name!r}")
     recipe = _merge_shapes([t.recipe for t in parts], builds)
     _inputs(recipe, result, path.parent.resolve())
+    _absent_calibration_data(recipe, result, zoo)
     _arrays_fed_as_they_are(recipe, result, zoo)
     _hold_out_comparison_samples(recipe, result, zoo)
     result.recipe = _ordered(name, recipe, file, zoo)
@@ -204,18 +205,36 @@ def _merge_shapes(recipes: list[dict[str, Any]], builds: list[Build]) -> dict[st
     return merged
 
 
-def _calibration_files(recipe: dict[str, Any], zoo: Zoo) -> tuple[str, list[Path]] | None:
-    """The calibration folder (its ${vars} expanded) and its sample files; None when the recipe
-    calibrates on no folder here (not INT8, a folder not fetched, a single file)."""
+def _calibration_folder(recipe: dict[str, Any], zoo: Zoo) -> str | None:
+    """calibration.data of an INT8 recipe with the zoo's ${vars} expanded."""
     data = (recipe.get("calibration") or {}).get("data")
     if recipe.get("prec") != "INT8" or not isinstance(data, str):
         return None
     for name, value in zoo.variables.items():
         data = data.replace("${" + name + "}", value)
+    return data
+
+
+def _calibration_files(recipe: dict[str, Any], zoo: Zoo) -> tuple[str, list[Path]] | None:
+    """The calibration folder and its sample files; None when the recipe calibrates on no folder
+    here (not INT8, a folder not fetched, a single file)."""
+    data = _calibration_folder(recipe, zoo)
     try:
-        return (data, folder_files(Path(data))) if Path(data).is_dir() else None
+        return (data, folder_files(Path(data))) if data is not None and Path(data).is_dir() else None
     except DataError:
         return None
+
+
+def _absent_calibration_data(recipe: dict[str, Any], result: Translation, zoo: Zoo) -> None:
+    """Datasets are fetched apart from a zoo's configs (sophgo/model-zoo ships a 100-image caliset,
+    not val2017): the report says so at import, as it does for model files."""
+    data = _calibration_folder(recipe, zoo)
+    found = _calibration_files(recipe, zoo)
+    if data is None or "${" in data or (found is not None and found[1]):
+        return
+    what = "holds no .jpg/.jpeg/.png/.npy/.npz files" if Path(data).is_dir() else "is not present"
+    result.notes.append(f"calibration.data: {data} {what} (a dataset fetched apart from the zoo?): "
+                        "`bmbuild validate` fails until the data is there")
 
 
 def _arrays_fed_as_they_are(recipe: dict[str, Any], result: Translation, zoo: Zoo) -> None:
