@@ -86,10 +86,16 @@ def test_variables_expand_and_dataset_variables_become_workspace_vars(tmp_path):
 def test_unknown_and_cyclic_variables_skip_the_config_with_the_name(tmp_path):
     folder = zoo(tmp_path, {
         "a/config.yaml": nntc_config("a", cali="python3 -m ufw.cali.cali_model --cali_image_path $(nowhere)"),
-        "b/config.yaml": nntc_config("b", model="$(x)", x="$(model)/y")})
+        "b/config.yaml": nntc_config("b", model="$(x)", x="$(model)/y"),
+        # tpu-mlir's model-zoo generator (gen_shell.py) writes `excepts: ""` and `--excepts $(excepts)`
+        "c/config.yaml": nntc_config("c", excepts="", fp_compile_options="python3 -m bmnetp --model $(model) "
+                                                                         "--shapes [1,3,8,8] --excepts $(excepts)")})
     result = imported(folder, tmp_path)
     assert one(result, "a").status == "skipped" and "unknown variable $(nowhere)" in one(result, "a").skipped
     assert one(result, "b").status == "skipped" and "cyclic variable" in one(result, "b").skipped
+    assert one(result, "c").skipped == ("variable $(excepts) in 'python3 -m bmnetp --model $(model) --shapes [1,3,8,8] "
+                                        "--excepts $(excepts)' is empty (''): tpu-perf takes an empty value for no "
+                                        "value and stops")
 
 
 def test_target_blocks_override_for_the_chosen_target_only(tmp_path):
@@ -369,6 +375,9 @@ def test_missing_model_files_import_and_fail_validate_with_the_path(tmp_path, ru
     t = one(result)
     missing = CORPUS.resolve() / "vision" / "classification" / "efficientnetv2" / "efficientnetv2.onnx"
     assert t.status == "imported" and any(n.startswith(f"model: {missing} is not present") for n in t.notes)
+    caliset = CORPUS.resolve() / "dataset" / "ILSVRC2012" / "caliset"     # datasets are fetched apart
+    assert f"calibration.data: {caliset} is not present (a dataset fetched apart from the zoo?): `bmbuild " \
+           "validate` fails until the data is there" in t.notes
     write_import(result)
     monkeypatch.chdir(tmp_path / "out")
     code, out, err = run_bmbuild("validate", ".")
@@ -385,7 +394,8 @@ def test_git_lfs_pointers_are_noted(tmp_path):
 # --- round trip: tpu-perf's commands vs bmbuild's NNTC dry run ---------------------------------------
 def corpus_copy(tmp_path: Path, model: str) -> tuple[Path, dict[str, Any], dict[str, Any]]:
     """The corpus root config and one model's folder, with placeholder model files and a calibration
-    image folder for every dataset variable; returns (model folder, model config, root variables)."""
+    image folder for every dataset variable (room for 100 samples + 16 held out, so no recipe
+    calibrates on fewer than its config); returns (model folder, model config, root variables)."""
     root = tmp_path / "zoo"
     shutil.copytree(CORPUS / model, root / model)
     shutil.copyfile(CORPUS / "config.yaml", root / "config.yaml")
@@ -395,7 +405,8 @@ def corpus_copy(tmp_path: Path, model: str) -> tuple[Path, dict[str, Any], dict[
     for key, value in variables.items():
         if key.endswith("_set") and not Path(value).suffix:
             Path(value).mkdir(parents=True, exist_ok=True)
-            (Path(value) / "a.jpg").write_bytes(b"\xff\xd8 placeholder")
+            for i in range(116):
+                (Path(value) / f"{i:03d}.jpg").write_bytes(b"\xff\xd8\xff placeholder")
     for file in (root / model).glob("*config.yaml"):
         for path in re.findall(r"\$\(home\)/([\w.-]+\.(?:pt|onnx))", file.read_text()):
             (root / model / path).write_bytes(ONNX_BYTES)
@@ -796,3 +807,150 @@ def test_a_calibration_set_without_room_for_held_out_samples_calibrates_on_the_r
     monkeypatch.chdir(tmp_path / "out")
     code, out, err = run_bmbuild("validate", ".")
     assert code == 0, err
+
+
+def onnx_model(path: Path, inputs: list[tuple[str, int, list[Any]]]) -> None:
+    """An ONNX model whose graph inputs are `inputs` (name, onnx element type, dims); one Identity each."""
+    from onnx import helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", [name], [f"{name}_out"]) for name, _, _ in inputs], "m",
+        [helper.make_tensor_value_info(name, kind, dims) for name, kind, dims in inputs],
+        [helper.make_tensor_value_info(f"{name}_out", kind, dims) for name, kind, dims in inputs])
+    import onnx
+
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+
+
+def test_onnx_input_names_and_types_come_from_the_model(tmp_path, run_bmbuild, monkeypatch):
+    """tpu-perf's commands never name a model's inputs; bmbuild feeds them by name (and as float32
+    unless told). A fetched vendor ONNX model names its input `data` (resnet50-v2-7.onnx), ...: the recipe
+    names them as the graph does, so it validates (it failed validate on the input names)."""
+    from onnx import TensorProto
+
+    folder, _, _ = corpus_copy(tmp_path, "vision/classification/resnet50-v2")
+    onnx_model(folder / "resnet50-v2-7.onnx", [("data", TensorProto.FLOAT, ["N", 3, 224, 224])])
+    (tmp_path / "zoo" / "seq").mkdir()
+    onnx_model(tmp_path / "zoo" / "seq" / "seq.onnx", [("feats", TensorProto.FLOAT, [6, 4]),
+                                                      ("length", TensorProto.INT64, [1])])
+    (tmp_path / "zoo" / "seq" / "config.yaml").write_text(yaml.safe_dump({
+        "name": "seq", "fp_compile_options": "python3 -m bmneto --model $(home)/seq.onnx --shapes '[6,4],[1]'"}))
+    result = import_zoo(tmp_path / "zoo", tmp_path / "out")
+    assert one(result, "resnet50-v2").recipe["inputs"] == [{"name": "data"}]
+    assert one(result, "seq").recipe["inputs"] == [{"name": "feats", "batch_axis": None},
+                                                   {"name": "length", "dtype": "int64", "batch_axis": None}]
+    write_import(result)
+    monkeypatch.chdir(tmp_path / "out")
+    code, out, err = run_bmbuild("validate", ".")
+    assert code == 0, out + err
+
+
+def test_nntc_layer_names_keep_nntc_or_are_named_where_tpu_mlir_builds(tmp_path, run_bmbuild, monkeypatch):
+    """yolov5s5 keeps NNTC's names for three PyTorch layers in float (-fpfwd_outputs=< 24 >14,...):
+    only NNTC knows them. For BM1684 the recipe asks for NNTC; for BM1684X, which bmbuild builds
+    with tpu-mlir, they are untranslated (tpu-mlir's dry run failed on them)."""
+    folder, _, _ = corpus_copy(tmp_path, "vision/detection/yolov5")
+    for other in folder.glob("*config.yaml"):
+        if other.name != "yolov5s5.config.yaml":
+            other.unlink()
+    layers = ["< 24 >14", "< 24 >51", "< 24 >82"]
+    for target, toolchain in (("BM1684", None), ("BM1684X", "tpu-mlir")):
+        result = import_zoo(folder, tmp_path / target, target=target)
+        t = one(result)
+        if target == "BM1684":
+            assert t.recipe["toolchain"] == "nntc" and t.recipe["int8"]["fp32_layers"] == layers
+            assert t.status == "imported"
+        else:
+            assert "toolchain" not in t.recipe and "fp32_layers" not in t.recipe["int8"]
+            assert f"fp32 layers {', '.join(layers)}: NNTC's names for the model's layers" in " ".join(t.untranslated)
+        write_import(result)
+        monkeypatch.chdir(tmp_path / target)
+        code, out, err = run_bmbuild("run", ".", "--dry-run", *(["--toolchain", toolchain] if toolchain else []))
+        assert code == 0 and "error:" not in out + err, out + err
+        if toolchain is None:
+            assert "-fpfwd_outputs=< 24 >14,< 24 >51,< 24 >82" in out
+
+
+# tpu-mlir's model-zoo config generator (python/utils/gen_shell.py, yaml_template): a folder of
+# .npz inputs (one data.npz, keyed by input name) calibrated with --input_num 10.
+GEN_SHELL_CONFIG = """
+name: {name}
+pure_name: {name}
+gops: [1]
+shapes:
+ - [1,3,8,8]
+model: $(home)/{name}.onnx
+cali_input_key: {name}/cali_data
+time_rountds: 50
+mlir_transform: model_transform.py
+  --model_name $(name)
+  --model_def $(model)
+  --tolerance 0.99,0.9
+  --test_input $(root)/dataset/{name}/test_input.npz
+  --input_shapes [$(shape_param)]
+  --test_result $(workdir)/$(pure_name)_top_outputs.npz
+  --mlir $(workdir)/$(pure_name).mlir
+mlir_calibration: run_calibration.py $(workdir)/$(pure_name).mlir
+  --dataset $(root)/dataset/$(cali_input_key)
+  --input_num 10
+  -o $(workdir)/$(pure_name)_cali_table
+BM1684X:
+  deploy:
+    - model_deploy.py
+      --mlir $(workdir)/$(pure_name).mlir
+      --quantize F32
+      --chip $(target)
+      --model $(workdir)/$(pure_name)_$(target)_f32.bmodel
+    - model_deploy.py
+      --mlir $(workdir)/$(pure_name).mlir
+      --quantize INT8
+      --chip $(target)
+      --tolerance 0.8,0.4
+      --model $(workdir)/$(pure_name)_$(target)_int8_sym.bmodel
+      --calibration_table $(workdir)/$(pure_name)_cali_table
+"""
+
+
+def test_npz_calibration_sets_are_fed_as_they_are_and_small_ones_calibrate_on_what_is_there(
+        tmp_path, run_bmbuild, monkeypatch):
+    """run_calibration feeds a --dataset of .npz files as they are and calibrates on at most the
+    files there are. The recipes had a calibration.preprocess (refused for arrays) and 10 samples +
+    16 held out from a folder of 1 or 13: neither validated."""
+    import numpy as np
+    from onnx import TensorProto
+
+    folder = zoo(tmp_path, {f"m/{name}/{name}.mlir.config.yaml": GEN_SHELL_CONFIG.format(name=name)
+                            for name in ("one", "some")}, root={})
+    for name, files in (("one", 1), ("some", 13)):
+        onnx_model(folder / "m" / name / f"{name}.onnx", [("x.1", TensorProto.FLOAT, [1, 3, 8, 8])])
+        cali = folder / "dataset" / name / "cali_data"
+        cali.mkdir(parents=True)
+        for i in range(files):
+            np.savez(cali / f"data{i}.npz", **{"x.1": np.zeros((1, 3, 8, 8), np.float32)})
+    result = import_zoo(folder, tmp_path / "out", target="BM1684X")
+    one_npz, some = one(result, "one").recipe, one(result, "some").recipe
+    assert one_npz["calibration"] == {"data": "${tpu_perf_root}/dataset/one/cali_data", "samples": 1}
+    assert one_npz["int8"]["cmp"] is False
+    assert some["calibration"]["samples"] == 7 and some["int8"]["cmp_samples"] == 6
+    assert "preprocess" not in some["calibration"]
+    write_import(result)
+    monkeypatch.chdir(tmp_path / "out")
+    code, out, err = run_bmbuild("validate", ".")
+    assert code == 0, out + err
+
+
+def test_tool_option_aliases_translate_like_their_first_names(tmp_path):
+    """tpu-mlir's tools take --processor for --chip and run_calibration --calibration_table for -o
+    (argparse aliases). The table written under the long name was taken for a prebuilt one: the
+    recipe stayed FP32, and both --processor flags were untranslated."""
+    folder, _, _ = corpus_copy(tmp_path, "vision/classification/resnet50-v2")
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    config["mlir_calibration"] = ("run_calibration.py $(workdir)/transformed.mlir --dataset $(imagenet2012_mlir_cali_set) "
+                                  "--input_num 100 --processor bm1684x --calibration_table $(workdir)/$(name).calitable")
+    config["deploy"] = [config["deploy"][0].replace("--chip", "--processor"),
+                        config["deploy"][2].replace("$(home)/cali_table", "$(workdir)/$(name).calitable")]
+    (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    t = one(import_zoo(folder, tmp_path / "out"))
+    assert t.recipe["prec"] == "INT8" and t.recipe["target"] == "BM1684X"
+    assert t.recipe["int8"]["asymmetric"] is True
+    assert t.status == "imported", t.untranslated

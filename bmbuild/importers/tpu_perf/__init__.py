@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import re
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,10 @@ from typing import Any
 import yaml
 
 from bmbuild.errors import BmbuildError, DataError
-from bmbuild.calib.sources import folder_files
+from bmbuild.calib.config import CalibrationConfig
+from bmbuild.calib.sources import folder_files, is_image
 from bmbuild.fileinfo import onnx_graph_inputs
-from bmbuild.recipe import Int8, default_input_names
+from bmbuild.recipe import Int8, InputSpec, default_input_names
 from bmbuild.importers.tpu_perf.mlir import translate_mlir
 from bmbuild.importers.tpu_perf.nntc import translate_nntc
 from bmbuild.importers.tpu_perf.translator import TARGETS, Skip, Translation, Translator, append
@@ -42,6 +44,7 @@ from bmbuild.importers.tpu_perf.tree import (
 )
 
 DEFAULT_OUT = Path("recipes/imported")
+INPUT_DTYPES = typing.get_args(InputSpec.model_fields["dtype"].annotation)
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # Config keys tpu-perf's build reads that have no effect on the bmodels, and why.
 RUNTIME_KEYS = {
@@ -137,32 +140,49 @@ def _translate_group(file: Path, zoo: Zoo, builds: list[Build], name: str, path:
     if str(builds[0].config["name"]) != name and not name.endswith("-mlir"):
         result.notes.insert(0, f"name: {builds[0].config['name']!r} is not a bmbuild recipe name; using {name!r}")
     recipe = _merge_shapes([t.recipe for t in parts], builds)
-    _unbatched_inputs(recipe, result, path.parent.resolve())
+    _inputs(recipe, result, path.parent.resolve())
+    _absent_calibration_data(recipe, result, zoo)
+    _arrays_fed_as_they_are(recipe, result, zoo)
     _hold_out_comparison_samples(recipe, result, zoo)
     result.recipe = _ordered(name, recipe, file, zoo)
     return result
 
 
-def _unbatched_inputs(recipe: dict[str, Any], result: Translation, recipe_dir: Path) -> None:
-    """tpu-perf compiles `--shapes` as written. Inputs whose first dimensions differ (an encoder's
-    [458,20,30] beside a length [1]) have no common batch size to set, so the recipe names every
-    input with `batch_axis: null`: bmbuild then compiles the shapes exactly as tpu-perf does."""
-    shapes = recipe.get("shapes") or []
-    if "inputs" in recipe or len({s[0] for s in shapes if s}) < 2 or len(recipe.get("batch_sizes") or [1]) > 1:
-        return
-    names = default_input_names(len(shapes))
+def _graph_inputs(recipe: dict[str, Any], recipe_dir: Path) -> list[Any] | None:
+    """The ONNX source's graph inputs, None when it is not ONNX or cannot be read (an LFS pointer,
+    a file not fetched: `validate` names it)."""
     source = recipe.get("source") or {}
-    if source.get("framework") == "onnx":
-        try:
-            names = [item.name for item in onnx_graph_inputs((recipe_dir / str(source.get("model"))).resolve())]
-        except DataError:
-            return  # `validate` names the unreadable model
-        if len(names) != len(shapes):
-            return
-    recipe["inputs"] = [{"name": name, "batch_axis": None} for name in names]
-    firsts = ", ".join(str(s[0]) if s else "[]" for s in shapes)
-    result.notes.append(f"shapes: the inputs' first dimensions differ ({firsts}), so none is a batch axis: "
-                        "compiled as written (inputs[].batch_axis: null)")
+    if source.get("framework") != "onnx" or "${" in str(source.get("model")):
+        return None
+    try:
+        return onnx_graph_inputs((recipe_dir / str(source.get("model"))).resolve())
+    except DataError:
+        return None
+
+
+def _inputs(recipe: dict[str, Any], result: Translation, recipe_dir: Path) -> None:
+    """`inputs` as the model has them. bmbuild feeds inputs by name (`input`, `input0`, ... unless
+    named) and as float32 unless told, while tpu-perf's commands name neither: the names and
+    element types come from the ONNX graph when it can be read."""
+    shapes = recipe.get("shapes") or []
+    graph = _graph_inputs(recipe, recipe_dir)
+    if "inputs" in recipe or (graph is not None and len(graph) != len(shapes)):
+        return
+    unbatched = len({s[0] for s in shapes if s}) >= 2 and len(recipe.get("batch_sizes") or [1]) == 1
+    names = [item.name for item in graph] if graph is not None else default_input_names(len(shapes))
+    specs: list[dict[str, Any]] = [{"name": name} for name in names]
+    for spec, item in zip(specs, graph or [], strict=False):
+        if item.dtype != "float32" and item.dtype in INPUT_DTYPES:
+            spec["dtype"] = item.dtype
+    if unbatched:
+        firsts = ", ".join(str(s[0]) if s else "[]" for s in shapes)
+        result.notes.append(f"shapes: the inputs' first dimensions differ ({firsts}), so none is a batch axis: "
+                            "compiled as written (inputs[].batch_axis: null)")
+        for spec in specs:
+            spec["batch_axis"] = None
+    elif names == default_input_names(len(shapes)) and all(len(spec) == 1 for spec in specs):
+        return      # bmbuild's defaults already
+    recipe["inputs"] = specs
 
 
 def _merge_shapes(recipes: list[dict[str, Any]], builds: list[Build]) -> dict[str, Any]:
@@ -185,31 +205,86 @@ def _merge_shapes(recipes: list[dict[str, Any]], builds: list[Build]) -> dict[st
     return merged
 
 
-def _hold_out_comparison_samples(recipe: dict[str, Any], result: Translation, zoo: Zoo) -> None:
-    """tpu-perf calibrates on every image it is told to (a 100-image caliset, `--cali_iterations
-    100`); bmbuild holds `int8.cmp_samples` of them out to compare int8 with fp32. Where the folder
-    has no room for both, calibration takes what is left, so the imported recipe validates."""
-    calibration = recipe.get("calibration") or {}
-    samples, data = calibration.get("samples"), calibration.get("data")
-    if recipe.get("prec") != "INT8" or not isinstance(samples, int) or not isinstance(data, str):
-        return
+def _calibration_folder(recipe: dict[str, Any], zoo: Zoo) -> str | None:
+    """calibration.data of an INT8 recipe with the zoo's ${vars} expanded."""
+    data = (recipe.get("calibration") or {}).get("data")
+    if recipe.get("prec") != "INT8" or not isinstance(data, str):
+        return None
     for name, value in zoo.variables.items():
         data = data.replace("${" + name + "}", value)
+    return data
+
+
+def _calibration_files(recipe: dict[str, Any], zoo: Zoo) -> tuple[str, list[Path]] | None:
+    """The calibration folder and its sample files; None when the recipe calibrates on no folder
+    here (not INT8, a folder not fetched, a single file)."""
+    data = _calibration_folder(recipe, zoo)
     try:
-        count = len(folder_files(Path(data))) if Path(data).is_dir() else 0
+        return (data, folder_files(Path(data))) if data is not None and Path(data).is_dir() else None
     except DataError:
+        return None
+
+
+def _absent_calibration_data(recipe: dict[str, Any], result: Translation, zoo: Zoo) -> None:
+    """Datasets are fetched apart from a zoo's configs (sophgo/model-zoo ships a 100-image caliset,
+    not val2017): the report says so at import, as it does for model files."""
+    data = _calibration_folder(recipe, zoo)
+    found = _calibration_files(recipe, zoo)
+    if data is None or "${" in data or (found is not None and found[1]):
         return
-    int8 = recipe.get("int8") or {}
+    what = "holds no .jpg/.jpeg/.png/.npy/.npz files" if Path(data).is_dir() else "is not present"
+    result.notes.append(f"calibration.data: {data} {what} (a dataset fetched apart from the zoo?): "
+                        "`bmbuild validate` fails until the data is there")
+
+
+def _arrays_fed_as_they_are(recipe: dict[str, Any], result: Translation, zoo: Zoo) -> None:
+    """A tpu-mlir --dataset of .npz/.npy files holds model inputs, which run_calibration feeds as
+    they are (model_transform's --mean/--scale/--resize_dims apply to images): the recipe has no
+    calibration.preprocess then, as bmbuild refuses one for arrays."""
+    found = _calibration_files(recipe, zoo)
+    if found is None or not found[1] or any(is_image(path) for path in found[1]):
+        return
+    preprocess = recipe["calibration"].pop("preprocess", None)
+    if preprocess:
+        result.notes.append(f"calibration.preprocess: {found[0]} holds .npy/.npz arrays, fed as they are "
+                            "(tpu-mlir applies its preprocessing to images only)")
+
+
+def _hold_out_comparison_samples(recipe: dict[str, Any], result: Translation, zoo: Zoo) -> None:
+    """tpu-perf calibrates on at most the files there are (a 100-image caliset, `--cali_iterations
+    100`; a one-file npz set, `--input_num 10`); bmbuild holds `int8.cmp_samples` of them out to
+    compare int8 with fp32 and needs calibration.samples + those. Where the folder has no room for
+    both, calibration takes what is left, or the comparison takes half (none of a single sample)."""
+    calibration = recipe.get("calibration") or {}
+    samples = calibration.get("samples", CalibrationConfig.model_fields["samples"].default)
+    found = _calibration_files(recipe, zoo)
+    if not isinstance(samples, int) or found is None:
+        return
+    data, count = found[0], len(found[1])
+    int8 = dict(recipe.get("int8") or {})
     held_out = int(int8.get("cmp_samples", Int8.model_fields["cmp_samples"].default)) if int8.get("cmp", True) else 0
-    if held_out and samples + held_out > count > held_out:
-        calibration["samples"] = count - held_out
-        result.notes.append(f"calibration.samples: {data} holds {count} samples and bmbuild holds {held_out} out for "
-                            f"the int8 comparison (int8.cmp_samples), so it calibrates on {count - held_out}, "
-                            f"not {samples}")
+    if not count or samples + held_out <= count:
+        return
+    kept = held_out if count > held_out else count // 2
+    calibration["samples"] = min(samples, count - kept)
+    why = f"calibration.samples: {data} holds {count} samples"
+    if kept == held_out:
+        why += (f" and bmbuild holds {held_out} out for the int8 comparison (int8.cmp_samples)" if held_out
+                else " (tpu-perf calibrates on at most those)")
+    elif kept:
+        int8["cmp_samples"] = kept
+        why += (f" (tpu-perf calibrates on at most those) and bmbuild holds {kept} out for the int8 comparison "
+                f"(int8.cmp_samples, not {held_out})")
+    else:
+        int8["cmp"] = False
+        why += " (tpu-perf calibrates on at most those), none left for bmbuild's int8 comparison (int8.cmp: false)"
+    if int8:
+        recipe["int8"] = int8
+    result.notes.append(f"{why}, so it calibrates on {calibration['samples']}, not {samples}")
 
 
-KEY_ORDER = ("name", "description", "source", "shapes", "inputs", "output_names", "target", "prec", "batch_sizes", "fp32",
-             "calibration", "int8", "variants")
+KEY_ORDER = ("name", "description", "source", "shapes", "inputs", "output_names", "target", "toolchain", "prec",
+             "batch_sizes", "fp32", "calibration", "int8", "variants")
 
 
 def _ordered(name: str, recipe: dict[str, Any], file: Path, zoo: Zoo) -> dict[str, Any]:

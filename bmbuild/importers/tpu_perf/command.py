@@ -28,6 +28,11 @@ SWITCHES: dict[str, set[str]] = {
                      "disable_gdma_check", "do_winograd", "cache_skip"},
     "run_calibration": {"sq", "we", "bc", "search", "debug"},
 }
+# Other spellings of one option (argparse aliases of the tools): flags are handled by the first name.
+ALIASES: dict[str, dict[str, str]] = {
+    "model_deploy": {"processor": "chip"},
+    "run_calibration": {"processor": "chip", "calibration_table": "o"},
+}
 # Flags whose value may begin with a dash ('-th_method=MSE').
 ALWAYS_VALUED = {"try_cali_accuracy_opt", "debug_cmd", "cali_image_preprocess", "fp32_layer_list"}
 
@@ -102,6 +107,7 @@ def parse_command(text: str, key: str) -> CommandLine:
             i += 1
             continue
         name, value = match.group(2), match.group(3)
+        name = ALIASES.get(tool, {}).get(name, name)
         written = word
         if value is None and name not in switches and i + 1 < len(rest):
             following = rest[i + 1]

@@ -126,8 +126,12 @@ def _mlir_calibration(t: Translator, command: CommandLine) -> dict[str, Any]:
     def table(flag: Flag) -> None:
         found["table"] = str(flag.value)
 
+    def chip(flag: Flag) -> None:
+        t.target(str(flag.value), flag.describe())
+
     t.apply(command, {"dataset": dataset, "input_num": count("samples", 1), "cali_method": method,
-                      "histogram_bin_num": count("bins", 128), "tune_num": tune, "o": table}, positionals=1)
+                      "histogram_bin_num": count("bins", 128), "tune_num": tune, "o": table, "chip": chip},
+            positionals=1)
     return found
 
 

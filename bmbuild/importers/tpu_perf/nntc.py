@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 from bmbuild.importers.tpu_perf.command import CommandLine, Flag, parse_bool, parse_floats
 from bmbuild.importers.tpu_perf.translator import MODEL_SUFFIXES, Skip, Translator, add_layers
+from bmbuild.toolchains.nntc import TARGETS as NNTC_TARGETS
 
 # NNTC front ends: the two bmbuild drives, and the frameworks it does not build.
 COMPILERS = {"bmnetp": "torchscript", "bmneto": "onnx"}
@@ -52,7 +53,35 @@ def translate_nntc(t: Translator) -> None:
     if config.get("concat_files"):
         t.lose("concat_files", "model files assembled from parts before the build: join them and point "
                                "source.model at the result")
+    _nntc_layer_names(t)
     _calibration_hint(t, int8=bmnetu is not None or int8_possible)
+
+
+def _nntc_layer_names(t: Translator) -> None:
+    """NNTC names the layers of a PyTorch model itself (pt_to_umodel's '< 24 >14'), so fp32 layers
+    given that way mean something to NNTC only: tpu-mlir and the reference name the tensors of an
+    ONNX graph. Where NNTC builds the target the recipe keeps them and asks for NNTC; where it does
+    not (BM1684X: tpu-mlir), they are untranslated."""
+    layers = t.get("int8.fp32_layers") or []
+    torch = (t.get("source") or {}).get("framework") == "torchscript"
+    nntc_only = [layer for layer in layers if torch or any(c.isspace() for c in layer)]
+    if not nntc_only:
+        return
+    names = ", ".join(nntc_only)
+    if t.recipe.get("target", t.zoo.target) in NNTC_TARGETS:
+        t.recipe["toolchain"] = "nntc"
+        t.note("toolchain: nntc", f"int8.fp32_layers {names} are NNTC's names for the model's layers, which "
+                                  "tpu-mlir does not know")
+        return
+    kept = [layer for layer in layers if layer not in nntc_only]
+    if kept:
+        t.set("int8.fp32_layers", kept)
+    else:
+        del t.recipe["int8"]["fp32_layers"]
+        if not t.recipe["int8"]:
+            del t.recipe["int8"]
+    t.lose(f"fp32 layers {names}", "NNTC's names for the model's layers (cali's -fpfwd_outputs / "
+                                   "--fp32_layer_list): tpu-mlir, which builds this target, does not know them")
 
 
 def _calibration_hint(t: Translator, int8: bool) -> None:

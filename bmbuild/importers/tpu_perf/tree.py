@@ -122,8 +122,17 @@ class Scope:
             raise ConfigError(f"cyclic variable $({var}) in {text!r}")
         value = self.lookup(var)
         if value is None:
-            raise ConfigError(f"unknown variable $({var}) in {text!r}")
+            raise missing_variable(var, text, self.config)
         return value
+
+
+def missing_variable(var: str, text: str, config: dict[str, Any]) -> ConfigError:
+    """tpu-perf's error for $(var) without a value: undefined, or set to an empty value (which
+    `config.get(var) or global_config.get(var)` skips)."""
+    if config.get(var) is not None:
+        return ConfigError(f"variable $({var}) in {text!r} is empty ({config[var]!r}): tpu-perf takes an empty "
+                           "value for no value and stops")
+    return ConfigError(f"unknown variable $({var}) in {text!r}")
 
 
 @dataclass
@@ -340,7 +349,7 @@ def _whole(value: Any, config: dict[str, Any], zoo: Zoo, used: set[str]) -> Any:
             used.add(whole.group(1))
             found = Scope(config, zoo.globals, zoo.markers).lookup(whole.group(1))
             if found is None:
-                raise ConfigError(f"unknown variable $({whole.group(1)}) in {value!r}")
+                raise missing_variable(whole.group(1), value, config)
             return found
     return value
 
