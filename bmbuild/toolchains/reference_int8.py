@@ -157,6 +157,7 @@ def calibrate(ctx: StageContext, model: Path, table: Path) -> None:
 
     import onnx
 
+    from bmbuild.calib.dataset import tpu_mlir_order
     from bmbuild.calib.histogram import StatsCollector
     from bmbuild.calib.methods import asymmetric_range
     from bmbuild.calib.qdq import GraphView, asymmetric_tensors, output_sources
@@ -165,7 +166,7 @@ def calibrate(ctx: StageContext, model: Path, table: Path) -> None:
 
     params = ctx.params
     feeds = input_feeds(ctx.recipe)
-    calib_refs, _ = split(ctx.recipe)
+    calib_refs = tpu_mlir_order(split(ctx.recipe)[0])  # the kl histogram and the tuner depend on it
     prepared = prepared_model(ctx, model)
     graph = onnx.load(str(prepared))
     tensors = float_tensors(graph)
