@@ -367,6 +367,9 @@ def cmd_init(args: argparse.Namespace) -> int:
     written = init(args.model, Path(args.out), args.name, args.shape, args.force)
     for path in written:
         print(f"wrote {_relative(path)}")
+    for line in written[-1].read_text().splitlines():
+        if line.startswith("# check: "):
+            print(line[2:])
     print(f"next: bmbuild validate {_relative(written[-1])} && bmbuild run {_relative(written[-1])}")
     return 0
 

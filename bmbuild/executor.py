@@ -36,6 +36,19 @@ from bmbuild.workspace import Workspace
 KEY_ENV = ("BMBUILD_KEY_SALT",)
 
 
+
+CONSOLE_MESSAGE = 1500  # characters of a failure's message on the console (all of it in the log and report)
+CONSOLE_LINE = 400      # characters of each log-tail line on the console
+
+
+def clipped(text: str, limit: int) -> str:
+    """`text`, cut at `limit` characters with a note: a tool's error may list a thousand names
+    (onnxruntime's missing inputs), which buries the console; the log keeps every character."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]} ... ({len(text) - limit} more characters in the log)"
+
+
 class Status(Enum):
     """What a node needs, decided before it runs."""
 
@@ -388,9 +401,9 @@ class Executor:
         code is the cause's (errors.py: 2 for bad input). `ran`: the stage ran (or was restored), so
         the log at `log_path` is this failure's."""
         tail = tail_of(log_path, 15) if show_tail else ""
-        text = f"{node.id} failed: {message}"
+        text = f"{node.id} failed: {clipped(message, CONSOLE_MESSAGE)}"
         if tail:
-            text += "\n  log tail:\n" + "\n".join("    " + line for line in tail.splitlines())
+            text += "\n  log tail:\n" + "\n".join("    " + clipped(line, CONSOLE_LINE) for line in tail.splitlines())
         if ran:
             text += f"\n  full log: {log_path}"
         error = StageFailed(text)

@@ -44,9 +44,10 @@ def parse_model(text: str) -> ModelSpec:
     return spec
 
 
-def onnx_inputs(file: Path) -> tuple[list[list[int]], list[dict[str, str]]]:
-    """The graph inputs' shapes (initializers left out; a dynamic dimension becomes 1) and their
-    names and dtypes (bmbuild feeds an ONNX model's inputs by name)."""
+def onnx_inputs(file: Path) -> tuple[list[list[int]], list[dict[str, Any]], list[str]]:
+    """The graph inputs' shapes (initializers left out; a dynamic dimension becomes 1), their names,
+    dtypes and batch axes (bmbuild feeds an ONNX model's inputs by name), and what the user should
+    check: dynamic dimensions written as 1, integer inputs that want a value."""
     try:
         import onnx
     except ImportError:
@@ -58,10 +59,44 @@ def onnx_inputs(file: Path) -> tuple[list[list[int]], list[dict[str, str]]]:
     initializers = {init.name for init in model.graph.initializer}
     values = [value for value in model.graph.input if value.name not in initializers]
     dtypes = {onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.INT32: "int32", onnx.TensorProto.INT64: "int64"}
-    inputs = [{"name": value.name, **({"dtype": dtypes[value.type.tensor_type.elem_type]}
-                                      if value.type.tensor_type.elem_type in dtypes else {})} for value in values]
-    return [[d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1
-             for d in value.type.tensor_type.shape.dim] for value in values], inputs
+    dims = [[(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or DYNAMIC))
+             for d in value.type.tensor_type.shape.dim] for value in values]
+    axes = batch_axes(dims)
+    inputs: list[dict[str, Any]] = []
+    notes = []
+    for value, shape, axis in zip(values, dims, axes):
+        entry: dict[str, Any] = {"name": value.name}
+        if value.type.tensor_type.elem_type in dtypes:
+            entry["dtype"] = dtypes[value.type.tensor_type.elem_type]
+        if axis != 0 and shape:
+            entry["batch_axis"] = axis
+        inputs.append(entry)
+        others = [f"{i} ({d})" if d != DYNAMIC else str(i) for i, d in enumerate(shape) if isinstance(d, str) and i != axis]
+        if others:
+            notes.append(f"input {value.name!r}: dynamic axis {', '.join(others)} written as 1; set its size in shapes")
+        if entry.get("dtype", "").startswith("int") and not shape:
+            notes.append(f"input {value.name!r} is an integer scalar: give its value (inputs: value:), e.g. a sample rate")
+    return [[d if isinstance(d, int) else 1 for d in shape] for shape in dims], inputs, notes
+
+
+DYNAMIC = "?"  # a dimension with neither a size nor a name
+
+
+def batch_axes(dims: list[list[int | str]]) -> list[int | None]:
+    """Each input's batch axis, read from the dynamic dimensions: the first input's first dynamic
+    dimension is the batch; another input has it where the same name is (`state [2, batch, 128]`),
+    or, where dimensions have no names, at its first dynamic one; none: no batch axis (a fixed
+    state, a scalar). Without a dynamic dimension anywhere, the first axis, as before."""
+    first = next((d for d in (dims[0] if dims else []) if isinstance(d, str)), None)
+    if first is None:
+        return [0 if shape else None for shape in dims]
+    axes: list[int | None] = []
+    for shape in dims:
+        if first != DYNAMIC:
+            axes.append(shape.index(first) if first in shape else None)
+        else:
+            axes.append(next((i for i, d in enumerate(shape) if isinstance(d, str)), None))
+    return axes
 
 
 def torch_shapes(spec: ModelSpec) -> list[list[int]]:
@@ -112,7 +147,7 @@ def recipe_name(spec: ModelSpec) -> str:
 
 
 def recipe_text(name: str, spec: ModelSpec, shapes: list[list[int]], folder: Path, schema: Path,
-                inputs: list[dict[str, str]] | None = None) -> str:
+                inputs: list[dict[str, Any]] | None = None, notes: list[str] | None = None) -> str:
     model = Path(os.path.relpath(spec.file.resolve(), folder.resolve())).as_posix()
     if spec.callable:
         model += f":{spec.callable}"
@@ -120,6 +155,7 @@ def recipe_text(name: str, spec: ModelSpec, shapes: list[list[int]], folder: Pat
         f"# yaml-language-server: $schema={Path(os.path.relpath(schema.resolve(), folder.resolve())).as_posix()}",
         "# Written by `bmbuild init`. `bmbuild validate` checks it, `bmbuild run` builds it; for int8 set",
         "# prec: INT8 and add a calibration section (see the README).",
+        *[f"# check: {note}" for note in notes or []],
         f"name: {name}",
         "source:",
         f"  framework: {spec.framework}",
@@ -153,9 +189,9 @@ def init(model: str, out: Path, name: str | None = None, shapes: list[list[int]]
     target = out / f"{name}.yaml"
     if target.exists() and not force:
         raise BmbuildError(f"{target} exists; pass --force to overwrite it")
-    inputs = None
+    inputs, notes = None, []
     if spec.framework == "onnx":
-        declared, inputs = onnx_inputs(spec.file)
+        declared, inputs, notes = onnx_inputs(spec.file)
         shapes = shapes or declared
     elif shapes is None:
         shapes = torch_shapes(spec)
@@ -170,7 +206,7 @@ def init(model: str, out: Path, name: str | None = None, shapes: list[list[int]]
             written.append(path)
     out.mkdir(parents=True, exist_ok=True)
     previous = target.read_text() if target.exists() else None
-    target.write_text(recipe_text(name, spec, shapes, out, root / "schemas" / "recipe.schema.json", inputs))
+    target.write_text(recipe_text(name, spec, shapes, out, root / "schemas" / "recipe.schema.json", inputs, notes))
     try:
         load_recipes([target], root)
     except BmbuildError:

@@ -72,3 +72,46 @@ def test_init_mistakes_are_one_clear_error(workspace, run_bmbuild, capsys):
     with pytest.raises(SystemExit) as stop:  # argparse: usage and the message, exit 2
         run_bmbuild("init", "recipes/tiny_models.py:tiny_cnn", "--shape", "1,0")
     assert stop.value.code == 2 and "dimensions must be positive integers" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("named", [True, False])
+def test_init_reads_each_inputs_batch_axis_and_names_what_to_check(workspace, run_bmbuild, named):
+    """Silero VAD's inputs: audio [batch, sequence], a state [2, batch, 128], an int64 sample rate
+    (a scalar). Every input's first axis was taken as the batch: the recipe init wrote failed its
+    own validation ("the inputs disagree on the batch size"). Without dimension names (silero_vad.onnx
+    itself), the first dynamic axis of each input is its batch."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    batch, sequence = ("batch", "sequence") if named else (None, None)
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["x"], ["m"], axes=[1], keepdims=0), helper.make_node("Cast", ["sr"], ["srf"], to=1),
+         helper.make_node("Mul", ["m", "srf"], ["y"]), helper.make_node("Relu", ["state"], ["state_out"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, sequence]),
+         helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, batch, 128]),
+         helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch]),
+         helper.make_tensor_value_info("state_out", TensorProto.FLOAT, [2, batch, 128])])
+    Path("models").mkdir()
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), "models/vad.onnx")
+    code, out, err = run_bmbuild("init", "models/vad.onnx")
+    assert code == 0, err
+    recipe = read_recipe("recipes/vad.yaml")
+    assert recipe["shapes"] == [[1, 1], [2, 1, 128], []]
+    assert recipe["inputs"] == [{"name": "x"}, {"name": "state", "batch_axis": 1}, {"name": "sr", "dtype": "int64"}]
+    axis = "1 (sequence)" if named else "1"
+    assert f"check: input 'x': dynamic axis {axis} written as 1; set its size in shapes" in out
+    assert "check: input 'sr' is an integer scalar: give its value (inputs: value:), e.g. a sample rate" in out
+    assert f"# check: input 'x': dynamic axis {axis} written as 1" in Path("recipes/vad.yaml").read_text()
+    code, out, err = run_bmbuild("validate", "recipes/vad.yaml")
+    assert code == 0, out + err
+
+
+def test_init_batch_axes_from_dimensions() -> None:
+    from bmbuild.init import DYNAMIC, batch_axes
+
+    assert batch_axes([[1, 3, 8, 8]]) == [0]                                   # no dynamic axis: as before
+    assert batch_axes([["N", 3], [2, "N", 4], [], [1, 128]]) == [0, 1, None, None]
+    assert batch_axes([[DYNAMIC, DYNAMIC], [2, DYNAMIC, 128], []]) == [0, 1, None]
+    assert batch_axes([["seq", 576], [1, 1, 128]]) == [0, None]                 # LSTM states of a fixed size
+    assert batch_axes([]) == []

@@ -80,3 +80,32 @@ def test_onnx_source_starts_at_compile(workspace, write_recipe, run_bmbuild, out
                       str(workspace / "recipes" / "m.onnx"), dynamo=False, opset_version=13, input_names=["input"])
     code, out, _ = run_bmbuild("run", recipe, "--plain")
     assert code == 0 and outcomes("ox") == {"compile_fp32": "executed"}
+
+
+def test_an_onnx_model_of_ir_version_3_builds(workspace, write_recipe, run_bmbuild, outcomes):
+    """ONNX 1.0-1.2 models (the ONNX zoo's Caffe2 exports) list every initializer as a graph input
+    too. onnxruntime saved such a model, optimised, with the inputs of the initializers it had
+    folded away still declared and now required: compile_fp32 failed with 'Required inputs
+    (['conv4_b_0__SHAPE', ...]) are missing from input feed'."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    # two equal initializers: onnxruntime keeps one (ConstantSharing) and left the other an input
+    shapes = [numpy_helper.from_array(np.array([3], dtype=np.int64), f"{b}__SHAPE") for b in "bc"]
+    fill = helper.make_tensor("v", TensorProto.FLOAT, [1], [0.5])
+    graph = helper.make_graph(
+        [helper.make_node("ConstantOfShape", ["b__SHAPE"], ["b"], value=fill),
+         helper.make_node("ConstantOfShape", ["c__SHAPE"], ["c"], value=fill),
+         helper.make_node("Add", ["x", "b"], ["xb"]), helper.make_node("Mul", ["xb", "c"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3]),
+         *[helper.make_tensor_value_info(f"{b}__SHAPE", TensorProto.INT64, [1]) for b in "bc"]],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])], shapes)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)])
+    model.ir_version = 3
+    onnx.save(model, str(workspace / "recipes" / "old.onnx"))
+    recipe = write_recipe("old", source={"framework": "onnx", "model": "old.onnx", "kwargs": None},
+                          shapes=[[1, 3]], inputs=[{"name": "x"}])
+    code, out, err = run_bmbuild("run", recipe, "--plain")
+    assert code == 0, out + err
+    assert outcomes("old") == {"compile_fp32": "executed"}

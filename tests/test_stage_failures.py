@@ -156,3 +156,19 @@ def test_failures_in_worker_processes_keep_their_numbers_and_logs(workspace, wri
     crash_log = (workspace / "build" / "crashy" / "logs" / "trace.log").read_text()
     assert "Traceback" in crash_log and "FAILED:" in crash_log  # the traceback stays in the log
     assert (workspace / "build" / "good" / "compile_fp32" / "good.onnx").is_file()
+
+
+def test_a_huge_error_message_is_cut_on_the_console_and_kept_whole_in_the_log(workspace, write_recipe,
+                                                                               run_bmbuild):
+    """onnxruntime's 'Required inputs ([...]) are missing' listed 400 tensor names: pages of console."""
+    (workspace / "recipes" / "loud.py").write_text(
+        "def loud():\n    raise ValueError('missing: ' + ', '.join(f'tensor_{i}__SHAPE' for i in range(400)))\n")
+    recipe = write_recipe("loud", source={"model": "loud.py:loud"})
+    code, out, err = run_bmbuild("run", recipe, "--plain")
+    assert code == 1
+    line = next(line for line in out.splitlines() if line.startswith("loud:trace failed:"))
+    assert "tensor_0__SHAPE" in line and "tensor_399__SHAPE" not in out
+    assert re.search(r"\.\.\. \(\d+ more characters in the log\)", out)
+    assert len(out) < 6000, len(out)
+    log = (workspace / "build" / "loud" / "logs" / "trace.log").read_text()
+    assert "tensor_399__SHAPE" in log

@@ -466,3 +466,39 @@ def test_the_tpu_mlir_demo_builds_resnet_yaml_for_both_chips() -> None:
     assert all(r.int8.cmodel_samples <= r.int8.cmp_samples for r in chips)
     makefile = (root / "Makefile").read_text()
     assert "recipes/resnet_chips.yaml" in makefile and "$(filter tpu-mlir,$(TOOLCHAIN))" in makefile
+
+
+@needs_python310
+def test_a_scalar_input_a_state_batched_on_axis_1_and_no_weights_build_on_the_cmodel(tws: Int8Workspace) -> None:
+    """Silero VAD's input kinds on the real compiler: an int64 sample rate given as a constant
+    scalar (model_transform wants [1] for it), a state [2, batch, 128], and a graph without
+    weights (no weight file: copying one failed)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["x"], ["m"], axes=[1], keepdims=0), helper.make_node("Cast", ["sr"], ["srf"], to=1),
+         helper.make_node("Mul", ["m", "srf"], ["y"]), helper.make_node("Relu", ["state"], ["state_out"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64]),
+         helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "batch", 16]),
+         helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch"]),
+         helper.make_tensor_value_info("state_out", TensorProto.FLOAT, [2, "batch", 16])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tws.recipes / "vad.onnx")
+    recipe = tws.recipe("vad", source={"framework": "onnx", "model": "vad.onnx"}, prec="FP32", toolchain="tpu-mlir",
+                        target="BM1684X", shapes=[[1, 64], [2, 1, 16], []], batch_sizes=[1],
+                        inputs=[{"name": "x"}, {"name": "state", "batch_axis": 1},
+                                {"name": "sr", "dtype": "int64", "value": 16000}])
+    code, out, err = tws.build(recipe)
+    assert code == 0, out + err
+    assert "--input_shapes '[[1,64],[2,1,16],[1]]'" in (tws.root / "build" / "vad" / "logs" / "compile_fp32.cmd").read_text()
+    cmp = tws.metrics("compile_fp32", "vad")["cmp"]
+    assert set(cmp) == {"b1/y", "b1/state_out"} and all(v["cos"] > 0.99999 for v in cmp.values()), cmp
+
+
+def test_a_scalar_input_is_given_to_model_transform_as_one_element() -> None:
+    """tpu-mlir gives a shapeless ONNX input the shape [1] and checks the count: `[]` failed with
+    'input shapes error: ... 1 vs 0'."""
+    from bmbuild.toolchains.tpu_mlir import shapes_arg
+
+    assert shapes_arg([[1, 512], [], [2, 1, 128]]) == "[[1,512],[1],[2,1,128]]"

@@ -53,8 +53,29 @@ def ort_session(path: Path | bytes, opt: int = 0, save_to: Path | None = None, d
         options.intra_op_num_threads = threads
     if save_to is not None:
         options.optimized_model_filepath = str(save_to)
+        path = _initializers_not_inputs(path)
     return ort.InferenceSession(path if isinstance(path, bytes) else str(path), options, providers=["CPUExecutionProvider"],
                                 disabled_optimizers=list(disabled_optimizers) or None)
+
+
+def _initializers_not_inputs(path: Path | bytes) -> Path | bytes:
+    """A model of IR version < 4 (ONNX 1.0-1.2: every initializer is also a graph input) as IR 4
+    without those inputs; others as they are. onnxruntime saves such a model, optimised, with the
+    inputs of the initializers it folded away still declared and now required (the ONNX zoo's
+    Caffe2 AlexNet: 'Required inputs (['conv4_b_0__SHAPE', ...]) are missing')."""
+    import onnx
+
+    model = onnx.load_from_string(path) if isinstance(path, bytes) else onnx.load(str(path), load_external_data=False)
+    if model.ir_version >= 4:
+        return path
+    initializers = {init.name for init in model.graph.initializer}
+    kept = [value for value in model.graph.input if value.name not in initializers]
+    del model.graph.input[:]
+    model.graph.input.extend(kept)
+    model.ir_version = 4
+    if not isinstance(path, bytes):
+        onnx.load_external_data_for_model(model, str(Path(path).parent))
+    return model.SerializeToString()
 
 
 def run_session(session: Any, arrays: list[Any]) -> list[Any]:

@@ -55,11 +55,20 @@ def prepared_model(ctx: StageContext, fp32: Path | None = None) -> Path:
     stages see the same tensor names."""
     import onnx
 
+    from bmbuild.calib.controlflow import inline_constant_ifs
+    from bmbuild.calib.dataset import constant
+
     target = ctx.work_dir / "prepared.onnx"
     if target.exists():
         return target
     source = fp32 or fp32_model(ctx)
     model = onnx.load(str(source))
+    inlined = inline_constant_ifs(model, {feed.name: constant(feed, 1) for feed in input_feeds(ctx.recipe)
+                                          if feed.value is not None})
+    if inlined:
+        source = ctx.work_dir / "inlined.onnx"
+        onnx.save(model, str(source))
+        ctx.log.info(f"inlined the branch the recipe's constant inputs choose of {', '.join(inlined)}")
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), PREPARED_OPSET)
     if opset < PREPARED_OPSET:
         from onnx import version_converter

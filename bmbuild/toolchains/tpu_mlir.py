@@ -64,8 +64,9 @@ def int8_folder(batch: int) -> str:
 
 
 def shapes_arg(shapes: list[list[int]]) -> str:
-    """model_transform --input_shapes: [[1,3,224,224]] (no spaces)."""
-    return "[" + ",".join("[" + ",".join(map(str, shape)) + "]" for shape in shapes) + "]"
+    """model_transform --input_shapes: [[1,3,224,224]] (no spaces). A scalar is [1]: tpu-mlir gives
+    a shapeless ONNX input that shape (`OnnxConverter.input_shape_assign`) and checks the count."""
+    return "[" + ",".join("[" + ",".join(map(str, shape or [1])) + "]" for shape in shapes) + "]"
 
 
 def letterbox_args(preprocess: Any) -> list[str]:
@@ -85,6 +86,15 @@ def weight_file(mlir: Path) -> str:
     if not found:
         raise ToolchainError(f"{mlir.name} names no module.weight_file")
     return found.group(1)
+
+
+def copy_mlir(mlir: Path, target: Path) -> None:
+    """An MLIR file to `target` and, beside it, the weight file it names. A model without weights
+    has none (tpu-mlir writes the file only when there are weights to hold)."""
+    shutil.copyfile(mlir, target)
+    weights = mlir.parent / weight_file(mlir)
+    if weights.exists():
+        shutil.copyfile(weights, target.parent / weights.name)
 
 
 def layer_names(mlir: Path) -> list[str]:
@@ -434,9 +444,7 @@ def keep_lowered(ctx: StageContext, cwd: Path, target: Path) -> None:
     lowered = sorted(cwd.glob(f"{ctx.recipe.name}_{TpuMlirToolchain.chip(ctx)}_int8*_tpu.mlir"))
     if not lowered:
         raise ToolchainError(f"model_deploy --not_gen_bmodel wrote no int8 tpu MLIR in {cwd}")
-    shutil.copyfile(lowered[0], target)
-    # its weights, under the name the MLIR gives them
-    shutil.copyfile(cwd / weight_file(lowered[0]), target.parent / weight_file(lowered[0]))
+    copy_mlir(lowered[0], target)
     counts = precisions(target)
     layers = ctx.metrics.get("fp32_layers", [])
     ctx.metrics.update({"quantized_nodes": counts["int8"], "float_nodes": counts["float"],
@@ -463,16 +471,14 @@ def keep_top_mlir(ctx: StageContext, cwd: Path, folder: Path) -> None:
     """The batch size's top MLIR and its weights, beside its bmodel: later stages deploy from them."""
     mlir = cwd / f"{ctx.recipe.name}.mlir"
     folder.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(mlir, folder / mlir.name)
-    shutil.copyfile(cwd / weight_file(mlir), folder / weight_file(mlir))
+    copy_mlir(mlir, folder / mlir.name)
 
 
 def copy_top_mlir(ctx: StageContext, folder: Path, cwd: Path) -> Path:
     """A writable copy of a published top MLIR + weights in `cwd` (model_deploy writes beside it)."""
     mlir = folder / f"{ctx.recipe.name}.mlir"
     cwd.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(mlir, cwd / mlir.name)
-    shutil.copyfile(folder / weight_file(mlir), cwd / weight_file(mlir))
+    copy_mlir(mlir, cwd / mlir.name)
     return cwd / mlir.name
 
 

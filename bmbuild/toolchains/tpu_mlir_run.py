@@ -10,7 +10,6 @@ are few (fp32.cmp_samples, int8.cmodel_samples) and fed in batches of the bmodel
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -253,14 +252,13 @@ def layer_similarity(toolchain: "TpuMlirToolchain", ctx: StageContext) -> list[d
     from bmbuild.calib.dataset import pad_rows, rows_of
     from bmbuild.calib.feeds import input_feeds, split
     from bmbuild.toolchains.reference_int8 import batches
-    from bmbuild.toolchains.tpu_mlir import copy_top_mlir, fp32_folder, lowered_name, weight_file
+    from bmbuild.toolchains.tpu_mlir import copy_mlir, copy_top_mlir, fp32_folder, lowered_name
 
     batch = ctx.params["batch_sizes"][0]
     cwd = ctx.work_dir / "layers"
     top = copy_top_mlir(ctx, ctx.inputs[StageName.COMPILE_FP32] / fp32_folder(batch), cwd)
     lowered = ctx.inputs[StageName.QUANTIZE] / lowered_name(ctx, toolchain.chip(ctx))
-    shutil.copyfile(lowered, cwd / lowered.name)
-    shutil.copyfile(lowered.parent / weight_file(lowered), cwd / weight_file(lowered))
+    copy_mlir(lowered, cwd / lowered.name)
     feeds = input_feeds(ctx.recipe)
     _, holdout = split(ctx.recipe)
     chunk = next(batches(ctx, holdout[:batch], batch))
