@@ -145,3 +145,55 @@ def test_collector_order_json_and_round_trip(rng: np.random.Generator) -> None:
     assert back.thresholds("kl") == c.thresholds("kl")
     t, lo, hi = c.thresholds("minmax")["relu:0"]
     assert lo == 0.0 and t == hi
+
+
+def _tpu_mlir_kl_histogram(samples: list[np.ndarray], bins: int = 2048) -> tuple[np.ndarray, float]:
+    """tpu-mlir 1.30.2's histogram, as `cali_math.py` `histogram`/`combine_histogram` build it from
+    `kld_calibrator.py` `process_statistic` (one sample at a time), written out as the spec."""
+    def histogram(a: np.ndarray, abs_max: float, n: int) -> tuple[np.ndarray, float]:
+        t = np.abs(a.ravel())
+        t = t[t != 0]
+        width = abs_max / (n - 1)
+        h, _ = np.histogram(np.floor(t / width + 0.5), bins=n, range=(0, n - 1))
+        return h, width
+
+    state = None
+    low, high = np.inf, -np.inf
+    for a in samples:
+        low, high = min(low, a.min()), max(high, a.max())
+        th = max(abs(low), abs(high))
+        if state is None:
+            state = (*histogram(a, th, bins), th)
+            continue
+        old, width, old_th = state
+        if th <= old_th:
+            state = (old + histogram(a, old_th, len(old))[0], width, old_th)
+        else:
+            step = old_th / len(old)
+            half = int((th - old_th) // step + 1)
+            new_th = half * step + old_th
+            h, width = histogram(a, new_th, half + len(old))
+            h[:len(old)] += old
+            state = (h, width, new_th)
+    return state[0], state[1]
+
+
+def test_kl_reads_the_histogram_tpu_mlir_grows_from_its_first_sample(rng: np.random.Generator) -> None:
+    """tpu-mlir sets its bin width from the first sample's |x| max and appends bins when a later
+    sample goes further; kl's candidates are 128 bins apart, so a first sample at 1/25 of the
+    range lets kl cut far below 128 bins of |x| max / 2047, the lowest cut of 2048 bins over the
+    whole range.
+    The histogram kl reads is tpu-mlir's, bin for bin."""
+    from bmbuild.calib.methods import kl_histogram
+
+    samples = [rng.normal(size=20_000).astype(np.float32) for _ in range(6)]
+    samples[3][7] = 100.0  # one outlier, in a later sample
+    s = stats_of(*samples)
+    hist, width = kl_histogram(s)
+    want, want_width = _tpu_mlir_kl_histogram(samples)
+    assert width == pytest.approx(want_width, rel=1e-9)
+    assert np.array_equal(hist[:want.size], want) and not hist[want.size:].any() and hist.size % 128 == 0
+    t = compute_threshold(s, "kl")
+    assert 2.5 < t < 100.0 * 128 / 2047  # the Gaussian kept, the outlier cut: 4.2 (fixed bins: 6.25)
+    back = TensorStats.from_dict(json.loads(json.dumps(s.to_dict(histogram=True))))
+    assert compute_threshold(back, "kl") == t

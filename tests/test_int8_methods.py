@@ -74,15 +74,15 @@ def test_kl_is_deterministic(gauss: np.ndarray) -> None:
 def test_kl_is_tpu_mlirs(name: str, expected: float) -> None:
     """kl is tpu-mlir's: `expected` is what its calibration_math.so (kl_diversity_hist, tpu-mlir
     1.30.2) returns on tpu-mlir's own histogram of these values (zeros dropped, width |x| max /
-    2047, rounded bins), capped at |x| max; here from the streaming histogram, fed in 4 batches.
+    2047, rounded bins), capped at |x| max, the values given as one sample (tpu-mlir's bin width is
+    its first sample's |x| max: `test_kl_reads_the_histogram_tpu_mlir_grows_from_its_first_sample`).
     A HardSwish output is clipped, a cubed Laplacian far into its tail, a ReLU'd Gaussian not."""
     v = np.random.default_rng(1).normal(size=100000).astype(np.float32) * 2
     x = {"hswish": v * np.clip(v + 3, 0, 6) / 6,
          "lap3": np.random.default_rng(2).laplace(size=100000).astype(np.float32) ** 3,
          "relu": np.maximum(np.random.default_rng(3).normal(size=100000).astype(np.float32), 0)}[name]
     s = TensorStats()
-    for chunk in np.array_split(x, 4):
-        s.update(chunk)
+    s.update(x)
     assert compute_threshold(s, "kl") == pytest.approx(min(expected, s.absmax), rel=1e-5)
 
 

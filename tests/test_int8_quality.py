@@ -319,3 +319,33 @@ def test_a_graph_output_is_never_clipped_by_kl(ws8: Int8Workspace) -> None:
         assert threshold == max(abs(low), abs(high)), name
     log = (ws8.root / "build" / "cubed" / "logs" / "calibrate.log").read_text()
     assert "graph outputs kept at their |x| max (a clipped output reaches the user clipped): " in log and cube in log
+
+
+def test_bm1684x_asymmetric_range_is_tpu_mlir_percentile_not_the_kl_threshold() -> None:
+    """tpu-mlir's --part_asymmetric gives a SiLU read by Conv the values at percentile
+    99.99 + i * step from the top and bottom (its kl is never computed for it: the table's
+    threshold is 1.0, then tuned), and its lowering uses that min..max. The reference clipped the
+    top at its own kl threshold instead, far below the percentile on tensors with long tails
+    (efficientnet_b0: 38.6 where tpu-mlir's max was 42.1, and 3x below once kl is tpu-mlir's)."""
+    from bmbuild.calib import TensorStats
+    from bmbuild.calib.methods import asymmetric_range
+    from bmbuild.calib.qdq import GraphView, asymmetric_tensors, plan
+
+    rng = np.random.default_rng(3)
+    stats, values = TensorStats(), []
+    for _ in range(8):
+        c = rng.standard_t(3, size=50_000).astype(np.float32) * 2
+        values.append(c * 0.5 * (1 + np.tanh(c / 2)))  # SiLU
+        stats.update(values[-1])
+    everything = np.concatenate(values)
+    low, high = asymmetric_range(stats, 0, 100)
+    assert low == pytest.approx(float(everything.min()))
+    assert high == pytest.approx(float(np.percentile(everything, 99.99)), rel=0.02) and high < 0.8 * everything.max()
+    later = asymmetric_range(stats, 99, 100)[1]  # the last ops: percentile 99.999999, nearly the max
+    assert high < later <= everything.max()
+    graph = GraphView.of(silu_graph())
+    assert asymmetric_tensors(graph, "BM1684X") == {"silu1"} and not asymmetric_tensors(graph, "BM1684")
+    table = {"x": (3.0, -3.0, 3.0), "c1": (6.0, -6.0, 6.0), "s1": (1.0, 0.0, 1.0), "silu1": (1.0, low, high),
+             "c2": (6.0, -6.0, 6.0), "s2": (1.0, 0.0, 1.0), "silu2": (6.0, -0.27, 6.0), "y": (9.0, -3.0, 9.0)}
+    q = plan(graph, table, "BM1684X").tensors["silu1"]
+    assert q.scale == pytest.approx((high - low) / 255) and q.zero_point == -128 + round(-low / q.scale)

@@ -91,6 +91,22 @@ def split_samples(refs: Sequence[Any], n_calib: int, n_holdout: int,
     return [ordered[i] for i in calib], [ordered[i] for i in holdout]
 
 
+TPU_MLIR_SEED = 1684  # calibration/data_selector.py DataSelector._random_select
+
+
+def tpu_mlir_order(refs: Sequence[Any]) -> list[Any]:
+    """The calibration samples in the order tpu-mlir 1.30.2's `run_calibration` reads them: its
+    DataSelector sorts the dataset's files (named in `refs`' order by the tpu-mlir toolchain),
+    then `random.seed(1684); random.shuffle(...)`; its threshold tuner reads the first
+    `--tune_num` of the same order. The order decides kl's histogram (its bin width is the
+    first sample's |x| max) and the tuner's samples, so the reference reads them so too."""
+    import random
+
+    ordered = list(refs)
+    random.Random(TPU_MLIR_SEED).shuffle(ordered)
+    return ordered
+
+
 class SampleLoader:
     """Loads samples for one config and shape, keeping a stacked file open between samples."""
 

@@ -10,6 +10,10 @@ later batch exceeds hi, the range is widened by the smallest *integer* factor m 
 edges, so no count is ever split or guessed (counts stay exact integers); the price is that the
 final range can exceed the true |x| max by up to 2x, i.e. the histogram may use only half its
 bins. Data seen while hi == 0 is all exactly zero and sits in bin 0, which stays exact.
+
+Beside it, `TpuMlirHistogram` keeps the histogram tpu-mlir's kl reads, built as tpu-mlir builds it
+(its bin width is set by the first sample and bins are appended when later samples go further),
+so that its kl threshold is tpu-mlir's and not a guess from the fixed-size one.
 """
 
 from __future__ import annotations
@@ -21,6 +25,63 @@ from typing import Any
 import numpy as np
 
 _CHUNK = 1 << 20
+TPU_MLIR_MAX_BINS = 8_000_000  # combine_histogram's limit: beyond it the histogram starts again
+
+
+class TpuMlirHistogram:
+    """tpu-mlir 1.30.2's kl histogram of one tensor (`calibration/cali_math.py`, `histogram` and
+    `combine_histogram`, as `kld_calibrator.py` `process_statistic` feeds them, per sample).
+
+    The first sample that is not all zeros (|x| max >= 1e-8) sets `bins` bins of width
+    th / (bins - 1), th the running |x| max of min and max; value v counts in bin
+    floor(v / width + 0.5), exact zeros are left out. A later sample within th adds its counts;
+    one beyond th appends int((new - th) // (th / n) + 1) bins of th / n each (n: bins so far) and
+    is counted with the new width. So when the first sample's range is a fraction of the
+    tensor's, the histogram has many more bins than `bins`, and kl cuts at a fraction of |x| max
+    that a histogram of `bins` bins over the whole range could not express."""
+
+    def __init__(self, bins: int):
+        self.bins = bins
+        self.hist = np.zeros(0, dtype=np.int64)
+        self.width = 0.0
+        self.th = 0.0
+
+    def _counts(self, x: np.ndarray, th: float, bins: int) -> tuple[np.ndarray, float]:
+        width = th / (bins - 1)
+        a = np.abs(x[x != 0])
+        idx = np.floor(a / width + 0.5)
+        idx = idx[(idx >= 0) & (idx <= bins - 1)].astype(np.intp)
+        return np.bincount(idx, minlength=bins)[:bins].astype(np.int64), width
+
+    def update(self, x: np.ndarray, low: float, high: float) -> None:
+        """One sample `x`; `low`, `high`: the running min and max including it."""
+        if float(np.abs(x).max()) < 1e-8:
+            return  # tpu-mlir skips an all-zero sample's histogram (its min/max still count)
+        th = max(abs(low), abs(high))
+        if not self.hist.size:
+            self.hist, self.width = self._counts(x, th, self.bins)
+            self.th = th
+        elif th <= self.th:
+            self.hist += self._counts(x, self.th, self.hist.size)[0]
+        else:
+            step = self.th / self.hist.size
+            added = int((th - self.th) // step + 1)
+            total = added + self.hist.size
+            if total > TPU_MLIR_MAX_BINS:
+                self.hist, self.width = self._counts(x, th, self.bins)
+                self.th = th
+                return
+            self.th = added * step + self.th
+            grown, self.width = self._counts(x, self.th, total)
+            grown[:self.hist.size] += self.hist
+            self.hist = grown
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"hist": self.hist.tolist(), "width": self.width, "th": self.th}
+
+    def load(self, d: dict[str, Any]) -> None:
+        self.hist = np.asarray(d["hist"], dtype=np.int64)
+        self.width, self.th = float(d["width"]), float(d["th"])
 
 
 class TensorStats:
@@ -36,6 +97,7 @@ class TensorStats:
         self.min = math.inf
         self.max = -math.inf
         self.zeros = 0  # exact zeros, which tpu-mlir leaves out of its histogram
+        self.tpu_mlir = TpuMlirHistogram(self.bins)
 
     @property
     def absmax(self) -> float:
@@ -62,7 +124,8 @@ class TensorStats:
         self.hi *= m
 
     def update(self, array: Any) -> None:
-        """Add every element of `array`. ValueError on NaN or inf."""
+        """Add every element of `array` (one sample, for `tpu_mlir`'s histogram). ValueError on
+        NaN or inf."""
         x = np.asarray(array)
         if x.size == 0:
             return
@@ -75,6 +138,7 @@ class TensorStats:
         self.min, self.max = min(self.min, lo), max(self.max, hi)
         self.count += x.size
         self.zeros += x.size - int(np.count_nonzero(x))
+        self.tpu_mlir.update(x, self.min, self.max)
         amax = max(-lo, hi)
         if amax > self.hi:
             self._grow(amax)
@@ -102,6 +166,7 @@ class TensorStats:
         }
         if histogram:
             d["hist"] = self.hist.tolist()
+            d["tpu_mlir"] = self.tpu_mlir.to_dict()
         return d
 
     @classmethod
@@ -115,6 +180,8 @@ class TensorStats:
         stats.hi = float(d["hist_range"])
         stats.count = int(d["count"])
         stats.zeros = min(max(int(d.get("zeros", 0)), 0), stats.count)
+        if "tpu_mlir" in d:
+            stats.tpu_mlir.load(d["tpu_mlir"])
         if stats.count:
             stats.min, stats.max = float(d["min"]), float(d["max"])
         return stats

@@ -103,7 +103,8 @@ def tpu_mlir_histogram(stats: TensorStats) -> tuple[np.ndarray, float]:
     padded with empty bins to a multiple of 128 (`kld_calibrator.py` `find_threshold`).
 
     tpu-mlir sets the width from the first sample's |x| max and appends bins when a later sample
-    goes further (`combine_histogram`); here the width is set as if the first sample held the
+    goes further (`combine_histogram`, kept exactly by `TensorStats.tpu_mlir`); here, for
+    statistics saved without that histogram, the width is set as if the first sample held the
     largest value. The streaming bins are spread evenly over the bins they overlap."""
     bins = stats.bins
     width = stats.absmax / (bins - 1)
@@ -118,21 +119,44 @@ def tpu_mlir_histogram(stats: TensorStats) -> tuple[np.ndarray, float]:
     return np.concatenate([hist, np.zeros(-bins % QUANT_LEVELS)]), width
 
 
+KL_MAX_BINS = 64 * 2048  # kld_calibrator.py find_threshold: longer histograms are halved first
+
+
+def kl_histogram(stats: TensorStats) -> tuple[np.ndarray, float]:
+    """The histogram tpu-mlir's kl reads and its bin width: the one built as tpu-mlir builds it
+    (`TensorStats.tpu_mlir`), padded to a multiple of 128 and halved (adjacent bins summed, the
+    width doubled) while longer than `KL_MAX_BINS` (`kld_calibrator.py` `find_threshold`); from
+    the streaming histogram (`tpu_mlir_histogram`) for statistics saved without it."""
+    if not stats.tpu_mlir.hist.size:
+        return tpu_mlir_histogram(stats)
+    hist, width = stats.tpu_mlir.hist.astype(np.float64), stats.tpu_mlir.width
+    hist = np.concatenate([hist, np.zeros(-hist.size % QUANT_LEVELS)])
+    while hist.size > KL_MAX_BINS:
+        hist = hist[::2] + hist[1::2]
+        hist = np.concatenate([hist, np.zeros(-hist.size % QUANT_LEVELS)])
+        width *= 2.0
+    return hist, width
+
+
 def kl_tpu_mlir(stats: TensorStats) -> float:
     """tpu-mlir's kl threshold: `kl_diversity_hist` (its `calibration_math.cpp`, loaded by
-    `kld_calibrator.py`) on `tpu_mlir_histogram`, capped at |x| max (`calibration_result.canonicalize`).
+    `kld_calibrator.py`) on `kl_histogram`, capped at |x| max (`calibration_result.canonicalize`).
 
     The candidates are every 128th bin i. P is hist[:i] with the values beyond added to its last
     bin, over all nonzero values; Q merges hist[:i] into 128 levels, spreads each level evenly
     over its nonempty bins and divides by sum(hist[:i]) (so Q lacks the clipped values); KL(P||Q)
     in log10 with 1e-30 for empty bins, no smoothing. The threshold is width * i of the first
-    smallest KL. On smooth distributions (Gaussian, Laplacian) this keeps about the whole range,
-    and the threshold tuning (`bmbuild.calib.tune`) then only moves it within [kl, |x| max].
+    smallest KL. The bins are as wide as the first sample's |x| max / 2047: when later samples
+    reach further, the histogram is longer and the candidates (128 bins apart) sit closer
+    together relative to the whole range. The threshold tuning (`bmbuild.calib.tune`) then only
+    moves it within [kl, |x| max].
     """
     if stats.hi == 0.0 or stats.count <= stats.zeros:
         return _finish(stats.absmax, stats)
-    hist, width = tpu_mlir_histogram(stats)
+    hist, width = kl_histogram(stats)
     total = hist.sum()
+    if not total > 0:
+        return _finish(stats.absmax, stats)
     tails = np.concatenate([np.cumsum(hist[::-1])[::-1], [0.0]])
     best, best_i = math.inf, hist.size
     for i in range(QUANT_LEVELS, hist.size + 1, QUANT_LEVELS):
@@ -149,6 +173,22 @@ def kl_tpu_mlir(stats: TensorStats) -> float:
         if divergence < best:
             best, best_i = divergence, i
     return _finish(width * best_i, stats)
+
+
+PERCENTILE_FIRST, PERCENTILE_LAST = 99.99, 99.999999  # kld_calibrator.py: per = 99.99 + i * step
+
+
+def asymmetric_range(stats: TensorStats, position: int, count: int) -> tuple[float, float]:
+    """The (min, max) tpu-mlir 1.30.2's `run_calibration --part_asymmetric` records for a tensor
+    it quantizes asymmetrically (`kld_calibrator.py` `process_statistic` and
+    `process_compute_threshold`, `self.asym_op`): not kl, but the values at percentile
+    per = 99.99 + position * (99.999999 - 99.99) / count from the top and from the bottom, where
+    `position` is the op's place among the `count` ops in graph order (later ops clip less).
+    Those tensors are SiLU/GELU outputs (`targets.asymmetric_output`), whose negative side is
+    bounded (SiLU >= -0.279, GELU >= -0.17): the max is the |x| percentile, the min the min."""
+    per = PERCENTILE_FIRST + position * (PERCENTILE_LAST - PERCENTILE_FIRST) / max(count, 1)
+    high = max(percentile(stats, min(per, 100.0)), 0.0) if stats.max > 0 else stats.max
+    return stats.min, min(high, stats.max)
 
 
 def compute_threshold(stats: TensorStats, method: str = "kl", percentile: float = 99.99) -> float:

@@ -434,8 +434,8 @@ def plan(graph: GraphView, table: Mapping[str, tuple[float, float, float]], chip
             threshold = max(abs(low), abs(high))
         unsigned = low >= 0.0
         if name in lut_asymmetric and not unsigned:
-            # the recipe's method still clips the top: its threshold bounds the range
-            result.tensors[name] = asymmetric_quant(low, min(high, threshold))
+            # the table holds the range tpu-mlir gives it (`calib.methods.asymmetric_range`)
+            result.tensors[name] = asymmetric_quant(low, high)
             continue
         if asymmetric and not unsigned:
             # the range holds zero, so the zero point is a code of the int8 grid
@@ -552,6 +552,12 @@ def asymmetric_quant(low: float, high: float) -> TensorQuant:
     scale = (high - low) / 255.0
     zero = int(np.clip(np.round(-128.0 - low / scale), -128, 127))
     return TensorQuant(scale, False, zero)
+
+
+def asymmetric_tensors(graph: GraphView, chip: str) -> set[str]:
+    """The tensors the target quantizes asymmetrically (on BM1684X: SiLU/GELU outputs read only
+    by Conv/MatMul), which calibration gives tpu-mlir's percentile range."""
+    return _asymmetric_tensors(graph, layers(graph, chip), chip)
 
 
 def _asymmetric_tensors(graph: GraphView, grouped: list[Layer], chip: str) -> set[str]:

@@ -32,7 +32,8 @@ Activations are symmetric int8 (uint8 when never negative), with one exception o
 tpu-mlir's `run_calibration --part_asymmetric` (tpu-mlir 1.30.2, `calibration/kld_calibrator.py`
 `choose_asym_op`; `ImportCalibration.cpp` sets `output_asym` on the op and `input_asym` on its
 users) quantizes the output of a SiLU or GELU whose every user is a Conv or MatMul asymmetrically
-(int8 with a zero point, over the tensor's min..max). Those outputs reach only a few tenths
+(int8 with a zero point, over the tensor's min..max at percentile 99.99 and more, not kl:
+`bmbuild.calib.methods.asymmetric_range`). Those outputs reach only a few tenths
 below zero, and symmetric int8 spends half its levels on that sliver. BM1684 has no asymmetric
 int8. `asymmetric_output` says which ops qualify. The flag is off by default in tpu-mlir
 (`run_calibration.py:73`, store_true); bmbuild's tpu-mlir toolchain passes it on BM1684X, so both

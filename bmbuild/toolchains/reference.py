@@ -333,7 +333,7 @@ class ReferenceToolchain:
     # the stage parameters beyond the common ones that this toolchain reads (the key holds only these)
     consumes = {
         StageName.COMPILE_FP32.value: ("opt", "dyn", "cmp", "opset", "cmp_samples", "seed"),
-        StageName.CALIBRATE.value: ("bins",),
+        StageName.CALIBRATE.value: ("bins", "target"),  # BM1684X: asymmetric tensors get tpu-mlir's range
         StageName.QUANTIZE.value: ("target", "per_channel", "fp32_layers"),  # the target decides which ops run int8
         StageName.COMPILE_INT8.value: ("opt", "dyn", "cmp", "cmp_samples"),
     }

@@ -166,14 +166,16 @@ def calibrate(ctx: StageContext, model: Path, table: Path) -> None:
 
     import onnx
 
+    from bmbuild.calib.dataset import tpu_mlir_order
     from bmbuild.calib.histogram import StatsCollector
+    from bmbuild.calib.methods import asymmetric_range
+    from bmbuild.calib.qdq import GraphView, asymmetric_tensors, output_sources
     from bmbuild.calib.registry import method_settings
-    from bmbuild.calib.qdq import GraphView, output_sources
     from bmbuild.calib.table import outputs_unclipped, write_table
 
     params = ctx.params
     feeds = input_feeds(ctx.recipe)
-    calib_refs, _ = split(ctx.recipe)
+    calib_refs = tpu_mlir_order(split(ctx.recipe)[0])  # the kl histogram and the tuner depend on it
     prepared = prepared_model(ctx, model)
     graph = onnx.load(str(prepared))
     tensors = float_tensors(graph)
@@ -202,7 +204,12 @@ def calibrate(ctx: StageContext, model: Path, table: Path) -> None:
     rows = {name: rows[name] for name in dict.fromkeys(input_names + tensors) if name in rows}
     if params["method"] == "kl":  # tpu-mlir tunes kl thresholds only (ActivationCalibrator.run)
         rows = tuned_rows(ctx, graph, rows, collector, session, outputs, calib_refs)
-    rows, raised = outputs_unclipped(rows, output_sources(GraphView.of(graph)))
+    view = GraphView.of(graph)
+    asymmetric = asymmetric_tensors(view, params["target"])
+    for position, name in enumerate(rows):
+        if name in asymmetric:  # tpu-mlir's range for them, whatever the method (--part_asymmetric)
+            rows[name] = (rows[name][0], *asymmetric_range(collector[name], position, len(rows)))
+    rows, raised = outputs_unclipped(rows, output_sources(view))
     if raised:
         ctx.log.info(f"graph outputs kept at their |x| max (a clipped output reaches the user clipped): "
                      f"{', '.join(raised)}")
