@@ -33,11 +33,13 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
 
 from bmbuild.fileinfo import is_lfs_pointer  # noqa: E402
 from bmbuild.importers.tpu_perf import import_zoo, recipe_path, write_import  # noqa: E402
 from bmbuild.importers.tpu_perf.command import parse_command  # noqa: E402
 from bmbuild.importers.tpu_perf.tree import find_root, open_zoo, read_builds  # noqa: E402
+from tools.cli_flags import dry_run_commands, flags  # noqa: E402  (the tests' independent parser)
 
 ONNX_BYTES = b"\x08\x07\x12\x07pytorch"      # starts like a serialized ModelProto
 JPEG_BYTES = b"\xff\xd8\xff placeholder"
@@ -145,27 +147,6 @@ def classify(code: int | None, out: str, err: str, timeout: float) -> Check:
 
 
 # --- the dry run against the config's commands ------------------------------------------------------
-def dry_run_commands(stdout: str) -> list[list[str]]:
-    commands = []
-    for line in stdout.splitlines():
-        if line.startswith("  ") and not line.strip().startswith(("#", "[in-process]", "error:")):
-            words = shlex.split(line, comments=True)
-            commands.append([w for w in words if not re.fullmatch(r"[A-Z_]+=.*", w)])
-    return commands
-
-
-def flags(words: list[str]) -> dict[str, str | None]:
-    out: dict[str, str | None] = {}
-    i = 0
-    while i < len(words):
-        match = re.fullmatch(r"--?([A-Za-z_]\w*)(?:=(.*))?", words[i], re.DOTALL)
-        if match:
-            name, value = match.group(1), match.group(2)
-            if value is None and i + 1 < len(words) and not re.match(r"--?[A-Za-z_]", words[i + 1]):
-                value, i = words[i + 1], i + 1
-            out[name] = value
-        i += 1
-    return out
 
 
 def shapes_of(text: str | None) -> list[list[int]]:
