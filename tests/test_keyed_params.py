@@ -57,8 +57,7 @@ CHANGES: list[tuple[str, dict[str, Any], dict[frozenset[str], set[str]]]] = [
     ("target", {"target": "BM1684X"},
      {frozenset({"nntc"}): {"compile_fp32", "compile_int8"},
       frozenset({"tpu-mlir"}): {"compile_fp32", "calibrate", "quantize", "compile_int8"},  # --part_asymmetric
-      frozenset({"reference"}): {"calibrate", "quantize"},  # BM1684X: asymmetric tensors at tpu-mlir's range
-      frozenset({"tvm"}): {"quantize"}}),
+      frozenset({"reference", "tvm"}): {"calibrate", "quantize"}}),  # BM1684X: asymmetric tensors at tpu-mlir's range
     ("tvm settings", {"tvm": {"latency_runs": 3}}, {frozenset({"tvm"}): {"compile_fp32", "compile_int8"}}),
     # common to every toolchain
     ("calibration.samples", {"calibration": {"samples": 50}}, {frozenset(ALL): {"calibrate", "compile_int8"}}),

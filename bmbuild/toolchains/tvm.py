@@ -45,7 +45,8 @@ from bmbuild.stagecontext import StageContext
 from bmbuild.calib.feeds import input_feeds
 from bmbuild.steps import InProcess, Step
 from bmbuild.toolchains.base import Availability, package_version
-from bmbuild.toolchains.reference import calibrate_steps, onnx_steps, ort_session, quantize_steps, run_session
+from bmbuild.toolchains.reference import (ReferenceToolchain, calibrate_steps, onnx_steps, ort_session, quantize_steps,
+                                          run_session)
 
 PACKAGES = ("tvm", "torch", "onnx", "onnxruntime")
 DISTRIBUTIONS = ("apache-tvm", "torch", "onnx", "onnxruntime")
@@ -359,7 +360,8 @@ class TvmToolchain:
     # the stage parameters beyond the common ones that this toolchain reads (the key holds only these)
     consumes = {
         StageName.COMPILE_FP32.value: ("opt", "dyn", "cmp", "opset", "cmp_samples", "seed", "tvm"),
-        StageName.CALIBRATE.value: ("bins",),
+        # the reference's calibration runs here: it reads what the reference's reads (the target too)
+        StageName.CALIBRATE.value: ReferenceToolchain.consumes[StageName.CALIBRATE.value],
         StageName.QUANTIZE.value: ("target", "per_channel", "fp32_layers"),  # the target decides which ops run int8
         StageName.COMPILE_INT8.value: ("opt", "dyn", "cmp", "cmp_samples", "tvm"),
     }
