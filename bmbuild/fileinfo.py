@@ -130,6 +130,8 @@ def array_header(path: Path, key: str | None = None) -> ArrayHeader:
 # --- ONNX graph inputs ---------------------------------------------------------------------------
 # onnx.proto field numbers of what is read; everything else is skipped by its length
 MODEL_GRAPH = 7
+MODEL_IR_VERSION = 1
+MODEL_OPSET_IMPORT = 8
 GRAPH_INITIALIZER, GRAPH_SPARSE_INITIALIZER, GRAPH_INPUT = 5, 15, 11
 VALUE_NAME, VALUE_TYPE = 1, 2
 TYPE_TENSOR = 1
@@ -249,6 +251,29 @@ def onnx_graph_inputs(path: Path) -> list[GraphInput]:
                 return _inputs_of(buf)
     except (OSError, ValueError) as exc:
         raise _unreadable(path, "cannot read the ONNX model's inputs", exc) from None
+
+
+def onnx_versions(path: Path) -> tuple[int, int | None]:
+    """(IR version, opset of the default domain or None) of an ONNX model, read from its top-level
+    fields only: deciding whether a model needs upgrading must not parse its weights."""
+    try:
+        with open(path, "rb") as stream, mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            ir_version, opset = 0, None
+            for field, wire, a, b in _fields(buf, 0, len(buf)):
+                if field == MODEL_IR_VERSION and wire == 0:
+                    ir_version = a
+                elif field == MODEL_OPSET_IMPORT and wire == 2:
+                    domain, version = "", None
+                    for inner, inner_wire, c, d in _fields(buf, a, b):
+                        if inner == 1 and inner_wire == 2:
+                            domain = _text(buf, c, d)
+                        elif inner == 2 and inner_wire == 0:
+                            version = c
+                    if domain in ("", "ai.onnx"):
+                        opset = version
+            return ir_version, opset
+    except (OSError, ValueError) as exc:
+        raise _unreadable(path, "cannot read the ONNX model's versions", exc) from None
 
 
 def _inputs_of(buf: mmap.mmap) -> list[GraphInput]:

@@ -65,6 +65,10 @@ def _initializers_not_inputs(path: Path | bytes) -> Path | bytes:
     Caffe2 AlexNet: 'Required inputs (['conv4_b_0__SHAPE', ...]) are missing')."""
     import onnx
 
+    from bmbuild.fileinfo import onnx_versions
+
+    if not isinstance(path, bytes) and onnx_versions(Path(path))[0] >= 4:
+        return path  # (the usual case: read from the model's first bytes, not parsed whole)
     model = onnx.load_from_string(path) if isinstance(path, bytes) else onnx.load(str(path), load_external_data=False)
     if model.ir_version >= 4:
         return path
@@ -127,13 +131,15 @@ def upgrade_old_opset(ctx: StageContext, model: Path) -> None:
     """An ONNX model older than opset 7 (ONNX 1.0/1.1 exports) converted in place to opset 13 by
     onnx's version converter: onnxruntime runs none of its ops ('Could not find an implementation
     for AveragePool(1)'), tpu-mlir expects current ones."""
+    from bmbuild.fileinfo import onnx_versions
+
+    opset = onnx_versions(model)[1]
+    if opset is None or opset >= OLDEST_OPSET:
+        return
     import onnx
     from onnx import version_converter
 
     loaded = onnx.load(str(model))
-    opset = next((o.version for o in loaded.opset_import if o.domain in ("", "ai.onnx")), OLDEST_OPSET)
-    if opset >= OLDEST_OPSET:
-        return
     try:
         converted = version_converter.convert_version(loaded, UPGRADED_OPSET)
     except Exception as exc:  # the converter lacks an adapter for one of its ops
