@@ -71,7 +71,7 @@ def unsupported_keys(loaded: LoadedRecipe, name: str) -> list[RecipeError]:
     that ignores the key. The toolchain modules are read only when the recipe sets such a key."""
     recipe = loaded.recipe
     used = [key for key, is_set in (("output_names", recipe.output_names is not None),
-                                    ("int8.asymmetric", recipe.int8.asymmetric and recipe.prec == "INT8")) if is_set]
+                                    ("int8.asymmetric", recipe.int8.asymmetric is True and recipe.prec == "INT8")) if is_set]
     if not used:
         return []
     from bmbuild.toolchains.base import optional_keys

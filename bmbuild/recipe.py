@@ -180,9 +180,12 @@ class Int8(_Strict):
     cmp: bool = Field(True, description="Compare int8 against fp32 on held-out samples.")
     enable_profile: bool = Field(False, description="bmnetu -enable_profile (NNTC).")
     per_channel: bool = Field(True, description="Per-channel symmetric int8 weights.")
-    asymmetric: bool = Field(False, description="Asymmetric int8 activations: a zero point per tensor from the "
-                             "calibration's min and max instead of a symmetric threshold (tpu-mlir model_deploy "
-                             "--asymmetric). Weights stay symmetric. Toolchains without it refuse the key.")
+    asymmetric: bool | Literal["auto"] = Field(
+        "auto", description="Asymmetric int8 activations: a zero point per tensor from the calibration's min and max "
+                            "instead of a symmetric threshold (tpu-mlir model_deploy --asymmetric); weights stay "
+                            "symmetric. auto: on a target with asymmetric int8 (BM1684X), calibrate builds both and "
+                            "keeps the one closer to fp32 on the calibration samples (symmetric on a tie: it is "
+                            "faster); elsewhere symmetric. true: toolchains without it refuse the key.")
     fp32_layers: list[str] = Field(default_factory=list, description="Layers kept in float (the vendor's -fpfwd_outputs).")
     cmp_samples: int = Field(16, ge=1, description="Held-out samples compared int8 vs fp32.")
     cmodel_samples: int = Field(4, ge=1, description="tpu-mlir: held-out samples (and eval samples unless eval.limit "

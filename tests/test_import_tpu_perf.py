@@ -308,7 +308,8 @@ def test_example_configs_translate(tmp_path):
     assert yolo.recipe["shapes"] == [[1, 3, 640, 640]]                        # --input_shapes [$(shape_param)]
     assert yolo.recipe["source"]["framework"] == "onnx"                       # --model_def yolov5s.onnx
     assert yolo.recipe["fp32"] == {"tolerance": {"cos": 0.99, "euclid": 0.99}}  # F32 --tolerance
-    assert yolo.recipe["int8"] == {"tolerance": {"cos": 0.95, "euclid": 0.68}}  # INT8 --tolerance
+    assert yolo.recipe["int8"] == {"tolerance": {"cos": 0.95, "euclid": 0.68},  # INT8 --tolerance
+                                   "asymmetric": False}  # no --asymmetric: symmetric, not bmbuild's auto
     assert yolo.hint["calibration"]["preprocess"] == {                        # --mean --scale --pixel_format
         "resize": [640, 640], "mean": [0.0, 0.0, 0.0], "scale": [0.0039216] * 3, "bgr2rgb": True,
         "keep_aspect_ratio": True}                                            # --keep_aspect_ratio

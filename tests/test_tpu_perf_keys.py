@@ -187,6 +187,29 @@ def test_tpu_mlir_builds_a_cut_model_with_asymmetric_int8(real_tpu: Int8Workspac
     assert "--output_names /relu_1/Relu_output_0,output" in (logs / "compile_fp32.cmd").read_text()
 
 
+def test_tpu_mlir_builds_the_mode_calibrate_chose_for_asymmetric_auto(real_tpu: Int8Workspace) -> None:
+    """int8.asymmetric auto (the default) on BM1684X: the tpu-mlir toolchain's calibrate chooses as
+    the reference's does, and model_deploy builds that mode for real; the bmodel on the cmodel lands
+    within 0.02 mean cos of the reference's simulation of the same choice."""
+    import json
+
+    from bmbuild.calib.asymmetry import choice_name
+
+    lopsided = {"source": {"framework": "pytorch", "model": "int8_models.py:lopsided"}, "target": "BM1684X",
+                "int8": {"cmp_samples": 4, "cmodel_samples": 4}}
+    for name, toolchain in (("mlir", "tpu-mlir"), ("ref", "reference")):
+        code, out, err = real_tpu.build(real_tpu.recipe(name, toolchain=toolchain, **lopsided))
+        assert code == 0, out + err
+    choice = json.loads((real_tpu.stage_dir("calibrate", "mlir") / choice_name("mlir")).read_text())
+    assert choice["asymmetric"] is True, choice
+    assert real_tpu.metrics("quantize", "mlir")["asymmetric"] is True  # tpu-mlir named its MLIR *_int8_asym_*
+    deploys = (real_tpu.root / "build" / "mlir" / "logs" / "compile_int8.cmd").read_text()
+    assert "--asymmetric" in deploys
+    bmodel = real_tpu.metrics("compile_int8", "mlir")["cmp"]["b1/output"]["cos"]
+    reference = real_tpu.metrics("compile_int8", "ref")["cmp"]["b1/output"]["cos"]
+    assert abs(bmodel - reference) < 0.02, (bmodel, reference)
+
+
 def test_reference_int8_asymmetric_reruns_quantize_with_zero_points(ws8: Int8Workspace) -> None:
     """int8.asymmetric on the reference toolchain: only quantize and compile_int8 run again, and the
     int8 model's activations now carry zero points (tpu-mlir's model_deploy --asymmetric)."""

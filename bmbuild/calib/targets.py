@@ -45,6 +45,8 @@ from __future__ import annotations
 from enum import Enum
 
 CHIPS = ("BM1684", "BM1684X")
+# chips with asymmetric int8 activations (tpu-mlir model_deploy --asymmetric); BM1684 has none
+ASYMMETRIC_CHIPS = frozenset({"BM1684X"})
 
 
 class Kind(Enum):

@@ -12,7 +12,7 @@ from bmbuild.pipeline import StageName
 from bmbuild.calib.registry import unused_params
 from bmbuild.recipe import Recipe
 from bmbuild.stages.base import Stage, toolchain_step
-from bmbuild.stages.int8_common import dataset_files, dataset_params, is_int8
+from bmbuild.stages.int8_common import asymmetric_params, dataset_files, dataset_params, is_int8
 
 
 def _params(recipe: Recipe) -> dict[str, Any]:
@@ -21,7 +21,8 @@ def _params(recipe: Recipe) -> dict[str, Any]:
     return {**dataset_params(recipe), "net_name": recipe.name, "method": cfg.method, "percentile": cfg.percentile,
             "bins": cfg.bins, "fp32_layers": recipe.int8.fp32_layers,
             "per_channel": recipe.int8.per_channel,  # NNTC calibrates per channel (-per_channel)
-            "target": recipe.target}  # tpu-mlir: --part_asymmetric on BM1684X
+            "target": recipe.target,  # tpu-mlir: --part_asymmetric on BM1684X
+            **{k: v for k, v in asymmetric_params(recipe).items() if v == "auto"}}  # auto: calibrate chooses
 
 
 STAGE = Stage(
@@ -32,7 +33,7 @@ STAGE = Stage(
     params=_params,
     external_inputs=dataset_files,
     run=toolchain_step(StageName.CALIBRATE.value),
-    toolchain_params=frozenset({"bins", "fp32_layers", "per_channel", "target"}),
+    toolchain_params=frozenset({"bins", "fp32_layers", "per_channel", "target", "asymmetric"}),
     unused_params=lambda params: unused_params(params["method"]),
     summary=lambda m: f"{m.get('method', '?')} calibration on {m.get('samples', '?')} samples, "
                       f"{m.get('tensors', '?')} tensors",

@@ -112,7 +112,7 @@ STAGE = Stage(
     external_inputs=_inputs,
     run=toolchain_step(StageName.COMPILE_INT8.value),
     toolchain_params=frozenset({"target", "opt", "dyn", "cmp", "cmp_samples", "cmodel_samples", "tvm",
-                                "enable_profile"}),
+                                "enable_profile", "asymmetric"}),
     gate=gate,
     summary=summary,
 )

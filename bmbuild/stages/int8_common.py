@@ -15,9 +15,15 @@ def is_int8(recipe: Recipe) -> bool:
 
 
 def asymmetric_params(recipe: Recipe) -> dict[str, Any]:
-    """int8.asymmetric for the keys of the stages it changes (quantize, compile_int8), only when set:
-    symmetric recipes keep their keys."""
-    return {"asymmetric": True} if recipe.int8.asymmetric else {}
+    """int8.asymmetric for the keys of the stages it changes (calibrate decides `auto`; quantize and
+    compile_int8 build the mode), only when it can be asymmetric: true, or auto on a chip with
+    asymmetric int8. Symmetric builds (BM1684, or false) keep their keys."""
+    from bmbuild.calib.targets import ASYMMETRIC_CHIPS
+
+    value = recipe.int8.asymmetric
+    if value is True or (value == "auto" and recipe.target in ASYMMETRIC_CHIPS):
+        return {"asymmetric": value}
+    return {}
 
 
 def dataset_params(recipe: Recipe) -> dict[str, Any]:

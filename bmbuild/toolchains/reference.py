@@ -339,8 +339,10 @@ class ReferenceToolchain:
     # the stage parameters beyond the common ones that this toolchain reads (the key holds only these)
     consumes = {
         StageName.COMPILE_FP32.value: ("opt", "dyn", "cmp", "opset", "cmp_samples", "seed"),
-        StageName.CALIBRATE.value: ("bins", "target"),  # BM1684X: asymmetric tensors get tpu-mlir's range
-        StageName.QUANTIZE.value: ("target", "per_channel", "fp32_layers"),  # the target decides which ops run int8
+        # BM1684X: asymmetric tensors get tpu-mlir's range; asymmetric auto: calibrate chooses the mode
+        StageName.CALIBRATE.value: ("bins", "target", "asymmetric"),
+        # the target decides which ops run int8
+        StageName.QUANTIZE.value: ("target", "per_channel", "fp32_layers", "asymmetric"),
         StageName.COMPILE_INT8.value: ("opt", "dyn", "cmp", "cmp_samples"),
     }
     optional_keys = frozenset({"output_names", "int8.asymmetric"})
@@ -419,7 +421,22 @@ def calibrate_steps(ctx: StageContext) -> list[Step]:
     return [InProcess(f"{INT8_MODULE}:calibrate", {"model": model, "table": table}, (table,),
                       says=f"histograms ({params['bins']} bins) of every float tensor of {quote(str(model))} over "
                            f"{params['samples']} samples of {data} -> {params['method']} thresholds -> "
-                           f"{quote(str(table))}")]
+                           f"{quote(str(table))}"),
+            *choose_asymmetry_steps(ctx, model, table)]
+
+
+def choose_asymmetry_steps(ctx: StageContext, model: Path, table: Path) -> list[InProcess]:
+    """`int8.asymmetric: auto` (keyed only on a chip with asymmetric int8): the mode to build,
+    chosen on the calibration samples (`reference_int8.choose_asymmetry`), next to the table."""
+    from bmbuild.calib.asymmetry import AUTO, CHOICE_SAMPLES, choice_name
+
+    if ctx.params.get("asymmetric") != AUTO:
+        return []
+    target = table.parent / choice_name(ctx.recipe.name)
+    return [InProcess(f"{INT8_MODULE}:choose_asymmetry", {"model": model, "table": table,
+                                                          "target": target}, (target,),
+                      says=f"int8.asymmetric auto: symmetric and asymmetric int8 of {quote(str(model))} against "
+                           f"fp32 on up to {CHOICE_SAMPLES} calibration samples; the closer one -> {quote(str(target))}")]
 
 
 def quantize_steps(ctx: StageContext) -> list[Step]:

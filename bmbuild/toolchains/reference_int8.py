@@ -7,7 +7,9 @@ BatchNorm and bias folded into convolutions: what tpu-mlir does before it quanti
 - calibrate streams the calibration set through the prepared model with every float tensor
   exposed as an output, folding each batch into fixed-size histograms (memory does not grow
   with the number of samples), and writes a tpu-mlir calibration table. Tensors that cannot be
-  calibrated (no values, NaN/inf, integer values) are named in the log and left out.
+  calibrated (no values, NaN/inf, integer values) are named in the log and left out. With
+  `int8.asymmetric: auto` on BM1684X it then chooses symmetric or asymmetric int8
+  (`choose_asymmetry`, which the tpu-mlir toolchain runs on its own table too).
 - quantize quantizes what the recipe's target runs in int8 and leaves the rest in float
   (`bmbuild.calib.qdq`, `bmbuild.calib.targets`): symmetric int8/uint8 activations as tpu-mlir
   (scale = threshold/127, or /255 for a tensor that is never negative), per-channel int8
@@ -25,6 +27,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from bmbuild.calib.asymmetry import AUTO, CHOICE_SAMPLES, MIN_GAIN, choice_name, read_choice
 from bmbuild.calib.dataset import rows_of
 from bmbuild.calib.qdq import DEQUANT_SUFFIX
 from bmbuild.compare import per_sample, sample_rows, similarity
@@ -255,6 +258,57 @@ def tuned_rows(ctx: StageContext, model: Any, rows: dict[str, tuple[float, float
     return {name: (thresholds[name], low, high) for name, (_, low, high) in rows.items()}
 
 
+# --- int8.asymmetric: auto ------------------------------------------------------------------
+def choose_asymmetry(ctx: StageContext, model: Path, table: Path, target: Path) -> None:
+    """`int8.asymmetric: auto` on a chip with asymmetric int8: both modes of the int8 model (the
+    reference's QDQ simulation of what the target runs, from `table`) against fp32 on the first
+    calibration samples in tpu-mlir's order, per sample and output (`compare.per_sample`); the
+    asymmetric mode is kept only when its mean cos is higher by more than MIN_GAIN. The model is scored as the target
+    runs it (per-channel weights, before the recipe's fp32_layers: those do not re-run calibrate).
+    Written to `target` (`bmbuild.calib.asymmetry`), which quantize and compile_int8 read."""
+    import onnx
+
+    from bmbuild.calib.asymmetry import write_choice
+    from bmbuild.calib.dataset import tpu_mlir_order
+    from bmbuild.calib.qdq import GraphView, apply, plan
+    from bmbuild.calib.table import read_table
+
+    prepared = prepared_model(ctx, model)
+    graph_model = onnx.load(str(prepared))
+    graph = GraphView.of(graph_model)
+    thresholds = onnx_named(read_table(table), graph.float_tensors)
+    plans = {mode: plan(graph, thresholds, ctx.params["target"], asymmetric=mode) for mode in (False, True)}
+    feeds = input_feeds(ctx.recipe)
+    refs = tpu_mlir_order(split(ctx.recipe)[0])[:CHOICE_SAMPLES]
+    fp32 = ort_session(prepared, 0)
+    sessions = {mode: ort_session(apply(graph, the_plan).SerializeToString(), 0) for mode, the_plan in plans.items()}
+    pairs: dict[bool, list[tuple[np.ndarray, np.ndarray]]] = {False: [], True: []}
+    for chunk in batches(ctx, refs, chunk_size(fp32, feeds, CALIBRATION_BATCH)):
+        expected, rows = run_rows(fp32, chunk, feeds), rows_of(chunk, feeds)
+        for mode, session in sessions.items():
+            for ref, test in zip(expected, run_rows(session, chunk, feeds)):
+                pairs[mode] += sample_rows(ref, test, rows)
+    cos = {"symmetric": per_sample(pairs[False])["cos"], "asymmetric": per_sample(pairs[True])["cos"]}
+    chosen = cos["asymmetric"] > cos["symmetric"] + MIN_GAIN
+    mode = "asymmetric" if chosen else "symmetric"
+    write_choice(target, chosen, "asymmetric int8 is closer to fp32 on the calibration samples" if chosen else
+                 f"asymmetric int8 gains no more than {MIN_GAIN} mean cos: symmetric, the faster", cos, len(refs))
+    ctx.log.info(f"int8.asymmetric auto: {mode} (mean cos vs fp32 on {len(refs)} calibration samples: symmetric "
+                 f"{cos['symmetric']:.5f}, asymmetric {cos['asymmetric']:.5f})")
+    ctx.metrics.update({"asymmetric": chosen, "mode_cos": cos})
+
+
+def onnx_named(rows: dict[str, Any], tensors: Any) -> dict[str, Any]:
+    """A calibration table's rows under the ONNX tensor names: tpu-mlir names an op's result
+    `<ONNX output>_<op type>` (`/act/HardSwish_output_0_HardSwish`); the reference writes the
+    ONNX name itself. Rows naming no tensor of the graph stay as they are (unused)."""
+    named = {}
+    for name, row in rows.items():
+        stem = name.rpartition("_")[0]
+        named[stem if name not in tensors and stem in tensors else name] = row
+    return named
+
+
 # --- quantize -----------------------------------------------------------------------------
 def resolve_fp32_layers(model: Any, wanted: list[str]) -> list[str]:
     """Map user names (node names or their output tensor names) to node names; unknown -> error."""
@@ -296,7 +350,10 @@ def quantize(ctx: StageContext, model: Path, table: Path, target: Path) -> None:
     excluded = resolve_fp32_layers(prepared, ctx.params["fp32_layers"])
     graph = GraphView.of(prepared)
     chip = ctx.params["target"]
-    the_plan = plan(graph, thresholds, chip, set(excluded), ctx.params["per_channel"], bool(ctx.params.get("asymmetric")))
+    asymmetric = ctx.params.get("asymmetric") is True
+    if ctx.params.get("asymmetric") == AUTO:  # calibrate's choice, next to the table
+        asymmetric = read_choice(table.parent / choice_name(ctx.recipe.name))
+    the_plan = plan(graph, thresholds, chip, set(excluded), ctx.params["per_channel"], asymmetric)
     if not the_plan.tensors:
         raise StageFailed(f"nothing to quantize: no tensor of this model is int8 on {chip}"
                           + (f" ({len(the_plan.kept_float)} kept in float: see the log)" if the_plan.kept_float else ""))
@@ -311,7 +368,7 @@ def quantize(ctx: StageContext, model: Path, table: Path, target: Path) -> None:
                  f"kept in fp32 by the recipe: {excluded or 'none'}")
     ctx.metrics.update({"quantized_nodes": len(the_plan.tensors), "quantized_weights": len(the_plan.weights),
                         "float_layers": len(floats), "kept_float": dict(the_plan.kept_float),
-                        "fp32_layers": excluded})
+                        "fp32_layers": excluded, "asymmetric": asymmetric})
 
 
 # --- compile_int8 -------------------------------------------------------------------------

@@ -6,9 +6,11 @@
                   (+ model_tool --combine of the batch sizes -> combined.bmodel)
                   fp32.cmp: model_runner (cmodel) on seeded inputs vs torch, bmbuild's own metrics
     calibrate     the recipe's calibration samples as a folder of .npz, model_transform (batch 1) and
-                  run_calibration --cali_method <method>  -> <name>_cali_table
+                  run_calibration --cali_method <method>  -> <name>_cali_table; int8.asymmetric auto
+                  on BM1684X: both modes scored from that table (bmbuild.calib.asymmetry) -> the choice
     quantize      model_deploy --quantize INT8 --not_gen_bmodel: the int8 tpu MLIR before code
-                  generation (what stays float is read from it); int8.fp32_layers -> --quantize_table
+                  generation (what stays float is read from it); int8.fp32_layers -> --quantize_table;
+                  int8.asymmetric (or calibrate's choice) -> --asymmetric, here and in compile_int8
     compile_int8  model_deploy --quantize INT8 once per batch size (+ combine)
                                                     -> <N>b.compilation/compilation.bmodel
                   int8.cmp / eval: the int8 bmodel on the cmodel vs fp32 (onnxruntime on the ONNX),
@@ -36,7 +38,8 @@ from bmbuild.toolchains.bmodel_info import info_steps
 from bmbuild.commands import Command, quote, run_command
 from bmbuild.pipeline import StageName
 from bmbuild.steps import InProcess, Step
-from bmbuild.toolchains.reference import onnx_steps
+from bmbuild.calib.asymmetry import AUTO, asymmetric_mode, choice_name
+from bmbuild.toolchains.reference import choose_asymmetry_steps, onnx_steps
 from bmbuild.toolchains.tpu_mlir_env import EnvNotFound, TpuMlirEnv, locate
 
 # Bump when this adapter changes the commands it runs or the files it keeps: part of every key.
@@ -153,9 +156,9 @@ class TpuMlirToolchain:
     # the stage parameters beyond the common ones that this adapter reads (the key holds only these)
     consumes = {
         StageName.COMPILE_FP32.value: ("target", "dyn", "cmp", "opset", "cmp_samples", "seed"),
-        StageName.CALIBRATE.value: ("bins", "target"),
-        StageName.QUANTIZE.value: ("target", "fp32_layers"),
-        StageName.COMPILE_INT8.value: ("target", "cmp", "cmp_samples", "cmodel_samples"),
+        StageName.CALIBRATE.value: ("bins", "target", "asymmetric"),  # asymmetric auto: calibrate chooses
+        StageName.QUANTIZE.value: ("target", "fp32_layers", "asymmetric"),
+        StageName.COMPILE_INT8.value: ("target", "cmp", "cmp_samples", "cmodel_samples", "asymmetric"),
     }
     optional_keys = frozenset({"output_names", "int8.asymmetric"})
     reshapes_batch = True  # model_transform --input_shapes: a fixed-batch ONNX model compiles at any batch size
@@ -228,12 +231,12 @@ class TpuMlirToolchain:
         return self._command("model_transform", [*args, "--mlir", f"{name}.mlir"], cwd, (cwd / f"{name}.mlir",))
 
     def deploy(self, ctx: StageContext, cwd: Path, quantize: str, table: Path | None = None,
-               qtable: Path | None = None, bmodel_file: bool = True) -> Command:
+               qtable: Path | None = None, bmodel_file: bool = True, asymmetric: bool = False) -> Command:
         """model_deploy in `cwd` (where the top MLIR and its weights are); the bmodel is written there
         (with its side files) and moved into the stage's output by the stage."""
         bmodel = cwd / BMODEL
         args = ["--mlir", f"{ctx.recipe.name}.mlir", "--quantize", quantize, "--chip", self.chip(ctx)]
-        if quantize == "INT8" and ctx.params.get("asymmetric"):
+        if quantize == "INT8" and asymmetric:
             args.append("--asymmetric")
         if table is not None:
             args += ["--calibration_table", str(table)]
@@ -331,7 +334,8 @@ class TpuMlirToolchain:
                 InProcess(f"{MODULE}:keep_table", {"table": commands[-1].outputs[0], "target": target,
                                                    "top": commands[0].outputs[0]},
                           (target,), says=f"copy {table_name(ctx)} -> {quote(str(ctx.out_dir))} (not its side files), "
-                                          "graph outputs at their |x| max")]
+                                          "graph outputs at their |x| max"),
+                *choose_asymmetry_steps(ctx, ctx.inputs[StageName.COMPILE_FP32] / f"{ctx.recipe.name}.onnx", target)]
 
     def quantize_steps(self, ctx: StageContext) -> list[Step]:
         """The table, the top MLIR, the quantize table, model_deploy INT8 --not_gen_bmodel, the int8 tpu MLIR kept."""
@@ -342,13 +346,20 @@ class TpuMlirToolchain:
         table, qtable = ctx.out_dir / table_name(ctx), ctx.out_dir / qtable_name(ctx)
         lowered = ctx.out_dir / lowered_name(ctx, self.chip(ctx))
         kept = ", ".join(ctx.params["fp32_layers"]) or "none"
+        choice = [] if ctx.params.get("asymmetric") != AUTO else [InProcess(
+            "bmbuild.steps:copy_file", {"source": source.parent / choice_name(ctx.recipe.name),
+                                        "target": ctx.out_dir / choice_name(ctx.recipe.name)},
+            (ctx.out_dir / choice_name(ctx.recipe.name),),
+            says=f"copy calibrate's int8.asymmetric choice {choice_name(ctx.recipe.name)} (compile_int8 reads it)")]
         return [InProcess("bmbuild.steps:copy_file", {"source": source, "target": table}, (table,),
                           says=f"copy {table_name(ctx)} from {quote(str(source.parent))}"),
+                *choice,
                 copy_top_mlir_step(ctx, ctx.inputs.get(StageName.COMPILE_FP32.value, ctx.out_dir) / fp32_folder(batch),
                                    cwd),
                 InProcess(f"{MODULE}:write_qtable", {"top": cwd / f"{ctx.recipe.name}.mlir", "target": qtable},
                           (qtable,), says=f"write {quote(str(qtable))} (layers kept in F32: {kept})"),
-                self.deploy(ctx, cwd, "INT8", table, qtable, bmodel_file=False),
+                self.deploy(ctx, cwd, "INT8", table, qtable, bmodel_file=False,
+                            asymmetric=asymmetric_mode(ctx.params, source.parent, ctx.recipe.name)),
                 InProcess(f"{MODULE}:keep_lowered", {"cwd": cwd, "target": lowered}, (lowered,),
                           says=f"copy the int8 tpu MLIR and its weights -> {quote(str(lowered))}")]
 
@@ -360,7 +371,8 @@ class TpuMlirToolchain:
         cwds = {batch: ctx.work_dir / f"b{batch}" for batch in params["batch_sizes"]}
         steps: list[Step] = [copy_top_mlir_step(ctx, fp32 / fp32_folder(batch), cwd) for batch, cwd in cwds.items()]
         for batch, cwd in cwds.items():
-            steps += [self.deploy(ctx, cwd, "INT8", source / table_name(ctx), source / qtable_name(ctx)),
+            steps += [self.deploy(ctx, cwd, "INT8", source / table_name(ctx), source / qtable_name(ctx),
+                                  asymmetric=asymmetric_mode(ctx.params, source, ctx.recipe.name)),
                       keep_bmodel_step(cwd, ctx.out_dir / int8_folder(batch), top_mlir=False)]
         steps += self.compiled_steps(ctx, int8_folder)
         if params["cmp"]:
@@ -448,7 +460,8 @@ def keep_lowered(ctx: StageContext, cwd: Path, target: Path) -> None:
     counts = precisions(target)
     layers = ctx.metrics.get("fp32_layers", [])
     ctx.metrics.update({"quantized_nodes": counts["int8"], "float_nodes": counts["float"],
-                        "fp32_layers": layers, "files": sorted(p.name for p in target.parent.iterdir())})
+                        "fp32_layers": layers, "asymmetric": "_int8_asym_" in lowered[0].name,  # tpu-mlir's own name
+                        "files": sorted(p.name for p in target.parent.iterdir())})
     ctx.log.info(f"int8 tpu MLIR: {counts['int8']} op(s) int8, {counts['float']} float; "
                  f"kept in float by the recipe: {layers or 'none'}")
 

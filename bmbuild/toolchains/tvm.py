@@ -361,7 +361,9 @@ class TvmToolchain:
     consumes = {
         StageName.COMPILE_FP32.value: ("opt", "dyn", "cmp", "opset", "cmp_samples", "seed", "tvm"),
         # the reference's calibration runs here: it reads what the reference's reads (the target too)
-        StageName.CALIBRATE.value: ReferenceToolchain.consumes[StageName.CALIBRATE.value],
+        # (but not int8.asymmetric: TVM builds symmetric int8, so auto has nothing to choose)
+        StageName.CALIBRATE.value: tuple(name for name in ReferenceToolchain.consumes[StageName.CALIBRATE.value]
+                                         if name != "asymmetric"),
         StageName.QUANTIZE.value: ("target", "per_channel", "fp32_layers"),  # the target decides which ops run int8
         StageName.COMPILE_INT8.value: ("opt", "dyn", "cmp", "cmp_samples", "tvm"),
     }

@@ -138,7 +138,7 @@ def _mlir_calibration(t: Translator, command: CommandLine) -> dict[str, Any]:
 def _deploys(t: Translator, commands: list[CommandLine | None], calibration: dict[str, Any] | None
              ) -> CommandLine | None:
     """The first F32 deploy gives the fp32 settings and the first INT8 deploy the int8 ones (its
-    --asymmetric: int8.asymmetric); every other deploy is a build bmbuild does not make. Returns the
+    --asymmetric or none: int8.asymmetric true or false); every other deploy is a build bmbuild does not make. Returns the
     INT8 deploy."""
     fp32 = int8 = None
     for command in filter(None, commands):
@@ -162,6 +162,8 @@ def _deploys(t: Translator, commands: list[CommandLine | None], calibration: dic
         t.note("deploy", "no F32 deploy: bmbuild builds the fp32 bmodel anyway (compile_fp32)")
     if int8 is not None:
         t.apply(int8, _deploy_handlers(t, "int8", calibration))
+        if not int8.first("asymmetric"):
+            t.set("int8.asymmetric", False)  # the config builds symmetric int8: not bmbuild's default auto
     if "target" not in t.recipe and t.build.mode == "mlir":
         t.target(str(t.build.config.get("target", t.zoo.target)), "$(target)")
     return int8
