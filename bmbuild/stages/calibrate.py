@@ -36,5 +36,6 @@ STAGE = Stage(
     toolchain_params=frozenset({"bins", "fp32_layers", "per_channel", "target", "asymmetric"}),
     unused_params=lambda params: unused_params(params["method"]),
     summary=lambda m: f"{m.get('method', '?')} calibration on {m.get('samples', '?')} samples, "
-                      f"{m.get('tensors', '?')} tensors",
+                      f"{m.get('tensors', '?')} tensors"
+                      + (f"; asymmetric int8: {'yes' if m['asymmetric'] else 'no'}" if "asymmetric" in m else ""),
 )

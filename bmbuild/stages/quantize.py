@@ -30,5 +30,6 @@ STAGE = Stage(
     toolchain_params=frozenset({"target", "per_channel", "fp32_layers", "asymmetric"}),
     summary=lambda m: f"int8 umodel: {m.get('quantized_nodes', '?')} int8, "
                       f"{m.get('float_layers', m.get('float_nodes', '?'))} float, "
-                      f"{len(m.get('fp32_layers', []))} kept in fp32 by the recipe",
+                      f"{len(m.get('fp32_layers', []))} kept in fp32 by the recipe"
+                      + (", asymmetric" if m.get("asymmetric") else ""),
 )
