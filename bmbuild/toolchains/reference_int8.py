@@ -263,8 +263,9 @@ def choose_asymmetry(ctx: StageContext, model: Path, table: Path, target: Path) 
     """`int8.asymmetric: auto` on a chip with asymmetric int8: both modes of the int8 model (the
     reference's QDQ simulation of what the target runs, from `table`) against fp32 on the first
     calibration samples in tpu-mlir's order, per sample and output (`compare.per_sample`); the
-    asymmetric mode is kept only when its mean cos is higher by more than MIN_GAIN. The model is scored as the target
-    runs it (per-channel weights, before the recipe's fp32_layers: those do not re-run calibrate).
+    asymmetric mode is kept only when its mean cos is higher by more than MIN_GAIN. The model is
+    scored as the target runs it (per-channel weights, before the recipe's fp32_layers: those do
+    not re-run calibrate).
     Written to `target` (`bmbuild.calib.asymmetry`), which quantize and compile_int8 read."""
     import onnx
 
