@@ -54,6 +54,7 @@ sys.path.insert(0, str(REPO))
 PHOTOS = REPO / "recipes" / "data" / "photos"
 CALIB, HOLDOUT = 32, 16
 WITHIN = 0.02  # issue 11: the reference int8 within this mean cos of the real bmodel's
+TIE = 1e-4  # below ORT's mean cos by at most this: listed apart, as a tie
 STAGES = ("trace", "compile_fp32", "calibrate", "quantize", "compile_int8")
 WORDS = ("bmbuild", "Sophgo", "tensor", "int8 scale", "2026-12-01", "ORDER 4711", "hello world",
          "calibration", "Quantize", "BM1684X", "onnxruntime", "0.85,0.45", "model zoo", "Paris 75011",
@@ -331,6 +332,9 @@ def measure(model: ZooModel, work: Path) -> dict[str, Any]:
     row: dict[str, Any] = {"model": model.name, "weights": model.weights, "note": model.note,
                            "stages": f"{passed}/{len(expected)}",
                            "outcomes": {s: stages.get(s, {}).get("outcome", "-") for s in STAGES}}
+    quantized = stages.get("quantize", {}).get("metrics", {})
+    if "asymmetric" in quantized:  # int8.asymmetric auto: calibrate's choice
+        row["int8_mode"] = "asym" if quantized["asymmetric"] else "sym"
     fp32_cmp = stages.get("compile_fp32", {}).get("metrics", {}).get("cmp", {})
     if fp32_cmp:
         row["fp32_cos"] = min(v["cos"] for v in fp32_cmp.values())
@@ -427,25 +431,26 @@ def table(rows: list[dict[str, Any]], target: str, method: str) -> str:
                       "---|---|---|---|")
     lines = [f"target {target}, calibration {method}; {CALIB} calibration and {HOLDOUT} held-out samples; per-sample mean cos / worst cos / "
              "mean SQNR (dB) / decision agreement against fp32", "",
-             "| model | weights | stages | fp32 cos | bmbuild int8 cos (worst) | SQNR | agree "
+             "| model | weights | stages | fp32 cos | int8 mode | bmbuild int8 cos (worst) | SQNR | agree "
              "| ORT int8 cos (worst) | SQNR | agree | bmbuild >= ORT |" + head,
-             "|---|---|---|---|---|---|---|---|---|---|---|" + rule]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|" + rule]
     for row in rows:
         bm, ort = row.get("bmbuild"), row.get("ort")
         verdict = "-"
         if bm and ort:
-            verdict = "yes" if bm["cos"] >= ort["cos"] - 1e-4 else "**no**"
+            verdict = "yes" if bm["cos"] >= ort["cos"] else "tie" if bm["cos"] >= ort["cos"] - TIE else "**no**"
         ort_text = (f"{_f(ort['cos'])} ({_f(ort['worst'])}) | {_f(ort['sqnr'], 1)} | {_f(ort['agree'])}" if ort
                     else f"{row.get('ort_error', '-')} | - | -")
         bm_text = (f"{_f(bm['cos'])} ({_f(bm['worst'])}) | {_f(bm['sqnr'], 1)} | {_f(bm['agree'])}" if bm
                    else "- | - | -")
         lines.append(f"| {row['model']} | {row['weights']} | {row['stages']} | {_f(row.get('fp32_cos'), 5)} | "
-                     f"{bm_text} | {ort_text} | {verdict} |" + (tpu_mlir_cells(row) if with_tpu else ""))
+                     f"{row.get('int8_mode', '-')} | {bm_text} | {ort_text} | {verdict} |" + (tpu_mlir_cells(row) if with_tpu else ""))
     built = sum(1 for row in rows if row["stages"].split("/")[0] == row["stages"].split("/")[1])
-    below = [row["model"] for row in rows if row.get("bmbuild") and row.get("ort")
-             and row["bmbuild"]["cos"] < row["ort"]["cos"] - 1e-4]
+    compared = [row for row in rows if row.get("bmbuild") and row.get("ort")]
+    below = [row["model"] for row in compared if row["bmbuild"]["cos"] < row["ort"]["cos"] - TIE]
+    ties = [row["model"] for row in compared if row["ort"]["cos"] - TIE <= row["bmbuild"]["cos"] < row["ort"]["cos"]]
     lines += ["", f"{built} of {len(rows)} models built end to end; bmbuild int8 below ORT (mean cos): "
-              f"{', '.join(below) or 'none'}."]
+              f"{', '.join(below) or 'none'}; below by at most {TIE} (tie): {', '.join(ties) or 'none'}."]
     if with_tpu:
         measured = [row for row in rows if "cos" in row.get("tpu_mlir", {}) and row.get("bmbuild")]
         apart = [row["model"] for row in measured if abs(reference_cos(row) - row["tpu_mlir"]["cos"]) > WITHIN]

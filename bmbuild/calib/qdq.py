@@ -391,8 +391,8 @@ class Plan:
 def plan(graph: GraphView, table: Mapping[str, tuple[float, float, float]], chip: str,
          fp32_nodes: set[str] = frozenset(), per_channel: bool = True, asymmetric: bool = False) -> Plan:
     """Which tensors and weights to quantize, with which scales. `asymmetric` (the recipe's
-    int8.asymmetric, tpu-mlir's `model_deploy --asymmetric`): every activation that dips below zero
-    gets a zero point over its calibrated range clipped at the method's threshold; weights stay
+    int8.asymmetric, tpu-mlir's `model_deploy --asymmetric`): every activation gets a zero point
+    over its calibrated min..max, unclipped, as tpu-mlir imports the table then; weights stay
     symmetric."""
     grouped = layers(graph, chip, fp32_nodes)
     result = Plan(grouped)
@@ -430,16 +430,18 @@ def plan(graph: GraphView, table: Mapping[str, tuple[float, float, float]], chip
         if not (high > low):
             result.kept_float[name] = f"constant during calibration ({low + 0.0:g})"
             continue
+        if asymmetric:
+            # tpu-mlir's ImportCalibrationTable (`getMinMax`) gives every tensor its table min..max
+            # under --asymmetric: the method's threshold is not used. The range holds zero, so the
+            # zero point is a code of the int8 grid
+            result.tensors[name] = asymmetric_quant(min(low, 0.0), max(high, 0.0))
+            continue
         if wanted[name]:  # a bounded op's whole range is meaningful: no clipping
             threshold = max(abs(low), abs(high))
         unsigned = low >= 0.0
         if name in lut_asymmetric and not unsigned:
             # the table holds the range tpu-mlir gives it (`calib.methods.asymmetric_range`)
             result.tensors[name] = asymmetric_quant(low, high)
-            continue
-        if asymmetric and not unsigned:
-            # the range holds zero, so the zero point is a code of the int8 grid
-            result.tensors[name] = asymmetric_quant(min(max(low, -threshold), 0.0), max(min(high, threshold), 0.0))
             continue
         result.tensors[name] = TensorQuant(threshold / (255.0 if unsigned else 127.0), unsigned)
     return result

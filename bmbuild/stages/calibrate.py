@@ -27,7 +27,7 @@ def _params(recipe: Recipe) -> dict[str, Any]:
 
 STAGE = Stage(
     name=StageName.CALIBRATE.value,
-    version="9",  # 9: samples in tpu-mlir's order, kl on its growing histogram, BM1684X asymmetric tensors at its percentile range; 8: graph outputs at their |x| max; 7: kl as tpu-mlir computes and tunes it (reference); 5: the prepared model, skipped tensors
+    version="10",  # 10: BM1684X int8.asymmetric auto chooses the mode (its asymmetric side as tpu-mlir imports it); 9: samples in tpu-mlir's order, kl on its growing histogram, BM1684X asymmetric tensors at its percentile range; 8: graph outputs at their |x| max; 7: kl as tpu-mlir computes and tunes it (reference); 5: the prepared model, skipped tensors
     upstream=(StageName.COMPILE_FP32.value,),
     applies=is_int8,
     params=_params,

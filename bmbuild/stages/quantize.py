@@ -19,7 +19,8 @@ def _params(recipe: Recipe) -> dict[str, Any]:
 
 STAGE = Stage(
     name=StageName.QUANTIZE.value,
-    version="6",  # 6: an asymmetric tensor's range is the table's min..max (tpu-mlir's percentile); 5: ranges shared as tpu-mlir lowers (Relu, Concat, ...); 4: a Relu after a residual Add/BatchNorm
+    version="7",  # 7: int8.asymmetric quantizes every tensor over its table min..max (tpu-mlir's getMinMax)
+    # 6: an asymmetric tensor's range is the table's min..max (tpu-mlir's percentile); 5: ranges shared as tpu-mlir lowers (Relu, Concat, ...); 4: a Relu after a residual Add/BatchNorm
     # fused into it (tpu-mlir TopFuseRelu); 3: BM1684X SiLU/GELU outputs read by Conv/MatMul asymmetric
     # 2: quantizes what the target runs in int8 (bmbuild.calib.qdq), the rest stays float
     upstream=(StageName.COMPILE_FP32.value, StageName.CALIBRATE.value),
