@@ -85,3 +85,25 @@ def test_the_recipe_decides_unless_it_says_auto(tmp_path: Path) -> None:
     assert asymmetric_mode({}, tmp_path, "m") is False  # not keyed: false, or a chip without it
     assert asymmetric_mode({"asymmetric": "auto"}, tmp_path, "m") is True
     assert asymmetric_mode({"asymmetric": "auto"}, tmp_path / "not-yet", "m") is False  # a dry run before calibrate
+
+
+def test_asymmetric_takes_each_tensors_min_max_not_the_threshold() -> None:
+    """tpu-mlir's ImportCalibrationTable (getMinMax) under --asymmetric: [min, max] of the table,
+    whatever the method's threshold; symmetric int8 keeps the threshold."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from bmbuild.calib.qdq import GraphView, plan
+
+    weight = numpy_helper.from_array(np.full((2, 2, 1, 1), 0.5, dtype=np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"]), helper.make_node("Conv", ["y", "w"], ["z"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 2, 4, 4])], [weight])
+    model = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
+    table = {"x": (1.0, -0.5, 3.0), "y": (2.0, -4.0, 10.0), "z": (5.0, -5.0, 5.0)}
+    view = GraphView.of(model)
+    asymmetric = plan(view, table, "BM1684X", asymmetric=True).tensors["y"]
+    assert asymmetric.scale == pytest.approx(14.0 / 255) and asymmetric.zero_point == round(-128 + 4.0 / (14.0 / 255))
+    symmetric = plan(view, table, "BM1684X").tensors["y"]
+    assert symmetric.scale == pytest.approx(2.0 / 127) and symmetric.zero_point == 0
