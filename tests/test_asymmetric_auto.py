@@ -107,3 +107,16 @@ def test_asymmetric_takes_each_tensors_min_max_not_the_threshold() -> None:
     assert asymmetric.scale == pytest.approx(14.0 / 255) and asymmetric.zero_point == round(-128 + 4.0 / (14.0 / 255))
     symmetric = plan(view, table, "BM1684X").tensors["y"]
     assert symmetric.scale == pytest.approx(2.0 / 127) and symmetric.zero_point == 0
+
+
+def test_a_bmodel_far_from_tpu_mlirs_interpreter_blames_code_generation_not_layers() -> None:
+    """The int8 gate's advice when tpu-mlir's interpreter of the int8 model is close to fp32 and
+    the bmodel is not (its asymmetric LeViT: 0.978 vs 0.570): no layer to keep in float would help."""
+    from bmbuild.stages.compile_int8 import codegen_hint
+
+    broken = {"cmp": {"b1/output": {"cos": 0.570}}, "interpreter_outputs": {"output_Div": 0.978}, "asymmetric": True}
+    (hint,) = codegen_hint(broken)
+    assert "code generation" in hint and "int8.asymmetric: false" in hint
+    assert codegen_hint({**broken, "cmp": {"b1/output": {"cos": 0.95}}}) == []  # the interpreter is as far
+    assert "asymmetric" not in codegen_hint({**broken, "asymmetric": False})[0]
+    assert codegen_hint({"cmp": {"b1/output": {"cos": 0.5}}}) == []  # the reference: no interpreter

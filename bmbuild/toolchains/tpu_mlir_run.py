@@ -310,7 +310,17 @@ def compare_int8_step(ctx: StageContext) -> None:
 
 
 def layer_similarity_step(ctx: StageContext) -> None:
-    ctx.metrics["layers"] = layer_similarity(toolchain(), ctx)
+    """Per-layer data, and the interpreter's outputs against fp32 apart: the gate holds them
+    against the bmodel's (`stages.compile_int8.codegen_hint`)."""
+    from bmbuild.calib.asymmetry import asymmetric_mode
+    from bmbuild.toolchains.tpu_mlir import fp32_folder, output_layer_names
+
+    layers = layer_similarity(toolchain(), ctx)
+    ctx.metrics["layers"] = layers
+    top = ctx.inputs[StageName.COMPILE_FP32] / fp32_folder(ctx.params["batch_sizes"][0]) / f"{ctx.recipe.name}.mlir"
+    outputs = set(output_layer_names(top))
+    ctx.metrics["interpreter_outputs"] = {layer["name"]: layer["cos"] for layer in layers if layer["name"] in outputs}
+    ctx.metrics["asymmetric"] = asymmetric_mode(ctx.params, ctx.inputs[StageName.QUANTIZE], ctx.recipe.name)
 
 
 def evaluate_step(ctx: StageContext) -> None:
