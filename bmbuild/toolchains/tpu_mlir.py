@@ -350,7 +350,8 @@ class TpuMlirToolchain:
             "bmbuild.steps:copy_file", {"source": source.parent / choice_name(ctx.recipe.name),
                                         "target": ctx.out_dir / choice_name(ctx.recipe.name)},
             (ctx.out_dir / choice_name(ctx.recipe.name),),
-            says=f"copy calibrate's int8.asymmetric choice {choice_name(ctx.recipe.name)} (compile_int8 reads it)")]
+            says=f"copy calibrate's int8.asymmetric choice {choice_name(ctx.recipe.name)}: model_deploy gets "
+                 "--asymmetric (here and in compile_int8) when it chose asymmetric")]
         return [InProcess("bmbuild.steps:copy_file", {"source": source, "target": table}, (table,),
                           says=f"copy {table_name(ctx)} from {quote(str(source.parent))}"),
                 *choice,
