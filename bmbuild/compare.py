@@ -178,3 +178,22 @@ def latency_summary(latency: dict[str, dict[str, Any]] | None) -> str:
 def _ms(value: float) -> str:
     """3 significant digits, without an exponent: 0.0437ms, 2.31ms, 213ms, 8662ms."""
     return f"{value:.0f}ms" if value >= 100 else f"{value:.3g}ms"
+
+
+CODEGEN_GAP = 0.1  # interpreter cos above the bmodel's by more than this: not the quantization
+
+
+def codegen_hint(metrics: dict[str, Any]) -> list[str]:
+    """tpu-mlir: when its own interpreter runs the int8 model far closer to fp32 than the bmodel
+    does, the loss is in code generation, not in what was quantized (tpu-mlir 1.30.2's asymmetric
+    BM1684X bmodel of a LeViT: interpreter 0.978, bmodel 0.570); per-layer advice would mislead."""
+    interpreter, cmp = metrics.get("interpreter_outputs"), metrics.get("cmp")
+    if not interpreter or not cmp:
+        return []
+    bmodel, ideal = min(v["cos"] for v in cmp.values()), min(interpreter.values())
+    if ideal - bmodel <= CODEGEN_GAP:
+        return []
+    mode = "asymmetric " if metrics.get("asymmetric") else ""
+    return [f"the {mode}int8 bmodel (cos {bmodel:.4f}) is far from tpu-mlir's own interpreter of the same int8 model "
+            f"(cos {ideal:.4f} on the first held-out sample): the loss is in tpu-mlir's code generation"
+            + ("; try int8.asymmetric: false" if mode else "")]

@@ -112,7 +112,7 @@ def test_asymmetric_takes_each_tensors_min_max_not_the_threshold() -> None:
 def test_a_bmodel_far_from_tpu_mlirs_interpreter_blames_code_generation_not_layers() -> None:
     """The int8 gate's advice when tpu-mlir's interpreter of the int8 model is close to fp32 and
     the bmodel is not (its asymmetric LeViT: 0.978 vs 0.570): no layer to keep in float would help."""
-    from bmbuild.stages.compile_int8 import codegen_hint
+    from bmbuild.compare import codegen_hint
 
     broken = {"cmp": {"b1/output": {"cos": 0.570}}, "interpreter_outputs": {"output_Div": 0.978}, "asymmetric": True}
     (hint,) = codegen_hint(broken)

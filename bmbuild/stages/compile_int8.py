@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bmbuild.compare import check_all, latency_summary
+from bmbuild.compare import check_all, codegen_hint, latency_summary
 from bmbuild.pipeline import StageName
 from bmbuild.recipe import LoadedRecipe, Recipe
 from bmbuild.stages.base import Stage, toolchain_step, tvm_params
@@ -63,25 +63,6 @@ def gate(recipe: Recipe, metrics: dict[str, Any]) -> list[str]:
                             f"(fp32 {100 * evaluation['fp32']:.2f}% -> int8 {100 * evaluation['int8']:.2f}%), "
                             f"more than eval.max_drop {recipe.eval.max_drop}")
     return failures
-
-
-CODEGEN_GAP = 0.1  # interpreter cos above the bmodel's by more than this: not the quantization
-
-
-def codegen_hint(metrics: dict[str, Any]) -> list[str]:
-    """tpu-mlir: when its own interpreter runs the int8 model far closer to fp32 than the bmodel
-    does, the loss is in code generation, not in what was quantized (tpu-mlir 1.30.2's asymmetric
-    BM1684X bmodel of a LeViT: interpreter 0.978, bmodel 0.570); per-layer advice would mislead."""
-    interpreter, cmp = metrics.get("interpreter_outputs"), metrics.get("cmp")
-    if not interpreter or not cmp:
-        return []
-    bmodel, ideal = min(v["cos"] for v in cmp.values()), min(interpreter.values())
-    if ideal - bmodel <= CODEGEN_GAP:
-        return []
-    mode = "asymmetric " if metrics.get("asymmetric") else ""
-    return [f"the {mode}int8 bmodel (cos {bmodel:.4f}) is far from tpu-mlir's own interpreter of the same int8 model "
-            f"(cos {ideal:.4f} on the first held-out sample): the loss is in tpu-mlir's code generation"
-            + ("; try int8.asymmetric: false" if mode else "")]
 
 
 def diagnose(layers: list[dict[str, Any]], count: int = 5) -> list[str]:

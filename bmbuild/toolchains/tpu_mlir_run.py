@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from bmbuild.compare import per_sample, sample_rows, similarity, worst
+from bmbuild.compare import codegen_hint, per_sample, sample_rows, similarity, worst
 from bmbuild.errors import StageFailed, ToolchainError
 from bmbuild.pipeline import StageName
 from bmbuild.stagecontext import StageContext
@@ -321,6 +321,9 @@ def layer_similarity_step(ctx: StageContext) -> None:
     outputs = set(output_layer_names(top))
     ctx.metrics["interpreter_outputs"] = {layer["name"]: layer["cos"] for layer in layers if layer["name"] in outputs}
     ctx.metrics["asymmetric"] = asymmetric_mode(ctx.params, ctx.inputs[StageName.QUANTIZE], ctx.recipe.name)
+    for hint in codegen_hint(ctx.metrics):  # said even when no gate reads it (a tolerance of -1)
+        ctx.log.info(f"warning: {hint}")
+        ctx.metrics["note"] = hint
 
 
 def evaluate_step(ctx: StageContext) -> None:
