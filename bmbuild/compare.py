@@ -186,7 +186,8 @@ CODEGEN_GAP = 0.1  # interpreter cos above the bmodel's by more than this: not t
 def codegen_hint(metrics: dict[str, Any]) -> list[str]:
     """tpu-mlir: when its own interpreter runs the int8 model far closer to fp32 than the bmodel
     does, the loss is in code generation, not in what was quantized (tpu-mlir 1.30.2's asymmetric
-    BM1684X bmodel of a LeViT: interpreter 0.978, bmodel 0.570); per-layer advice would mislead."""
+    BM1684X bmodel of a LeViT: interpreter 0.978, bmodel 0.570), which per-layer advice alone would
+    not say."""
     interpreter, cmp = metrics.get("interpreter_outputs"), metrics.get("cmp")
     if not interpreter or not cmp:
         return []

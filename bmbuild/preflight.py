@@ -19,12 +19,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import get_args
 
 from bmbuild.calib.sources import InputFeed, content_files, is_image, unpaired
 from bmbuild.errors import DataError, RecipeError
 from bmbuild.fileinfo import array_header, is_lfs_pointer, lfs_message, npz_keys, onnx_graph_inputs
-from bmbuild.recipe import InputSpec, LoadedRecipe
+from bmbuild.recipe import INPUT_DTYPES, LoadedRecipe
 from bmbuild.yamlsource import KeyPath
 
 IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")  # JPEG, PNG
@@ -98,11 +97,6 @@ def reshapes_batch(toolchain: str | None) -> bool:
         return False
 
 
-def input_dtypes() -> tuple[str, ...]:
-    """The element types a recipe can feed (InputSpec.dtype's choices)."""
-    return get_args(InputSpec.model_fields["dtype"].annotation)
-
-
 def _check_onnx_source(loaded: LoadedRecipe, toolchain: str | None = None) -> None:
     recipe = loaded.recipe
     if recipe.source.framework != "onnx":
@@ -121,10 +115,9 @@ def _check_onnx_source(loaded: LoadedRecipe, toolchain: str | None = None) -> No
         _names_differ(loaded, names)
     for index, (item, spec, shape) in enumerate(zip(graph, specs, recipe.shapes)):
         if item.dtype != spec.dtype:
-            fed = input_dtypes()
-            if item.dtype not in fed:
+            if item.dtype not in INPUT_DTYPES:
                 raise loaded.error(f"the ONNX model's input {item.name!r} is {item.dtype}: bmbuild feeds inputs of "
-                                   f"{', '.join(fed)} only", ("inputs", index, "dtype"))
+                                   f"{', '.join(INPUT_DTYPES)} only", ("inputs", index, "dtype"))
             raise loaded.error(f"the ONNX model's input {item.name!r} is {item.dtype}, the recipe feeds {spec.dtype}",
                                ("inputs", index, "dtype"), hint=f"set inputs[{index}].dtype: {item.dtype}")
         if item.dims is None:

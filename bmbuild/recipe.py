@@ -12,7 +12,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator, model_validator
 
@@ -99,11 +99,15 @@ def default_input_names(count: int) -> list[str]:
     return ["input"] if count == 1 else [f"input{i}" for i in range(count)]
 
 
+InputDtype = Literal["float32", "float16", "int32", "int64"]
+INPUT_DTYPES: tuple[str, ...] = get_args(InputDtype)  # the element types a recipe can feed
+
+
 class InputSpec(_Strict):
     """One model input: its name and dtype, which axis of its shape is the batch, or a constant."""
 
     name: str = Field(description="Input tensor name.")
-    dtype: Literal["float32", "float16", "int32", "int64"] = Field("float32", description="Input element type.")
+    dtype: InputDtype = Field("float32", description="Input element type.")
     batch_axis: int | None = Field(
         0, ge=0, description="Axis of this input's shape that is the batch (set to each batch size); null: the "
                              "input has no batch axis (a recurrent state shared by the batch, a scalar). Default 0, "

@@ -46,12 +46,13 @@ def read_choice(path: Path) -> bool:
     return data["asymmetric"]
 
 
-def asymmetric_mode(params: dict[str, Any], folder: Path, net_name: str) -> bool:
+def asymmetric_mode(params: dict[str, Any], folder: Path, net_name: str, strict: bool = False) -> bool:
     """Whether to build asymmetric int8: the recipe's true/false, or for auto the choice calibrate
     wrote in `folder`. No file there yet (a dry run before calibrate ran): symmetric, what auto
-    starts from; a real run copies the file first (`copy_file` fails when it is missing)."""
+    starts from, unless `strict` (a step that runs now: the missing file fails it); a real tpu-mlir
+    run copies the file first (`copy_file` fails when it is missing)."""
     value = params.get("asymmetric")
     if value != AUTO:
         return bool(value)
     path = folder / choice_name(net_name)
-    return read_choice(path) if path.exists() else False
+    return read_choice(path) if strict or path.exists() else False

@@ -27,7 +27,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from bmbuild.calib.asymmetry import AUTO, CHOICE_SAMPLES, MIN_GAIN, choice_name, read_choice
+from bmbuild.calib.asymmetry import CHOICE_SAMPLES, MIN_GAIN, asymmetric_mode
 from bmbuild.calib.dataset import rows_of
 from bmbuild.calib.qdq import DEQUANT_SUFFIX
 from bmbuild.compare import per_sample, sample_rows, similarity
@@ -351,9 +351,7 @@ def quantize(ctx: StageContext, model: Path, table: Path, target: Path) -> None:
     excluded = resolve_fp32_layers(prepared, ctx.params["fp32_layers"])
     graph = GraphView.of(prepared)
     chip = ctx.params["target"]
-    asymmetric = ctx.params.get("asymmetric") is True
-    if ctx.params.get("asymmetric") == AUTO:  # calibrate's choice, next to the table
-        asymmetric = read_choice(table.parent / choice_name(ctx.recipe.name))
+    asymmetric = asymmetric_mode(ctx.params, table.parent, ctx.recipe.name, strict=True)  # auto: beside the table
     the_plan = plan(graph, thresholds, chip, set(excluded), ctx.params["per_channel"], asymmetric)
     if not the_plan.tensors:
         raise StageFailed(f"nothing to quantize: no tensor of this model is int8 on {chip}"

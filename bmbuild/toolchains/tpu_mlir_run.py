@@ -310,8 +310,8 @@ def compare_int8_step(ctx: StageContext) -> None:
 
 
 def layer_similarity_step(ctx: StageContext) -> None:
-    """Per-layer data, and the interpreter's outputs against fp32 apart: the gate holds them
-    against the bmodel's (`stages.compile_int8.codegen_hint`)."""
+    """Per-layer data, and the interpreter's outputs against fp32 apart, held against the bmodel's
+    (`compare.codegen_hint`): here as a warning, in the int8 gate as a failure's cause."""
     from bmbuild.calib.asymmetry import asymmetric_mode
     from bmbuild.toolchains.tpu_mlir import fp32_folder, output_layer_names
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import re
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from bmbuild.errors import BmbuildError, DataError
 from bmbuild.calib.config import CalibrationConfig
 from bmbuild.calib.sources import folder_files, is_image
 from bmbuild.fileinfo import onnx_graph_inputs
-from bmbuild.recipe import Int8, InputSpec, default_input_names
+from bmbuild.recipe import INPUT_DTYPES, Int8, default_input_names
 from bmbuild.importers.tpu_perf.mlir import translate_mlir
 from bmbuild.importers.tpu_perf.nntc import translate_nntc
 from bmbuild.importers.tpu_perf.translator import TARGETS, Skip, Translation, Translator, append
@@ -44,7 +43,6 @@ from bmbuild.importers.tpu_perf.tree import (
 )
 
 DEFAULT_OUT = Path("recipes/imported")
-INPUT_DTYPES = typing.get_args(InputSpec.model_fields["dtype"].annotation)
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # Config keys tpu-perf's build reads that have no effect on the bmodels, and why.
 RUNTIME_KEYS = {
@@ -141,9 +139,10 @@ def _translate_group(file: Path, zoo: Zoo, builds: list[Build], name: str, path:
         result.notes.insert(0, f"name: {builds[0].config['name']!r} is not a bmbuild recipe name; using {name!r}")
     recipe = _merge_shapes([t.recipe for t in parts], builds)
     _inputs(recipe, result, path.parent.resolve())
-    _absent_calibration_data(recipe, result, zoo)
-    _arrays_fed_as_they_are(recipe, result, zoo)
-    _hold_out_comparison_samples(recipe, result, zoo)
+    data, files = _calibration_files(recipe, zoo)  # listed once for the three checks
+    _absent_calibration_data(data, files, result)
+    _arrays_fed_as_they_are(recipe, data, files, result)
+    _hold_out_comparison_samples(recipe, data, files, result)
     result.recipe = _ordered(name, recipe, file, zoo)
     return result
 
@@ -215,52 +214,50 @@ def _calibration_folder(recipe: dict[str, Any], zoo: Zoo) -> str | None:
     return data
 
 
-def _calibration_files(recipe: dict[str, Any], zoo: Zoo) -> tuple[str, list[Path]] | None:
-    """The calibration folder and its sample files; None when the recipe calibrates on no folder
-    here (not INT8, a folder not fetched, a single file)."""
+def _calibration_files(recipe: dict[str, Any], zoo: Zoo) -> tuple[str | None, list[Path] | None]:
+    """The calibration folder (None: not INT8) and its sample files (None when the recipe
+    calibrates on no folder here: a folder not fetched, a single file)."""
     data = _calibration_folder(recipe, zoo)
     try:
-        return (data, folder_files(Path(data))) if data is not None and Path(data).is_dir() else None
+        return data, folder_files(Path(data)) if data is not None and Path(data).is_dir() else None
     except DataError:
-        return None
+        return data, None
 
 
-def _absent_calibration_data(recipe: dict[str, Any], result: Translation, zoo: Zoo) -> None:
+def _absent_calibration_data(data: str | None, files: list[Path] | None, result: Translation) -> None:
     """Datasets are fetched apart from a zoo's configs (sophgo/model-zoo ships a 100-image caliset,
     not val2017): the report says so at import, as it does for model files."""
-    data = _calibration_folder(recipe, zoo)
-    found = _calibration_files(recipe, zoo)
-    if data is None or "${" in data or (found is not None and found[1]):
+    if data is None or "${" in data or files:
         return
     what = "holds no .jpg/.jpeg/.png/.npy/.npz files" if Path(data).is_dir() else "is not present"
     result.notes.append(f"calibration.data: {data} {what} (a dataset fetched apart from the zoo?): "
                         "`bmbuild validate` fails until the data is there")
 
 
-def _arrays_fed_as_they_are(recipe: dict[str, Any], result: Translation, zoo: Zoo) -> None:
+def _arrays_fed_as_they_are(recipe: dict[str, Any], data: str | None, files: list[Path] | None,
+                            result: Translation) -> None:
     """A tpu-mlir --dataset of .npz/.npy files holds model inputs, which run_calibration feeds as
     they are (model_transform's --mean/--scale/--resize_dims apply to images): the recipe has no
     calibration.preprocess then, as bmbuild refuses one for arrays."""
-    found = _calibration_files(recipe, zoo)
-    if found is None or not found[1] or any(is_image(path) for path in found[1]):
+    if not files or any(is_image(path) for path in files):
         return
     preprocess = recipe["calibration"].pop("preprocess", None)
     if preprocess:
-        result.notes.append(f"calibration.preprocess: {found[0]} holds .npy/.npz arrays, fed as they are "
+        result.notes.append(f"calibration.preprocess: {data} holds .npy/.npz arrays, fed as they are "
                             "(tpu-mlir applies its preprocessing to images only)")
 
 
-def _hold_out_comparison_samples(recipe: dict[str, Any], result: Translation, zoo: Zoo) -> None:
+def _hold_out_comparison_samples(recipe: dict[str, Any], data: str | None, files: list[Path] | None,
+                                 result: Translation) -> None:
     """tpu-perf calibrates on at most the files there are (a 100-image caliset, `--cali_iterations
     100`; a one-file npz set, `--input_num 10`); bmbuild holds `int8.cmp_samples` of them out to
     compare int8 with fp32 and needs calibration.samples + those. Where the folder has no room for
     both, calibration takes what is left, or the comparison takes half (none of a single sample)."""
     calibration = recipe.get("calibration") or {}
     samples = calibration.get("samples", CalibrationConfig.model_fields["samples"].default)
-    found = _calibration_files(recipe, zoo)
-    if not isinstance(samples, int) or found is None:
+    if not isinstance(samples, int) or files is None:
         return
-    data, count = found[0], len(found[1])
+    count = len(files)
     int8 = dict(recipe.get("int8") or {})
     held_out = int(int8.get("cmp_samples", Int8.model_fields["cmp_samples"].default)) if int8.get("cmp", True) else 0
     if not count or samples + held_out <= count:
